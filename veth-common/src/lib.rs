@@ -1,0 +1,199 @@
+//! The map ABI shared by the datapath (`veth-ebpf`) and the control plane (`veth-user`).
+//!
+//! Every type here is `#[repr(C)]`, has no padding holes the kernel could reject, and is
+//! `Copy`. The `user` feature adds `aya::Pod` so userspace can read and write the maps.
+//!
+//! Changing any of these layouts is an ABI change: bump [`ABI_VERSION`]; the control plane
+//! refuses pinned state written by another version instead of misreading it.
+#![cfg_attr(not(test), no_std)]
+
+/// Version of the layouts below. Stored in [`CONFIG_ABI`] of the config map.
+pub const ABI_VERSION: u32 = 1;
+
+/// Map names (also the pin file names under `--bpffs DIR`).
+pub const MAP_EP4: &str = "VFP_EP4";
+pub const MAP_EP6: &str = "VFP_EP6";
+pub const MAP_ENDPOINTS: &str = "VFP_ENDPOINTS";
+pub const MAP_COUNTERS: &str = "VFP_COUNTERS";
+pub const MAP_CONFIG: &str = "VFP_CONFIG";
+
+/// Capacity of the endpoint maps.
+pub const MAX_ENDPOINTS: u32 = 65_536;
+
+/// Config map slots (an `Array<u32>`).
+pub const CONFIG_ABI: u32 = 0;
+/// Feature switches, see `CFG_*`.
+pub const CONFIG_FLAGS: u32 = 1;
+pub const CONFIG_SLOTS: u32 = 8;
+/// When set, the fast path is off: every packet goes to the kernel stack (still counted).
+pub const CFG_FASTPATH_OFF: u32 = 1 << 0;
+
+/// Counter directions.
+pub const DIR_FROM_CONTAINER: usize = 0;
+pub const DIR_TO_CONTAINER: usize = 1;
+pub const DIRS: usize = 2;
+
+/// Counter verdicts.
+/// Redirected straight to/from a local endpoint by the fast path.
+pub const V_FAST: usize = 0;
+/// Reserved for the uplink fast path (to/from outside the node).
+pub const V_FAST_UPLINK: usize = 1;
+/// Handed to (or delivered by) the kernel stack.
+pub const V_STACK: usize = 2;
+/// Dropped: source address not the endpoint's own (anti-spoofing).
+pub const V_DROP_SPOOF_IP: usize = 3;
+/// Dropped: source MAC not the endpoint's own.
+pub const V_DROP_SPOOF_MAC: usize = 4;
+/// Dropped by policy (isolation).
+pub const V_DROP_POLICY: usize = 5;
+/// Dropped: the redirect helper failed.
+pub const V_DROP_ERROR: usize = 6;
+pub const V_RESERVED: usize = 7;
+pub const VERDICTS: usize = 8;
+
+/// Human names of the verdicts, indexed by `V_*`.
+pub const VERDICT_NAMES: [&str; VERDICTS] = [
+    "fast",
+    "fast_uplink",
+    "stack",
+    "drop_spoof_ip",
+    "drop_spoof_mac",
+    "drop_policy",
+    "drop_error",
+    "reserved",
+];
+/// Human names of the directions, indexed by `DIR_*`.
+pub const DIR_NAMES: [&str; DIRS] = ["from_container", "to_container"];
+
+/// Endpoint modes.
+pub const MODE_TC: u32 = 0;
+pub const MODE_XDP: u32 = 1;
+
+/// Where the fast path sends a packet addressed to one endpoint address.
+/// Value of `VFP_EP4` (key `[u8; 4]`, network order) and `VFP_EP6` (key `[u8; 16]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Target {
+    /// Host end ifindex (redirect_peer target) in the node namespace.
+    pub ifindex: u32,
+    /// MTU of the pair; larger packets are checked precisely with bpf_check_mtu.
+    pub mtu: u32,
+    /// Network id: the fast path only joins endpoints of the same network.
+    pub network: u32,
+    /// `MODE_*`.
+    pub mode: u32,
+    /// MAC of the container end (new destination MAC).
+    pub container_mac: [u8; 6],
+    /// MAC of the host end (new source MAC, the container's gateway).
+    pub host_mac: [u8; 6],
+}
+
+/// Address family tags in [`EndpointAddr`].
+pub const AF_NONE: u8 = 0;
+pub const AF_V4: u8 = 4;
+pub const AF_V6: u8 = 6;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointAddr {
+    /// `AF_V4`, `AF_V6`, or `AF_NONE` for an unused slot.
+    pub family: u8,
+    pub prefix: u8,
+    pub _pad: [u8; 2],
+    /// v4 in the first 4 bytes, network order.
+    pub addr: [u8; 16],
+}
+
+pub const MAX_ADDRS: usize = 8;
+pub const NAME_LEN: usize = 16;
+pub const NETNS_LEN: usize = 128;
+
+/// Everything known about one endpoint, keyed by host ifindex (`VFP_ENDPOINTS`).
+/// The control plane's registry lives here, next to the datapath, so that any later process
+/// (CLI call, agent) finds the complete state in the pinned maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointRecord {
+    /// Inode of the container network namespace when the endpoint was made.
+    pub netns_ino: u64,
+    pub target: Target,
+    pub naddrs: u32,
+    pub flags: u32,
+    /// Host end name, NUL padded.
+    pub host_name: [u8; NAME_LEN],
+    /// Container end name, NUL padded.
+    pub peer_name: [u8; NAME_LEN],
+    /// The netns as the user gave it (a name under /run/netns or a path), NUL padded.
+    pub netns: [u8; NETNS_LEN],
+    pub addrs: [EndpointAddr; MAX_ADDRS],
+    pub _pad: u32,
+}
+
+impl Default for EndpointRecord {
+    fn default() -> Self {
+        Self {
+            target: Target::default(),
+            netns_ino: 0,
+            naddrs: 0,
+            flags: 0,
+            host_name: [0; NAME_LEN],
+            peer_name: [0; NAME_LEN],
+            netns: [0; NETNS_LEN],
+            addrs: [EndpointAddr::default(); MAX_ADDRS],
+            _pad: 0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketBytes {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Per-CPU counters of one endpoint (`VFP_COUNTERS`, key = host ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub c: [[PacketBytes; VERDICTS]; DIRS],
+}
+
+impl Counters {
+    /// Adds `other` into `self` (summing per-CPU values).
+    pub fn add(&mut self, other: &Counters) {
+        for d in 0..DIRS {
+            for v in 0..VERDICTS {
+                self.c[d][v].packets = self.c[d][v].packets.wrapping_add(other.c[d][v].packets);
+                self.c[d][v].bytes = self.c[d][v].bytes.wrapping_add(other.c[d][v].bytes);
+            }
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), Copy, made only of integers and byte arrays, no padding.
+    unsafe impl aya::Pod for Target {}
+    unsafe impl aya::Pod for EndpointRecord {}
+    unsafe impl aya::Pod for PacketBytes {}
+    unsafe impl aya::Pod for Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<Target>(), 4 * 4 + 12);
+        assert_eq!(size_of::<EndpointAddr>(), 20);
+        assert_eq!(
+            size_of::<EndpointRecord>(),
+            size_of::<Target>() + 8 + 4 + 4 + 16 + 16 + 128 + 20 * MAX_ADDRS + 4
+        );
+        assert_eq!(size_of::<Counters>(), DIRS * VERDICTS * 16);
+    }
+}

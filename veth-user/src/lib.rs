@@ -1,0 +1,5 @@
+//! vethfp: an eBPF veth fast path. Library behind the `vethfp` CLI, agent and CNI plugin.
+//!
+//! Data flows one way: front end → [`endpoint`] registry → ([`netlink`], [`datapath`]) → kernel.
+
+pub mod types;

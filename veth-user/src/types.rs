@@ -1,0 +1,234 @@
+//! Parsed, validated user input: CIDRs, MAC addresses, interface names.
+//! Parsers never panic; every error says what was wrong and what a valid value looks like.
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("invalid CIDR '{0}': expected ADDRESS/PREFIX such as 10.0.0.2/24 or fd00::2/64")]
+    Cidr(String),
+    #[error("invalid prefix length in '{0}': IPv4 allows 0-32, IPv6 0-128")]
+    Prefix(String),
+    #[error(
+        "invalid MAC address '{0}': expected six hex pairs such as 02:00:0a:00:00:02 \
+         (unicast: the lowest bit of the first byte must be 0)"
+    )]
+    Mac(String),
+    #[error(
+        "invalid interface name '{0}': 1 to 15 bytes, no '/', ':', whitespace, and not '.' or '..'"
+    )]
+    IfName(String),
+}
+
+/// An address with its prefix length, e.g. `10.0.0.2/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn is_v4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+    /// Prefix length of a single host: 32 or 128.
+    pub fn host_prefix(&self) -> u8 {
+        if self.is_v4() { 32 } else { 128 }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| ParseError::Cidr(s.into()))?;
+        let addr: IpAddr = a.parse().map_err(|_| ParseError::Cidr(s.into()))?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseError::Prefix(s.into()));
+        }
+        let prefix: u8 = p.parse().map_err(|_| ParseError::Prefix(s.into()))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(ParseError::Prefix(s.into()));
+        }
+        if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+            return Err(ParseError::Cidr(s.into()));
+        }
+        if let IpAddr::V4(v4) = addr
+            && (v4.is_broadcast() || v4.is_link_local())
+        {
+            return Err(ParseError::Cidr(s.into()));
+        }
+        if let IpAddr::V6(v6) = addr
+            && v6.is_unicast_link_local()
+        {
+            return Err(ParseError::Cidr(s.into()));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// An Ethernet MAC address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// A random locally administered unicast address.
+    pub fn random() -> Mac {
+        let mut b = [0u8; 6];
+        // getrandom(2) never fails for 6 bytes once the pool is initialised; fall back to time.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        if n != 6 {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            b.copy_from_slice(&t.to_le_bytes()[..6]);
+        }
+        b[0] = (b[0] & 0xfe) | 0x02;
+        Mac(b)
+    }
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl FromStr for Mac {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for b in out.iter_mut() {
+            let p = parts.next().ok_or_else(|| ParseError::Mac(s.into()))?;
+            if p.len() != 2 {
+                return Err(ParseError::Mac(s.into()));
+            }
+            *b = u8::from_str_radix(p, 16).map_err(|_| ParseError::Mac(s.into()))?;
+        }
+        let mac = Mac(out);
+        if parts.next().is_some() || !mac.is_unicast() {
+            return Err(ParseError::Mac(s.into()));
+        }
+        Ok(mac)
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A valid Linux interface name (IFNAMSIZ - 1 = 15 bytes at most).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct IfName(String);
+
+impl IfName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for IfName {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= 15
+            && s != "."
+            && s != ".."
+            && !s
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+        if ok {
+            Ok(IfName(s.into()))
+        } else {
+            Err(ParseError::IfName(s.into()))
+        }
+    }
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parses_and_rejects() {
+        let c: Cidr = "10.0.0.2/24".parse().unwrap();
+        assert_eq!(c.prefix, 24);
+        assert_eq!(c.to_string(), "10.0.0.2/24");
+        let c: Cidr = "fd00::2/64".parse().unwrap();
+        assert!(!c.is_v4());
+        for bad in [
+            "10.0.0.2",
+            "10.0.0.2/33",
+            "10.0.0.2/",
+            "10.0.0/24",
+            "fd00::2/129",
+            "x/1",
+            "10.0.0.2/+1",
+            "0.0.0.0/0",
+            "224.0.0.1/32",
+            "127.0.0.1/8",
+            "fe80::1/64",
+            "169.254.1.1/32",
+            "",
+            "/",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn mac_parses_and_rejects() {
+        let m: Mac = "02:00:0a:00:00:02".parse().unwrap();
+        assert_eq!(m.0, [2, 0, 10, 0, 0, 2]);
+        assert_eq!(m.to_string(), "02:00:0a:00:00:02");
+        for bad in [
+            "01:00:00:00:00:01",
+            "00:00:00:00:00:00",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "zz:00:00:00:00:00",
+            "2:0:0:0:0:0",
+        ] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad} should be rejected");
+        }
+        let r = Mac::random();
+        assert!(r.is_unicast() && r.0[0] & 2 == 2);
+    }
+
+    #[test]
+    fn ifname_limits() {
+        assert!("eth0".parse::<IfName>().is_ok());
+        assert!("a23456789012345".parse::<IfName>().is_ok());
+        for bad in ["", "a234567890123456", "a/b", "a b", "a:b", ".", ".."] {
+            assert!(bad.parse::<IfName>().is_err(), "{bad} should be rejected");
+        }
+    }
+}
