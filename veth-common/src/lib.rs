@@ -18,7 +18,7 @@ pub const MAP_COUNTERS: &str = "VFP_COUNTERS";
 pub const MAP_CONFIG: &str = "VFP_CONFIG";
 
 /// Capacity of the endpoint maps.
-pub const MAX_ENDPOINTS: u32 = 65_536;
+pub const MAX_ENDPOINTS: usize = 65_536;
 
 /// Config map slots (an `Array<u32>`).
 pub const CONFIG_ABI: u32 = 0;

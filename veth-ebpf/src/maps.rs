@@ -1,0 +1,54 @@
+//! The maps, by the ABI in `veth-common`. BTF-defined so `bpftool map dump` shows named fields.
+//! Hash maps are not preallocated: the control plane inserts, the datapath only looks up.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, PerCpuHashMap},
+    macros::btf_map,
+};
+use veth_common::{CONFIG_FLAGS, CONFIG_SLOTS, Counters, EndpointRecord, MAX_ENDPOINTS, Target};
+
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
+/// IPv4 endpoint address (network order) → where to deliver it.
+#[btf_map]
+pub static VFP_EP4: HashMap<[u8; 4], Target, MAX_ENDPOINTS, NO_PREALLOC> = HashMap::new();
+
+/// IPv6 endpoint address → where to deliver it.
+#[btf_map]
+pub static VFP_EP6: HashMap<[u8; 16], Target, MAX_ENDPOINTS, NO_PREALLOC> = HashMap::new();
+
+/// Host ifindex → the endpoint's full record (control plane registry; the datapath may read it).
+#[btf_map]
+pub static VFP_ENDPOINTS: HashMap<u32, EndpointRecord, MAX_ENDPOINTS, NO_PREALLOC> = HashMap::new();
+
+/// Host ifindex → per-CPU counters by direction and verdict.
+#[btf_map]
+pub static VFP_COUNTERS: PerCpuHashMap<u32, Counters, MAX_ENDPOINTS, NO_PREALLOC> =
+    PerCpuHashMap::new();
+
+/// Small config array: ABI version and feature switches.
+#[btf_map]
+pub static VFP_CONFIG: Array<u32, { CONFIG_SLOTS as usize }> = Array::new();
+
+#[inline(always)]
+pub fn config_flags() -> u32 {
+    match VFP_CONFIG.get(CONFIG_FLAGS) {
+        Some(v) => *v,
+        None => 0,
+    }
+}
+
+/// Adds one packet of `bytes` to the counters of `ifindex`. `dir` and `verdict` are constants at
+/// every call site, so the array indexing compiles to fixed offsets.
+#[inline(always)]
+pub fn count(ifindex: u32, dir: usize, verdict: usize, bytes: u32) {
+    if let Some(c) = VFP_COUNTERS.get_ptr_mut(ifindex) {
+        // SAFETY: per-CPU value; programs on one CPU do not nest (softirq or BH disabled).
+        unsafe {
+            let pb = &mut (*c).c[dir][verdict];
+            pb.packets += 1;
+            pb.bytes += bytes as u64;
+        }
+    }
+}

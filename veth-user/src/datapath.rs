@@ -1,0 +1,416 @@
+//! The datapath as the control plane sees it: the embedded BPF object, its pinned maps,
+//! programs and links under `--bpffs DIR`, and typed access to the maps.
+//!
+//! Layout of DIR (all created 0700 / pinned by the kernel's bpffs rules):
+//! ```text
+//! DIR/VFP_EP4, VFP_EP6, VFP_ENDPOINTS, VFP_COUNTERS, VFP_CONFIG   maps, by name
+//! DIR/progs/<program>-<object hash>                                 loaded programs
+//! DIR/links/tcx-ingress-<ifindex>, tcx-egress-<ifindex>             one link per hook and host end
+//! ```
+//! Programs are pinned per object hash: a CLI call reuses the programs an earlier call loaded
+//! from the same binary (no verification per endpoint), and a new binary loads its own.
+
+use std::{
+    fs,
+    io::ErrorKind,
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::{DirBuilderExt, PermissionsExt},
+    },
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuHashMap, PerCpuValues},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
+    },
+};
+use veth_common::{
+    ABI_VERSION, CONFIG_ABI, CONFIG_FLAGS, Counters, EndpointRecord, MAP_CONFIG, MAP_COUNTERS,
+    MAP_ENDPOINTS, MAP_EP4, MAP_EP6, Target,
+};
+
+/// The BPF object built from `veth-ebpf` by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veth-ebpf"));
+
+/// Default state directory.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/vethfp";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+pub const PROG_TC_INGRESS: &str = "vfp_tc_ingress";
+pub const PROG_TC_EGRESS: &str = "vfp_tc_egress";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "{0} is not inside a mounted bpffs: mount one (`mount -t bpf bpf DIR`) and pass \
+         --bpffs DIR/vethfp, or use a directory under /sys/fs/bpf"
+    )]
+    NotBpffs(PathBuf),
+    #[error(
+        "could not mount bpffs at /sys/fs/bpf ({0}): mount it yourself with `mount -t bpf bpf /sys/fs/bpf`"
+    )]
+    Mount(String),
+    #[error("could not create state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "pinned state in {dir} has map ABI version {found}, this vethfp uses {want}: \
+         remove the old endpoints with the vethfp that made them, or delete {dir}"
+    )]
+    Abi { dir: PathBuf, found: u32, want: u32 },
+    #[error("loading the BPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("BPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("attaching {prog} to {iface}: {source}")]
+    Attach {
+        prog: &'static str,
+        iface: String,
+        source: ProgramError,
+    },
+    #[error("tcx link on {iface}: {source}")]
+    Link {
+        iface: String,
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DatapathError {
+    let what = what.into();
+    move |source| DatapathError::Io { what, source }
+}
+
+/// Ensures `dir` can hold pins: it is (or will be created) inside a mounted bpffs. If nothing is
+/// mounted at /sys/fs/bpf and `dir` is under it, bpffs is mounted there first.
+pub fn prepare_bpffs(dir: &Path) -> Result<()> {
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .ok_or_else(|| DatapathError::NotBpffs(dir.into()))?;
+    if is_bpffs(existing) {
+        return make_dir(dir);
+    }
+    let sys = Path::new("/sys/fs/bpf");
+    if dir.starts_with(sys) && sys.is_dir() && !is_bpffs(sys) && existing == sys {
+        nix::mount::mount(
+            Some("bpf"),
+            sys,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=0700"),
+        )
+        .map_err(|e| DatapathError::Mount(e.to_string()))?;
+        return make_dir(dir);
+    }
+    Err(DatapathError::NotBpffs(dir.into()))
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+fn make_dir(dir: &Path) -> Result<()> {
+    for d in [dir.to_path_buf(), dir.join("progs"), dir.join("links")] {
+        match fs::DirBuilder::new().recursive(true).mode(0o700).create(&d) {
+            Ok(()) => {}
+            Err(source) => return Err(DatapathError::StateDir { path: d, source }),
+        }
+    }
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    Ok(())
+}
+
+/// An exclusive lock on the state directory for the duration of one registry operation, so
+/// concurrent CLI calls (and the agent) never interleave their map and link updates.
+pub struct StateLock {
+    _fd: OwnedFd,
+}
+
+impl StateLock {
+    pub fn acquire(dir: &Path) -> Result<StateLock> {
+        let f = fs::File::open(dir).map_err(io(format!("opening {}", dir.display())))?;
+        let fd: OwnedFd = f.into();
+        // SAFETY: valid fd; flock on a directory fd is allowed on every filesystem.
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(DatapathError::Io {
+                what: format!("locking {}", dir.display()),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(StateLock { _fd: fd })
+    }
+}
+
+/// FNV-1a of the embedded object: names the pinned programs of this build.
+fn object_hash() -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in EBPF_OBJECT {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The opened datapath: maps (pinned, shared by every process) and the means to attach.
+pub struct Datapath {
+    dir: PathBuf,
+    ebpf: Ebpf,
+}
+
+impl Datapath {
+    /// Opens (creating on first use) the pinned datapath state in `dir`.
+    pub fn open(dir: &Path) -> Result<Datapath> {
+        prepare_bpffs(dir)?;
+        let mut loader = EbpfLoader::new();
+        let pins: Vec<(&'static str, PathBuf)> =
+            [MAP_EP4, MAP_EP6, MAP_ENDPOINTS, MAP_COUNTERS, MAP_CONFIG]
+                .into_iter()
+                .map(|m| (m, dir.join(m)))
+                .collect();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader.load(EBPF_OBJECT)?;
+        let mut dp = Datapath {
+            dir: dir.to_path_buf(),
+            ebpf,
+        };
+        dp.check_abi()?;
+        Ok(dp)
+    }
+
+    /// Loads the object without pins: private maps, for BPF_PROG_TEST_RUN unit tests.
+    pub fn unpinned() -> Result<Ebpf> {
+        Ok(EbpfLoader::new().load(EBPF_OBJECT)?)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_abi(&mut self) -> Result<()> {
+        let mut cfg = self.config()?;
+        let found = cfg.get(&CONFIG_ABI, 0).map_err(map_err(MAP_CONFIG))?;
+        if found == 0 {
+            cfg.set(CONFIG_ABI, ABI_VERSION, 0)
+                .map_err(map_err(MAP_CONFIG))?;
+        } else if found != ABI_VERSION {
+            return Err(DatapathError::Abi {
+                dir: self.dir.clone(),
+                found,
+                want: ABI_VERSION,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn ep4(&mut self) -> Result<HashMap<&mut MapData, [u8; 4], Target>> {
+        typed(&mut self.ebpf, MAP_EP4)
+    }
+    pub fn ep6(&mut self) -> Result<HashMap<&mut MapData, [u8; 16], Target>> {
+        typed(&mut self.ebpf, MAP_EP6)
+    }
+    pub fn endpoints(&mut self) -> Result<HashMap<&mut MapData, u32, EndpointRecord>> {
+        typed(&mut self.ebpf, MAP_ENDPOINTS)
+    }
+    pub fn counters(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, Counters>> {
+        typed(&mut self.ebpf, MAP_COUNTERS)
+    }
+    pub fn config(&mut self) -> Result<Array<&mut MapData, u32>> {
+        typed(&mut self.ebpf, MAP_CONFIG)
+    }
+
+    pub fn flags(&mut self) -> Result<u32> {
+        self.config()?
+            .get(&CONFIG_FLAGS, 0)
+            .map_err(map_err(MAP_CONFIG))
+    }
+
+    pub fn set_flags(&mut self, flags: u32) -> Result<()> {
+        self.config()?
+            .set(CONFIG_FLAGS, flags, 0)
+            .map_err(map_err(MAP_CONFIG))
+    }
+
+    /// Creates a zeroed counter entry for `ifindex` (before its programs can see a packet).
+    pub fn reset_counters(&mut self, ifindex: u32) -> Result<()> {
+        let n = aya::util::nr_cpus().map_err(|(what, e)| DatapathError::Io {
+            what: what.into(),
+            source: e,
+        })?;
+        let zeros =
+            PerCpuValues::try_from(vec![Counters::default(); n]).map_err(io("per-CPU values"))?;
+        self.counters()?
+            .insert(ifindex, zeros, 0)
+            .map_err(map_err(MAP_COUNTERS))
+    }
+
+    /// Summed counters of `ifindex`, or None if it has no entry.
+    pub fn read_counters(&mut self, ifindex: u32) -> Result<Option<Counters>> {
+        match self.counters()?.get(&ifindex, 0) {
+            Ok(per_cpu) => {
+                let mut sum = Counters::default();
+                for c in per_cpu.iter() {
+                    sum.add(c);
+                }
+                Ok(Some(sum))
+            }
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(DatapathError::Map {
+                name: MAP_COUNTERS,
+                source: e,
+            }),
+        }
+    }
+
+    /// The program `name` of this build: from its pin, or loaded (verified) and pinned now.
+    fn program(&mut self, name: &'static str) -> Result<SchedClassifier> {
+        let pin = self
+            .dir
+            .join("progs")
+            .join(format!("{name}-{:016x}", object_hash()));
+        if pin.exists() {
+            if let Ok(p) = SchedClassifier::from_pin(&pin) {
+                return Ok(p);
+            }
+            let _ = fs::remove_file(&pin);
+        }
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::Program {
+                name,
+                source: ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        prog.load()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        prog.pin(&pin).map_err(|source| DatapathError::Pin {
+            path: pin.clone(),
+            source,
+        })?;
+        SchedClassifier::from_pin(&pin).map_err(|source| DatapathError::Program { name, source })
+    }
+
+    pub fn link_pin(&self, hook: &str, ifindex: u32) -> PathBuf {
+        self.dir.join("links").join(format!("{hook}-{ifindex}"))
+    }
+
+    /// Attaches the tcx ingress and egress programs to host end `iface` and pins the links.
+    /// On failure nothing stays attached.
+    pub fn attach_tc(&mut self, iface: &str, ifindex: u32) -> Result<()> {
+        let hooks = [
+            (PROG_TC_INGRESS, TcAttachType::Ingress, "tcx-ingress"),
+            (PROG_TC_EGRESS, TcAttachType::Egress, "tcx-egress"),
+        ];
+        for (i, (prog_name, kind, hook)) in hooks.iter().enumerate() {
+            if let Err(e) = self.attach_one(iface, ifindex, prog_name, *kind, hook) {
+                for (_, _, done) in &hooks[..i] {
+                    let _ = fs::remove_file(self.link_pin(done, ifindex));
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_one(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        prog_name: &'static str,
+        kind: TcAttachType,
+        hook: &str,
+    ) -> Result<()> {
+        let pin = self.link_pin(hook, ifindex);
+        // A pin left by an earlier interface with the same ifindex is stale: drop it.
+        let _ = fs::remove_file(&pin);
+        let mut prog = self.program(prog_name)?;
+        let attach_err = |source| DatapathError::Attach {
+            prog: prog_name,
+            iface: iface.into(),
+            source,
+        };
+        let id = prog
+            .attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        let fd_link: FdLink = link.try_into().map_err(|source| DatapathError::Link {
+            iface: iface.into(),
+            source,
+        })?;
+        let _: PinnedLink = fd_link.pin(&pin).map_err(|source| DatapathError::Pin {
+            path: pin.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Removes every link pin of `ifindex` (detaching the programs if the interface still
+    /// exists). Returns how many pins were removed.
+    pub fn detach(&self, ifindex: u32) -> Result<usize> {
+        let mut n = 0;
+        for hook in ["tcx-ingress", "tcx-egress", "xdp"] {
+            match fs::remove_file(self.link_pin(hook, ifindex)) {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io(format!("removing link pin of ifindex {ifindex}"))(e)),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Link pins present for `ifindex`.
+    pub fn link_pins(&self, ifindex: u32) -> Vec<PathBuf> {
+        ["tcx-ingress", "tcx-egress", "xdp"]
+            .iter()
+            .map(|h| self.link_pin(h, ifindex))
+            .filter(|p| p.exists())
+            .collect()
+    }
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+fn typed<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(DatapathError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })?;
+    T::try_from(map).map_err(map_err(name))
+}

@@ -1,0 +1,428 @@
+//! Layer 1: the datapath programs run with BPF_PROG_TEST_RUN on crafted frames, with private
+//! (unpinned) maps. No namespace, no interface, nothing attached anywhere.
+//!
+//! In BPF_PROG_TEST_RUN the skb arrives on the loopback device (ifindex 1, MAC 00:..:00), so the
+//! sending endpoint is ifindex 1 and frames addressed to MAC 00:..:00 are PACKET_HOST.
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, PerCpuHashMap, PerCpuValues},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use veth_common::*;
+use vethfp::datapath::{Datapath, PROG_TC_EGRESS, PROG_TC_INGRESS};
+
+const SRC_IF: u32 = 1; // loopback in BPF_PROG_TEST_RUN
+const DST_IF: u32 = 1000;
+const DST_MAC: [u8; 6] = [0x02, 0xc0, 0, 0, 0, 0x02];
+const DST_HOST_MAC: [u8; 6] = [0x02, 0x40, 0, 0, 0, 0x02];
+const TC_ACT_REDIRECT: u32 = 7;
+const TCX_NEXT: u32 = u32::MAX; // -1
+
+struct Rig {
+    ebpf: Ebpf,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let mut ebpf = Datapath::unpinned().expect("BPF object loads");
+        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load()
+                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+        }
+        let mut rig = Rig { ebpf };
+        let target = Target {
+            ifindex: DST_IF,
+            mtu: 1500,
+            network: 0,
+            mode: MODE_TC,
+            container_mac: DST_MAC,
+            host_mac: DST_HOST_MAC,
+        };
+        {
+            let mut ep4: HashMap<_, [u8; 4], Target> =
+                HashMap::try_from(rig.ebpf.map_mut(MAP_EP4).unwrap()).unwrap();
+            ep4.insert([10, 0, 0, 2], target, 0).unwrap();
+            // An endpoint whose host end is the sender itself (hairpin).
+            ep4.insert(
+                [10, 0, 0, 1],
+                Target {
+                    ifindex: SRC_IF,
+                    ..target
+                },
+                0,
+            )
+            .unwrap();
+            // A small-MTU endpoint.
+            ep4.insert(
+                [10, 0, 0, 3],
+                Target {
+                    ifindex: 1001,
+                    mtu: 100,
+                    ..target
+                },
+                0,
+            )
+            .unwrap();
+        }
+        {
+            let mut ep6: HashMap<_, [u8; 16], Target> =
+                HashMap::try_from(rig.ebpf.map_mut(MAP_EP6).unwrap()).unwrap();
+            ep6.insert(v6(2), target, 0).unwrap();
+        }
+        {
+            let n = aya::util::nr_cpus().unwrap();
+            let mut c: PerCpuHashMap<_, u32, Counters> =
+                PerCpuHashMap::try_from(rig.ebpf.map_mut(MAP_COUNTERS).unwrap()).unwrap();
+            for i in [SRC_IF, DST_IF, 1001] {
+                c.insert(
+                    i,
+                    PerCpuValues::try_from(vec![Counters::default(); n]).unwrap(),
+                    0,
+                )
+                .unwrap();
+            }
+        }
+        rig
+    }
+
+    fn run(&self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("test_run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn counters(&self, ifindex: u32) -> Counters {
+        let c: PerCpuHashMap<_, u32, Counters> =
+            PerCpuHashMap::try_from(self.ebpf.map(MAP_COUNTERS).unwrap()).unwrap();
+        let mut sum = Counters::default();
+        for v in c.get(&ifindex, 0).unwrap().iter() {
+            sum.add(v);
+        }
+        sum
+    }
+
+    fn set_flags(&mut self, flags: u32) {
+        let mut a: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(self.ebpf.map_mut(MAP_CONFIG).unwrap()).unwrap();
+        a.set(CONFIG_FLAGS, flags, 0).unwrap();
+    }
+}
+
+fn v6(last: u8) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = 0xfd;
+    a[15] = last;
+    a
+}
+
+fn csum(data: &[u8]) -> u16 {
+    let mut s: u32 = 0;
+    for ch in data.chunks(2) {
+        let w = if ch.len() == 2 {
+            u16::from_be_bytes([ch[0], ch[1]])
+        } else {
+            u16::from_be_bytes([ch[0], 0])
+        };
+        s += w as u32;
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+fn eth(dst: [u8; 6], ethertype: u16) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&[0x02, 0xaa, 0, 0, 0, 1]);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// Ethernet + IPv4 (+ options) + UDP with `payload` bytes, valid header checksum.
+fn v4_frame(dst: [u8; 4], ttl: u8, options: &[u8], payload: usize) -> Vec<u8> {
+    let mut f = eth([0; 6], 0x0800);
+    let ihl = 5 + options.len() / 4;
+    let tot = (ihl * 4 + 8 + payload) as u16;
+    let mut ip = vec![(4 << 4) | ihl as u8, 0];
+    ip.extend_from_slice(&tot.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, ttl, 17, 0, 0]);
+    ip.extend_from_slice(&[10, 0, 0, 9]);
+    ip.extend_from_slice(&dst);
+    ip.extend_from_slice(options);
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0x30, 0x39, 0x30, 0x39]);
+    f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend(std::iter::repeat_n(0xab, payload));
+    f
+}
+
+fn v6_frame(src: [u8; 16], dst: [u8; 16], hop: u8, next: u8, payload: usize) -> Vec<u8> {
+    let mut f = eth([0; 6], 0x86dd);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    f.extend_from_slice(&[next, hop]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&[0x30, 0x39, 0x30, 0x39]);
+    f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend(std::iter::repeat_n(0xcd, payload));
+    f
+}
+
+#[test]
+fn v4_known_destination_is_rewritten_and_redirected() {
+    let rig = Rig::new();
+    for ttl in [64u8, 2, 255] {
+        let frame = v4_frame([10, 0, 0, 2], ttl, &[], 100);
+        let before_src = rig.counters(SRC_IF);
+        let before_dst = rig.counters(DST_IF);
+        let (ret, out) = rig.run(PROG_TC_INGRESS, &frame);
+        assert_eq!(ret, TC_ACT_REDIRECT, "ttl {ttl}");
+        assert_eq!(out.len(), frame.len());
+        assert_eq!(&out[0..6], &DST_MAC, "destination MAC := container's");
+        assert_eq!(
+            &out[6..12],
+            &DST_HOST_MAC,
+            "source MAC := destination host end's"
+        );
+        assert_eq!(out[14 + 8], ttl - 1, "TTL decremented");
+        assert_eq!(
+            csum(&out[14..34]),
+            0,
+            "IPv4 header checksum valid after rewrite"
+        );
+        // Nothing but MACs, TTL and checksum changed.
+        assert_eq!(&out[12..22], &frame[12..22]);
+        assert_eq!(&out[23..24], &frame[23..24]);
+        assert_eq!(&out[26..], &frame[26..]);
+        let (src, dst) = (rig.counters(SRC_IF), rig.counters(DST_IF));
+        let len = frame.len() as u64;
+        assert_eq!(
+            src.c[DIR_FROM_CONTAINER][V_FAST].packets,
+            before_src.c[DIR_FROM_CONTAINER][V_FAST].packets + 1
+        );
+        assert_eq!(
+            src.c[DIR_FROM_CONTAINER][V_FAST].bytes,
+            before_src.c[DIR_FROM_CONTAINER][V_FAST].bytes + len
+        );
+        assert_eq!(
+            dst.c[DIR_TO_CONTAINER][V_FAST].packets,
+            before_dst.c[DIR_TO_CONTAINER][V_FAST].packets + 1
+        );
+        assert_eq!(
+            dst.c[DIR_TO_CONTAINER][V_FAST].bytes,
+            before_dst.c[DIR_TO_CONTAINER][V_FAST].bytes + len
+        );
+        assert_eq!(
+            src.c[DIR_FROM_CONTAINER][V_STACK],
+            before_src.c[DIR_FROM_CONTAINER][V_STACK]
+        );
+    }
+}
+
+#[test]
+fn v4_checksum_carry_cases_stay_valid() {
+    let rig = Rig::new();
+    // Vary the id so the checksum walks through values near the carry boundary.
+    for id in 0..2048u16 {
+        let mut frame = v4_frame([10, 0, 0, 2], 64, &[], 0);
+        frame[18..20].copy_from_slice(&id.wrapping_mul(31).to_be_bytes());
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let c = csum(&frame[14..34]);
+        frame[24..26].copy_from_slice(&c.to_be_bytes());
+        let (ret, out) = rig.run(PROG_TC_INGRESS, &frame);
+        assert_eq!(ret, TC_ACT_REDIRECT);
+        assert_eq!(csum(&out[14..34]), 0, "id {id}");
+    }
+}
+
+#[test]
+fn v6_known_destination_is_rewritten_and_redirected() {
+    let rig = Rig::new();
+    let frame = v6_frame(v6(9), v6(2), 64, 17, 200);
+    let before = rig.counters(DST_IF);
+    let (ret, out) = rig.run(PROG_TC_INGRESS, &frame);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(&out[0..6], &DST_MAC);
+    assert_eq!(&out[6..12], &DST_HOST_MAC);
+    assert_eq!(out[14 + 7], 63, "hop limit decremented");
+    assert_eq!(&out[12..21], &frame[12..21]);
+    assert_eq!(&out[22..], &frame[22..]);
+    let after = rig.counters(DST_IF);
+    assert_eq!(
+        after.c[DIR_TO_CONTAINER][V_FAST].packets,
+        before.c[DIR_TO_CONTAINER][V_FAST].packets + 1
+    );
+    assert_eq!(
+        after.c[DIR_TO_CONTAINER][V_FAST].bytes,
+        before.c[DIR_TO_CONTAINER][V_FAST].bytes + frame.len() as u64
+    );
+}
+
+/// Every one of these must reach the kernel stack unchanged and be counted as such.
+#[test]
+fn everything_else_passes_to_the_stack_unchanged() {
+    let rig = Rig::new();
+    let mut arp = eth([0xff; 6], 0x0806);
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&[0u8; 20]);
+    let mut multicast = v4_frame([224, 0, 0, 1], 64, &[], 10);
+    multicast[0..6].copy_from_slice(&[0x01, 0x00, 0x5e, 0, 0, 1]);
+    let mut other_host = v4_frame([10, 0, 0, 2], 64, &[], 10);
+    other_host[0..6].copy_from_slice(&[0x02, 0x99, 0, 0, 0, 9]);
+    let mut vlan = v4_frame([10, 0, 0, 2], 64, &[], 10);
+    vlan[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("ARP broadcast", arp),
+        ("IPv4 multicast", multicast),
+        ("unicast to another MAC (PACKET_OTHERHOST)", other_host),
+        ("VLAN tagged", vlan),
+        (
+            "unknown v4 destination",
+            v4_frame([10, 0, 0, 77], 64, &[], 10),
+        ),
+        ("TTL 1", v4_frame([10, 0, 0, 2], 1, &[], 10)),
+        ("TTL 0", v4_frame([10, 0, 0, 2], 0, &[], 10)),
+        (
+            "IPv4 options",
+            v4_frame([10, 0, 0, 2], 64, &[0x94, 0x04, 0, 0], 10),
+        ),
+        (
+            "hairpin to the sender itself",
+            v4_frame([10, 0, 0, 1], 64, &[], 10),
+        ),
+        (
+            "over the destination MTU",
+            v4_frame([10, 0, 0, 3], 64, &[], 200),
+        ),
+        (
+            "unknown v6 destination",
+            v6_frame(v6(9), v6(77), 64, 17, 10),
+        ),
+        ("hop limit 1", v6_frame(v6(9), v6(2), 1, 17, 10)),
+        ("v6 hop-by-hop options", v6_frame(v6(9), v6(2), 64, 0, 10)),
+        (
+            "v6 link-local source",
+            v6_frame(
+                [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                v6(2),
+                64,
+                17,
+                10,
+            ),
+        ),
+    ];
+    for (what, frame) in cases {
+        let before = rig.counters(SRC_IF);
+        let before_dst = rig.counters(DST_IF);
+        let (ret, out) = rig.run(PROG_TC_INGRESS, &frame);
+        assert_eq!(ret, TCX_NEXT, "{what}: must go to the stack");
+        assert_eq!(out, frame, "{what}: must be unchanged");
+        let after = rig.counters(SRC_IF);
+        let s = |c: &Counters| c.c[DIR_FROM_CONTAINER][V_STACK];
+        assert_eq!(
+            s(&after).packets,
+            s(&before).packets + 1,
+            "{what}: counted once as stack"
+        );
+        assert_eq!(
+            s(&after).bytes,
+            s(&before).bytes + frame.len() as u64,
+            "{what}"
+        );
+        assert_eq!(
+            after.c[DIR_FROM_CONTAINER][V_FAST], before.c[DIR_FROM_CONTAINER][V_FAST],
+            "{what}: not counted as fast"
+        );
+        assert_eq!(
+            rig.counters(DST_IF),
+            before_dst,
+            "{what}: destination untouched"
+        );
+    }
+}
+
+#[test]
+fn fast_path_switch_off_passes_everything() {
+    let mut rig = Rig::new();
+    rig.set_flags(CFG_FASTPATH_OFF);
+    let frame = v4_frame([10, 0, 0, 2], 64, &[], 10);
+    let (ret, out) = rig.run(PROG_TC_INGRESS, &frame);
+    assert_eq!(ret, TCX_NEXT);
+    assert_eq!(out, frame);
+    rig.set_flags(0);
+    assert_eq!(rig.run(PROG_TC_INGRESS, &frame).0, TC_ACT_REDIRECT);
+}
+
+#[test]
+fn egress_counts_slow_path_delivery() {
+    let rig = Rig::new();
+    let frame = v4_frame([10, 0, 0, 2], 64, &[], 50);
+    let before = rig.counters(SRC_IF);
+    let (ret, out) = rig.run(PROG_TC_EGRESS, &frame);
+    assert_eq!(ret, TCX_NEXT);
+    assert_eq!(out, frame);
+    let after = rig.counters(SRC_IF);
+    assert_eq!(
+        after.c[DIR_TO_CONTAINER][V_STACK].packets,
+        before.c[DIR_TO_CONTAINER][V_STACK].packets + 1
+    );
+    assert_eq!(
+        after.c[DIR_TO_CONTAINER][V_STACK].bytes,
+        before.c[DIR_TO_CONTAINER][V_STACK].bytes + frame.len() as u64
+    );
+}
+
+/// Frames cut inside the IP header. The kernel's test_run refuses some sizes outright (EINVAL);
+/// every size it accepts must pass unchanged.
+#[test]
+fn truncated_frames_pass_unchanged() {
+    let rig = Rig::new();
+    let full4 = v4_frame([10, 0, 0, 2], 64, &[], 10);
+    let full6 = v6_frame(v6(9), v6(2), 64, 17, 10);
+    let mut accepted = 0;
+    for frame in (14..34)
+        .map(|n| full4[..n].to_vec())
+        .chain((14..54).map(|n| full6[..n].to_vec()))
+    {
+        let p: &SchedClassifier = rig
+            .ebpf
+            .program(PROG_TC_INGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut out = vec![0u8; 512];
+        match p.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        }) {
+            Ok(r) => {
+                accepted += 1;
+                assert_eq!(r.return_value, TCX_NEXT, "{} bytes", frame.len());
+                assert_eq!(
+                    &out[..r.data_size_out as usize],
+                    &frame[..],
+                    "{} bytes",
+                    frame.len()
+                );
+            }
+            Err(e) => assert!(format!("{e:?}").contains("InvalidInput"), "{e:?}"),
+        }
+    }
+    eprintln!("kernel accepted {accepted} truncated frames");
+}
