@@ -134,7 +134,7 @@ pub fn prepare_bpffs(dir: &Path) -> Result<()> {
 
 fn is_bpffs(p: &Path) -> bool {
     nix::sys::statfs::statfs(p)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false)
 }
 

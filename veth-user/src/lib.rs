@@ -3,4 +3,6 @@
 //! Data flows one way: front end → [`endpoint`] registry → ([`netlink`], [`datapath`]) → kernel.
 
 pub mod datapath;
+pub mod endpoint;
+pub mod netlink;
 pub mod types;

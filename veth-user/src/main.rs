@@ -1,1 +1,245 @@
-fn main() {}
+//! `vethfp`: the command-line front end. Thin: parse, call the registry, print.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use veth_common::{
+    DIR_FROM_CONTAINER, DIR_TO_CONTAINER, V_DROP_ERROR, V_DROP_POLICY, V_DROP_SPOOF_IP,
+    V_DROP_SPOOF_MAC, V_FAST, V_FAST_UPLINK, V_STACK,
+};
+use vethfp::{
+    datapath::DEFAULT_BPFFS,
+    endpoint::{AddRequest, EndpointStats, EndpointView, Registry},
+    types::{Cidr, IfName, Mac},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "vethfp",
+    version,
+    about = "eBPF veth fast path: veth pairs whose traffic skips the bridge, the node's stack and the backlog",
+    propagate_version = true
+)]
+struct Cli {
+    /// Directory inside a mounted bpffs where maps, programs and links are pinned.
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create, remove and list veth pairs (endpoints).
+    #[command(subcommand)]
+    Pair(PairCmd),
+    /// Per-endpoint packet and byte counters by direction and verdict.
+    Stats {
+        /// Only this endpoint (its host interface name).
+        host_if: Option<String>,
+        /// Print JSON with every field.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PairCmd {
+    /// Create a veth pair into a container netns, configure routed mode, attach the fast path.
+    Add(AddArgs),
+    /// Remove a pair with its routes, map entries, links and pins.
+    Del {
+        /// Host interface name of the endpoint.
+        host_if: String,
+    },
+    /// List endpoints.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct AddArgs {
+    /// Name of the host end (1-15 bytes), stays in the node's network namespace.
+    host_if: IfName,
+    /// Container network namespace: a name under /run/netns or a path such as /proc/PID/ns/net.
+    #[arg(long, value_name = "NS")]
+    netns: String,
+    /// Name of the container end inside NS.
+    #[arg(long, default_value = "eth0")]
+    ifname: IfName,
+    /// Container address with prefix, e.g. 10.0.0.2/24 or fd00::2/64 (repeatable).
+    #[arg(long = "addr", value_name = "CIDR", required = true)]
+    addrs: Vec<Cidr>,
+    /// MTU of both ends (default: the kernel's, 1500).
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// MAC of the container end (default: random, locally administered).
+    #[arg(long)]
+    mac: Option<Mac>,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line, like every other error: clap's first line without its prefix.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("vethfp: error: {first} (see `vethfp --help`)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("vethfp: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// vethfp changes links and loads BPF: it needs CAP_NET_ADMIN and CAP_BPF (or CAP_SYS_ADMIN).
+fn check_privileges() -> anyhow::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    if !(has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))) {
+        anyhow::bail!(
+            "vethfp must run as root (it needs CAP_NET_ADMIN and CAP_BPF): run it with sudo"
+        );
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    check_privileges()?;
+    let dir = cli.bpffs;
+    match cli.cmd {
+        Cmd::Pair(PairCmd::Add(a)) => {
+            let req = AddRequest {
+                host: a.host_if,
+                netns: a.netns,
+                ifname: a.ifname,
+                addrs: a.addrs,
+                mtu: a.mtu,
+                mac: a.mac,
+                network: 0,
+            };
+            let view = Registry::open(&dir)?
+                .add(&req)
+                .with_context(|| format!("pair add {}", req.host))?;
+            println!(
+                "added {} (ifindex {}) -> {} in {} [{}]",
+                view.host_if,
+                view.host_ifindex,
+                view.ifname,
+                view.netns,
+                view.addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Cmd::Pair(PairCmd::Del { host_if }) => {
+            Registry::open(&dir)?
+                .del(&host_if)
+                .with_context(|| format!("pair del {host_if}"))?;
+            println!("removed {host_if}");
+        }
+        Cmd::Pair(PairCmd::List { json }) => {
+            let list = Registry::open_read(&dir)?.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print_list(&list);
+            }
+        }
+        Cmd::Stats { host_if, json } => {
+            let stats = Registry::open_read(&dir)?.stats(host_if.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print_stats(&stats);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_list(list: &[EndpointView]) {
+    println!(
+        "{:<15} {:>7} {:<17} {:<20} {:<8} {:<17} {:>5} {:<4} ADDRESSES",
+        "HOST_IF", "IFINDEX", "HOST_MAC", "NETNS", "IFNAME", "CONTAINER_MAC", "MTU", "MODE"
+    );
+    for e in list {
+        println!(
+            "{:<15} {:>7} {:<17} {:<20} {:<8} {:<17} {:>5} {:<4} {}",
+            e.host_if,
+            e.host_ifindex,
+            e.host_mac.to_string(),
+            e.netns,
+            e.ifname,
+            e.container_mac.to_string(),
+            e.mtu,
+            e.mode,
+            e.addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+}
+
+fn print_stats(stats: &[EndpointStats]) {
+    println!(
+        "{:<15} {:<15} {:>12} {:>14} {:>12} {:>14} {:>10}",
+        "HOST_IF", "DIRECTION", "FAST_PKTS", "FAST_BYTES", "STACK_PKTS", "STACK_BYTES", "DROPPED"
+    );
+    for s in stats {
+        for (d, name) in [
+            (DIR_FROM_CONTAINER, "from_container"),
+            (DIR_TO_CONTAINER, "to_container"),
+        ] {
+            let c = &s.counters.c[d];
+            let fast_p = c[V_FAST].packets + c[V_FAST_UPLINK].packets;
+            let fast_b = c[V_FAST].bytes + c[V_FAST_UPLINK].bytes;
+            let dropped: u64 = [
+                V_DROP_SPOOF_IP,
+                V_DROP_SPOOF_MAC,
+                V_DROP_POLICY,
+                V_DROP_ERROR,
+            ]
+            .iter()
+            .map(|v| c[*v].packets)
+            .sum();
+            println!(
+                "{:<15} {:<15} {:>12} {:>14} {:>12} {:>14} {:>10}",
+                s.host_if, name, fast_p, fast_b, c[V_STACK].packets, c[V_STACK].bytes, dropped
+            );
+        }
+    }
+}

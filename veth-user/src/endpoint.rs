@@ -1,0 +1,483 @@
+//! The endpoint registry: adding or removing an endpoint is netlink + maps + links, done under
+//! the state lock, with rollback of everything created when a step fails.
+//!
+//! The registry itself is the `VFP_ENDPOINTS` map (host ifindex → [`EndpointRecord`]), pinned
+//! next to the datapath, so every process sees the same state and nothing lives in files.
+
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
+
+use serde::Serialize;
+use veth_common::{
+    AF_V4, AF_V6, Counters, DIR_NAMES, EndpointAddr, EndpointRecord, MAX_ADDRS, MODE_TC, MODE_XDP,
+    NAME_LEN, NETNS_LEN, PacketBytes, Target, VERDICT_NAMES,
+};
+
+use crate::{
+    datapath::{Datapath, DatapathError, StateLock, prepare_bpffs},
+    netlink::{self, NetlinkError, Netns, VethRequest},
+    types::{Cidr, IfName, Mac},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("at least one --addr is required (e.g. --addr 10.0.0.2/24)")]
+    NoAddr,
+    #[error("{0} addresses given: an endpoint has at most {MAX_ADDRS}")]
+    TooManyAddrs(usize),
+    #[error("address {0} is given twice")]
+    DuplicateAddr(IpAddr),
+    #[error("address {addr} already belongs to endpoint {owner}: each address can be used once")]
+    AddrInUse { addr: IpAddr, owner: String },
+    #[error("MTU {0} is out of range: use 68 to 65535")]
+    Mtu(u32),
+    #[error(
+        "interface {0} already exists in the node: choose another name, or `vethfp pair del {0}` if it is an old endpoint"
+    )]
+    HostExists(String),
+    #[error("no endpoint named {0}: `vethfp pair list` shows the endpoints")]
+    NotFound(String),
+    #[error("netns '{0}' is longer than {max} bytes", max = NETNS_LEN - 1)]
+    NetnsTooLong(String),
+    #[error("BPF map {what}: {source}")]
+    Map {
+        what: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+type Result<T, E = EndpointError> = std::result::Result<T, E>;
+
+fn map_err(what: &'static str) -> impl FnOnce(aya::maps::MapError) -> EndpointError {
+    move |source| EndpointError::Map { what, source }
+}
+
+/// What `pair add` asks for.
+#[derive(Debug, Clone)]
+pub struct AddRequest {
+    pub host: IfName,
+    pub netns: String,
+    pub ifname: IfName,
+    pub addrs: Vec<Cidr>,
+    pub mtu: Option<u32>,
+    pub mac: Option<Mac>,
+    pub network: u32,
+}
+
+/// One endpoint as `pair list` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EndpointView {
+    pub host_if: String,
+    pub host_ifindex: u32,
+    pub host_mac: Mac,
+    pub netns: String,
+    pub ifname: String,
+    pub container_mac: Mac,
+    pub addrs: Vec<Cidr>,
+    pub mtu: u32,
+    pub mode: &'static str,
+    pub network: u32,
+}
+
+/// Counters of one endpoint, summed over CPUs.
+#[derive(Debug, Clone)]
+pub struct EndpointStats {
+    pub host_if: String,
+    pub host_ifindex: u32,
+    pub counters: Counters,
+}
+
+impl Serialize for EndpointStats {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        #[derive(Serialize)]
+        struct Pb {
+            packets: u64,
+            bytes: u64,
+        }
+        let mut m = s.serialize_map(Some(2 + DIR_NAMES.len()))?;
+        m.serialize_entry("host_if", &self.host_if)?;
+        m.serialize_entry("host_ifindex", &self.host_ifindex)?;
+        for (d, dname) in DIR_NAMES.iter().enumerate() {
+            let by_verdict: BTreeMap<&str, Pb> = VERDICT_NAMES
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n != "reserved")
+                .map(|(v, n)| {
+                    let PacketBytes { packets, bytes } = self.counters.c[d][v];
+                    (*n, Pb { packets, bytes })
+                })
+                .collect();
+            m.serialize_entry(dname, &by_verdict)?;
+        }
+        m.end()
+    }
+}
+
+fn put_str(dst: &mut [u8], s: &str) {
+    let n = s.len().min(dst.len() - 1);
+    dst[..n].copy_from_slice(&s.as_bytes()[..n]);
+}
+
+fn get_str(src: &[u8]) -> String {
+    let n = src.iter().position(|b| *b == 0).unwrap_or(src.len());
+    String::from_utf8_lossy(&src[..n]).into_owned()
+}
+
+fn cidr_of(a: &EndpointAddr) -> Option<Cidr> {
+    let addr = match a.family {
+        AF_V4 => IpAddr::from([a.addr[0], a.addr[1], a.addr[2], a.addr[3]]),
+        AF_V6 => IpAddr::from(a.addr),
+        _ => return None,
+    };
+    Some(Cidr {
+        addr,
+        prefix: a.prefix,
+    })
+}
+
+impl EndpointView {
+    fn from_record(r: &EndpointRecord) -> EndpointView {
+        EndpointView {
+            host_if: get_str(&r.host_name),
+            host_ifindex: r.target.ifindex,
+            host_mac: Mac(r.target.host_mac),
+            netns: get_str(&r.netns),
+            ifname: get_str(&r.peer_name),
+            container_mac: Mac(r.target.container_mac),
+            addrs: r.addrs[..(r.naddrs as usize).min(MAX_ADDRS)]
+                .iter()
+                .filter_map(cidr_of)
+                .collect(),
+            mtu: r.target.mtu,
+            mode: if r.target.mode == MODE_XDP {
+                "xdp"
+            } else {
+                "tc"
+            },
+            network: r.target.network,
+        }
+    }
+}
+
+/// Something `add` created, undone in reverse order if a later step fails.
+enum Undo {
+    Link(u32),
+    Record(u32),
+    Counters(u32),
+    Links(u32),
+    Ep4([u8; 4]),
+    Ep6([u8; 16]),
+}
+
+/// The registry over the pinned state in one bpffs directory.
+pub struct Registry {
+    dp: Datapath,
+    _lock: Option<StateLock>,
+}
+
+impl Registry {
+    /// Opens for changes: the state lock is held until the registry is dropped, so concurrent
+    /// processes (CLI calls, the agent) never interleave their updates.
+    pub fn open(dir: &Path) -> Result<Registry> {
+        prepare_bpffs(dir)?;
+        let lock = StateLock::acquire(dir)?;
+        let dp = Datapath::open(dir)?;
+        Ok(Registry {
+            dp,
+            _lock: Some(lock),
+        })
+    }
+
+    /// Opens for reading only (list, stats): no lock, so a long `stats --watch` never blocks
+    /// writers. Each map read is atomic per entry.
+    pub fn open_read(dir: &Path) -> Result<Registry> {
+        let dp = Datapath::open(dir)?;
+        Ok(Registry { dp, _lock: None })
+    }
+
+    pub fn datapath(&mut self) -> &mut Datapath {
+        &mut self.dp
+    }
+
+    fn records(&mut self) -> Result<Vec<EndpointRecord>> {
+        let map = self.dp.endpoints()?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let (_, rec) = item.map_err(map_err("VFP_ENDPOINTS"))?;
+            out.push(rec);
+        }
+        out.sort_by_key(|r| r.host_name);
+        Ok(out)
+    }
+
+    fn record_by_name(&mut self, name: &str) -> Result<Option<EndpointRecord>> {
+        Ok(self
+            .records()?
+            .into_iter()
+            .find(|r| get_str(&r.host_name) == name))
+    }
+
+    fn owner_of(&mut self, addr: IpAddr) -> Result<Option<u32>> {
+        let found = match addr {
+            IpAddr::V4(a) => self.dp.ep4()?.get(&a.octets(), 0),
+            IpAddr::V6(a) => self.dp.ep6()?.get(&a.octets(), 0),
+        };
+        match found {
+            Ok(t) => Ok(Some(t.ifindex)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(EndpointError::Map {
+                what: "endpoint address",
+                source: e,
+            }),
+        }
+    }
+
+    fn validate(&mut self, req: &AddRequest) -> Result<()> {
+        if req.addrs.is_empty() {
+            return Err(EndpointError::NoAddr);
+        }
+        if req.addrs.len() > MAX_ADDRS {
+            return Err(EndpointError::TooManyAddrs(req.addrs.len()));
+        }
+        for (i, a) in req.addrs.iter().enumerate() {
+            if req.addrs[..i].iter().any(|b| b.addr == a.addr) {
+                return Err(EndpointError::DuplicateAddr(a.addr));
+            }
+        }
+        if let Some(m) = req.mtu
+            && !(68..=65535).contains(&m)
+        {
+            return Err(EndpointError::Mtu(m));
+        }
+        if req.netns.len() >= NETNS_LEN {
+            return Err(EndpointError::NetnsTooLong(req.netns.clone()));
+        }
+        for a in &req.addrs {
+            if let Some(owner) = self.owner_of(a.addr)? {
+                let owner = self
+                    .records()?
+                    .into_iter()
+                    .find(|r| r.target.ifindex == owner)
+                    .map(|r| get_str(&r.host_name))
+                    .unwrap_or_else(|| format!("ifindex {owner}"));
+                return Err(EndpointError::AddrInUse {
+                    addr: a.addr,
+                    owner,
+                });
+            }
+        }
+        if netlink::link_by_name(req.host.as_str())?.is_some() {
+            return Err(EndpointError::HostExists(req.host.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Creates the pair, configures routed mode on both sides, registers the endpoint and
+    /// attaches the fast path. All or nothing.
+    pub fn add(&mut self, req: &AddRequest) -> Result<EndpointView> {
+        self.validate(req)?;
+        let ns = Netns::open(&req.netns)?;
+        let mut undo = Vec::new();
+        match self.add_steps(req, &ns, &mut undo) {
+            Ok(view) => Ok(view),
+            Err(e) => {
+                self.rollback(undo);
+                Err(e)
+            }
+        }
+    }
+
+    fn add_steps(
+        &mut self,
+        req: &AddRequest,
+        ns: &Netns,
+        undo: &mut Vec<Undo>,
+    ) -> Result<EndpointView> {
+        let container_mac = req.mac.unwrap_or_else(Mac::random);
+        let host_mac = Mac::random();
+        let host_ifindex = netlink::create_veth(&VethRequest {
+            host_name: req.host.as_str(),
+            host_mac,
+            peer_name: req.ifname.as_str(),
+            peer_mac: container_mac,
+            peer_netns: ns,
+            mtu: req.mtu,
+        })?;
+        undo.push(Undo::Link(host_ifindex));
+        netlink::configure_container(ns, req.ifname.as_str(), &req.addrs, host_mac)?;
+        netlink::configure_node(host_ifindex, &req.addrs, container_mac)?;
+        let mtu = match req.mtu {
+            Some(m) => m,
+            None => netlink::link_by_index(host_ifindex)?
+                .map(|l| l.mtu)
+                .unwrap_or(1500),
+        };
+
+        let target = Target {
+            ifindex: host_ifindex,
+            mtu,
+            network: req.network,
+            mode: MODE_TC,
+            container_mac: container_mac.0,
+            host_mac: host_mac.0,
+        };
+        let mut rec = EndpointRecord {
+            netns_ino: ns.ino(),
+            target,
+            naddrs: req.addrs.len() as u32,
+            ..Default::default()
+        };
+        put_str(&mut rec.host_name[..NAME_LEN], req.host.as_str());
+        put_str(&mut rec.peer_name[..NAME_LEN], req.ifname.as_str());
+        put_str(&mut rec.netns, &req.netns);
+        for (slot, a) in rec.addrs.iter_mut().zip(&req.addrs) {
+            slot.prefix = a.prefix;
+            match a.addr {
+                IpAddr::V4(v4) => {
+                    slot.family = AF_V4;
+                    slot.addr[..4].copy_from_slice(&v4.octets());
+                }
+                IpAddr::V6(v6) => {
+                    slot.family = AF_V6;
+                    slot.addr = v6.octets();
+                }
+            }
+        }
+
+        // Counters exist before any program can see a packet of this endpoint.
+        self.dp.reset_counters(host_ifindex)?;
+        undo.push(Undo::Counters(host_ifindex));
+        self.dp
+            .endpoints()?
+            .insert(host_ifindex, rec, 0)
+            .map_err(map_err("VFP_ENDPOINTS"))?;
+        undo.push(Undo::Record(host_ifindex));
+        undo.push(Undo::Links(host_ifindex));
+        self.dp.attach_tc(req.host.as_str(), host_ifindex)?;
+        // Publish the addresses last: from here on other endpoints redirect into this one.
+        for a in &req.addrs {
+            match a.addr {
+                IpAddr::V4(v4) => {
+                    self.dp
+                        .ep4()?
+                        .insert(v4.octets(), target, 0)
+                        .map_err(map_err("VFP_EP4"))?;
+                    undo.push(Undo::Ep4(v4.octets()));
+                }
+                IpAddr::V6(v6) => {
+                    self.dp
+                        .ep6()?
+                        .insert(v6.octets(), target, 0)
+                        .map_err(map_err("VFP_EP6"))?;
+                    undo.push(Undo::Ep6(v6.octets()));
+                }
+            }
+        }
+        Ok(EndpointView::from_record(&rec))
+    }
+
+    fn rollback(&mut self, undo: Vec<Undo>) {
+        for u in undo.into_iter().rev() {
+            let r: Result<()> = (|| {
+                match u {
+                    Undo::Ep4(k) => {
+                        let _ = self.dp.ep4()?.remove(&k);
+                    }
+                    Undo::Ep6(k) => {
+                        let _ = self.dp.ep6()?.remove(&k);
+                    }
+                    Undo::Links(i) => {
+                        self.dp.detach(i)?;
+                    }
+                    Undo::Record(i) => {
+                        let _ = self.dp.endpoints()?.remove(&i);
+                    }
+                    Undo::Counters(i) => {
+                        let _ = self.dp.counters()?.remove(&i);
+                    }
+                    Undo::Link(i) => {
+                        netlink::delete_link(i)?;
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = r {
+                log::warn!("rollback step failed: {e}");
+            }
+        }
+    }
+
+    /// Removes the endpoint: its addresses from the fast path first, then links, the pair
+    /// (which takes its routes and neighbour entries with it), and its map entries.
+    /// Works also when the interface was already deleted by someone else.
+    pub fn del(&mut self, name: &str) -> Result<()> {
+        let rec = self
+            .record_by_name(name)?
+            .ok_or_else(|| EndpointError::NotFound(name.into()))?;
+        let ifindex = rec.target.ifindex;
+        for a in rec.addrs[..(rec.naddrs as usize).min(MAX_ADDRS)]
+            .iter()
+            .filter_map(cidr_of)
+        {
+            if self.owner_of(a.addr)? == Some(ifindex) {
+                match a.addr {
+                    IpAddr::V4(v4) => self
+                        .dp
+                        .ep4()?
+                        .remove(&v4.octets())
+                        .map_err(map_err("VFP_EP4"))?,
+                    IpAddr::V6(v6) => self
+                        .dp
+                        .ep6()?
+                        .remove(&v6.octets())
+                        .map_err(map_err("VFP_EP6"))?,
+                }
+            }
+        }
+        self.dp.detach(ifindex)?;
+        if let Some(link) = netlink::link_by_index(ifindex)?
+            && link.name == name
+        {
+            netlink::delete_link(ifindex)?;
+        }
+        let _ = self.dp.endpoints()?.remove(&ifindex);
+        let _ = self.dp.counters()?.remove(&ifindex);
+        Ok(())
+    }
+
+    pub fn list(&mut self) -> Result<Vec<EndpointView>> {
+        Ok(self
+            .records()?
+            .iter()
+            .map(EndpointView::from_record)
+            .collect())
+    }
+
+    /// Counters of every endpoint, or of `name` only.
+    pub fn stats(&mut self, name: Option<&str>) -> Result<Vec<EndpointStats>> {
+        let recs = self.records()?;
+        if let Some(n) = name
+            && !recs.iter().any(|r| get_str(&r.host_name) == n)
+        {
+            return Err(EndpointError::NotFound(n.into()));
+        }
+        let mut out = Vec::new();
+        for r in recs {
+            let host_if = get_str(&r.host_name);
+            if name.is_some_and(|n| n != host_if) {
+                continue;
+            }
+            let counters = self.dp.read_counters(r.target.ifindex)?.unwrap_or_default();
+            out.push(EndpointStats {
+                host_if,
+                host_ifindex: r.target.ifindex,
+                counters,
+            });
+        }
+        Ok(out)
+    }
+}
