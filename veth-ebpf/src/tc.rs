@@ -9,7 +9,7 @@
 //!   to_container/stack. Fast-path packets never pass here.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
+    cty::c_long,
     helpers::generated::{bpf_check_mtu, bpf_redirect_peer},
     macros::classifier,
     programs::TcContext,
@@ -24,6 +24,9 @@ use crate::{
     route::{self, Hop},
 };
 
+// The uapi values (the bindings type them differently per target).
+const TC_ACT_SHOT: i32 = 2;
+const TC_ACT_REDIRECT: i32 = 7;
 /// tcx: continue with the next program in the chain, or the stack if this is the last one.
 const TCX_NEXT: i32 = -1;
 const PACKET_HOST: u32 = 0;
@@ -37,22 +40,23 @@ pub fn vfp_tc_ingress(ctx: TcContext) -> i32 {
         let skb = &*ctx.skb.skb;
         (skb.ifindex, skb.len, skb.pkt_type)
     };
-    if pkt_type == PACKET_HOST && config_flags() & CFG_FASTPATH_OFF == 0 {
-        if let Some(hop) = decide(&ctx, ifindex, len) {
-            route::rewrite(&hop);
-            let dst = hop.target.ifindex;
-            // SAFETY: plain helper call.
-            let ret = unsafe { bpf_redirect_peer(dst, 0) } as i32;
-            if ret == TC_ACT_REDIRECT as i32 {
-                count(ifindex, DIR_FROM_CONTAINER, V_FAST, len);
-                count(dst, DIR_TO_CONTAINER, V_FAST, len);
-                return ret;
-            }
-            // Only bad flags make the helper fail; the frame is already rewritten, so it
-            // cannot go to the stack any more.
-            count(ifindex, DIR_FROM_CONTAINER, V_DROP_ERROR, len);
-            return TC_ACT_SHOT as i32;
+    if pkt_type == PACKET_HOST
+        && config_flags() & CFG_FASTPATH_OFF == 0
+        && let Some(hop) = decide(&ctx, ifindex, len)
+    {
+        route::rewrite(&hop);
+        let dst = hop.target.ifindex;
+        // SAFETY: plain helper call.
+        let ret = unsafe { bpf_redirect_peer(dst, 0) };
+        if ret == TC_ACT_REDIRECT as c_long {
+            count(ifindex, DIR_FROM_CONTAINER, V_FAST, len);
+            count(dst, DIR_TO_CONTAINER, V_FAST, len);
+            return TC_ACT_REDIRECT;
         }
+        // Only bad flags make the helper fail; the frame is already rewritten, so it
+        // cannot go to the stack any more.
+        count(ifindex, DIR_FROM_CONTAINER, V_DROP_ERROR, len);
+        return TC_ACT_SHOT;
     }
     count(ifindex, DIR_FROM_CONTAINER, V_STACK, len);
     TCX_NEXT
