@@ -16,6 +16,7 @@ pub const MAP_EP6: &str = "VFP_EP6";
 pub const MAP_ENDPOINTS: &str = "VFP_ENDPOINTS";
 pub const MAP_COUNTERS: &str = "VFP_COUNTERS";
 pub const MAP_CONFIG: &str = "VFP_CONFIG";
+pub const MAP_DEVMAP: &str = "VFP_DEVMAP";
 
 /// Capacity of the endpoint maps.
 pub const MAX_ENDPOINTS: usize = 65_536;

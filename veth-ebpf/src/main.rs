@@ -8,6 +8,7 @@
 mod maps;
 mod route;
 mod tc;
+mod xdp;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, PerCpuHashMap},
+    btf_maps::{Array, DevMapHash, HashMap, PerCpuHashMap},
     macros::btf_map,
 };
 use veth_common::{CONFIG_FLAGS, CONFIG_SLOTS, Counters, EndpointRecord, MAX_ENDPOINTS, Target};
@@ -26,6 +26,10 @@ pub static VFP_ENDPOINTS: HashMap<u32, EndpointRecord, MAX_ENDPOINTS, NO_PREALLO
 #[btf_map]
 pub static VFP_COUNTERS: PerCpuHashMap<u32, Counters, MAX_ENDPOINTS, NO_PREALLOC> =
     PerCpuHashMap::new();
+
+/// Host ifindex → host ifindex: XDP redirect targets (every endpoint's host end).
+#[btf_map]
+pub static VFP_DEVMAP: DevMapHash<MAX_ENDPOINTS> = DevMapHash::new();
 
 /// Small config array: ABI version and feature switches.
 #[btf_map]

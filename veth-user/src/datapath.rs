@@ -22,16 +22,17 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuHashMap, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuHashMap, PerCpuValues},
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        LinkOrder, Program, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::TcAttachOptions,
     },
 };
+use aya_obj::programs::XdpAttachType;
 use veth_common::{
     ABI_VERSION, CONFIG_ABI, CONFIG_FLAGS, Counters, EndpointRecord, MAP_CONFIG, MAP_COUNTERS,
-    MAP_ENDPOINTS, MAP_EP4, MAP_EP6, Target,
+    MAP_DEVMAP, MAP_ENDPOINTS, MAP_EP4, MAP_EP6, Target,
 };
 
 /// The BPF object built from `veth-ebpf` by build.rs.
@@ -43,6 +44,10 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 pub const PROG_TC_INGRESS: &str = "vfp_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "vfp_tc_egress";
+pub const PROG_XDP: &str = "vfp_xdp";
+const HOOK_TC_INGRESS: &str = "tcx-ingress";
+const HOOK_TC_EGRESS: &str = "tcx-egress";
+const HOOK_XDP: &str = "xdp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -191,11 +196,17 @@ impl Datapath {
     pub fn open(dir: &Path) -> Result<Datapath> {
         prepare_bpffs(dir)?;
         let mut loader = EbpfLoader::new();
-        let pins: Vec<(&'static str, PathBuf)> =
-            [MAP_EP4, MAP_EP6, MAP_ENDPOINTS, MAP_COUNTERS, MAP_CONFIG]
-                .into_iter()
-                .map(|m| (m, dir.join(m)))
-                .collect();
+        let pins: Vec<(&'static str, PathBuf)> = [
+            MAP_EP4,
+            MAP_EP6,
+            MAP_ENDPOINTS,
+            MAP_COUNTERS,
+            MAP_CONFIG,
+            MAP_DEVMAP,
+        ]
+        .into_iter()
+        .map(|m| (m, dir.join(m)))
+        .collect();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -245,6 +256,9 @@ impl Datapath {
     pub fn counters(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, Counters>> {
         typed(&mut self.ebpf, MAP_COUNTERS)
     }
+    pub fn devmap(&mut self) -> Result<DevMapHash<&mut MapData>> {
+        typed(&mut self.ebpf, MAP_DEVMAP)
+    }
     pub fn config(&mut self) -> Result<Array<&mut MapData, u32>> {
         typed(&mut self.ebpf, MAP_CONFIG)
     }
@@ -292,33 +306,41 @@ impl Datapath {
         }
     }
 
-    /// The program `name` of this build: from its pin, or loaded (verified) and pinned now.
-    fn program(&mut self, name: &'static str) -> Result<SchedClassifier> {
+    /// Pin path of program `name` of this build, loading (verifying) and pinning it first if
+    /// no earlier call did.
+    fn pinned_program(&mut self, name: &'static str) -> Result<PathBuf> {
         let pin = self
             .dir
             .join("progs")
             .join(format!("{name}-{:016x}", object_hash()));
         if pin.exists() {
-            if let Ok(p) = SchedClassifier::from_pin(&pin) {
-                return Ok(p);
-            }
-            let _ = fs::remove_file(&pin);
+            return Ok(pin);
         }
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::Program {
-                name,
-                source: ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(|source| DatapathError::Program { name, source })?;
-        prog.load()
-            .map_err(|source| DatapathError::Program { name, source })?;
-        prog.pin(&pin).map_err(|source| DatapathError::Pin {
+        let perr = |source| DatapathError::Program { name, source };
+        let prog = self.ebpf.program_mut(name).ok_or(DatapathError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?;
+        match prog {
+            Program::SchedClassifier(p) => {
+                p.load().map_err(perr)?;
+                p.pin(&pin)
+            }
+            Program::Xdp(p) => {
+                p.load().map_err(perr)?;
+                p.pin(&pin)
+            }
+            _ => return Err(perr(ProgramError::NotLoaded)),
+        }
+        .map_err(|source| DatapathError::Pin {
             path: pin.clone(),
             source,
         })?;
+        Ok(pin)
+    }
+
+    fn classifier(&mut self, name: &'static str) -> Result<SchedClassifier> {
+        let pin = self.pinned_program(name)?;
         SchedClassifier::from_pin(&pin).map_err(|source| DatapathError::Program { name, source })
     }
 
@@ -330,8 +352,8 @@ impl Datapath {
     /// On failure nothing stays attached.
     pub fn attach_tc(&mut self, iface: &str, ifindex: u32) -> Result<()> {
         let hooks = [
-            (PROG_TC_INGRESS, TcAttachType::Ingress, "tcx-ingress"),
-            (PROG_TC_EGRESS, TcAttachType::Egress, "tcx-egress"),
+            (PROG_TC_INGRESS, TcAttachType::Ingress, HOOK_TC_INGRESS),
+            (PROG_TC_EGRESS, TcAttachType::Egress, HOOK_TC_EGRESS),
         ];
         for (i, (prog_name, kind, hook)) in hooks.iter().enumerate() {
             if let Err(e) = self.attach_one(iface, ifindex, prog_name, *kind, hook) {
@@ -355,7 +377,7 @@ impl Datapath {
         let pin = self.link_pin(hook, ifindex);
         // A pin left by an earlier interface with the same ifindex is stale: drop it.
         let _ = fs::remove_file(&pin);
-        let mut prog = self.program(prog_name)?;
+        let mut prog = self.classifier(prog_name)?;
         let attach_err = |source| DatapathError::Attach {
             prog: prog_name,
             iface: iface.into(),
@@ -376,11 +398,51 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches the XDP program (native mode) to host end `ifindex` and pins the link.
+    pub fn attach_xdp(&mut self, iface: &str, ifindex: u32) -> Result<()> {
+        let pin = self.link_pin(HOOK_XDP, ifindex);
+        let _ = fs::remove_file(&pin);
+        let path = self.pinned_program(PROG_XDP)?;
+        let mut prog = Xdp::from_pin(&path, XdpAttachType::Interface).map_err(|source| {
+            DatapathError::Program {
+                name: PROG_XDP,
+                source,
+            }
+        })?;
+        let attach_err = |source| DatapathError::Attach {
+            prog: PROG_XDP,
+            iface: iface.into(),
+            source,
+        };
+        let id = prog
+            .attach_to_if_index(ifindex, XdpMode::Driver)
+            .map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        let fd_link: FdLink = link.try_into().map_err(|source| DatapathError::Link {
+            iface: iface.into(),
+            source,
+        })?;
+        let _: PinnedLink = fd_link.pin(&pin).map_err(|source| DatapathError::Pin {
+            path: pin.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Detaches the XDP program of `ifindex` (removes its link pin). True if it was attached.
+    pub fn detach_xdp(&self, ifindex: u32) -> Result<bool> {
+        match fs::remove_file(self.link_pin(HOOK_XDP, ifindex)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(format!("removing XDP link pin of ifindex {ifindex}"))(e)),
+        }
+    }
+
     /// Removes every link pin of `ifindex` (detaching the programs if the interface still
     /// exists). Returns how many pins were removed.
     pub fn detach(&self, ifindex: u32) -> Result<usize> {
         let mut n = 0;
-        for hook in ["tcx-ingress", "tcx-egress", "xdp"] {
+        for hook in [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP] {
             match fs::remove_file(self.link_pin(hook, ifindex)) {
                 Ok(()) => n += 1,
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -392,7 +454,7 @@ impl Datapath {
 
     /// Link pins present for `ifindex`.
     pub fn link_pins(&self, ifindex: u32) -> Vec<PathBuf> {
-        ["tcx-ingress", "tcx-egress", "xdp"]
+        [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP]
             .iter()
             .map(|h| self.link_pin(h, ifindex))
             .filter(|p| p.exists())

@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use serde::Serialize;
 use veth_common::{
-    AF_V4, AF_V6, Counters, DIR_NAMES, EndpointAddr, EndpointRecord, MAX_ADDRS, MODE_TC, MODE_XDP,
-    NAME_LEN, NETNS_LEN, PacketBytes, Target, VERDICT_NAMES,
+    AF_V4, AF_V6, Counters, DIR_NAMES, EndpointAddr, EndpointRecord, MAX_ADDRS, MODE_XDP, NAME_LEN,
+    NETNS_LEN, PacketBytes, Target, VERDICT_NAMES,
 };
 
 use crate::{
@@ -40,6 +40,12 @@ pub enum EndpointError {
     HostExists(String),
     #[error("no endpoint named {0}: `vethfp pair list` shows the endpoints")]
     NotFound(String),
+    #[error(
+        "the endpoint's container end could not get GRO on ({0}); XDP redirects into it would be dropped"
+    )]
+    Gro(String),
+    #[error("XDP devmap update failed: {0}")]
+    Devmap(String),
     #[error("netns '{0}' is longer than {max} bytes", max = NETNS_LEN - 1)]
     NetnsTooLong(String),
     #[error("BPF map {what}: {source}")]
@@ -65,6 +71,8 @@ pub struct AddRequest {
     pub mtu: Option<u32>,
     pub mac: Option<Mac>,
     pub network: u32,
+    /// `MODE_TC` or `MODE_XDP`.
+    pub mode: u32,
 }
 
 /// One endpoint as `pair list` shows it.
@@ -171,6 +179,7 @@ enum Undo {
     Links(u32),
     Ep4([u8; 4]),
     Ep6([u8; 16]),
+    Devmap(u32),
 }
 
 /// The registry over the pinned state in one bpffs directory.
@@ -309,6 +318,14 @@ impl Registry {
         })?;
         undo.push(Undo::Link(host_ifindex));
         netlink::configure_container(ns, req.ifname.as_str(), &req.addrs, host_mac)?;
+        // NAPI on the container end, so XDP-mode senders can redirect into it (see ethtool.rs).
+        let ifname = req.ifname.as_str();
+        netlink::in_netns(ns, || {
+            crate::ethtool::set_gro(ifname, true).map_err(|e| NetlinkError::Io {
+                op: format!("enabling GRO on {ifname}"),
+                source: e,
+            })
+        })?;
         netlink::configure_node(host_ifindex, &req.addrs, container_mac)?;
         let mtu = match req.mtu {
             Some(m) => m,
@@ -321,7 +338,7 @@ impl Registry {
             ifindex: host_ifindex,
             mtu,
             network: req.network,
-            mode: MODE_TC,
+            mode: req.mode,
             container_mac: container_mac.0,
             host_mac: host_mac.0,
         };
@@ -358,6 +375,20 @@ impl Registry {
         undo.push(Undo::Record(host_ifindex));
         undo.push(Undo::Links(host_ifindex));
         self.dp.attach_tc(req.host.as_str(), host_ifindex)?;
+        self.dp
+            .devmap()?
+            .insert(host_ifindex, host_ifindex, None, 0)
+            .map_err(|e| match e {
+                aya::maps::xdp::XdpMapError::MapError(source) => EndpointError::Map {
+                    what: "VFP_DEVMAP",
+                    source,
+                },
+                other => EndpointError::Devmap(other.to_string()),
+            })?;
+        undo.push(Undo::Devmap(host_ifindex));
+        if req.mode == MODE_XDP {
+            self.dp.attach_xdp(req.host.as_str(), host_ifindex)?;
+        }
         // Publish the addresses last: from here on other endpoints redirect into this one.
         for a in &req.addrs {
             match a.addr {
@@ -395,6 +426,9 @@ impl Registry {
                     }
                     Undo::Record(i) => {
                         let _ = self.dp.endpoints()?.remove(&i);
+                    }
+                    Undo::Devmap(i) => {
+                        let _ = self.dp.devmap()?.remove(i);
                     }
                     Undo::Counters(i) => {
                         let _ = self.dp.counters()?.remove(&i);
@@ -438,6 +472,7 @@ impl Registry {
                 }
             }
         }
+        let _ = self.dp.devmap()?.remove(ifindex);
         self.dp.detach(ifindex)?;
         if let Some(link) = netlink::link_by_index(ifindex)?
             && link.name == name
@@ -447,6 +482,45 @@ impl Registry {
         let _ = self.dp.endpoints()?.remove(&ifindex);
         let _ = self.dp.counters()?.remove(&ifindex);
         Ok(())
+    }
+
+    /// Switches a live endpoint between TC and XDP mode. Established connections survive:
+    /// only a program is attached or detached; the tcx programs stay in both modes.
+    pub fn set_mode(&mut self, name: &str, mode: u32) -> Result<EndpointView> {
+        let mut rec = self
+            .record_by_name(name)?
+            .ok_or_else(|| EndpointError::NotFound(name.into()))?;
+        let ifindex = rec.target.ifindex;
+        if mode == MODE_XDP {
+            self.dp.attach_xdp(name, ifindex)?;
+        } else {
+            self.dp.detach_xdp(ifindex)?;
+        }
+        rec.target.mode = mode;
+        self.dp
+            .endpoints()?
+            .insert(ifindex, rec, 0)
+            .map_err(map_err("VFP_ENDPOINTS"))?;
+        for a in rec.addrs[..(rec.naddrs as usize).min(MAX_ADDRS)]
+            .iter()
+            .filter_map(cidr_of)
+        {
+            if self.owner_of(a.addr)? == Some(ifindex) {
+                match a.addr {
+                    IpAddr::V4(v4) => self
+                        .dp
+                        .ep4()?
+                        .insert(v4.octets(), rec.target, 0)
+                        .map_err(map_err("VFP_EP4"))?,
+                    IpAddr::V6(v6) => self
+                        .dp
+                        .ep6()?
+                        .insert(v6.octets(), rec.target, 0)
+                        .map_err(map_err("VFP_EP6"))?,
+                }
+            }
+        }
+        Ok(EndpointView::from_record(&rec))
     }
 
     pub fn list(&mut self) -> Result<Vec<EndpointView>> {

@@ -4,5 +4,6 @@
 
 pub mod datapath;
 pub mod endpoint;
+pub mod ethtool;
 pub mod netlink;
 pub mod types;

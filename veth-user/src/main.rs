@@ -53,6 +53,13 @@ enum PairCmd {
         /// Host interface name of the endpoint.
         host_if: String,
     },
+    /// Switch a live endpoint between the TC and the XDP fast path.
+    Mode {
+        /// Host interface name of the endpoint.
+        host_if: String,
+        /// tc or xdp.
+        mode: Mode,
+    },
     /// List endpoints.
     List {
         /// Print JSON.
@@ -80,6 +87,26 @@ struct AddArgs {
     /// MAC of the container end (default: random, locally administered).
     #[arg(long)]
     mac: Option<Mac>,
+    /// Fast path hook on the host end.
+    #[arg(long, value_enum, default_value_t = Mode::Tc)]
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    /// tcx ingress program, bpf_redirect_peer (default).
+    Tc,
+    /// native XDP program, devmap redirect (tcx stays attached for everything XDP passes).
+    Xdp,
+}
+
+impl Mode {
+    fn raw(self) -> u32 {
+        match self {
+            Mode::Tc => veth_common::MODE_TC,
+            Mode::Xdp => veth_common::MODE_XDP,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -146,6 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mtu: a.mtu,
                 mac: a.mac,
                 network: 0,
+                mode: a.mode.raw(),
             };
             let view = Registry::open(&dir)?
                 .add(&req)
@@ -168,6 +196,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .del(&host_if)
                 .with_context(|| format!("pair del {host_if}"))?;
             println!("removed {host_if}");
+        }
+        Cmd::Pair(PairCmd::Mode { host_if, mode }) => {
+            let view = Registry::open(&dir)?
+                .set_mode(&host_if, mode.raw())
+                .with_context(|| format!("pair mode {host_if}"))?;
+            println!("{} is now in {} mode", view.host_if, view.mode);
         }
         Cmd::Pair(PairCmd::List { json }) => {
             let list = Registry::open_read(&dir)?.list()?;

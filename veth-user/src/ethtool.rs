@@ -1,0 +1,56 @@
+//! The one ethtool setting vethfp needs: GRO on the container end of a pair.
+//!
+//! A veth only accepts XDP-redirected frames (devmap → `ndo_xdp_xmit`) when the *receiving*
+//! end has NAPI enabled, which happens when it has an XDP program or GRO turned on. vethfp turns
+//! GRO on for every container end, so an XDP-mode sender can redirect into any endpoint, TC or
+//! XDP, without running an XDP program on the container's receive path.
+
+use std::{io, os::fd::AsRawFd};
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GGRO: u32 = 0x0000_002b;
+const ETHTOOL_SGRO: u32 = 0x0000_002c;
+
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+fn ioctl_value(ifname: &str, cmd: u32, data: u32) -> io::Result<u32> {
+    if ifname.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    // SAFETY: plain socket(2); the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh, valid fd that nothing else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let mut value = EthtoolValue { cmd, data };
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(ifname.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live EthtoolValue.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut ifr) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value.data)
+}
+
+/// Turns GRO on or off on `ifname` in the calling thread's network namespace.
+pub fn set_gro(ifname: &str, on: bool) -> io::Result<()> {
+    ioctl_value(ifname, ETHTOOL_SGRO, on as u32).map(|_| ())
+}
+
+/// Whether GRO is on for `ifname` in the calling thread's network namespace.
+pub fn gro(ifname: &str) -> io::Result<bool> {
+    ioctl_value(ifname, ETHTOOL_GGRO, 0).map(|v| v != 0)
+}
