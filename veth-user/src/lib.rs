@@ -2,4 +2,5 @@
 //!
 //! Data flows one way: front end → [`endpoint`] registry → ([`netlink`], [`datapath`]) → kernel.
 
+pub mod netlink;
 pub mod types;

@@ -1,0 +1,741 @@
+//! Synchronous netlink operations (over `rtnetlink`) for creating and wiring veth pairs.
+//!
+//! Every public call opens its own netlink socket on a small current-thread tokio runtime.
+//! A netlink socket acts in the network namespace of the thread that created it, which is
+//! how [`in_netns`] works: it runs a closure on a fresh OS thread that first `setns`es into
+//! the target namespace, so the caller's thread never changes namespace.
+//!
+//! Nothing here rolls back on partial failure: everything that `configure_*` adds hangs off
+//! the veth, so deleting the host end (see [`delete_link`]) removes all of it.
+
+use std::{
+    fmt,
+    future::Future,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    pin::pin,
+};
+
+use futures::TryStreamExt;
+use netlink_packet_route::{
+    AddressFamily,
+    address::{AddressAttribute, AddressFlags},
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    neighbour::NeighbourState,
+    route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+        RouteType,
+    },
+};
+use nix::{fcntl::OFlag, sched::CloneFlags, sys::stat::Mode};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+use crate::types::{Cidr, IfName, Mac};
+
+/// Routing protocol number vethfp stamps on the routes it creates (`ip route ... proto 247`).
+pub const RTPROT_VETHFP: u8 = 0xf7;
+/// IPv4 gateway the container sees (answered by the host end's MAC via a permanent neighbour).
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// IPv6 gateway the container sees.
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+const NETNS_DIR: &str = "/run/netns";
+/// `_IO(NSIO, 0x3)`: returns the CLONE_NEW* type of a namespace file.
+const NS_GET_NSTYPE: u32 = 0xb703;
+
+/// Where an interface lives, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// The network namespace vethfp runs in.
+    Node,
+    /// A container namespace, by its spec (name or path).
+    Netns(String),
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Node => f.write_str("the node"),
+            Place::Netns(s) => write!(f, "network namespace '{s}'"),
+        }
+    }
+}
+
+fn exists_hint(name: &str, place: &Place) -> String {
+    match place {
+        Place::Node => format!("choose another name or `vethfp pair del {name}`"),
+        Place::Netns(_) => "choose another --ifname or remove that interface first".into(),
+    }
+}
+
+fn no_netns_hint(spec: &str) -> String {
+    if spec.contains('/') {
+        "check the path (for /proc/PID/ns/net: is the process still running?)".into()
+    } else {
+        format!("create it first, e.g. `ip netns add {spec}`")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("network namespace '{spec}' does not exist (no {path}): {}", no_netns_hint(.spec))]
+    NoSuchNetns { spec: String, path: String },
+    #[error(
+        "'{path}' is not a network namespace: pass a name under /run/netns or a path such as \
+         /proc/PID/ns/net (a stale /run/netns entry can be removed with `ip netns del NAME`)"
+    )]
+    NotANetns { spec: String, path: String },
+    #[error("cannot open network namespace '{spec}' ({path}): {source}; run vethfp as root")]
+    OpenNetns {
+        spec: String,
+        path: String,
+        source: io::Error,
+    },
+    #[error("cannot enter network namespace '{spec}': {source}; run vethfp as root")]
+    EnterNetns { spec: String, source: io::Error },
+    #[error(
+        "invalid interface name '{0}': 1 to 15 bytes, no '/', ':', whitespace, and not '.' or '..'"
+    )]
+    InvalidIfName(String),
+    #[error(
+        "invalid MAC address {0} for an interface: it must be unicast and not all zeros \
+         (e.g. 02:00:0a:00:00:02)"
+    )]
+    InvalidMac(Mac),
+    #[error("invalid MTU {0}: a veth accepts 68 to 65535")]
+    InvalidMtu(u32),
+    #[error("interface '{name}' already exists in {place}: {}", exists_hint(.name, .place))]
+    Exists { name: String, place: Place },
+    #[error("interface '{name}' not found in {place}: check the name (`ip link` there)")]
+    NoSuchLink { name: String, place: Place },
+    #[error(
+        "a route to {dst} already exists in the node (another endpoint using this address?): \
+         choose another address or remove the other endpoint"
+    )]
+    RouteExists { dst: String },
+    #[error("{op}: {source}")]
+    Io { op: String, source: io::Error },
+    #[error("{op} failed: {msg}")]
+    Netlink { op: String, msg: String },
+}
+
+/// An open network namespace file (`/run/netns/NAME` or e.g. `/proc/PID/ns/net`).
+pub struct Netns {
+    fd: OwnedFd,
+    spec: String,
+    ino: u64,
+}
+
+impl fmt::Debug for Netns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Netns")
+            .field("spec", &self.spec)
+            .field("ino", &self.ino)
+            .field("fd", &self.fd.as_raw_fd())
+            .finish()
+    }
+}
+
+impl Netns {
+    /// spec: a bare name means /run/netns/NAME; anything containing '/' is a path
+    /// (e.g. /proc/PID/ns/net). Fails unless the file really is a network namespace.
+    pub fn open(spec: &str) -> Result<Netns, NetlinkError> {
+        let path = if spec.contains('/') {
+            spec.to_string()
+        } else {
+            format!("{NETNS_DIR}/{spec}")
+        };
+        let not_netns = || NetlinkError::NotANetns {
+            spec: spec.into(),
+            path: path.clone(),
+        };
+        if spec.is_empty() || spec == "." || spec == ".." {
+            return Err(not_netns());
+        }
+        let fd = nix::fcntl::open(
+            path.as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            nix::Error::ENOENT | nix::Error::ENOTDIR => NetlinkError::NoSuchNetns {
+                spec: spec.into(),
+                path: path.clone(),
+            },
+            nix::Error::EISDIR => not_netns(),
+            e => NetlinkError::OpenNetns {
+                spec: spec.into(),
+                path: path.clone(),
+                source: e.into(),
+            },
+        })?;
+        // SAFETY: plain ioctl without argument on a valid fd.
+        let ty = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE as _) };
+        if ty != libc::CLONE_NEWNET {
+            return Err(not_netns());
+        }
+        let st = nix::sys::stat::fstat(&fd).map_err(|e| NetlinkError::OpenNetns {
+            spec: spec.into(),
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        Ok(Netns {
+            fd,
+            spec: spec.into(),
+            ino: st.st_ino,
+        })
+    }
+
+    pub fn spec(&self) -> &str {
+        &self.spec
+    }
+
+    /// Inode number of the namespace (identifies it; same as `stat -L` of the file).
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn place(&self) -> Place {
+        Place::Netns(self.spec.clone())
+    }
+}
+
+/// Inode of the calling thread's network namespace.
+pub fn current_netns_ino() -> Result<u64, NetlinkError> {
+    nix::sys::stat::stat("/proc/thread-self/ns/net")
+        .map(|st| st.st_ino)
+        .map_err(|e| NetlinkError::Io {
+            op: "reading /proc/thread-self/ns/net".into(),
+            source: e.into(),
+        })
+}
+
+/// Runs `f` on a dedicated new OS thread that first enters `ns`; the caller's thread never
+/// changes namespace. A panic in `f` is propagated to the caller.
+pub fn in_netns<T: Send>(
+    ns: &Netns,
+    f: impl FnOnce() -> Result<T, NetlinkError> + Send,
+) -> Result<T, NetlinkError> {
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name("vethfp-netns".into())
+            .spawn_scoped(s, || {
+                nix::sched::setns(ns.fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    NetlinkError::EnterNetns {
+                        spec: ns.spec.clone(),
+                        source: e.into(),
+                    }
+                })?;
+                f()
+            })
+            .map_err(|e| NetlinkError::Io {
+                op: format!("starting a thread to enter network namespace '{}'", ns.spec),
+                source: e,
+            })?;
+        worker
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// A network interface as the kernel reports it.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub ifindex: u32,
+    pub name: String,
+    pub mac: Option<Mac>,
+    pub mtu: u32,
+    /// IFLA_INFO_KIND: "veth", "bridge", ... (None for e.g. loopback or physical NICs).
+    pub kind: Option<String>,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    /// IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace).
+    pub peer_ifindex: Option<u32>,
+    /// IFLA_LINK_NETNSID: the peer's namespace id as seen from this namespace, if elsewhere.
+    pub link_netnsid: Option<i32>,
+}
+
+impl From<LinkMessage> for Link {
+    fn from(m: LinkMessage) -> Link {
+        let mut l = Link {
+            ifindex: m.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: 0,
+            kind: None,
+            up: m.header.flags.contains(LinkFlags::Up),
+            peer_ifindex: None,
+            link_netnsid: None,
+        };
+        for a in m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n,
+                LinkAttribute::Address(a) => {
+                    l.mac = <[u8; 6]>::try_from(a.as_slice()).ok().map(Mac)
+                }
+                LinkAttribute::Mtu(mtu) => l.mtu = mtu,
+                LinkAttribute::Link(i) => l.peer_ifindex = Some(i),
+                LinkAttribute::LinkNetNsId(id) => l.link_netnsid = Some(id),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            l.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plumbing: one runtime + one netlink socket per public call.
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) if m.raw_code() != 0 => Some(m.raw_code().abs()),
+        _ => None,
+    }
+}
+
+fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetlinkError {
+    let msg = match errno(&e) {
+        Some(code) => {
+            let mut msg = io::Error::from_raw_os_error(code).to_string();
+            if code == libc::EPERM || code == libc::EACCES {
+                msg.push_str("; run vethfp as root (needs CAP_NET_ADMIN)");
+            }
+            msg
+        }
+        None => e.to_string(),
+    };
+    NetlinkError::Netlink { op: op.into(), msg }
+}
+
+/// Runs `f` with a fresh netlink handle bound to the calling thread's network namespace.
+fn run<T, F, Fut>(f: F) -> Result<T, NetlinkError>
+where
+    T: Send,
+    F: FnOnce(Handle) -> Fut + Send,
+    Fut: Future<Output = Result<T, NetlinkError>>,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        // A runtime cannot be blocked on from inside another one: use a helper thread, which
+        // inherits this thread's network namespace.
+        return std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("vethfp-netlink".into())
+                .spawn_scoped(s, || run_here(f))
+                .map_err(|e| NetlinkError::Io {
+                    op: "starting a netlink helper thread".into(),
+                    source: e,
+                })?
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        });
+    }
+    run_here(f)
+}
+
+fn run_here<T, F, Fut>(f: F) -> Result<T, NetlinkError>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T, NetlinkError>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| NetlinkError::Io {
+            op: "creating the netlink runtime".into(),
+            source: e,
+        })?;
+    rt.block_on(async move {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError::Io {
+            op: "opening a netlink socket".into(),
+            source: e,
+        })?;
+        let conn = tokio::spawn(conn);
+        let r = f(handle).await;
+        conn.abort();
+        r
+    })
+}
+
+fn check_ifname(name: &str) -> Result<(), NetlinkError> {
+    name.parse::<IfName>()
+        .map(|_| ())
+        .map_err(|_| NetlinkError::InvalidIfName(name.into()))
+}
+
+async fn get_link(
+    h: &Handle,
+    name: Option<&str>,
+    index: u32,
+) -> Result<Option<Link>, NetlinkError> {
+    let req = h.link().get();
+    let (req, what) = match name {
+        Some(n) => (req.match_name(n), format!("interface '{n}'")),
+        None => (req.match_index(index), format!("interface index {index}")),
+    };
+    let mut stream = pin!(req.execute());
+    match stream.try_next().await {
+        Ok(m) => Ok(m.map(Link::from)),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(nl_err(format!("looking up {what}"), e)),
+    }
+}
+
+async fn set_up(h: &Handle, ifindex: u32, what: &str) -> Result<(), NetlinkError> {
+    h.link()
+        .change(LinkUnspec::new_with_index(ifindex).up().build())
+        .execute()
+        .await
+        .map_err(|e| nl_err(format!("setting {what} up"), e))
+}
+
+async fn add_permanent_neighbour(
+    h: &Handle,
+    ifindex: u32,
+    ip: IpAddr,
+    mac: Mac,
+    what: &str,
+) -> Result<(), NetlinkError> {
+    h.neighbours()
+        .add(ifindex, ip)
+        .state(NeighbourState::Permanent)
+        .link_layer_address(&mac.0)
+        .execute()
+        .await
+        .map_err(|e| nl_err(format!("adding neighbour {ip} -> {mac} on {what}"), e))
+}
+
+async fn add_route(h: &Handle, msg: RouteMessage, what: String) -> Result<(), NetlinkError> {
+    h.route()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(|e| nl_err(format!("adding route {what}"), e))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Links.
+
+/// The link called `name` in the calling thread's netns (the node); None if absent.
+pub fn link_by_name(name: &str) -> Result<Option<Link>, NetlinkError> {
+    check_ifname(name)?;
+    run(|h| async move { get_link(&h, Some(name), 0).await })
+}
+
+/// The link with `ifindex` in the calling thread's netns; None if absent.
+pub fn link_by_index(ifindex: u32) -> Result<Option<Link>, NetlinkError> {
+    if ifindex == 0 {
+        return Ok(None);
+    }
+    run(|h| async move { get_link(&h, None, ifindex).await })
+}
+
+/// All links in the calling thread's netns.
+pub fn links() -> Result<Vec<Link>, NetlinkError> {
+    run(|h| async move {
+        h.link()
+            .get()
+            .execute()
+            .map_ok(Link::from)
+            .try_collect()
+            .await
+            .map_err(|e| nl_err("listing interfaces", e))
+    })
+}
+
+pub struct VethRequest<'a> {
+    pub host_name: &'a str,
+    pub host_mac: Mac,
+    pub peer_name: &'a str,
+    pub peer_mac: Mac,
+    pub peer_netns: &'a Netns,
+    pub mtu: Option<u32>,
+}
+
+/// One RTM_NEWLINK: host end in the current netns, peer created directly inside
+/// `peer_netns` under its final name, MACs and MTU set on both. Returns the host ifindex.
+///
+/// If a name is taken (EEXIST), the error says which one: the host name in the node, else
+/// the peer name in the container namespace. Either way nothing is created.
+pub fn create_veth(req: &VethRequest) -> Result<u32, NetlinkError> {
+    check_ifname(req.host_name)?;
+    check_ifname(req.peer_name)?;
+    for mac in [req.host_mac, req.peer_mac] {
+        if !mac.is_unicast() {
+            return Err(NetlinkError::InvalidMac(mac));
+        }
+    }
+    if let Some(mtu) = req.mtu
+        && !(68..=65535).contains(&mtu)
+    {
+        return Err(NetlinkError::InvalidMtu(mtu));
+    }
+
+    let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(req.peer_name)
+        .address(req.peer_mac.0.to_vec());
+    let mut host = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        .name(req.host_name)
+        .address(req.host_mac.0.to_vec());
+    if let Some(mtu) = req.mtu {
+        peer = peer.mtu(mtu);
+        host = host.mtu(mtu);
+    }
+    let peer = peer.setns_by_fd(req.peer_netns.fd().as_raw_fd()).build();
+    let msg = host
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+
+    enum Outcome {
+        Created(u32),
+        HostExists,
+        PeerExists,
+    }
+    let host_name = req.host_name;
+    let outcome = run(|h| async move {
+        match h.link().add(msg).execute().await {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {
+                return Ok(if get_link(&h, Some(host_name), 0).await?.is_some() {
+                    Outcome::HostExists
+                } else {
+                    Outcome::PeerExists
+                });
+            }
+            Err(e) => {
+                return Err(nl_err(
+                    format!(
+                        "creating veth '{host_name}' (container side: '{}')",
+                        req.peer_name
+                    ),
+                    e,
+                ));
+            }
+        }
+        match get_link(&h, Some(host_name), 0).await? {
+            Some(l) => Ok(Outcome::Created(l.ifindex)),
+            None => Err(NetlinkError::Netlink {
+                op: format!("creating veth '{host_name}'"),
+                msg: "the new interface vanished right after creation (deleted concurrently?)"
+                    .into(),
+            }),
+        }
+    })?;
+    match outcome {
+        Outcome::Created(ifindex) => Ok(ifindex),
+        Outcome::HostExists => Err(NetlinkError::Exists {
+            name: req.host_name.into(),
+            place: Place::Node,
+        }),
+        // EEXIST while the host name is free: the container name is the one taken. Inferring
+        // this on failure spares the common path a thread to look into the container first.
+        Outcome::PeerExists => Err(NetlinkError::Exists {
+            name: req.peer_name.into(),
+            place: req.peer_netns.place(),
+        }),
+    }
+}
+
+/// Deletes a link in the current netns (for a veth, both ends go). Ok(false) if already gone.
+pub fn delete_link(ifindex: u32) -> Result<bool, NetlinkError> {
+    if ifindex == 0 {
+        return Ok(false);
+    }
+    run(|h| async move {
+        match h.link().del(ifindex).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(nl_err(format!("deleting interface index {ifindex}"), e)),
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Addresses, routes, neighbours.
+
+fn vethfp_route<T>(b: RouteMessageBuilder<T>) -> RouteMessageBuilder<T> {
+    b.protocol(RouteProtocol::Other(RTPROT_VETHFP))
+}
+
+/// Inside `ns`: give `ifname` its addresses (own prefix, no prefix route; v6 without DAD),
+/// set it up, and route everything via the link-local gateways 169.254.1.1 / fe80::1, which
+/// resolve to `gateway_mac` through permanent neighbour entries. Returns the ifindex.
+pub fn configure_container(
+    ns: &Netns,
+    ifname: &str,
+    addrs: &[Cidr],
+    gateway_mac: Mac,
+) -> Result<u32, NetlinkError> {
+    check_ifname(ifname)?;
+    if !gateway_mac.is_unicast() {
+        return Err(NetlinkError::InvalidMac(gateway_mac));
+    }
+    let place = ns.place();
+    in_netns(ns, || {
+        run(|h| async move {
+            let link =
+                get_link(&h, Some(ifname), 0)
+                    .await?
+                    .ok_or_else(|| NetlinkError::NoSuchLink {
+                        name: ifname.into(),
+                        place: place.clone(),
+                    })?;
+            let idx = link.ifindex;
+            let what = format!("'{ifname}' in {place}");
+            for a in addrs {
+                let mut flags = AddressFlags::Noprefixroute;
+                if !a.is_v4() {
+                    flags |= AddressFlags::Nodad;
+                }
+                let mut add = h.address().add(idx, a.addr, a.prefix);
+                add.message_mut()
+                    .attributes
+                    .push(AddressAttribute::Flags(flags));
+                add.execute()
+                    .await
+                    .map_err(|e| nl_err(format!("adding address {a} to {what}"), e))?;
+            }
+            // Up before neighbours and routes: the kernel refuses routes via a down device
+            // and flushes neighbours when a device goes down.
+            set_up(&h, idx, &what).await?;
+            if addrs.iter().any(Cidr::is_v4) {
+                add_permanent_neighbour(&h, idx, GATEWAY_V4.into(), gateway_mac, &what).await?;
+                let r = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(GATEWAY_V4, 32)
+                    .output_interface(idx)
+                    .scope(RouteScope::Link);
+                add_route(
+                    &h,
+                    vethfp_route(r).build(),
+                    format!("{GATEWAY_V4}/32 dev {what}"),
+                )
+                .await?;
+                let r = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(GATEWAY_V4)
+                    .output_interface(idx);
+                add_route(
+                    &h,
+                    vethfp_route(r).build(),
+                    format!("default via {GATEWAY_V4} dev {what}"),
+                )
+                .await?;
+            }
+            if addrs.iter().any(|a| !a.is_v4()) {
+                add_permanent_neighbour(&h, idx, GATEWAY_V6.into(), gateway_mac, &what).await?;
+                let r = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .gateway(GATEWAY_V6)
+                    .output_interface(idx);
+                add_route(
+                    &h,
+                    vethfp_route(r).build(),
+                    format!("default via {GATEWAY_V6} dev {what}"),
+                )
+                .await?;
+            }
+            Ok(idx)
+        })
+    })
+}
+
+/// In the current netns (the node): set the host end up; per container address a /32
+/// (/128) route via the host end (proto 247) and a permanent neighbour entry
+/// address -> `container_mac` on it.
+pub fn configure_node(
+    host_ifindex: u32,
+    addrs: &[Cidr],
+    container_mac: Mac,
+) -> Result<(), NetlinkError> {
+    if !container_mac.is_unicast() {
+        return Err(NetlinkError::InvalidMac(container_mac));
+    }
+    run(|h| async move {
+        let what = format!("interface index {host_ifindex} in the node");
+        set_up(&h, host_ifindex, &what).await?;
+        for a in addrs {
+            let dst = format!("{}/{}", a.addr, a.host_prefix());
+            let msg = match a.addr {
+                IpAddr::V4(v4) => vethfp_route(
+                    RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(v4, 32)
+                        .scope(RouteScope::Link),
+                )
+                .output_interface(host_ifindex)
+                .build(),
+                // IPv6 routes have no scope in the kernel; leave the default.
+                IpAddr::V6(v6) => {
+                    vethfp_route(RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(v6, 128))
+                        .output_interface(host_ifindex)
+                        .build()
+                }
+            };
+            match h.route().add(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(libc::EEXIST) => {
+                    return Err(NetlinkError::RouteExists { dst });
+                }
+                Err(e) => return Err(nl_err(format!("adding route {dst} dev {what}"), e)),
+            }
+            add_permanent_neighbour(&h, host_ifindex, a.addr, container_mac, &what).await?;
+        }
+        Ok(())
+    })
+}
+
+/// Unicast routes of the main table in the current netns whose output device is `ifindex`,
+/// as (destination, prefix length); a default route shows as (0.0.0.0 or ::, 0). Includes
+/// routes the kernel adds itself (e.g. fe80::/64 on an up interface).
+pub fn routes_via(ifindex: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+    run(|h| async move {
+        let all: Vec<RouteMessage> = h
+            .route()
+            .get(RouteMessageBuilder::<IpAddr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_err("listing routes", e))?;
+        let mut out = Vec::new();
+        for r in all {
+            let family = r.header.address_family;
+            if !matches!(family, AddressFamily::Inet | AddressFamily::Inet6)
+                || r.header.kind != RouteType::Unicast
+            {
+                continue;
+            }
+            let mut table = u32::from(r.header.table);
+            let mut oif = None;
+            let mut dst = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Table(t) => table = *t,
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Destination(RouteAddress::Inet(v4)) => dst = Some((*v4).into()),
+                    RouteAttribute::Destination(RouteAddress::Inet6(v6)) => {
+                        dst = Some((*v6).into())
+                    }
+                    _ => {}
+                }
+            }
+            if table != u32::from(RouteHeader::RT_TABLE_MAIN) || oif != Some(ifindex) {
+                continue;
+            }
+            let dst = dst.unwrap_or(if family == AddressFamily::Inet {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            });
+            out.push((dst, r.header.destination_prefix_length));
+        }
+        Ok(out)
+    })
+}
