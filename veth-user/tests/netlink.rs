@@ -521,13 +521,16 @@ fn works_when_called_from_async_code() {
             let r = veth("vfasync", "eth0", &env.ctr_ns, None);
             let idx = create_veth(&r).unwrap();
             assert_eq!(link_by_name("vfasync").unwrap().unwrap().ifindex, idx);
+            // The helper thread worked in the node namespace, not the machine's.
+            let node = ip_json(&["-n", &env.node.name, "link", "show", "vfasync"]);
+            assert_eq!(node[0]["ifindex"], idx);
             assert!(delete_link(idx).unwrap());
         });
     });
 }
 
-/// Creates, configures and deletes several pairs, printing per-pair timings
-/// (`cargo test -p veth-user --test netlink timing -- --nocapture`).
+/// Creates, configures and deletes several pairs (one container namespace each), printing
+/// per-step timings (`cargo test -p veth-user --test netlink timing -- --nocapture`).
 #[test]
 fn timing_per_pair() {
     const PAIRS: usize = 10;
@@ -535,8 +538,9 @@ fn timing_per_pair() {
     let node_ns = node.open();
     let ctrs: Vec<TestNs> = (0..PAIRS).map(|_| TestNs::new()).collect();
     let ctr_ns: Vec<Netns> = ctrs.iter().map(TestNs::open).collect();
-    let (setup, teardown) = in_netns(&node_ns, || {
-        let mut setup = Vec::new();
+    // Per pair: [create_veth, configure_container, configure_node, delete_link].
+    let steps: Vec<[Duration; 4]> = in_netns(&node_ns, || {
+        let mut out = Vec::new();
         let mut idxs = Vec::new();
         for (i, ns) in ctr_ns.iter().enumerate() {
             let host = format!("vft{i}");
@@ -544,23 +548,38 @@ fn timing_per_pair() {
             let r = veth(&host, "eth0", ns, None);
             let t = Instant::now();
             let idx = create_veth(&r)?;
+            let t_create = t.elapsed();
+            let t = Instant::now();
             configure_container(ns, "eth0", &addrs, r.host_mac)?;
+            let t_ctr = t.elapsed();
+            let t = Instant::now();
             configure_node(idx, &addrs, r.peer_mac)?;
-            setup.push(t.elapsed());
+            out.push([t_create, t_ctr, t.elapsed(), Duration::ZERO]);
             idxs.push(idx);
         }
-        let t = Instant::now();
-        for idx in idxs {
+        for (idx, o) in idxs.into_iter().zip(out.iter_mut()) {
+            let t = Instant::now();
             assert!(delete_link(idx)?);
+            o[3] = t.elapsed();
         }
-        Ok((setup, t.elapsed() / PAIRS as u32))
+        Ok(out)
     })
     .unwrap();
-    let total: Duration = setup.iter().sum();
-    let avg = total / PAIRS as u32;
-    let max = setup.iter().max().unwrap();
+    let median = |k: usize| {
+        let mut v: Vec<Duration> = steps.iter().map(|s| s[k]).collect();
+        v.sort();
+        v[v.len() / 2]
+    };
+    let setup: Vec<Duration> = steps.iter().map(|s| s[0] + s[1] + s[2]).collect();
+    let avg = setup.iter().sum::<Duration>() / PAIRS as u32;
     eprintln!(
-        "timing: create+configure per pair: avg {avg:?}, max {max:?}; delete per pair {teardown:?}"
+        "timing: median create_veth {:?}, configure_container {:?}, configure_node {:?}, \
+         delete_link {:?}; create+configure per pair avg {avg:?}, max {:?}",
+        median(0),
+        median(1),
+        median(2),
+        median(3),
+        setup.iter().max().unwrap()
     );
     // Generous bound so a loaded CI box does not flake; typical is a few ms or less.
     assert!(avg < Duration::from_millis(100), "avg {avg:?}");
