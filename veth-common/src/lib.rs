@@ -105,6 +105,12 @@ pub struct EndpointAddr {
     pub addr: [u8; 16],
 }
 
+/// `EndpointRecord::flags`: the veth was made by someone else (CNI chaining, bridge bypass);
+/// removing the endpoint detaches and unregisters but leaves the link.
+pub const EP_ADOPTED: u32 = 1 << 0;
+/// `EndpointRecord::flags`: made by the CNI plugin (GC may remove it).
+pub const EP_CNI: u32 = 1 << 1;
+
 pub const MAX_ADDRS: usize = 8;
 pub const NAME_LEN: usize = 16;
 pub const NETNS_LEN: usize = 128;

@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use serde::Serialize;
 use veth_common::{
-    AF_V4, AF_V6, Counters, DIR_NAMES, EndpointAddr, EndpointRecord, MAX_ADDRS, MODE_XDP, NAME_LEN,
-    NETNS_LEN, PacketBytes, Target, VERDICT_NAMES,
+    AF_V4, AF_V6, Counters, DIR_NAMES, EP_ADOPTED, EndpointAddr, EndpointRecord, MAX_ADDRS,
+    MODE_XDP, NAME_LEN, NETNS_LEN, PacketBytes, Target, VERDICT_NAMES,
 };
 
 use crate::{
@@ -44,6 +44,8 @@ pub enum EndpointError {
         "the endpoint's container end could not get GRO on ({0}); XDP redirects into it would be dropped"
     )]
     Gro(String),
+    #[error("{0} is not a veth interface: only veth host ends can be adopted")]
+    NotVeth(String),
     #[error("XDP devmap update failed: {0}")]
     Devmap(String),
     #[error("netns '{0}' is longer than {max} bytes", max = NETNS_LEN - 1)]
@@ -73,6 +75,24 @@ pub struct AddRequest {
     pub network: u32,
     /// `MODE_TC` or `MODE_XDP`.
     pub mode: u32,
+    /// Extra `EP_*` record flags (e.g. `EP_CNI`).
+    pub flags: u32,
+}
+
+/// What `adopt` asks for: an existing veth pair made by someone else.
+#[derive(Debug, Clone)]
+pub struct AdoptRequest {
+    /// Host end, in the node.
+    pub host: IfName,
+    /// Container netns (name under /run/netns or path).
+    pub netns: String,
+    /// Container end name inside the netns.
+    pub ifname: String,
+    pub container_mac: Mac,
+    pub addrs: Vec<Cidr>,
+    pub network: u32,
+    /// Extra `EP_*` record flags (e.g. `EP_CNI`).
+    pub flags: u32,
 }
 
 /// One endpoint as `pair list` shows it.
@@ -123,6 +143,51 @@ impl Serialize for EndpointStats {
         }
         m.end()
     }
+}
+
+/// NAPI on the container end, so XDP-mode senders can redirect into it (see ethtool.rs).
+fn enable_gro(ns: &Netns, ifname: &str) -> Result<(), NetlinkError> {
+    netlink::in_netns(ns, || {
+        crate::ethtool::set_gro(ifname, true).map_err(|e| NetlinkError::Io {
+            op: format!("enabling GRO on {ifname}"),
+            source: e,
+        })
+    })
+}
+
+fn make_record(
+    target: Target,
+    netns_ino: u64,
+    host: &str,
+    peer: &str,
+    netns: &str,
+    addrs: &[Cidr],
+    flags: u32,
+) -> EndpointRecord {
+    let mut rec = EndpointRecord {
+        netns_ino,
+        target,
+        naddrs: addrs.len() as u32,
+        flags,
+        ..Default::default()
+    };
+    put_str(&mut rec.host_name[..NAME_LEN], host);
+    put_str(&mut rec.peer_name[..NAME_LEN], peer);
+    put_str(&mut rec.netns, netns);
+    for (slot, a) in rec.addrs.iter_mut().zip(addrs) {
+        slot.prefix = a.prefix;
+        match a.addr {
+            IpAddr::V4(v4) => {
+                slot.family = AF_V4;
+                slot.addr[..4].copy_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                slot.family = AF_V6;
+                slot.addr = v6.octets();
+            }
+        }
+    }
+    rec
 }
 
 fn put_str(dst: &mut [u8], s: &str) {
@@ -246,17 +311,6 @@ impl Registry {
     }
 
     fn validate(&mut self, req: &AddRequest) -> Result<()> {
-        if req.addrs.is_empty() {
-            return Err(EndpointError::NoAddr);
-        }
-        if req.addrs.len() > MAX_ADDRS {
-            return Err(EndpointError::TooManyAddrs(req.addrs.len()));
-        }
-        for (i, a) in req.addrs.iter().enumerate() {
-            if req.addrs[..i].iter().any(|b| b.addr == a.addr) {
-                return Err(EndpointError::DuplicateAddr(a.addr));
-            }
-        }
         if let Some(m) = req.mtu
             && !(68..=65535).contains(&m)
         {
@@ -265,7 +319,26 @@ impl Registry {
         if req.netns.len() >= NETNS_LEN {
             return Err(EndpointError::NetnsTooLong(req.netns.clone()));
         }
-        for a in &req.addrs {
+        self.check_addrs(&req.addrs)?;
+        if netlink::link_by_name(req.host.as_str())?.is_some() {
+            return Err(EndpointError::HostExists(req.host.to_string()));
+        }
+        Ok(())
+    }
+
+    fn check_addrs(&mut self, addrs: &[Cidr]) -> Result<()> {
+        if addrs.is_empty() {
+            return Err(EndpointError::NoAddr);
+        }
+        if addrs.len() > MAX_ADDRS {
+            return Err(EndpointError::TooManyAddrs(addrs.len()));
+        }
+        for (i, a) in addrs.iter().enumerate() {
+            if addrs[..i].iter().any(|b| b.addr == a.addr) {
+                return Err(EndpointError::DuplicateAddr(a.addr));
+            }
+        }
+        for a in addrs {
             if let Some(owner) = self.owner_of(a.addr)? {
                 let owner = self
                     .records()?
@@ -278,9 +351,6 @@ impl Registry {
                     owner,
                 });
             }
-        }
-        if netlink::link_by_name(req.host.as_str())?.is_some() {
-            return Err(EndpointError::HostExists(req.host.to_string()));
         }
         Ok(())
     }
@@ -318,14 +388,7 @@ impl Registry {
         })?;
         undo.push(Undo::Link(host_ifindex));
         netlink::configure_container(ns, req.ifname.as_str(), &req.addrs, host_mac)?;
-        // NAPI on the container end, so XDP-mode senders can redirect into it (see ethtool.rs).
-        let ifname = req.ifname.as_str();
-        netlink::in_netns(ns, || {
-            crate::ethtool::set_gro(ifname, true).map_err(|e| NetlinkError::Io {
-                op: format!("enabling GRO on {ifname}"),
-                source: e,
-            })
-        })?;
+        enable_gro(ns, req.ifname.as_str())?;
         netlink::configure_node(host_ifindex, &req.addrs, container_mac)?;
         let mtu = match req.mtu {
             Some(m) => m,
@@ -342,29 +405,30 @@ impl Registry {
             container_mac: container_mac.0,
             host_mac: host_mac.0,
         };
-        let mut rec = EndpointRecord {
-            netns_ino: ns.ino(),
+        let rec = make_record(
             target,
-            naddrs: req.addrs.len() as u32,
-            ..Default::default()
-        };
-        put_str(&mut rec.host_name[..NAME_LEN], req.host.as_str());
-        put_str(&mut rec.peer_name[..NAME_LEN], req.ifname.as_str());
-        put_str(&mut rec.netns, &req.netns);
-        for (slot, a) in rec.addrs.iter_mut().zip(&req.addrs) {
-            slot.prefix = a.prefix;
-            match a.addr {
-                IpAddr::V4(v4) => {
-                    slot.family = AF_V4;
-                    slot.addr[..4].copy_from_slice(&v4.octets());
-                }
-                IpAddr::V6(v6) => {
-                    slot.family = AF_V6;
-                    slot.addr = v6.octets();
-                }
-            }
-        }
+            ns.ino(),
+            req.host.as_str(),
+            req.ifname.as_str(),
+            &req.netns,
+            &req.addrs,
+            req.flags,
+        );
+        self.register(&rec, &req.addrs, undo)?;
+        Ok(EndpointView::from_record(&rec))
+    }
 
+    /// Registers an endpoint whose veth exists already: counters, record, links, devmap and,
+    /// last, its addresses in the fast path.
+    fn register(
+        &mut self,
+        rec: &EndpointRecord,
+        addrs: &[Cidr],
+        undo: &mut Vec<Undo>,
+    ) -> Result<()> {
+        let host_ifindex = rec.target.ifindex;
+        let host = get_str(&rec.host_name);
+        let target = rec.target;
         // Counters exist before any program can see a packet of this endpoint.
         self.dp.reset_counters(host_ifindex)?;
         undo.push(Undo::Counters(host_ifindex));
@@ -374,7 +438,7 @@ impl Registry {
             .map_err(map_err("VFP_ENDPOINTS"))?;
         undo.push(Undo::Record(host_ifindex));
         undo.push(Undo::Links(host_ifindex));
-        self.dp.attach_tc(req.host.as_str(), host_ifindex)?;
+        self.dp.attach_tc(&host, host_ifindex)?;
         self.dp
             .devmap()?
             .insert(host_ifindex, host_ifindex, None, 0)
@@ -386,11 +450,11 @@ impl Registry {
                 other => EndpointError::Devmap(other.to_string()),
             })?;
         undo.push(Undo::Devmap(host_ifindex));
-        if req.mode == MODE_XDP {
-            self.dp.attach_xdp(req.host.as_str(), host_ifindex)?;
+        if target.mode == MODE_XDP {
+            self.dp.attach_xdp(&host, host_ifindex)?;
         }
         // Publish the addresses last: from here on other endpoints redirect into this one.
-        for a in &req.addrs {
+        for a in addrs {
             match a.addr {
                 IpAddr::V4(v4) => {
                     self.dp
@@ -408,7 +472,59 @@ impl Registry {
                 }
             }
         }
-        Ok(EndpointView::from_record(&rec))
+        Ok(())
+    }
+
+    /// Registers an existing veth pair made by someone else (a chained CNI plugin, a bridge)
+    /// and attaches the fast path to its host end. Routes and addresses are left as they are;
+    /// `del` later detaches and unregisters but does not delete the link.
+    pub fn adopt(&mut self, req: &AdoptRequest) -> Result<EndpointView> {
+        self.check_addrs(&req.addrs)?;
+        if req.netns.len() >= NETNS_LEN {
+            return Err(EndpointError::NetnsTooLong(req.netns.clone()));
+        }
+        if self.record_by_name(req.host.as_str())?.is_some() {
+            return Err(EndpointError::HostExists(req.host.to_string()));
+        }
+        let link = netlink::link_by_name(req.host.as_str())?
+            .ok_or_else(|| EndpointError::NotFound(req.host.to_string()))?;
+        if link.kind.as_deref() != Some("veth") {
+            return Err(EndpointError::NotVeth(req.host.to_string()));
+        }
+        let host_mac = link
+            .mac
+            .ok_or_else(|| EndpointError::NotVeth(req.host.to_string()))?;
+        let ns = Netns::open(&req.netns)?;
+        // Best effort: the interface belongs to someone else.
+        let ifname = req.ifname.as_str();
+        if let Err(e) = enable_gro(&ns, ifname) {
+            log::warn!("{e}");
+        }
+        let target = Target {
+            ifindex: link.ifindex,
+            mtu: link.mtu,
+            network: req.network,
+            mode: veth_common::MODE_TC,
+            container_mac: req.container_mac.0,
+            host_mac: host_mac.0,
+        };
+        let rec = make_record(
+            target,
+            ns.ino(),
+            req.host.as_str(),
+            ifname,
+            &req.netns,
+            &req.addrs,
+            EP_ADOPTED | req.flags,
+        );
+        let mut undo = Vec::new();
+        match self.register(&rec, &req.addrs, &mut undo) {
+            Ok(()) => Ok(EndpointView::from_record(&rec)),
+            Err(e) => {
+                self.rollback(undo);
+                Err(e)
+            }
+        }
     }
 
     fn rollback(&mut self, undo: Vec<Undo>) {
@@ -474,7 +590,8 @@ impl Registry {
         }
         let _ = self.dp.devmap()?.remove(ifindex);
         self.dp.detach(ifindex)?;
-        if let Some(link) = netlink::link_by_index(ifindex)?
+        if rec.flags & EP_ADOPTED == 0
+            && let Some(link) = netlink::link_by_index(ifindex)?
             && link.name == name
         {
             netlink::delete_link(ifindex)?;

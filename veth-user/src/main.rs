@@ -174,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mac: a.mac,
                 network: 0,
                 mode: a.mode.raw(),
+                flags: 0,
             };
             let view = Registry::open(&dir)?
                 .add(&req)
