@@ -64,9 +64,7 @@ pub fn check(
             let link_local = src[0] == 0xfe && src[1] & 0xc0 == 0x80;
             if !unspecified
                 && !link_local
-                && !VFP_EP6
-                    .get_ptr(src)
-                    .is_some_and(|t| (*t).ifindex == ifindex)
+                && VFP_EP6.get_ptr(src).is_none_or(|t| (*t).ifindex != ifindex)
             {
                 return Some(V_DROP_SPOOF_IP);
             }
