@@ -537,12 +537,11 @@ fn spoofed_sources_are_dropped_and_counted_by_reason() {
         let (ret, _) = rig.run(PROG_TC_INGRESS, &frame);
         assert_eq!(ret, TC_ACT_SHOT, "{what}: dropped");
         let after = rig.counters(SRC_IF);
-        for v in 0..VERDICTS {
+        for (v, name) in VERDICT_NAMES.iter().enumerate() {
             let want = before.c[DIR_FROM_CONTAINER][v].packets + u64::from(v == reason);
             assert_eq!(
                 after.c[DIR_FROM_CONTAINER][v].packets, want,
-                "{what}: verdict {}",
-                VERDICT_NAMES[v]
+                "{what}: verdict {name}"
             );
         }
     }
