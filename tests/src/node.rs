@@ -46,9 +46,7 @@ fn output_with_deadline(mut cmd: Command, what: &str) -> Output {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
     let mut so = child.stdout.take().unwrap();
     let mut se = child.stderr.take().unwrap();
     let to = std::thread::spawn(move || {
@@ -127,7 +125,10 @@ impl EndpointStats {
                             panic!("stats: {name}.{verdict}.{f} missing or not a number in {v}")
                         })
                     };
-                    (verdict.to_string(), Count::new(num("packets"), num("bytes")))
+                    (
+                        verdict.to_string(),
+                        Count::new(num("packets"), num("bytes")),
+                    )
                 })
                 .collect()
         };
@@ -157,7 +158,10 @@ impl EndpointStats {
                         "{}: counter {dir}.{k} went backwards: {y:?} -> {x:?}",
                         self.host_if
                     );
-                    (k.clone(), Count::new(x.packets - y.packets, x.bytes - y.bytes))
+                    (
+                        k.clone(),
+                        Count::new(x.packets - y.packets, x.bytes - y.bytes),
+                    )
                 })
                 .collect()
         };
@@ -251,13 +255,12 @@ impl Node {
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if let Some(uid) = uid {
-                    if libc::setgroups(0, std::ptr::null()) != 0
+                if let Some(uid) = uid
+                    && (libc::setgroups(0, std::ptr::null()) != 0
                         || libc::setgid(uid) != 0
-                        || libc::setuid(uid) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                        || libc::setuid(uid) != 0)
+                {
+                    return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
@@ -343,7 +346,11 @@ impl Node {
         let v: Value = serde_json::from_str(&out)
             .unwrap_or_else(|e| panic!("stats {host_if} --json: bad JSON ({e}): {out}"));
         let arr = v.as_array().expect("stats --json: array");
-        assert_eq!(arr.len(), 1, "stats {host_if} --json: one entry expected: {out}");
+        assert_eq!(
+            arr.len(),
+            1,
+            "stats {host_if} --json: one entry expected: {out}"
+        );
         let s = EndpointStats::parse(&arr[0]);
         assert_eq!(s.host_if, host_if);
         s

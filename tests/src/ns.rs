@@ -41,8 +41,7 @@ fn init_netns_ino() -> u64 {
 }
 
 fn is_machine_netns(ino: u64) -> bool {
-    ino == init_netns_ino()
-        || std::fs::metadata("/proc/1/ns/net").is_ok_and(|m| m.ino() == ino)
+    ino == init_netns_ino() || std::fs::metadata("/proc/1/ns/net").is_ok_and(|m| m.ino() == ino)
 }
 
 fn netns_path(name: &str) -> PathBuf {
@@ -94,7 +93,11 @@ impl Netns {
         if !out.status.success() {
             // Same pid + counter can only be a leftover of a killed earlier run: replace it.
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("exists"), "ip netns add {name}: {}", err.trim());
+            assert!(
+                err.contains("exists"),
+                "ip netns add {name}: {}",
+                err.trim()
+            );
             ip(&["netns", "del", &name]);
             ip(&["netns", "add", &name]);
         }
@@ -154,7 +157,12 @@ impl Netns {
             std::fs::write(&path, &v).unwrap_or_else(|e| panic!("write {path}: {e}"));
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
         });
-        assert_eq!(got.trim(), value, "sysctl {key} in {} did not stick", self.name);
+        assert_eq!(
+            got.trim(),
+            value,
+            "sysctl {key} in {} did not stick",
+            self.name
+        );
     }
 
     /// Read a sysctl inside the namespace.
@@ -214,7 +222,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        match Command::new("ip").args(["netns", "del", &self.name]).output() {
+        match Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output()
+        {
             Ok(o) if o.status.success() => {}
             Ok(o) => eprintln!(
                 "cleanup: ip netns del {}: {}",
@@ -237,8 +248,7 @@ where
     std::thread::Builder::new()
         .name(format!("in-{ns}"))
         .spawn(move || {
-            setns(&fd, CloneFlags::CLONE_NEWNET)
-                .unwrap_or_else(|e| panic!("setns into {ns}: {e}"));
+            setns(&fd, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns into {ns}: {e}"));
             drop(fd);
             let me = std::fs::metadata("/proc/thread-self/ns/net")
                 .expect("stat own netns")
@@ -266,8 +276,6 @@ pub fn join<T>(h: JoinHandle<T>) -> T {
     }
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 /// A private bpffs mounted on a fresh directory under the temp dir. Unmounted (lazily) and
 /// removed on Drop. [`Bpffs::state_dir`] is the directory passed to `vethfp --bpffs`.
 #[derive(Debug)]
@@ -288,7 +296,11 @@ impl Bpffs {
             None::<&str>,
         )
         .unwrap_or_else(|e| panic!("mount -t bpf bpf {:?}: {e}", fs.mount));
-        assert!(is_bpffs(&fs.mount), "{:?} is not a bpffs after mount", fs.mount);
+        assert!(
+            is_bpffs(&fs.mount),
+            "{:?} is not a bpffs after mount",
+            fs.mount
+        );
         fs
     }
 
@@ -305,7 +317,9 @@ impl Bpffs {
     /// Every file and directory under the mount, relative to it, sorted.
     pub fn files(&self) -> BTreeSet<String> {
         fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
-            let Ok(rd) = std::fs::read_dir(dir) else { return };
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
             for e in rd {
                 let e = e.expect("readdir");
                 let p = e.path();
@@ -330,7 +344,7 @@ impl Default for Bpffs {
 /// Whether `p` is on a bpffs.
 pub fn is_bpffs(p: &Path) -> bool {
     nix::sys::statfs::statfs(p)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
         .unwrap_or(false)
 }
 

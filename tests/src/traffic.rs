@@ -155,7 +155,10 @@ pub fn udp_send_to(
     payload_len: usize,
     window: u64,
 ) -> u64 {
-    assert!(payload_len >= 8, "payload must hold tag and sequence number");
+    assert!(
+        payload_len >= 8,
+        "payload must hold tag and sequence number"
+    );
     let dst = rx.addr;
     let tag = rx.tag;
     let count = rx.count.clone();
@@ -359,8 +362,7 @@ pub fn ping_from(ns: &str, src: Option<IpAddr>, dst: IpAddr) -> bool {
                     (left.subsec_micros() as i64).max(1000) as _,
                 );
                 socket::setsockopt(&fd, socket::sockopt::ReceiveTimeout, &tv).unwrap();
-                let Ok((len, from)) =
-                    socket::recvfrom::<SockaddrStorage>(fd.as_raw_fd(), &mut buf)
+                let Ok((len, from)) = socket::recvfrom::<SockaddrStorage>(fd.as_raw_fd(), &mut buf)
                 else {
                     continue;
                 };

@@ -8,8 +8,8 @@ use std::{
 };
 
 use vethfp_tests::{
-    Bpffs, Netns, Node, is_bpffs, ping, ping_from, run_in_netns, tcp_echo, udp_frame_len,
-    udp_recv, udp_send, udp_send_to, udp_transfer, unique_name,
+    Bpffs, Netns, Node, is_bpffs, ping, ping_from, run_in_netns, tcp_echo, udp_frame_len, udp_recv,
+    udp_send, udp_send_to, udp_transfer, unique_name,
 };
 
 /// Two namespaces joined by a veth `va` <-> `vb`, v4 and v6 on both ends.
@@ -18,7 +18,18 @@ fn pair() -> (Netns, Netns) {
     let b = Netns::new("vfb");
     a.quiet_ipv6();
     b.quiet_ipv6();
-    a.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b.name()]);
+    a.ip(&[
+        "link",
+        "add",
+        "va",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vb",
+        "netns",
+        b.name(),
+    ]);
     a.ip(&["addr", "add", "10.9.0.1/24", "dev", "va"]);
     a.ip(&["addr", "add", "fd09::1/64", "dev", "va"]);
     b.ip(&["addr", "add", "10.9.0.2/24", "dev", "vb"]);
@@ -151,14 +162,50 @@ fn udp_frame_len_matches_kernel_link_counters() {
         ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
         ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
     }
-    a.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b.name()]);
+    a.ip(&[
+        "link",
+        "add",
+        "va",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vb",
+        "netns",
+        b.name(),
+    ]);
     a.ip(&["addr", "add", "10.9.0.1/24", "dev", "va"]);
     b.ip(&["addr", "add", "10.9.0.2/24", "dev", "vb"]);
     // Permanent neighbours: no ARP on the link either.
-    let mac = |ns: &Netns, dev: &str| ns.link(dev).unwrap()["address"].as_str().unwrap().to_string();
+    let mac = |ns: &Netns, dev: &str| {
+        ns.link(dev).unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     let (ma, mb) = (mac(&a, "va"), mac(&b, "vb"));
-    a.ip(&["neigh", "add", "10.9.0.2", "lladdr", &mb, "dev", "va", "nud", "permanent"]);
-    b.ip(&["neigh", "add", "10.9.0.1", "lladdr", &ma, "dev", "vb", "nud", "permanent"]);
+    a.ip(&[
+        "neigh",
+        "add",
+        "10.9.0.2",
+        "lladdr",
+        &mb,
+        "dev",
+        "va",
+        "nud",
+        "permanent",
+    ]);
+    b.ip(&[
+        "neigh",
+        "add",
+        "10.9.0.1",
+        "lladdr",
+        &ma,
+        "dev",
+        "vb",
+        "nud",
+        "permanent",
+    ]);
     a.ip(&["link", "set", "va", "up"]);
     b.ip(&["link", "set", "vb", "up"]);
     let tx = |ns: &Netns| {
@@ -168,7 +215,10 @@ fn udp_frame_len_matches_kernel_link_counters() {
     };
     let before = tx(&a);
     let n = 500;
-    assert_eq!(udp_transfer(a.name(), None, b.name(), ip("10.9.0.2"), n, 100), n);
+    assert_eq!(
+        udp_transfer(a.name(), None, b.name(), ip("10.9.0.2"), n, 100),
+        n
+    );
     let after = tx(&a);
     assert_eq!(after.0 - before.0, n);
     assert_eq!(after.1 - before.1, n * udp_frame_len(ip("10.9.0.2"), 100));
