@@ -296,8 +296,8 @@ impl Node {
         check_ok(&self.vethfp(args), args)
     }
 
-    /// Run vethfp, assert it failed as the CLI contract says (exit 1, exactly one stderr
-    /// line starting `vethfp: error: `); return that line.
+    /// Run vethfp, assert it failed (non-zero exit, exactly one stderr line starting
+    /// `vethfp: error: `); return that line.
     pub fn fails(&self, args: &[&str]) -> String {
         check_fails(&self.vethfp(args), args)
     }
@@ -441,13 +441,14 @@ pub fn check_ok(out: &Output, args: &[&str]) -> String {
     String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8")
 }
 
-/// Assert a vethfp run failed as the contract says; return the error line.
+/// Assert a vethfp run failed: a non-zero exit (not a signal) and exactly one stderr line
+/// starting `vethfp: error: `; return that line. (That the code is exactly 1, as
+/// docs/CLI.md says, is checked by its own test in errors.rs.)
 pub fn check_fails(out: &Output, args: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "vethfp {args:?} should fail with exit 1, got {}; stderr: {stderr}",
+    assert!(
+        matches!(out.status.code(), Some(c) if c != 0),
+        "vethfp {args:?} should fail with a non-zero exit, got {}; stderr: {stderr}",
         out.status
     );
     let line = stderr.strip_suffix('\n').unwrap_or(&stderr);

@@ -243,3 +243,55 @@ fn not_running_as_root() {
     }
     t.c0_still_works();
 }
+
+#[test]
+fn every_failure_exits_with_1() {
+    // docs/CLI.md: "Failure: exit 1" — for bad arguments as for failures at run time.
+    let t = setup();
+    let fresh = t.fresh.name();
+    for args in [
+        &[
+            "pair",
+            "add",
+            "vethfp0123456789",
+            "--netns",
+            fresh,
+            "--addr",
+            "10.1.0.9/24",
+        ][..],
+        &[
+            "pair",
+            "add",
+            "vc9",
+            "--netns",
+            fresh,
+            "--addr",
+            "10.0.0.300/24",
+        ],
+        &[
+            "pair",
+            "add",
+            "vc9",
+            "--netns",
+            fresh,
+            "--addr",
+            "10.1.0.9/24",
+            "--mac",
+            "zz",
+        ],
+        &[
+            "pair",
+            "add",
+            "vc9",
+            "--netns",
+            fresh,
+            "--addr",
+            "10.1.0.2/24",
+        ],
+        &["pair", "del", "vcnope"],
+    ] {
+        let out = t.node.vethfp(args);
+        check_fails(&out, args);
+        assert_eq!(out.status.code(), Some(1), "vethfp {args:?}");
+    }
+}
