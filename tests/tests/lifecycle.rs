@@ -52,7 +52,10 @@ fn list_shows_every_endpoint_as_the_kernel_sees_it() {
         assert_eq!(e["mtu"], 1500, "{e}");
         assert_eq!(peer["mtu"], 1500);
         assert_eq!(s(&e["mode"]), "tc", "{e}");
-        assert_eq!(e["network"], 0, "{e}");
+        assert_eq!(s(&e["network"]), "default", "{e}");
+        assert_eq!(e["network_id"], 0, "{e}");
+        assert_eq!(s(&e["spoof"]), "enforce", "{e}");
+        assert_eq!(e["adopted"], false, "{e}");
         let want: BTreeSet<String> = c.addrs.iter().cloned().collect();
         assert_eq!(addr_set(&e["addrs"]), want, "{e}");
     }
