@@ -212,6 +212,11 @@ impl Serialize for EndpointStats {
     }
 }
 
+fn set_network(rec: &mut EndpointRecord, name: &str) {
+    rec.target.network = network_id(name);
+    put_str(&mut rec.network_name, network_name(name));
+}
+
 fn network_name(name: &str) -> &str {
     if name.is_empty() { "default" } else { name }
 }
@@ -497,20 +502,21 @@ impl Registry {
         let target = Target {
             ifindex: host_ifindex,
             mtu,
-            network: network_id(&req.network),
+            network: 0, // set_network
             mode: req.mode,
             container_mac: container_mac.0,
             host_mac: host_mac.0,
         };
-        let rec = make_record(
+        let mut rec = make_record(
             target,
             ns.ino(),
             req.host.as_str(),
             req.ifname.as_str(),
             &req.netns,
             &req.addrs,
-            req.flags,
+            req.flags | req.spoof,
         );
+        set_network(&mut rec, &req.network);
         self.register(&rec, &req.addrs, undo)?;
         Ok(EndpointView::from_record(&rec))
     }
@@ -600,12 +606,12 @@ impl Registry {
         let target = Target {
             ifindex: link.ifindex,
             mtu: link.mtu,
-            network: network_id(&req.network),
+            network: 0, // set_network
             mode: veth_common::MODE_TC,
             container_mac: req.container_mac.0,
             host_mac: host_mac.0,
         };
-        let rec = make_record(
+        let mut rec = make_record(
             target,
             ns.ino(),
             req.host.as_str(),
@@ -614,6 +620,7 @@ impl Registry {
             &req.addrs,
             EP_ADOPTED | req.flags,
         );
+        set_network(&mut rec, &req.network);
         let mut undo = Vec::new();
         match self.register(&rec, &req.addrs, &mut undo) {
             Ok(()) => Ok(EndpointView::from_record(&rec)),
