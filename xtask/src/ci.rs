@@ -2,7 +2,6 @@
 
 use crate::util::{cargo_cmd, run, step, target_dir};
 use anyhow::{Context, Result};
-use std::process::Command;
 
 pub fn test() -> Result<()> {
     step("setup");
@@ -36,11 +35,8 @@ pub fn test() -> Result<()> {
         "bench --quick --out {} (smoke test of the bench harness)",
         out.display()
     ));
-    let exe = std::env::current_exe().context("locating the xtask binary")?;
-    let res = run(Command::new(exe)
-        .args(["bench", "--quick", "--out"])
-        .arg(&out)
-        .env("VETHFP_BIN", &bin));
+    // In-process: `cargo build --workspace` may just have replaced our own executable.
+    let res = crate::bench::bench(crate::bench::Args::quick(out.clone(), bin));
     let _ = std::fs::remove_dir_all(&out);
     res.context("the bench smoke test failed (see above)")?;
     step("all checks passed");

@@ -39,13 +39,42 @@ pub struct Args {
     /// Endpoint counts for the control-plane bench (default 1,100,1000; 1,10 with --quick).
     #[arg(long, value_delimiter = ',')]
     endpoints: Option<Vec<usize>>,
+    /// vethfp binary to bench (default: $VETHFP_BIN, else a fresh release build).
+    #[arg(long)]
+    vethfp_bin: Option<PathBuf>,
+}
+
+impl Args {
+    /// The CI smoke test: one short round against the given vethfp binary.
+    pub fn quick(out: PathBuf, vethfp_bin: PathBuf) -> Self {
+        Args {
+            rounds: None,
+            quick: true,
+            secs: None,
+            out: Some(out),
+            endpoints: None,
+            vethfp_bin: Some(vethfp_bin),
+        }
+    }
 }
 
 /// Find a working vethfp binary, or say why there is none. $VETHFP_BIN wins; otherwise the
 /// release binary is built.
-pub fn find_vethfp(tag: &str) -> Result<std::result::Result<Vethfp, String>> {
-    let bin = if std::env::var_os("VETHFP_BIN").is_some() {
-        vethfp_bin("release")?
+pub fn find_vethfp(
+    given: Option<&std::path::Path>,
+    tag: &str,
+) -> Result<std::result::Result<Vethfp, String>> {
+    let given = given
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("VETHFP_BIN").map(PathBuf::from));
+    let bin = if let Some(b) = given {
+        if !b.exists() {
+            bail!(
+                "vethfp binary {} does not exist (from --vethfp-bin or VETHFP_BIN)",
+                b.display()
+            );
+        }
+        b
     } else {
         step("cargo build --release -p veth-user (the vethfp binary)");
         if let Err(e) = run(cargo_cmd().args(["build", "--release", "-p", "veth-user"])) {
@@ -103,7 +132,7 @@ pub fn bench(args: Args) -> Result<()> {
         bail!("the bench creates network namespaces: run it as root");
     }
     let tag = format!("vfb{}", std::process::id());
-    let vethfp = find_vethfp(&tag)?;
+    let vethfp = find_vethfp(args.vethfp_bin.as_deref(), &tag)?;
     if let Err(why) = &vethfp {
         println!("bench: WARNING: vethfp topologies skipped: {why}");
     }
@@ -153,9 +182,10 @@ pub fn bench(args: Args) -> Result<()> {
                 Metric::Tcp2Gbps,
                 work::iperf_tcp(&t.client, ip, IPERF_PORT, 2, secs)?,
             );
-            let (pps, cpu) = work::udp_rate(&t.client, ip, IPERF_PORT, secs)?;
-            add(Metric::Udp64Kpps, pps / 1e3);
-            add(Metric::CpuNsPerPkt, cpu);
+            let u = work::udp_rate(&t.client, ip, IPERF_PORT, secs)?;
+            add(Metric::Udp64Kpps, u.pps / 1e3);
+            add(Metric::CpuNsPerPkt, u.cpu_machine_ns);
+            add(Metric::CpuIperfNsPerPkt, u.cpu_iperf_ns);
             if let Some(dir) = t.vethfp_bpffs() {
                 // Separate short run: stats collection itself costs a little per program run.
                 let stats = GlobalSysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;

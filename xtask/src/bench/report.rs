@@ -15,11 +15,12 @@ pub enum Metric {
     Tcp2Gbps,
     Udp64Kpps,
     CpuNsPerPkt,
+    CpuIperfNsPerPkt,
     BpfNsPerRun,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 9] = [
+    pub const ALL: [Metric; 10] = [
         Metric::UdpRrP50,
         Metric::UdpRrP99,
         Metric::TcpRrP50,
@@ -28,6 +29,7 @@ impl Metric {
         Metric::Tcp2Gbps,
         Metric::Udp64Kpps,
         Metric::CpuNsPerPkt,
+        Metric::CpuIperfNsPerPkt,
         Metric::BpfNsPerRun,
     ];
 
@@ -41,6 +43,7 @@ impl Metric {
             Metric::Tcp2Gbps => "tcp_2streams_gbps",
             Metric::Udp64Kpps => "udp_64b_kpps",
             Metric::CpuNsPerPkt => "cpu_ns_per_udp_pkt",
+            Metric::CpuIperfNsPerPkt => "iperf3_cpu_ns_per_udp_pkt",
             Metric::BpfNsPerRun => "bpf_ns_per_prog_run",
         }
     }
@@ -55,6 +58,7 @@ impl Metric {
             Metric::Tcp2Gbps => "TCP 2 streams (Gbit/s)",
             Metric::Udp64Kpps => "UDP 64 B received (kpps)",
             Metric::CpuNsPerPkt => "CPU per UDP packet, whole machine (ns)",
+            Metric::CpuIperfNsPerPkt => "CPU per UDP packet, iperf3 processes (ns)",
             Metric::BpfNsPerRun => "BPF program cost per run (ns)",
         }
     }

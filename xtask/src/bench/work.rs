@@ -58,9 +58,18 @@ pub fn iperf_tcp(client: &Netns, ip: &str, port: u16, streams: u32, secs: u32) -
     Ok(bps / 1e9)
 }
 
-/// Small-packet UDP rate: iperf3 -u -l 64 -b 0. Returns (received packets per second,
-/// machine CPU nanoseconds per received packet from /proc/stat busy time).
-pub fn udp_rate(client: &Netns, ip: &str, port: u16, secs: u32) -> Result<(f64, f64)> {
+pub struct UdpRate {
+    /// Packets received per second.
+    pub pps: f64,
+    /// Busy CPU time of the whole machine per received packet (/proc/stat; includes any
+    /// unrelated load on the machine).
+    pub cpu_machine_ns: f64,
+    /// CPU time of the two iperf3 processes (as iperf3 reports it) per received packet.
+    pub cpu_iperf_ns: f64,
+}
+
+/// Small-packet UDP rate: iperf3 -u -l 64 -b 0.
+pub fn udp_rate(client: &Netns, ip: &str, port: u16, secs: u32) -> Result<UdpRate> {
     let before = cpu_busy_ns()?;
     let v = iperf(client, ip, port, secs, &["-u", "-l", "64", "-b", "0"])?;
     let busy = cpu_busy_ns()?.saturating_sub(before);
@@ -68,7 +77,14 @@ pub fn udp_rate(client: &Netns, ip: &str, port: u16, secs: u32) -> Result<(f64, 
     if pkts <= 0.0 {
         bail!("iperf3 UDP to {ip} delivered no packets");
     }
-    Ok((pkts / secs, busy as f64 / pkts))
+    let cpu = &v["end"]["cpu_utilization_percent"];
+    let pct =
+        cpu["host_total"].as_f64().unwrap_or(0.0) + cpu["remote_total"].as_f64().unwrap_or(0.0);
+    Ok(UdpRate {
+        pps: pkts / secs,
+        cpu_machine_ns: busy as f64 / pkts,
+        cpu_iperf_ns: pct / 100.0 * secs * 1e9 / pkts,
+    })
 }
 
 /// (packets received, seconds). iperf3 3.12's sum_received.packets is unreliable for UDP,
