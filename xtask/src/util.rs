@@ -83,12 +83,15 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 
 /// Run a command capturing output, without judging its exit status.
 pub fn raw_output(cmd: &mut Command) -> Result<Output> {
-    cmd.stdin(Stdio::null()).output().with_context(|| {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| {
         format!(
             "could not start `{}`: is it installed? try `cargo xtask setup`",
             show(cmd)
         )
-    })
+    })?;
+    // A child killed by the terminal's SIGINT is not the child's fault: say what happened.
+    check_interrupted()?;
+    Ok(out)
 }
 
 /// `ip ARGS...` in the current (xtask's own) namespace. Only used for `ip netns ...`.
