@@ -13,8 +13,15 @@ const BURST: u32 = 1000;
 pub fn demo() -> Result<()> {
     step("setup");
     crate::setup::setup()?;
-    step("cargo build --release -p veth-user");
-    run(cargo_cmd().args(["build", "--release", "-p", "veth-user"]))?;
+    if let Some(b) = std::env::var_os("VETHFP_BIN") {
+        step(&format!(
+            "using VETHFP_BIN={} (no build)",
+            b.to_string_lossy()
+        ));
+    } else {
+        step("cargo build --release -p veth-user");
+        run(cargo_cmd().args(["build", "--release", "-p", "veth-user"]))?;
+    }
     let bin = vethfp_bin("release")?;
     let help = raw_output(Command::new(&bin).arg("--help"))?;
     if !help.status.success() || !String::from_utf8_lossy(&help.stdout).contains("pair") {
