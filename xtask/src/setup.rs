@@ -9,6 +9,7 @@ const BPF_LINKER_VERSION: &str = "0.10.2";
 const DEB_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
+    "ethtool",
     "iperf3",
     "sockperf",
     "bpftool",
