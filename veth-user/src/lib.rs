@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: front end → [`endpoint`] registry → ([`netlink`], [`datapath`]) → kernel.
 
+pub mod bridge;
 pub mod datapath;
 pub mod endpoint;
 pub mod ethtool;
