@@ -5,9 +5,9 @@
 //! as the sender wrote it (no MAC rewrite, no TTL change). ARP, broadcast, multicast, unknown
 //! MACs and the bridge's own MAC go to the bridge as before, which stays the slow path.
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{helpers::generated::bpf_check_mtu, macros::classifier, programs::TcContext};
 use network_types::eth::EthHdr;
-use veth_common::{CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, V_FAST, V_STACK};
+use veth_common::{CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, Target, V_FAST, V_STACK};
 
 use crate::{
     maps::{VFP_ENDPOINTS, VFP_L2, config_flags, count},
@@ -34,11 +34,24 @@ pub fn vfp_l2_ingress(ctx: TcContext) -> i32 {
         {
             // SAFETY: pointer from a successful lookup, copied once.
             let t = unsafe { *t };
-            if t.network == bridge && t.ifindex != ifindex && len <= t.mtu + EthHdr::LEN as u32 {
+            if t.network == bridge && t.ifindex != ifindex && fits(&ctx, len, &t) {
                 return redirect_peer(ifindex, DIR_FROM_CONTAINER, V_FAST, &t, len);
             }
         }
     }
     count(ifindex, DIR_FROM_CONTAINER, V_STACK, len);
     TCX_NEXT
+}
+
+/// Would the bridge forward the frame to the destination port? Frames within the port's MTU,
+/// and GSO super-packets (a TCP sender's TSO batches, segmented later if ever needed), as the
+/// bridge's own `is_skb_forwardable` decides; bpf_check_mtu settles the larger ones.
+#[inline(always)]
+fn fits(ctx: &TcContext, len: u32, t: &Target) -> bool {
+    if len <= t.mtu + EthHdr::LEN as u32 {
+        return true;
+    }
+    let mut mtu_len: u32 = 0;
+    // SAFETY: helper call on this program's skb with a valid out pointer.
+    unsafe { bpf_check_mtu(ctx.skb.skb.cast(), t.ifindex, &mut mtu_len, 0, 0) == 0 }
 }
