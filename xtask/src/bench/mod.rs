@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: vethfp against direct veth, bridge, docker-like bridge and kernel
-//! routing, measured side by side in one run with interleaved rounds.
+//! `cargo xtask bench`: vethfp against direct veth, bridge (plain and accelerated by
+//! `vethfp bridge accelerate`), docker-like bridge and kernel routing, measured side by side
+//! in one run with interleaved rounds.
 
 mod control;
 mod report;

@@ -17,15 +17,18 @@ pub const IPERF_PORT: u16 = 5201;
 pub enum Kind {
     Direct,
     Bridge,
+    /// The `bridge` topology, then `vethfp bridge accelerate br0` (issue 9).
+    BridgeVethfp,
     BridgeDockerLike,
     Routed,
     VethfpTc,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Direct,
         Kind::Bridge,
+        Kind::BridgeVethfp,
         Kind::BridgeDockerLike,
         Kind::Routed,
         Kind::VethfpTc,
@@ -35,6 +38,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Bridge => "bridge",
+            Kind::BridgeVethfp => "bridge+vethfp",
             Kind::BridgeDockerLike => "bridge-docker-like",
             Kind::Routed => "routed",
             Kind::VethfpTc => "vethfp-tc",
@@ -45,6 +49,7 @@ impl Kind {
         match self {
             Kind::Direct => "dir",
             Kind::Bridge => "br",
+            Kind::BridgeVethfp => "brv",
             Kind::BridgeDockerLike => "dock",
             Kind::Routed => "rt",
             Kind::VethfpTc => "vtc",
@@ -52,7 +57,7 @@ impl Kind {
     }
 
     pub fn needs_vethfp(self) -> bool {
-        matches!(self, Kind::VethfpTc)
+        matches!(self, Kind::VethfpTc | Kind::BridgeVethfp)
     }
 }
 
@@ -77,12 +82,14 @@ impl Vethfp {
     }
 }
 
-/// Host ends that vethfp created in one node; `pair del` for each still listed on drop (best
-/// effort: removing the node namespace deletes them anyway).
+/// Host ends that vethfp created in one node and bridges it accelerated; on drop, `pair del`
+/// for each pair and `bridge release` for each bridge still listed (best effort: removing the
+/// node namespace deletes the links anyway).
 pub struct VethfpPairs {
     vethfp: Vethfp,
     node_path: PathBuf,
     host_ifs: Vec<String>,
+    bridges: Vec<String>,
 }
 
 impl VethfpPairs {
@@ -91,7 +98,18 @@ impl VethfpPairs {
             vethfp: vethfp.clone(),
             node_path: node.path(),
             host_ifs: Vec::new(),
+            bridges: Vec::new(),
         }
+    }
+
+    /// `vethfp bridge accelerate BRIDGE` in the node.
+    pub fn accelerate(&mut self, bridge: &str) -> Result<()> {
+        let mut c = setns_cmd(&self.node_path, &self.vethfp.bin)?;
+        c.arg("--bpffs").arg(&self.vethfp.bpffs);
+        c.args(["bridge", "accelerate", bridge]);
+        output(&mut c).with_context(|| format!("vethfp bridge accelerate {bridge} failed"))?;
+        self.bridges.push(bridge.to_owned());
+        Ok(())
     }
 
     pub fn vethfp(&self) -> &Vethfp {
@@ -133,6 +151,14 @@ impl Drop for VethfpPairs {
                 c.arg("--bpffs")
                     .arg(&self.vethfp.bpffs)
                     .args(["pair", "del", h]);
+                let _ = raw_output(&mut c);
+            }
+        }
+        for b in &self.bridges {
+            if let Ok(mut c) = setns_cmd(&self.node_path, &self.vethfp.bin) {
+                c.arg("--bpffs")
+                    .arg(&self.vethfp.bpffs)
+                    .args(["bridge", "release", b]);
                 let _ = raw_output(&mut c);
             }
         }
@@ -178,6 +204,13 @@ impl Topo {
         match kind {
             Kind::Direct => topo.wire_direct()?,
             Kind::Bridge => topo.wire_bridge(false)?,
+            Kind::BridgeVethfp => {
+                let v = vethfp.context("bridge+vethfp needs a vethfp binary")?;
+                topo.wire_bridge(false)?;
+                let mut pairs = VethfpPairs::new(v, topo.node());
+                pairs.accelerate("br0")?;
+                topo.vethfp = Some(pairs);
+            }
             Kind::BridgeDockerLike => topo.wire_bridge(true)?,
             Kind::Routed => topo.wire_routed()?,
             Kind::VethfpTc => {
