@@ -284,6 +284,13 @@ impl Topo {
         }
         if docker_like {
             docker_like_filtering(node)?;
+        } else if Path::new("/proc/sys/net/bridge").exists() {
+            // br_netfilter, once loaded (by bridge-docker-like, by Docker), turns these on in
+            // every new namespace: the plain bridge would then pay for netfilter hooks on
+            // some runs and not on others. Plain means off.
+            for t in ["iptables", "ip6tables", "arptables"] {
+                node.sysctl(&format!("net.bridge.bridge-nf-call-{t}"), "0")?;
+            }
         }
         Ok(())
     }
