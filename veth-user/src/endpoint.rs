@@ -56,6 +56,10 @@ pub enum EndpointError {
     UplinkIsEndpoint(String),
     #[error("XDP devmap update failed: {0}")]
     Devmap(String),
+    #[error(
+        "the container netns '{0}' of this endpoint is gone or was replaced: `vethfp pair del` it and add it again"
+    )]
+    NetnsChanged(String),
     #[error("netns '{0}' is longer than {max} bytes", max = NETNS_LEN - 1)]
     NetnsTooLong(String),
     #[error("BPF map {what}: {source}")]
@@ -241,6 +245,20 @@ fn enable_gro(ns: &Netns, ifname: &str) -> Result<(), NetlinkError> {
     netlink::in_netns(ns, || {
         crate::ethtool::set_gro(ifname, true).map_err(|e| NetlinkError::Io {
             op: format!("enabling GRO on {ifname}"),
+            source: e,
+        })
+    })
+}
+
+/// TX checksum offload on the container end: off in XDP mode, on in TC mode (see ethtool.rs).
+fn set_tx_csum(ns: &Netns, ifname: &str, mode: u32) -> Result<(), NetlinkError> {
+    let on = mode != MODE_XDP;
+    netlink::in_netns(ns, || {
+        crate::ethtool::set_tx_csum(ifname, on).map_err(|e| NetlinkError::Io {
+            op: format!(
+                "turning TX checksum offload {} on {ifname}",
+                if on { "on" } else { "off" }
+            ),
             source: e,
         })
     })
@@ -491,6 +509,7 @@ impl Registry {
         undo.push(Undo::Link(host_ifindex));
         netlink::configure_container(ns, req.ifname.as_str(), &req.addrs, host_mac)?;
         enable_gro(ns, req.ifname.as_str())?;
+        set_tx_csum(ns, req.ifname.as_str(), req.mode)?;
         netlink::configure_node(host_ifindex, &req.addrs, container_mac)?;
         let mtu = match req.mtu {
             Some(m) => m,
@@ -718,10 +737,19 @@ impl Registry {
             .record_by_name(name)?
             .ok_or_else(|| EndpointError::NotFound(name.into()))?;
         let ifindex = rec.target.ifindex;
+        // Complete checksums before XDP may redirect the container's frames; partial ones
+        // again only once it no longer can.
+        let ns = Netns::open(&get_str(&rec.netns))?;
+        if ns.ino() != rec.netns_ino {
+            return Err(EndpointError::NetnsChanged(get_str(&rec.netns)));
+        }
+        let peer = get_str(&rec.peer_name);
         if mode == MODE_XDP {
+            set_tx_csum(&ns, &peer, mode)?;
             self.dp.attach_xdp(name, ifindex)?;
         } else {
             self.dp.detach_xdp(ifindex)?;
+            set_tx_csum(&ns, &peer, mode)?;
         }
         rec.target.mode = mode;
         self.dp
