@@ -1,1 +1,24 @@
+//! Harness for vethfp's integration tests: nodes and containers in their own network
+//! namespaces, the real `vethfp` binary run inside a node, real traffic, exact counters.
+//!
+//! Rules every test follows (and this harness enforces where it can):
+//! - never touch the machine's own network namespace: every namespace is made here, under a
+//!   unique name (prefix + pid + counter), and checked against PID 1's before it is entered;
+//! - clean up on success and on failure: [`Netns`] and [`Bpffs`] are Drop guards;
+//! - run in parallel: each test builds its own [`Node`] with its own bpffs.
+//!
+//! Kernel chatter on new links (router solicitations, repeated MLD reports) is turned off in
+//! every namespace made here, so per-endpoint counters can be compared exactly.
 
+pub mod node;
+pub mod ns;
+pub mod traffic;
+
+pub use node::{
+    Container, Count, EndpointStats, Node, Snapshot, VERDICTS, check_fails, check_ok, vethfp_bin,
+};
+pub use ns::{Bpffs, Netns, in_netns, ip, is_bpffs, join, run_in_netns, unique_name};
+pub use traffic::{
+    TIMEOUT, UdpReceiver, ping, ping_from, tcp_echo, udp_frame_len, udp_recv, udp_send,
+    udp_send_to, udp_transfer,
+};

@@ -17,6 +17,17 @@ pub const MAP_ENDPOINTS: &str = "VFP_ENDPOINTS";
 pub const MAP_COUNTERS: &str = "VFP_COUNTERS";
 pub const MAP_CONFIG: &str = "VFP_CONFIG";
 pub const MAP_DEVMAP: &str = "VFP_DEVMAP";
+pub const MAP_UPLINKS: &str = "VFP_UPLINKS";
+/// Every map of the datapath: all are pinned by name.
+pub const MAPS: [&str; 7] = [
+    MAP_EP4,
+    MAP_EP6,
+    MAP_ENDPOINTS,
+    MAP_COUNTERS,
+    MAP_CONFIG,
+    MAP_DEVMAP,
+    MAP_UPLINKS,
+];
 
 /// Capacity of the endpoint maps.
 pub const MAX_ENDPOINTS: usize = 65_536;
@@ -28,6 +39,10 @@ pub const CONFIG_FLAGS: u32 = 1;
 pub const CONFIG_SLOTS: u32 = 8;
 /// When set, the fast path is off: every packet goes to the kernel stack (still counted).
 pub const CFG_FASTPATH_OFF: u32 = 1 << 0;
+/// When set, traffic from containers to destinations outside the node that the FIB routes out
+/// of an attached uplink is sent there directly (fib_lookup + redirect / redirect_neigh),
+/// skipping the node's netfilter FORWARD, conntrack and NAT. Off = `--egress kernel`.
+pub const CFG_EGRESS_FAST: u32 = 1 << 1;
 
 /// Counter directions.
 pub const DIR_FROM_CONTAINER: usize = 0;
@@ -105,6 +120,19 @@ pub struct EndpointAddr {
     pub addr: [u8; 16],
 }
 
+/// `EndpointRecord::flags`: the veth was made by someone else (CNI chaining, bridge bypass);
+/// removing the endpoint detaches and unregisters but leaves the link.
+pub const EP_ADOPTED: u32 = 1 << 0;
+/// `EndpointRecord::flags`: made by the CNI plugin (GC may remove it).
+pub const EP_CNI: u32 = 1 << 1;
+/// `EndpointRecord::flags`: drop frames whose source MAC or IP is not the endpoint's own.
+pub const EP_SPOOF_ENFORCE: u32 = 1 << 2;
+/// `EndpointRecord::flags`: count such frames under their drop reason but let them through to
+/// the kernel stack (never the fast path) — for migrating to enforcement.
+pub const EP_SPOOF_AUDIT: u32 = 1 << 3;
+/// `EndpointRecord::flags`: a port of an accelerated bridge (L2 semantics, no routing).
+pub const EP_BRIDGE_PORT: u32 = 1 << 4;
+
 pub const MAX_ADDRS: usize = 8;
 pub const NAME_LEN: usize = 16;
 pub const NETNS_LEN: usize = 128;
@@ -126,6 +154,8 @@ pub struct EndpointRecord {
     pub peer_name: [u8; NAME_LEN],
     /// The netns as the user gave it (a name under /run/netns or a path), NUL padded.
     pub netns: [u8; NETNS_LEN],
+    /// Name of the network (isolation domain), NUL padded; `target.network` is its id.
+    pub network_name: [u8; NAME_LEN],
     pub addrs: [EndpointAddr; MAX_ADDRS],
     pub _pad: u32,
 }
@@ -140,6 +170,7 @@ impl Default for EndpointRecord {
             host_name: [0; NAME_LEN],
             peer_name: [0; NAME_LEN],
             netns: [0; NETNS_LEN],
+            network_name: [0; NAME_LEN],
             addrs: [EndpointAddr::default(); MAX_ADDRS],
             _pad: 0,
         }
@@ -172,6 +203,15 @@ impl Counters {
     }
 }
 
+/// An attached uplink (`VFP_UPLINKS`, key = uplink ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Uplink {
+    pub ifindex: u32,
+    pub flags: u32,
+    pub name: [u8; NAME_LEN],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -180,6 +220,7 @@ mod pod {
     unsafe impl aya::Pod for EndpointRecord {}
     unsafe impl aya::Pod for PacketBytes {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for Uplink {}
 }
 
 #[cfg(test)]
@@ -193,7 +234,7 @@ mod tests {
         assert_eq!(size_of::<EndpointAddr>(), 20);
         assert_eq!(
             size_of::<EndpointRecord>(),
-            size_of::<Target>() + 8 + 4 + 4 + 16 + 16 + 128 + 20 * MAX_ADDRS + 4
+            size_of::<Target>() + 8 + 4 + 4 + 16 + 16 + 128 + 16 + 20 * MAX_ADDRS + 4
         );
         assert_eq!(size_of::<Counters>(), DIRS * VERDICTS * 16);
     }

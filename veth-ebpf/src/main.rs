@@ -7,6 +7,7 @@
 
 mod maps;
 mod route;
+mod spoof;
 mod tc;
 mod xdp;
 

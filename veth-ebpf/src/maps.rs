@@ -6,7 +6,9 @@ use aya_ebpf::{
     btf_maps::{Array, DevMapHash, HashMap, PerCpuHashMap},
     macros::btf_map,
 };
-use veth_common::{CONFIG_FLAGS, CONFIG_SLOTS, Counters, EndpointRecord, MAX_ENDPOINTS, Target};
+use veth_common::{
+    CONFIG_FLAGS, CONFIG_SLOTS, Counters, EndpointRecord, MAX_ENDPOINTS, Target, Uplink,
+};
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 
@@ -30,6 +32,10 @@ pub static VFP_COUNTERS: PerCpuHashMap<u32, Counters, MAX_ENDPOINTS, NO_PREALLOC
 /// Host ifindex → host ifindex: XDP redirect targets (every endpoint's host end).
 #[btf_map]
 pub static VFP_DEVMAP: DevMapHash<MAX_ENDPOINTS> = DevMapHash::new();
+
+/// Uplink ifindex → uplink: where `--egress fast` may send container traffic.
+#[btf_map]
+pub static VFP_UPLINKS: HashMap<u32, Uplink, 64> = HashMap::new();
 
 /// Small config array: ABI version and feature switches.
 #[btf_map]

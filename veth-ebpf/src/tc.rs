@@ -1,27 +1,38 @@
-//! tcx programs on the host end of each endpoint.
+//! tcx programs on the host end of each endpoint, and on uplinks.
 //!
-//! - `vfp_tc_ingress`: everything the container sends. Unicast to another local endpoint is
-//!   rewritten and `bpf_redirect_peer`ed into the destination container; the rest continues to
-//!   the kernel stack. Counted on the sender (from_container) and, for the fast path, on the
-//!   receiver (to_container) — redirect_peer skips the receiver's host end, so this is the only
-//!   place to count it.
-//! - `vfp_tc_egress`: what the kernel stack transmits into the container (slow path), counted as
-//!   to_container/stack. Fast-path packets never pass here.
+//! - `vfp_tc_ingress` (host end): everything the container sends. After the anti-spoofing
+//!   check, unicast to another local endpoint of the same network is rewritten and
+//!   `bpf_redirect_peer`ed into the destination container; with `--egress fast`, traffic the
+//!   node's FIB routes out of an uplink goes straight there. The rest continues to the stack.
+//!   Fast-path packets are counted on the sender and on the receiver: redirect_peer skips the
+//!   receiver's host end, so this is the only place to count them.
+//! - `vfp_tc_egress` (host end): what the kernel stack transmits into the container (slow
+//!   path), counted as to_container/stack. Fast-path packets never pass here.
+//! - `vfp_uplink_ingress` (uplink): packets from outside for a local endpoint are rewritten
+//!   and redirect_peer'ed into the container, skipping the node's stack and backlog.
+
+use core::mem::size_of;
 
 use aya_ebpf::{
-    cty::c_long,
-    helpers::generated::{bpf_check_mtu, bpf_redirect_peer},
+    bindings::{bpf_fib_lookup, bpf_redir_neigh},
+    cty::{c_long, c_void},
+    helpers::generated::{
+        bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh,
+        bpf_redirect_peer,
+    },
     macros::classifier,
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 use veth_common::{
-    CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, DIR_TO_CONTAINER, V_DROP_ERROR, V_FAST, V_STACK,
+    CFG_EGRESS_FAST, CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, DIR_TO_CONTAINER, EP_SPOOF_AUDIT,
+    EP_SPOOF_ENFORCE, Target, V_DROP_ERROR, V_FAST, V_FAST_UPLINK, V_STACK,
 };
 
 use crate::{
-    maps::{config_flags, count},
-    route::{self, Hop},
+    maps::{VFP_ENDPOINTS, VFP_UPLINKS, config_flags, count},
+    route::{self, L3, Pkt},
+    spoof,
 };
 
 // The uapi values (the bindings type them differently per target).
@@ -32,64 +43,201 @@ const TCX_NEXT: i32 = -1;
 const PACKET_HOST: u32 = 0;
 /// Enough linear bytes for Ethernet + the fixed IPv6 header.
 const HEADERS: u32 = (EthHdr::LEN + Ipv6Hdr::LEN) as u32;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const FIB_SUCCESS: c_long = 0;
+const FIB_NO_NEIGH: c_long = 7;
+
+#[inline(always)]
+fn skb_fields(ctx: &TcContext) -> (u32, u32, u32) {
+    // SAFETY: ctx.skb.skb is the valid __sk_buff of this invocation.
+    unsafe {
+        let skb = &*ctx.skb.skb;
+        (skb.ifindex, skb.len, skb.pkt_type)
+    }
+}
+
+/// Makes sure the headers are in the linear part (rare on veth), so data/data_end cover them.
+#[inline(always)]
+fn linearize(ctx: &TcContext, len: u32) {
+    if ctx.data() + HEADERS as usize > ctx.data_end() {
+        let _ = ctx.pull_data(if len < HEADERS { len } else { HEADERS });
+    }
+}
 
 #[classifier]
 pub fn vfp_tc_ingress(ctx: TcContext) -> i32 {
-    // SAFETY: ctx.skb.skb is the valid __sk_buff of this invocation.
-    let (ifindex, len, pkt_type) = unsafe {
-        let skb = &*ctx.skb.skb;
-        (skb.ifindex, skb.len, skb.pkt_type)
+    let (ifindex, len, pkt_type) = skb_fields(&ctx);
+    let Some(src) = VFP_ENDPOINTS.get_ptr(ifindex) else {
+        return TCX_NEXT; // not (or no longer) an endpoint: nothing to count against
     };
-    if pkt_type == PACKET_HOST
-        && config_flags() & CFG_FASTPATH_OFF == 0
-        && let Some(hop) = decide(&ctx, ifindex, len)
+    // SAFETY: pointer from a successful lookup.
+    let (flags, network) = unsafe { ((*src).flags, (*src).target.network) };
+    linearize(&ctx, len);
+    if flags & (EP_SPOOF_ENFORCE | EP_SPOOF_AUDIT) != 0
+        && let Some(reason) = spoof::check(ctx.data(), ctx.data_end(), src, ifindex)
     {
-        route::rewrite(&hop);
-        let dst = hop.target.ifindex;
-        // SAFETY: plain helper call.
-        let ret = unsafe { bpf_redirect_peer(dst, 0) };
-        if ret == TC_ACT_REDIRECT as c_long {
-            count(ifindex, DIR_FROM_CONTAINER, V_FAST, len);
-            count(dst, DIR_TO_CONTAINER, V_FAST, len);
-            return TC_ACT_REDIRECT;
-        }
-        // Only bad flags make the helper fail; the frame is already rewritten, so it
-        // cannot go to the stack any more.
-        count(ifindex, DIR_FROM_CONTAINER, V_DROP_ERROR, len);
-        return TC_ACT_SHOT;
+        count(ifindex, DIR_FROM_CONTAINER, reason, len);
+        // Audit: counted once, under the reason; it may only take the kernel path.
+        return if flags & EP_SPOOF_ENFORCE != 0 {
+            TC_ACT_SHOT
+        } else {
+            TCX_NEXT
+        };
+    }
+    let cfg = config_flags();
+    if pkt_type == PACKET_HOST
+        && cfg & CFG_FASTPATH_OFF == 0
+        && let Some(ret) = forward(&ctx, ifindex, len, network, cfg)
+    {
+        return ret;
     }
     count(ifindex, DIR_FROM_CONTAINER, V_STACK, len);
     TCX_NEXT
 }
 
+/// The fast path for a frame from the container behind `ifindex`; None = the stack decides.
+#[inline(always)]
+fn forward(ctx: &TcContext, ifindex: u32, len: u32, network: u32, cfg: u32) -> Option<i32> {
+    let pkt = route::parse(ctx.data(), ctx.data_end())?;
+    if let Some(t) = pkt.local_target() {
+        // Across networks, the node's routing and firewall decide.
+        if t.ifindex == ifindex || t.network != network || !fits(ctx, &pkt, len, &t) {
+            return None;
+        }
+        pkt.rewrite(t.container_mac, t.host_mac);
+        return Some(redirect_peer(ifindex, DIR_FROM_CONTAINER, V_FAST, &t, len));
+    }
+    if cfg & CFG_EGRESS_FAST == 0 {
+        return None;
+    }
+    egress(ctx, &pkt, ifindex, len)
+}
+
+/// Hands a rewritten frame to the container behind `t` and counts it on both ends.
+#[inline(always)]
+fn redirect_peer(from: u32, from_dir: usize, verdict: usize, t: &Target, len: u32) -> i32 {
+    // SAFETY: plain helper call.
+    let ret = unsafe { bpf_redirect_peer(t.ifindex, 0) };
+    if ret == TC_ACT_REDIRECT as c_long {
+        count(from, from_dir, verdict, len);
+        count(t.ifindex, DIR_TO_CONTAINER, verdict, len);
+        return TC_ACT_REDIRECT;
+    }
+    // Only bad flags make the helper fail; the frame is already rewritten, so it cannot go to
+    // the stack any more.
+    count(from, from_dir, V_DROP_ERROR, len);
+    TC_ACT_SHOT
+}
+
+/// Does the frame fit the destination's MTU? Small frames are settled by the stored MTU; larger
+/// ones and GSO super-packets by bpf_check_mtu, which validates GSO segment sizes exactly.
+/// Frames that do not fit go to the stack, which fragments or sends "fragmentation needed" /
+/// "packet too big".
+#[inline(always)]
+fn fits(ctx: &TcContext, pkt: &Pkt, len: u32, t: &Target) -> bool {
+    if pkt.l3_len() <= t.mtu && len <= t.mtu + EthHdr::LEN as u32 {
+        return true;
+    }
+    let mut mtu_len: u32 = 0;
+    // SAFETY: helper call on this program's skb with a valid out pointer.
+    unsafe { bpf_check_mtu(ctx.skb.skb.cast(), t.ifindex, &mut mtu_len, 0, 0) == 0 }
+}
+
+/// Container → outside: when the node's FIB routes the packet out of an attached uplink,
+/// rewrite and send it there directly; if the next hop's MAC is not resolved yet, let
+/// bpf_redirect_neigh resolve it. Anything the FIB cannot answer cleanly (no route, local
+/// delivery, blackhole/prohibit, fragmentation needed, forwarding disabled) goes to the stack.
+#[inline(always)]
+fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, len: u32) -> Option<i32> {
+    // SAFETY: bpf_fib_lookup is plain data; zeroed is a valid value.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    // SAFETY: pkt's pointers were bounds-checked by `parse`; unions written as the uapi says.
+    unsafe {
+        match pkt.l3 {
+            L3::V4(ip) => {
+                p.family = AF_INET;
+                p.l4_protocol = (*ip).proto;
+                p.__bindgen_anon_2.tos = (*ip).tos;
+                p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).src_addr);
+                p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes((*ip).dst_addr);
+            }
+            L3::V6(ip) => {
+                p.family = AF_INET6;
+                p.l4_protocol = (*ip).next_hdr;
+                p.__bindgen_anon_2.flowinfo =
+                    u32::from_ne_bytes((*ip).vcf) & 0xffff_ff0fu32.to_be();
+                p.__bindgen_anon_3.ipv6_src =
+                    core::mem::transmute::<[u8; 16], [u32; 4]>((*ip).src_addr);
+                p.__bindgen_anon_4.ipv6_dst =
+                    core::mem::transmute::<[u8; 16], [u32; 4]>((*ip).dst_addr);
+            }
+        }
+    }
+    // tot_len 0: the helper checks the egress MTU on the skb itself, GSO-aware.
+    p.ifindex = ifindex;
+    // SAFETY: helper call with a valid params struct of the size passed.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut c_void,
+            &mut p,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    let out = p.ifindex;
+    if (rc != FIB_SUCCESS && rc != FIB_NO_NEIGH) || VFP_UPLINKS.get_ptr(out).is_none() {
+        return None;
+    }
+    let ret = if rc == FIB_SUCCESS {
+        pkt.rewrite(p.dmac, p.smac);
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(out, 0) }
+    } else {
+        pkt.decrement_ttl();
+        // SAFETY: bpf_redir_neigh is plain data; the next hop is what the FIB returned.
+        let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+        nh.nh_family = p.family as u32;
+        unsafe {
+            if p.family == AF_INET {
+                nh.__bindgen_anon_1.ipv4_nh = p.__bindgen_anon_4.ipv4_dst;
+            } else {
+                nh.__bindgen_anon_1.ipv6_nh = p.__bindgen_anon_4.ipv6_dst;
+            }
+            bpf_redirect_neigh(out, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0)
+        }
+    };
+    if ret == TC_ACT_REDIRECT as c_long {
+        count(ifindex, DIR_FROM_CONTAINER, V_FAST_UPLINK, len);
+        count(out, DIR_FROM_CONTAINER, V_FAST_UPLINK, len);
+        Some(TC_ACT_REDIRECT)
+    } else {
+        count(ifindex, DIR_FROM_CONTAINER, V_DROP_ERROR, len);
+        Some(TC_ACT_SHOT)
+    }
+}
+
 #[classifier]
 pub fn vfp_tc_egress(ctx: TcContext) -> i32 {
-    // SAFETY: ctx.skb.skb is the valid __sk_buff of this invocation.
-    let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
+    let (ifindex, len, _) = skb_fields(&ctx);
     count(ifindex, DIR_TO_CONTAINER, V_STACK, len);
     TCX_NEXT
 }
 
-/// The fast-path decision with the skb-specific parts: linear headers and the MTU.
-#[inline(always)]
-fn decide(ctx: &TcContext, ifindex: u32, len: u32) -> Option<Hop> {
-    if ctx.data() + HEADERS as usize > ctx.data_end() {
-        // Headers not linear (rare on veth): pull them, then read the pointers anew.
-        let want = if len < HEADERS { len } else { HEADERS };
-        ctx.pull_data(want).ok()?;
-    }
-    let hop = route::lookup(ctx.data(), ctx.data_end(), ifindex)?;
-    if hop.l3_len() > hop.target.mtu || len > hop.target.mtu + EthHdr::LEN as u32 {
-        // Over the stored MTU, or a GSO super-packet: let the kernel decide exactly whether
-        // its segments fit (bpf_check_mtu validates GSO segment sizes); if not, the stack
-        // fragments or answers "fragmentation needed" / "packet too big".
-        let mut mtu_len: u32 = 0;
-        // SAFETY: helper call on this program's skb with a valid out pointer.
-        let r =
-            unsafe { bpf_check_mtu(ctx.skb.skb.cast(), hop.target.ifindex, &mut mtu_len, 0, 0) };
-        if r != 0 {
-            return None;
+/// Uplink ingress. The uplink's own counters use DIR_TO_CONTAINER for "received from outside".
+#[classifier]
+pub fn vfp_uplink_ingress(ctx: TcContext) -> i32 {
+    let (ifindex, len, pkt_type) = skb_fields(&ctx);
+    if pkt_type == PACKET_HOST && config_flags() & CFG_FASTPATH_OFF == 0 {
+        linearize(&ctx, len);
+        if let Some(pkt) = route::parse(ctx.data(), ctx.data_end())
+            && let Some(t) = pkt.local_target()
+            && fits(&ctx, &pkt, len, &t)
+        {
+            pkt.rewrite(t.container_mac, t.host_mac);
+            return redirect_peer(ifindex, DIR_TO_CONTAINER, V_FAST_UPLINK, &t, len);
         }
     }
-    Some(hop)
+    count(ifindex, DIR_TO_CONTAINER, V_STACK, len);
+    TCX_NEXT
 }

@@ -32,7 +32,7 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use veth_common::{
     ABI_VERSION, CONFIG_ABI, CONFIG_FLAGS, Counters, EndpointRecord, MAP_CONFIG, MAP_COUNTERS,
-    MAP_DEVMAP, MAP_ENDPOINTS, MAP_EP4, MAP_EP6, Target,
+    MAP_DEVMAP, MAP_ENDPOINTS, MAP_EP4, MAP_EP6, MAP_UPLINKS, MAPS, Target, Uplink,
 };
 
 /// The BPF object built from `veth-ebpf` by build.rs.
@@ -45,9 +45,11 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub const PROG_TC_INGRESS: &str = "vfp_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "vfp_tc_egress";
 pub const PROG_XDP: &str = "vfp_xdp";
+pub const PROG_UPLINK_INGRESS: &str = "vfp_uplink_ingress";
 const HOOK_TC_INGRESS: &str = "tcx-ingress";
 const HOOK_TC_EGRESS: &str = "tcx-egress";
 const HOOK_XDP: &str = "xdp";
+const HOOK_UPLINK: &str = "uplink-ingress";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -196,17 +198,8 @@ impl Datapath {
     pub fn open(dir: &Path) -> Result<Datapath> {
         prepare_bpffs(dir)?;
         let mut loader = EbpfLoader::new();
-        let pins: Vec<(&'static str, PathBuf)> = [
-            MAP_EP4,
-            MAP_EP6,
-            MAP_ENDPOINTS,
-            MAP_COUNTERS,
-            MAP_CONFIG,
-            MAP_DEVMAP,
-        ]
-        .into_iter()
-        .map(|m| (m, dir.join(m)))
-        .collect();
+        let pins: Vec<(&'static str, PathBuf)> =
+            MAPS.into_iter().map(|m| (m, dir.join(m))).collect();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -255,6 +248,9 @@ impl Datapath {
     }
     pub fn counters(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, Counters>> {
         typed(&mut self.ebpf, MAP_COUNTERS)
+    }
+    pub fn uplinks(&mut self) -> Result<HashMap<&mut MapData, u32, Uplink>> {
+        typed(&mut self.ebpf, MAP_UPLINKS)
     }
     pub fn devmap(&mut self) -> Result<DevMapHash<&mut MapData>> {
         typed(&mut self.ebpf, MAP_DEVMAP)
@@ -405,6 +401,26 @@ impl Datapath {
             source,
         })?;
         Ok(())
+    }
+
+    /// Attaches the uplink ingress program to `iface` (tcx) and pins the link.
+    pub fn attach_uplink(&mut self, iface: &str, ifindex: u32) -> Result<()> {
+        self.attach_one(
+            iface,
+            ifindex,
+            PROG_UPLINK_INGRESS,
+            TcAttachType::Ingress,
+            HOOK_UPLINK,
+        )
+    }
+
+    /// Detaches the uplink program of `ifindex`. True if it was attached.
+    pub fn detach_uplink(&self, ifindex: u32) -> Result<bool> {
+        match fs::remove_file(self.link_pin(HOOK_UPLINK, ifindex)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(format!("removing uplink link pin of ifindex {ifindex}"))(e)),
+        }
     }
 
     /// Attaches the XDP program (native mode) to host end `ifindex` and pins the link.

@@ -8,8 +8,10 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use serde::Serialize;
 use veth_common::{
-    AF_V4, AF_V6, Counters, DIR_NAMES, EndpointAddr, EndpointRecord, MAX_ADDRS, MODE_XDP, NAME_LEN,
-    NETNS_LEN, PacketBytes, Target, VERDICT_NAMES,
+    AF_V4, AF_V6, CFG_EGRESS_FAST, CFG_FASTPATH_OFF, Counters, DIR_FROM_CONTAINER, DIR_NAMES,
+    DIR_TO_CONTAINER, EP_ADOPTED, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, EndpointAddr, EndpointRecord,
+    MAX_ADDRS, MODE_XDP, NAME_LEN, NETNS_LEN, PacketBytes, Target, Uplink, V_FAST_UPLINK, V_STACK,
+    VERDICT_NAMES,
 };
 
 use crate::{
@@ -44,6 +46,14 @@ pub enum EndpointError {
         "the endpoint's container end could not get GRO on ({0}); XDP redirects into it would be dropped"
     )]
     Gro(String),
+    #[error("{0} is not a veth interface: only veth host ends can be adopted")]
+    NotVeth(String),
+    #[error(
+        "no interface named {0} in the node (for `uplink attach`), or it is not an attached uplink (for `uplink detach`): see `ip link` and `vethfp status`"
+    )]
+    NoSuchUplink(String),
+    #[error("{0} is an endpoint's host end, not an uplink")]
+    UplinkIsEndpoint(String),
     #[error("XDP devmap update failed: {0}")]
     Devmap(String),
     #[error("netns '{0}' is longer than {max} bytes", max = NETNS_LEN - 1)]
@@ -70,9 +80,31 @@ pub struct AddRequest {
     pub addrs: Vec<Cidr>,
     pub mtu: Option<u32>,
     pub mac: Option<Mac>,
-    pub network: u32,
+    /// Network (isolation domain) name; "default" if empty.
+    pub network: String,
+    /// Anti-spoofing: `EP_SPOOF_ENFORCE`, `EP_SPOOF_AUDIT` or 0.
+    pub spoof: u32,
     /// `MODE_TC` or `MODE_XDP`.
     pub mode: u32,
+    /// Extra `EP_*` record flags (e.g. `EP_CNI`).
+    pub flags: u32,
+}
+
+/// What `adopt` asks for: an existing veth pair made by someone else.
+#[derive(Debug, Clone)]
+pub struct AdoptRequest {
+    /// Host end, in the node.
+    pub host: IfName,
+    /// Container netns (name under /run/netns or path).
+    pub netns: String,
+    /// Container end name inside the netns.
+    pub ifname: String,
+    pub container_mac: Mac,
+    pub addrs: Vec<Cidr>,
+    /// Network (isolation domain) name; "default" if empty.
+    pub network: String,
+    /// Extra `EP_*` record flags (e.g. `EP_CNI`, `EP_SPOOF_ENFORCE`).
+    pub flags: u32,
 }
 
 /// One endpoint as `pair list` shows it.
@@ -87,7 +119,62 @@ pub struct EndpointView {
     pub addrs: Vec<Cidr>,
     pub mtu: u32,
     pub mode: &'static str,
-    pub network: u32,
+    pub network: String,
+    pub network_id: u32,
+    /// "enforce", "audit" or "off".
+    pub spoof: &'static str,
+    /// Made by someone else and adopted (CNI chaining, bridge bypass).
+    pub adopted: bool,
+}
+
+/// An attached uplink.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UplinkView {
+    pub name: String,
+    pub ifindex: u32,
+}
+
+impl From<&Uplink> for UplinkView {
+    fn from(u: &Uplink) -> Self {
+        UplinkView {
+            name: get_str(&u.name),
+            ifindex: u.ifindex,
+        }
+    }
+}
+
+/// An uplink with its counters: `received_fast` went straight into a container,
+/// `received_stack` to the node's stack, `sent_fast` came straight from a container.
+#[derive(Debug, Clone)]
+pub struct UplinkStatus {
+    pub uplink: UplinkView,
+    pub counters: Counters,
+}
+
+impl Serialize for UplinkStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let c = &self.counters.c;
+        let pb = |d: usize, v: usize| serde_json::json!({"packets": c[d][v].packets, "bytes": c[d][v].bytes});
+        let mut m = s.serialize_map(Some(5))?;
+        m.serialize_entry("name", &self.uplink.name)?;
+        m.serialize_entry("ifindex", &self.uplink.ifindex)?;
+        m.serialize_entry("received_fast", &pb(DIR_TO_CONTAINER, V_FAST_UPLINK))?;
+        m.serialize_entry("received_stack", &pb(DIR_TO_CONTAINER, V_STACK))?;
+        m.serialize_entry("sent_fast", &pb(DIR_FROM_CONTAINER, V_FAST_UPLINK))?;
+        m.end()
+    }
+}
+
+/// `vethfp status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub bpffs: String,
+    pub endpoints: usize,
+    pub fast_path: bool,
+    /// "fast" or "kernel".
+    pub egress: &'static str,
+    pub uplinks: Vec<UplinkStatus>,
 }
 
 /// Counters of one endpoint, summed over CPUs.
@@ -123,6 +210,70 @@ impl Serialize for EndpointStats {
         }
         m.end()
     }
+}
+
+fn network_name(name: &str) -> &str {
+    if name.is_empty() { "default" } else { name }
+}
+
+/// The id of a network: 0 for "default", else FNV-1a of the name (never 0). Stable across
+/// processes and versions, so no table of names is needed to compare networks in the datapath.
+pub fn network_id(name: &str) -> u32 {
+    let name = network_name(name);
+    if name == "default" {
+        return 0;
+    }
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1)
+}
+
+/// NAPI on the container end, so XDP-mode senders can redirect into it (see ethtool.rs).
+fn enable_gro(ns: &Netns, ifname: &str) -> Result<(), NetlinkError> {
+    netlink::in_netns(ns, || {
+        crate::ethtool::set_gro(ifname, true).map_err(|e| NetlinkError::Io {
+            op: format!("enabling GRO on {ifname}"),
+            source: e,
+        })
+    })
+}
+
+fn make_record(
+    target: Target,
+    netns_ino: u64,
+    host: &str,
+    peer: &str,
+    netns: &str,
+    addrs: &[Cidr],
+    flags: u32,
+) -> EndpointRecord {
+    let mut rec = EndpointRecord {
+        netns_ino,
+        target,
+        naddrs: addrs.len() as u32,
+        flags,
+        ..Default::default()
+    };
+    put_str(&mut rec.host_name[..NAME_LEN], host);
+    put_str(&mut rec.peer_name[..NAME_LEN], peer);
+    put_str(&mut rec.netns, netns);
+    for (slot, a) in rec.addrs.iter_mut().zip(addrs) {
+        slot.prefix = a.prefix;
+        match a.addr {
+            IpAddr::V4(v4) => {
+                slot.family = AF_V4;
+                slot.addr[..4].copy_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                slot.family = AF_V6;
+                slot.addr = v6.octets();
+            }
+        }
+    }
+    rec
 }
 
 fn put_str(dst: &mut [u8], s: &str) {
@@ -166,7 +317,16 @@ impl EndpointView {
             } else {
                 "tc"
             },
-            network: r.target.network,
+            network: get_str(&r.network_name),
+            network_id: r.target.network,
+            spoof: if r.flags & EP_SPOOF_ENFORCE != 0 {
+                "enforce"
+            } else if r.flags & EP_SPOOF_AUDIT != 0 {
+                "audit"
+            } else {
+                "off"
+            },
+            adopted: r.flags & EP_ADOPTED != 0,
         }
     }
 }
@@ -180,6 +340,8 @@ enum Undo {
     Ep4([u8; 4]),
     Ep6([u8; 16]),
     Devmap(u32),
+    Uplink(u32),
+    UplinkLink(u32),
 }
 
 /// The registry over the pinned state in one bpffs directory.
@@ -246,17 +408,6 @@ impl Registry {
     }
 
     fn validate(&mut self, req: &AddRequest) -> Result<()> {
-        if req.addrs.is_empty() {
-            return Err(EndpointError::NoAddr);
-        }
-        if req.addrs.len() > MAX_ADDRS {
-            return Err(EndpointError::TooManyAddrs(req.addrs.len()));
-        }
-        for (i, a) in req.addrs.iter().enumerate() {
-            if req.addrs[..i].iter().any(|b| b.addr == a.addr) {
-                return Err(EndpointError::DuplicateAddr(a.addr));
-            }
-        }
         if let Some(m) = req.mtu
             && !(68..=65535).contains(&m)
         {
@@ -265,7 +416,26 @@ impl Registry {
         if req.netns.len() >= NETNS_LEN {
             return Err(EndpointError::NetnsTooLong(req.netns.clone()));
         }
-        for a in &req.addrs {
+        self.check_addrs(&req.addrs)?;
+        if netlink::link_by_name(req.host.as_str())?.is_some() {
+            return Err(EndpointError::HostExists(req.host.to_string()));
+        }
+        Ok(())
+    }
+
+    fn check_addrs(&mut self, addrs: &[Cidr]) -> Result<()> {
+        if addrs.is_empty() {
+            return Err(EndpointError::NoAddr);
+        }
+        if addrs.len() > MAX_ADDRS {
+            return Err(EndpointError::TooManyAddrs(addrs.len()));
+        }
+        for (i, a) in addrs.iter().enumerate() {
+            if addrs[..i].iter().any(|b| b.addr == a.addr) {
+                return Err(EndpointError::DuplicateAddr(a.addr));
+            }
+        }
+        for a in addrs {
             if let Some(owner) = self.owner_of(a.addr)? {
                 let owner = self
                     .records()?
@@ -278,9 +448,6 @@ impl Registry {
                     owner,
                 });
             }
-        }
-        if netlink::link_by_name(req.host.as_str())?.is_some() {
-            return Err(EndpointError::HostExists(req.host.to_string()));
         }
         Ok(())
     }
@@ -318,14 +485,7 @@ impl Registry {
         })?;
         undo.push(Undo::Link(host_ifindex));
         netlink::configure_container(ns, req.ifname.as_str(), &req.addrs, host_mac)?;
-        // NAPI on the container end, so XDP-mode senders can redirect into it (see ethtool.rs).
-        let ifname = req.ifname.as_str();
-        netlink::in_netns(ns, || {
-            crate::ethtool::set_gro(ifname, true).map_err(|e| NetlinkError::Io {
-                op: format!("enabling GRO on {ifname}"),
-                source: e,
-            })
-        })?;
+        enable_gro(ns, req.ifname.as_str())?;
         netlink::configure_node(host_ifindex, &req.addrs, container_mac)?;
         let mtu = match req.mtu {
             Some(m) => m,
@@ -337,34 +497,35 @@ impl Registry {
         let target = Target {
             ifindex: host_ifindex,
             mtu,
-            network: req.network,
+            network: network_id(&req.network),
             mode: req.mode,
             container_mac: container_mac.0,
             host_mac: host_mac.0,
         };
-        let mut rec = EndpointRecord {
-            netns_ino: ns.ino(),
+        let rec = make_record(
             target,
-            naddrs: req.addrs.len() as u32,
-            ..Default::default()
-        };
-        put_str(&mut rec.host_name[..NAME_LEN], req.host.as_str());
-        put_str(&mut rec.peer_name[..NAME_LEN], req.ifname.as_str());
-        put_str(&mut rec.netns, &req.netns);
-        for (slot, a) in rec.addrs.iter_mut().zip(&req.addrs) {
-            slot.prefix = a.prefix;
-            match a.addr {
-                IpAddr::V4(v4) => {
-                    slot.family = AF_V4;
-                    slot.addr[..4].copy_from_slice(&v4.octets());
-                }
-                IpAddr::V6(v6) => {
-                    slot.family = AF_V6;
-                    slot.addr = v6.octets();
-                }
-            }
-        }
+            ns.ino(),
+            req.host.as_str(),
+            req.ifname.as_str(),
+            &req.netns,
+            &req.addrs,
+            req.flags,
+        );
+        self.register(&rec, &req.addrs, undo)?;
+        Ok(EndpointView::from_record(&rec))
+    }
 
+    /// Registers an endpoint whose veth exists already: counters, record, links, devmap and,
+    /// last, its addresses in the fast path.
+    fn register(
+        &mut self,
+        rec: &EndpointRecord,
+        addrs: &[Cidr],
+        undo: &mut Vec<Undo>,
+    ) -> Result<()> {
+        let host_ifindex = rec.target.ifindex;
+        let host = get_str(&rec.host_name);
+        let target = rec.target;
         // Counters exist before any program can see a packet of this endpoint.
         self.dp.reset_counters(host_ifindex)?;
         undo.push(Undo::Counters(host_ifindex));
@@ -374,7 +535,7 @@ impl Registry {
             .map_err(map_err("VFP_ENDPOINTS"))?;
         undo.push(Undo::Record(host_ifindex));
         undo.push(Undo::Links(host_ifindex));
-        self.dp.attach_tc(req.host.as_str(), host_ifindex)?;
+        self.dp.attach_tc(&host, host_ifindex)?;
         self.dp
             .devmap()?
             .insert(host_ifindex, host_ifindex, None, 0)
@@ -386,11 +547,11 @@ impl Registry {
                 other => EndpointError::Devmap(other.to_string()),
             })?;
         undo.push(Undo::Devmap(host_ifindex));
-        if req.mode == MODE_XDP {
-            self.dp.attach_xdp(req.host.as_str(), host_ifindex)?;
+        if target.mode == MODE_XDP {
+            self.dp.attach_xdp(&host, host_ifindex)?;
         }
         // Publish the addresses last: from here on other endpoints redirect into this one.
-        for a in &req.addrs {
+        for a in addrs {
             match a.addr {
                 IpAddr::V4(v4) => {
                     self.dp
@@ -408,7 +569,59 @@ impl Registry {
                 }
             }
         }
-        Ok(EndpointView::from_record(&rec))
+        Ok(())
+    }
+
+    /// Registers an existing veth pair made by someone else (a chained CNI plugin, a bridge)
+    /// and attaches the fast path to its host end. Routes and addresses are left as they are;
+    /// `del` later detaches and unregisters but does not delete the link.
+    pub fn adopt(&mut self, req: &AdoptRequest) -> Result<EndpointView> {
+        self.check_addrs(&req.addrs)?;
+        if req.netns.len() >= NETNS_LEN {
+            return Err(EndpointError::NetnsTooLong(req.netns.clone()));
+        }
+        if self.record_by_name(req.host.as_str())?.is_some() {
+            return Err(EndpointError::HostExists(req.host.to_string()));
+        }
+        let link = netlink::link_by_name(req.host.as_str())?
+            .ok_or_else(|| EndpointError::NotFound(req.host.to_string()))?;
+        if link.kind.as_deref() != Some("veth") {
+            return Err(EndpointError::NotVeth(req.host.to_string()));
+        }
+        let host_mac = link
+            .mac
+            .ok_or_else(|| EndpointError::NotVeth(req.host.to_string()))?;
+        let ns = Netns::open(&req.netns)?;
+        // Best effort: the interface belongs to someone else.
+        let ifname = req.ifname.as_str();
+        if let Err(e) = enable_gro(&ns, ifname) {
+            log::warn!("{e}");
+        }
+        let target = Target {
+            ifindex: link.ifindex,
+            mtu: link.mtu,
+            network: network_id(&req.network),
+            mode: veth_common::MODE_TC,
+            container_mac: req.container_mac.0,
+            host_mac: host_mac.0,
+        };
+        let rec = make_record(
+            target,
+            ns.ino(),
+            req.host.as_str(),
+            ifname,
+            &req.netns,
+            &req.addrs,
+            EP_ADOPTED | req.flags,
+        );
+        let mut undo = Vec::new();
+        match self.register(&rec, &req.addrs, &mut undo) {
+            Ok(()) => Ok(EndpointView::from_record(&rec)),
+            Err(e) => {
+                self.rollback(undo);
+                Err(e)
+            }
+        }
     }
 
     fn rollback(&mut self, undo: Vec<Undo>) {
@@ -426,6 +639,12 @@ impl Registry {
                     }
                     Undo::Record(i) => {
                         let _ = self.dp.endpoints()?.remove(&i);
+                    }
+                    Undo::Uplink(i) => {
+                        let _ = self.dp.uplinks()?.remove(&i);
+                    }
+                    Undo::UplinkLink(i) => {
+                        self.dp.detach_uplink(i)?;
                     }
                     Undo::Devmap(i) => {
                         let _ = self.dp.devmap()?.remove(i);
@@ -474,7 +693,8 @@ impl Registry {
         }
         let _ = self.dp.devmap()?.remove(ifindex);
         self.dp.detach(ifindex)?;
-        if let Some(link) = netlink::link_by_index(ifindex)?
+        if rec.flags & EP_ADOPTED == 0
+            && let Some(link) = netlink::link_by_index(ifindex)?
             && link.name == name
         {
             netlink::delete_link(ifindex)?;
@@ -521,6 +741,112 @@ impl Registry {
             }
         }
         Ok(EndpointView::from_record(&rec))
+    }
+
+    /// Attaches the uplink fast path to `name` (an interface of the node): packets from
+    /// outside for local endpoints are delivered straight into the container; with
+    /// `egress_fast`, container traffic the FIB routes out of this uplink goes straight out.
+    pub fn uplink_attach(&mut self, name: &str, egress_fast: bool) -> Result<UplinkView> {
+        let link =
+            netlink::link_by_name(name)?.ok_or_else(|| EndpointError::NoSuchUplink(name.into()))?;
+        if self
+            .records()?
+            .iter()
+            .any(|r| r.target.ifindex == link.ifindex)
+        {
+            return Err(EndpointError::UplinkIsEndpoint(name.into()));
+        }
+        let mut up = Uplink {
+            ifindex: link.ifindex,
+            flags: 0,
+            name: [0; NAME_LEN],
+        };
+        put_str(&mut up.name, name);
+        let mut undo = vec![Undo::Counters(link.ifindex), Undo::Uplink(link.ifindex)];
+        let r: Result<()> = (|| {
+            self.dp.reset_counters(link.ifindex)?;
+            self.dp
+                .uplinks()?
+                .insert(link.ifindex, up, 0)
+                .map_err(map_err("VFP_UPLINKS"))?;
+            self.dp.attach_uplink(name, link.ifindex)?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            undo.push(Undo::UplinkLink(link.ifindex));
+            self.rollback(undo);
+            return Err(e);
+        }
+        self.set_egress_fast(egress_fast)?;
+        Ok(UplinkView::from(&up))
+    }
+
+    /// Detaches the uplink fast path from `name`.
+    pub fn uplink_detach(&mut self, name: &str) -> Result<()> {
+        let up = self
+            .uplink_records()?
+            .into_iter()
+            .find(|u| get_str(&u.name) == name)
+            .ok_or_else(|| EndpointError::NoSuchUplink(name.into()))?;
+        self.rollback(vec![
+            Undo::Counters(up.ifindex),
+            Undo::Uplink(up.ifindex),
+            Undo::UplinkLink(up.ifindex),
+        ]);
+        Ok(())
+    }
+
+    fn uplink_records(&mut self) -> Result<Vec<Uplink>> {
+        let map = self.dp.uplinks()?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            out.push(item.map_err(map_err("VFP_UPLINKS"))?.1);
+        }
+        out.sort_by_key(|u| u.name);
+        Ok(out)
+    }
+
+    pub fn uplinks(&mut self) -> Result<Vec<UplinkView>> {
+        Ok(self
+            .uplink_records()?
+            .iter()
+            .map(UplinkView::from)
+            .collect())
+    }
+
+    /// `--egress fast|kernel`: node-wide switch for container → outside traffic.
+    pub fn set_egress_fast(&mut self, fast: bool) -> Result<()> {
+        let flags = self.dp.flags()?;
+        let flags = if fast {
+            flags | CFG_EGRESS_FAST
+        } else {
+            flags & !CFG_EGRESS_FAST
+        };
+        Ok(self.dp.set_flags(flags)?)
+    }
+
+    /// Node-wide view: uplinks, switches, endpoint count.
+    pub fn status(&mut self) -> Result<Status> {
+        let flags = self.dp.flags()?;
+        let mut uplinks = Vec::new();
+        for u in self.uplinks()? {
+            let counters = self.dp.read_counters(u.ifindex)?.unwrap_or_default();
+            uplinks.push(UplinkStatus {
+                uplink: u,
+                counters,
+            });
+        }
+        Ok(Status {
+            bpffs: self.dp.dir().display().to_string(),
+            endpoints: self.records()?.len(),
+            fast_path: flags & CFG_FASTPATH_OFF == 0,
+            egress: if flags & CFG_EGRESS_FAST != 0 {
+                "fast"
+            } else {
+                "kernel"
+            },
+            uplinks,
+        })
     }
 
     pub fn list(&mut self) -> Result<Vec<EndpointView>> {

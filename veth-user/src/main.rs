@@ -10,7 +10,7 @@ use veth_common::{
 };
 use vethfp::{
     datapath::DEFAULT_BPFFS,
-    endpoint::{AddRequest, EndpointStats, EndpointView, Registry},
+    endpoint::{AddRequest, EndpointStats, EndpointView, Registry, Status},
     types::{Cidr, IfName, Mac},
 };
 
@@ -34,6 +34,15 @@ enum Cmd {
     /// Create, remove and list veth pairs (endpoints).
     #[command(subcommand)]
     Pair(PairCmd),
+    /// Attach or detach the uplink fast path (node NIC ↔ containers).
+    #[command(subcommand)]
+    Uplink(UplinkCmd),
+    /// Node-wide view: uplinks and their counters, switches, number of endpoints.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Per-endpoint packet and byte counters by direction and verdict.
     Stats {
         /// Only this endpoint (its host interface name).
@@ -42,6 +51,38 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum UplinkCmd {
+    /// Deliver packets from IFACE for local endpoints straight into the container; with
+    /// `--egress fast` (default), send container traffic that the node routes out of IFACE
+    /// straight there too (skipping the node's netfilter FORWARD, conntrack and NAT).
+    Attach {
+        iface: String,
+        /// fast: container → outside skips the node's stack; kernel: it takes the kernel path
+        /// (needed when the node must NAT/masquerade or firewall that traffic). Node-wide.
+        #[arg(long, value_enum, default_value_t = Egress::Fast)]
+        egress: Egress,
+    },
+    /// Remove the uplink fast path from IFACE.
+    Detach { iface: String },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Egress {
+    Fast,
+    Kernel,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Spoof {
+    /// Drop frames whose source MAC or IP is not the endpoint's own.
+    Enforce,
+    /// Count such frames under their drop reason, but let them through (kernel path only).
+    Audit,
+    /// No check.
+    Off,
 }
 
 #[derive(Subcommand)]
@@ -90,6 +131,13 @@ struct AddArgs {
     /// Fast path hook on the host end.
     #[arg(long, value_enum, default_value_t = Mode::Tc)]
     mode: Mode,
+    /// Network (isolation domain): the fast path joins only endpoints of the same network;
+    /// traffic across networks takes the node's routing and firewall.
+    #[arg(long, default_value = "default")]
+    network: String,
+    /// Anti-spoofing of the container's source MAC and IP addresses.
+    #[arg(long, value_enum, default_value_t = Spoof::Enforce)]
+    spoof: Spoof,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -130,7 +178,7 @@ fn main() -> ExitCode {
             let first = text.lines().next().unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
             eprintln!("vethfp: error: {first} (see `vethfp --help`)");
-            return ExitCode::from(2);
+            return ExitCode::FAILURE;
         }
     };
     match run(cli) {
@@ -198,8 +246,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 addrs: a.addrs,
                 mtu: a.mtu,
                 mac: a.mac,
-                network: 0,
+                network: a.network,
+                spoof: match a.spoof {
+                    Spoof::Enforce => veth_common::EP_SPOOF_ENFORCE,
+                    Spoof::Audit => veth_common::EP_SPOOF_AUDIT,
+                    Spoof::Off => 0,
+                },
                 mode: a.mode.raw(),
+                flags: 0,
             };
             let view = Registry::open(&dir)?
                 .add(&req)
@@ -237,6 +291,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_list(&list);
             }
         }
+        Cmd::Uplink(UplinkCmd::Attach { iface, egress }) => {
+            let up = Registry::open(&dir)?
+                .uplink_attach(&iface, matches!(egress, Egress::Fast))
+                .with_context(|| format!("uplink attach {iface}"))?;
+            println!(
+                "uplink {} (ifindex {}) attached, egress {}",
+                up.name,
+                up.ifindex,
+                if matches!(egress, Egress::Fast) {
+                    "fast"
+                } else {
+                    "kernel"
+                }
+            );
+        }
+        Cmd::Uplink(UplinkCmd::Detach { iface }) => {
+            Registry::open(&dir)?
+                .uplink_detach(&iface)
+                .with_context(|| format!("uplink detach {iface}"))?;
+            println!("uplink {iface} detached");
+        }
+        Cmd::Status { json } => {
+            let st = Registry::open_read(&dir)?.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_status(&st);
+            }
+        }
         Cmd::Stats { host_if, json } => {
             let stats = Registry::open_read(&dir)?.stats(host_if.as_deref())?;
             if json {
@@ -251,12 +334,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn print_list(list: &[EndpointView]) {
     println!(
-        "{:<15} {:>7} {:<17} {:<20} {:<8} {:<17} {:>5} {:<4} ADDRESSES",
-        "HOST_IF", "IFINDEX", "HOST_MAC", "NETNS", "IFNAME", "CONTAINER_MAC", "MTU", "MODE"
+        "{:<15} {:>7} {:<17} {:<20} {:<8} {:<17} {:>5} {:<4} {:<10} ADDRESSES",
+        "HOST_IF",
+        "IFINDEX",
+        "HOST_MAC",
+        "NETNS",
+        "IFNAME",
+        "CONTAINER_MAC",
+        "MTU",
+        "MODE",
+        "NETWORK"
     );
     for e in list {
         println!(
-            "{:<15} {:>7} {:<17} {:<20} {:<8} {:<17} {:>5} {:<4} {}",
+            "{:<15} {:>7} {:<17} {:<20} {:<8} {:<17} {:>5} {:<4} {:<10} {}",
             e.host_if,
             e.host_ifindex,
             e.host_mac.to_string(),
@@ -265,11 +356,38 @@ fn print_list(list: &[EndpointView]) {
             e.container_mac.to_string(),
             e.mtu,
             e.mode,
+            e.network,
             e.addrs
                 .iter()
                 .map(|a| a.to_string())
                 .collect::<Vec<_>>()
                 .join(",")
+        );
+    }
+}
+
+fn print_status(st: &Status) {
+    println!("state:     {}", st.bpffs);
+    println!("endpoints: {}", st.endpoints);
+    println!("fast path: {}", if st.fast_path { "on" } else { "off" });
+    println!("egress:    {}", st.egress);
+    if st.uplinks.is_empty() {
+        println!("uplinks:   none");
+        return;
+    }
+    println!(
+        "{:<15} {:>7} {:>14} {:>14} {:>14}",
+        "UPLINK", "IFINDEX", "RX_FAST_PKTS", "RX_STACK_PKTS", "TX_FAST_PKTS"
+    );
+    for u in &st.uplinks {
+        let c = &u.counters.c;
+        println!(
+            "{:<15} {:>7} {:>14} {:>14} {:>14}",
+            u.uplink.name,
+            u.uplink.ifindex,
+            c[DIR_TO_CONTAINER][V_FAST_UPLINK].packets,
+            c[DIR_TO_CONTAINER][V_STACK].packets,
+            c[DIR_FROM_CONTAINER][V_FAST_UPLINK].packets
         );
     }
 }

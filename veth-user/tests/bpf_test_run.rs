@@ -10,12 +10,14 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use veth_common::*;
-use vethfp::datapath::{Datapath, PROG_TC_EGRESS, PROG_TC_INGRESS};
+use vethfp::datapath::{Datapath, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_INGRESS};
 
 const SRC_IF: u32 = 1; // loopback in BPF_PROG_TEST_RUN
 const DST_IF: u32 = 1000;
 const DST_MAC: [u8; 6] = [0x02, 0xc0, 0, 0, 0, 0x02];
 const DST_HOST_MAC: [u8; 6] = [0x02, 0x40, 0, 0, 0, 0x02];
+const SRC_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
+const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const TCX_NEXT: u32 = u32::MAX; // -1
 
@@ -26,7 +28,7 @@ struct Rig {
 impl Rig {
     fn new() -> Rig {
         let mut ebpf = Datapath::unpinned().expect("BPF object loads");
-        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_UPLINK_INGRESS] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load()
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
@@ -54,6 +56,28 @@ impl Rig {
                 0,
             )
             .unwrap();
+            // The sender's own address.
+            ep4.insert(
+                [10, 0, 0, 9],
+                Target {
+                    ifindex: SRC_IF,
+                    container_mac: SRC_MAC,
+                    ..target
+                },
+                0,
+            )
+            .unwrap();
+            // An endpoint of another network.
+            ep4.insert(
+                [10, 0, 0, 7],
+                Target {
+                    ifindex: 1002,
+                    network: 7,
+                    ..target
+                },
+                0,
+            )
+            .unwrap();
             // A small-MTU endpoint.
             ep4.insert(
                 [10, 0, 0, 3],
@@ -70,12 +94,22 @@ impl Rig {
             let mut ep6: HashMap<_, [u8; 16], Target> =
                 HashMap::try_from(rig.ebpf.map_mut(MAP_EP6).unwrap()).unwrap();
             ep6.insert(v6(2), target, 0).unwrap();
+            ep6.insert(
+                v6(9),
+                Target {
+                    ifindex: SRC_IF,
+                    ..target
+                },
+                0,
+            )
+            .unwrap();
         }
+        rig.set_source_flags(0);
         {
             let n = aya::util::nr_cpus().unwrap();
             let mut c: PerCpuHashMap<_, u32, Counters> =
                 PerCpuHashMap::try_from(rig.ebpf.map_mut(MAP_COUNTERS).unwrap()).unwrap();
-            for i in [SRC_IF, DST_IF, 1001] {
+            for i in [SRC_IF, DST_IF, 1001, 1002] {
                 c.insert(
                     i,
                     PerCpuValues::try_from(vec![Counters::default(); n]).unwrap(),
@@ -85,6 +119,23 @@ impl Rig {
             }
         }
         rig
+    }
+
+    /// (Re)registers the sending endpoint (ifindex 1) with record flags `flags`.
+    fn set_source_flags(&mut self, flags: u32) {
+        let mut eps: HashMap<_, u32, EndpointRecord> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_ENDPOINTS).unwrap()).unwrap();
+        let rec = EndpointRecord {
+            target: Target {
+                ifindex: SRC_IF,
+                mtu: 1500,
+                container_mac: SRC_MAC,
+                ..Default::default()
+            },
+            flags,
+            ..Default::default()
+        };
+        eps.insert(SRC_IF, rec, 0).unwrap();
     }
 
     fn run(&self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -143,7 +194,7 @@ fn csum(data: &[u8]) -> u16 {
 
 fn eth(dst: [u8; 6], ethertype: u16) -> Vec<u8> {
     let mut f = dst.to_vec();
-    f.extend_from_slice(&[0x02, 0xaa, 0, 0, 0, 1]);
+    f.extend_from_slice(&SRC_MAC);
     f.extend_from_slice(&ethertype.to_be_bytes());
     f
 }
@@ -425,4 +476,181 @@ fn truncated_frames_pass_unchanged() {
         }
     }
     eprintln!("kernel accepted {accepted} truncated frames");
+}
+
+fn with_src_v4(mut f: Vec<u8>, src: [u8; 4]) -> Vec<u8> {
+    f[26..30].copy_from_slice(&src);
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = csum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+fn arp(sha: [u8; 6], spa: [u8; 4]) -> Vec<u8> {
+    let mut f = eth([0xff; 6], 0x0806);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&[10, 0, 0, 2]);
+    f
+}
+
+#[test]
+fn spoofed_sources_are_dropped_and_counted_by_reason() {
+    let mut rig = Rig::new();
+    rig.set_source_flags(EP_SPOOF_ENFORCE);
+    let mut wrong_mac = v4_frame([10, 0, 0, 2], 64, &[], 10);
+    wrong_mac[6..12].copy_from_slice(&[0x02, 0xbb, 0, 0, 0, 9]);
+    let mut arp_wrong_sha = arp(SRC_MAC, [10, 0, 0, 9]);
+    arp_wrong_sha[22..28].copy_from_slice(&[0x02, 0xbb, 0, 0, 0, 9]);
+    let cases: Vec<(&str, Vec<u8>, usize)> = vec![
+        ("foreign source MAC", wrong_mac, V_DROP_SPOOF_MAC),
+        (
+            "foreign IPv4 source",
+            with_src_v4(v4_frame([10, 0, 0, 2], 64, &[], 10), [10, 0, 0, 2]),
+            V_DROP_SPOOF_IP,
+        ),
+        (
+            "unknown IPv4 source",
+            with_src_v4(v4_frame([10, 0, 0, 2], 64, &[], 10), [192, 0, 2, 1]),
+            V_DROP_SPOOF_IP,
+        ),
+        (
+            "foreign IPv6 source",
+            v6_frame(v6(2), v6(2), 64, 17, 10),
+            V_DROP_SPOOF_IP,
+        ),
+        (
+            "ARP for a foreign address",
+            arp(SRC_MAC, [10, 0, 0, 2]),
+            V_DROP_SPOOF_IP,
+        ),
+        (
+            "ARP with a foreign sender MAC",
+            arp_wrong_sha,
+            V_DROP_SPOOF_MAC,
+        ),
+    ];
+    for (what, frame, reason) in cases {
+        let before = rig.counters(SRC_IF);
+        let (ret, _) = rig.run(PROG_TC_INGRESS, &frame);
+        assert_eq!(ret, TC_ACT_SHOT, "{what}: dropped");
+        let after = rig.counters(SRC_IF);
+        for (v, name) in VERDICT_NAMES.iter().enumerate() {
+            let want = before.c[DIR_FROM_CONTAINER][v].packets + u64::from(v == reason);
+            assert_eq!(
+                after.c[DIR_FROM_CONTAINER][v].packets, want,
+                "{what}: verdict {name}"
+            );
+        }
+    }
+    // The endpoint's own traffic, DAD, DHCP-style and link-local sources still work.
+    let allowed: Vec<(&str, Vec<u8>, u32)> = vec![
+        (
+            "own IPv4 source",
+            v4_frame([10, 0, 0, 2], 64, &[], 10),
+            TC_ACT_REDIRECT,
+        ),
+        (
+            "own IPv6 source",
+            v6_frame(v6(9), v6(2), 64, 17, 10),
+            TC_ACT_REDIRECT,
+        ),
+        (
+            "ARP of its own address",
+            arp(SRC_MAC, [10, 0, 0, 9]),
+            TCX_NEXT,
+        ),
+        ("ARP probe (0.0.0.0)", arp(SRC_MAC, [0; 4]), TCX_NEXT),
+        (
+            "IPv6 DAD from ::",
+            v6_frame([0; 16], v6(2), 255, 58, 10),
+            TC_ACT_REDIRECT,
+        ),
+        (
+            "link-local source",
+            v6_frame(
+                [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5],
+                v6(2),
+                255,
+                58,
+                10,
+            ),
+            TCX_NEXT,
+        ),
+        (
+            "IPv4 0.0.0.0 source",
+            with_src_v4(v4_frame([10, 0, 0, 77], 64, &[], 10), [0; 4]),
+            TCX_NEXT,
+        ),
+    ];
+    for (what, frame, want) in allowed {
+        assert_eq!(rig.run(PROG_TC_INGRESS, &frame).0, want, "{what}");
+    }
+}
+
+#[test]
+fn spoof_audit_counts_once_and_passes_to_the_stack() {
+    let mut rig = Rig::new();
+    rig.set_source_flags(EP_SPOOF_AUDIT);
+    let frame = with_src_v4(v4_frame([10, 0, 0, 2], 64, &[], 10), [10, 0, 0, 2]);
+    let before = rig.counters(SRC_IF);
+    let (ret, out) = rig.run(PROG_TC_INGRESS, &frame);
+    assert_eq!(ret, TCX_NEXT, "audit never drops");
+    assert_eq!(out, frame, "and never fast-paths");
+    let after = rig.counters(SRC_IF);
+    let d =
+        |v: usize| after.c[DIR_FROM_CONTAINER][v].packets - before.c[DIR_FROM_CONTAINER][v].packets;
+    assert_eq!(
+        (d(V_DROP_SPOOF_IP), d(V_STACK), d(V_FAST)),
+        (1, 0, 0),
+        "counted once, under its reason"
+    );
+}
+
+#[test]
+fn frames_from_an_unregistered_interface_are_left_alone() {
+    let mut rig = Rig::new();
+    {
+        let mut eps: HashMap<_, u32, EndpointRecord> =
+            HashMap::try_from(rig.ebpf.map_mut(MAP_ENDPOINTS).unwrap()).unwrap();
+        eps.remove(&SRC_IF).unwrap();
+    }
+    let frame = v4_frame([10, 0, 0, 2], 64, &[], 10);
+    let before = rig.counters(SRC_IF);
+    let (ret, out) = rig.run(PROG_TC_INGRESS, &frame);
+    assert_eq!((ret, out), (TCX_NEXT, frame));
+    assert_eq!(rig.counters(SRC_IF), before);
+}
+
+#[test]
+fn uplink_ingress_delivers_to_local_endpoints() {
+    let rig = Rig::new();
+    let frame = v4_frame([10, 0, 0, 2], 64, &[], 100);
+    let (up0, dst0) = (rig.counters(SRC_IF), rig.counters(DST_IF));
+    let (ret, out) = rig.run(PROG_UPLINK_INGRESS, &frame);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(&out[0..6], &DST_MAC);
+    assert_eq!(&out[6..12], &DST_HOST_MAC);
+    assert_eq!(out[22], 63);
+    assert_eq!(csum(&out[14..34]), 0);
+    let (up1, dst1) = (rig.counters(SRC_IF), rig.counters(DST_IF));
+    let len = frame.len() as u64;
+    assert_eq!(
+        up1.c[DIR_TO_CONTAINER][V_FAST_UPLINK].packets,
+        up0.c[DIR_TO_CONTAINER][V_FAST_UPLINK].packets + 1
+    );
+    assert_eq!(
+        dst1.c[DIR_TO_CONTAINER][V_FAST_UPLINK].bytes,
+        dst0.c[DIR_TO_CONTAINER][V_FAST_UPLINK].bytes + len
+    );
+    // Not for a local endpoint: the node's stack, counted.
+    let other = v4_frame([10, 9, 9, 9], 64, &[], 10);
+    let (ret, out) = rig.run(PROG_UPLINK_INGRESS, &other);
+    assert_eq!((ret, out), (TCX_NEXT, other));
+    assert_eq!(
+        rig.counters(SRC_IF).c[DIR_TO_CONTAINER][V_STACK].packets,
+        up1.c[DIR_TO_CONTAINER][V_STACK].packets + 1
+    );
 }
