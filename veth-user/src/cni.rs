@@ -21,11 +21,11 @@ use std::{
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use veth_common::{MODE_TC, MODE_XDP};
+use veth_common::{EP_CNI, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, MODE_TC, MODE_XDP};
 
 use crate::{
     datapath::{DEFAULT_BPFFS, Datapath, DatapathError, prepare_bpffs},
-    endpoint::{AddRequest, EndpointError, EndpointView, Registry},
+    endpoint::{self, AddRequest, AdoptRequest, EndpointError, EndpointView, Registry},
     inspect,
     netlink::{self, GATEWAY_V4, GATEWAY_V6, NetlinkError, Netns},
     types::{Cidr, IfName},
@@ -177,9 +177,13 @@ pub struct NetConf {
     /// "tc" (default) or "xdp".
     #[serde(default)]
     pub mode: Option<String>,
-    /// Fast-path network id (default: derived from `name`, see [`network_id`]).
+    /// Fast-path network (isolation domain; default: the CNI network's `name`). Endpoints
+    /// of different networks never use the fast path between each other.
     #[serde(default)]
-    pub network: Option<u32>,
+    pub network: Option<String>,
+    /// Anti-spoofing of the container's source MAC and IP: "enforce" (default), "audit", "off".
+    #[serde(default)]
+    pub spoof: Option<String>,
     #[serde(rename = "cni.dev/valid-attachments", default)]
     pub valid_attachments: Option<Vec<Attachment>>,
 }
@@ -215,8 +219,20 @@ impl NetConf {
         }
     }
 
-    fn network_id(&self) -> u32 {
-        self.network.unwrap_or_else(|| network_id(&self.name))
+    fn spoof(&self) -> Result<u32> {
+        match self.spoof.as_deref() {
+            None | Some("enforce") => Ok(EP_SPOOF_ENFORCE),
+            Some("audit") => Ok(EP_SPOOF_AUDIT),
+            Some("off") => Ok(0),
+            Some(m) => Err(CniError::new(
+                ERR_INVALID_CONFIG,
+                format!("invalid \"spoof\": \"{m}\": use \"enforce\", \"audit\" or \"off\""),
+            )),
+        }
+    }
+
+    fn network_name(&self) -> String {
+        self.network.clone().unwrap_or_else(|| self.name.clone())
     }
 }
 
@@ -335,13 +351,6 @@ pub fn is_plugin_host_name(name: &str) -> bool {
         && name[HOST_PREFIX.len()..]
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Default fast-path network id of a CNI network: a non-zero hash of its name (0 is what the
-/// CLI uses), so GC of one network never touches another network's endpoints.
-pub fn network_id(name: &str) -> u32 {
-    let h = mix(fnv1a(name.bytes()));
-    ((h >> 32) as u32).max(1)
 }
 
 fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
@@ -481,6 +490,7 @@ fn dispatch(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
         ));
     }
     conf.mode()?;
+    conf.spoof()?;
     let call = Call {
         env,
         conf: &conf,
@@ -619,8 +629,10 @@ impl Call<'_> {
             addrs,
             mtu: self.conf.mtu,
             mac: None,
-            network: self.conf.network_id(),
+            network: self.conf.network_name(),
+            spoof: self.conf.spoof()?,
             mode: self.conf.mode()?,
+            flags: EP_CNI,
         };
         let view = reg.add(&req).map_err(|e| rollback(endpoint_err(e)))?;
         let dns = ipam_res
@@ -649,7 +661,7 @@ impl Call<'_> {
             .list()
             .map_err(endpoint_err)?
             .iter()
-            .any(|e| e.host_if == adopt.host)
+            .any(|e| e.host_if == adopt.host.as_str())
         {
             return Err(CniError::new(
                 ERR_EXISTS,
@@ -661,7 +673,7 @@ impl Call<'_> {
                 ),
             ));
         }
-        adopt_endpoint(&mut reg, &adopt)?;
+        reg.adopt(&adopt).map_err(endpoint_err)?;
         let mut out = prev_raw.clone();
         if let Some(o) = out.as_object_mut() {
             o.insert("cniVersion".into(), json!(self.conf.cni_version));
@@ -671,7 +683,7 @@ impl Call<'_> {
 
     /// The host end of the container interface the previous plugin made: the veth peer of
     /// CNI_IFNAME in CNI_NETNS, cross-checked both ways (and against prevResult's interfaces).
-    fn find_adoptable(&self, prev: &CniResult) -> Result<Adoptable> {
+    fn find_adoptable(&self, prev: &CniResult) -> Result<AdoptRequest> {
         let ifname = self.ifname();
         let idx = prev.container_iface(ifname).ok_or_else(|| {
             CniError::new(
@@ -731,13 +743,17 @@ impl Call<'_> {
                     .map_err(|e| CniError::new(ERR_CHAINED, format!("prevResult address: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Adoptable {
-            host: host.name,
+        Ok(AdoptRequest {
+            host: host
+                .name
+                .parse()
+                .map_err(|e: crate::types::ParseError| CniError::new(ERR_CHAINED, e.to_string()))?,
             netns: self.netns().to_string(),
             ifname: ifname.to_string(),
             container_mac,
             addrs,
-            network: self.conf.network_id(),
+            network: self.conf.network_name(),
+            flags: EP_CNI | self.conf.spoof()?,
         })
     }
 
@@ -955,13 +971,15 @@ impl Call<'_> {
             .iter()
             .map(|a| host_name(&a.container_id, &a.ifname))
             .collect();
-        let net = self.conf.network_id();
+        let net = endpoint::network_id(&self.conf.network_name());
         match Registry::open(&self.conf.bpffs_dir()) {
             Ok(mut reg) => {
                 let list = reg.list().map_err(endpoint_err)?;
-                for e in list.iter().filter(|e| e.network == net) {
-                    let stale = if is_plugin_host_name(&e.host_if) {
+                for e in list.iter().filter(|e| e.network_id == net) {
+                    let stale = if is_plugin_host_name(&e.host_if) && !e.adopted {
                         !keep.contains(&e.host_if)
+                    } else if !e.adopted {
+                        false
                     } else {
                         // Adopted host ends carry the previous plugin's name: only ones whose
                         // interface is gone are known to be garbage.
@@ -1200,27 +1218,6 @@ fn standalone_result(
     res
 }
 
-/// What chained mode hands to the registry.
-struct Adoptable {
-    host: String,
-    netns: String,
-    ifname: String,
-    container_mac: crate::types::Mac,
-    addrs: Vec<Cidr>,
-    network: u32,
-}
-
-fn adopt_endpoint(_reg: &mut Registry, a: &Adoptable) -> Result<()> {
-    let _ = (&a.netns, &a.ifname, a.container_mac, &a.addrs, a.network);
-    Err(CniError::new(
-        ERR_CHAINED,
-        format!(
-            "chained mode is not available in this build (cannot adopt {})",
-            a.host
-        ),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1332,7 +1329,10 @@ mod tests {
             ],
             mtu: 1500,
             mode: "tc",
-            network: 1,
+            network: "n".into(),
+            network_id: 1,
+            spoof: "enforce",
+            adopted: false,
         };
         let r = standalone_result("0.4.0", &view, "/run/netns/x", None);
         assert_eq!(r["ips"][0]["version"], "4");
