@@ -3,7 +3,7 @@
 //! claims, with host-local from Debian's containernetworking-plugins as IPAM.
 //! Each test has its own node, bpffs, IPAM data dir and containers: they run in parallel.
 
-use std::{net::IpAddr, time::Duration};
+use std::net::IpAddr;
 
 use serde_json::{Value, json};
 use vethfp_tests::cni::{CniEnv, CniNet, container_id, container_ns, link_mac, with_prev};
@@ -174,7 +174,8 @@ fn missing_env_vars_are_code_4() {
     let ns = container_ns();
     let conf = net.conf("1.0.0");
     let full = CniEnv::full("ADD", &container_id(), ns.name(), "eth0");
-    let cases: [(&str, fn(&mut CniEnv)); 4] = [
+    type Unset = fn(&mut CniEnv);
+    let cases: [(&str, Unset); 4] = [
         ("CNI_CONTAINERID", |e| e.container_id = None),
         ("CNI_NETNS", |e| e.netns = None),
         ("CNI_IFNAME", |e| e.ifname = None),
@@ -213,7 +214,6 @@ fn bad_config_codes() {
     let net = CniNet::new();
     let ns = container_ns();
     let env = CniEnv::full("ADD", &container_id(), ns.name(), "eth0");
-    let bpffs = net.node.bpffs_dir();
     let node = net.node.name().to_string();
     let run = |stdin: &str| {
         vethfp_tests::cni::exec_plugin(&node, &vethfp_tests::vethfp_bin(), &env, stdin.as_bytes())
@@ -241,7 +241,6 @@ fn bad_config_codes() {
     c = net.conf("1.0.0");
     c["ipam"]["type"] = json!("no-such-ipam");
     run(&c.to_string()).err_code(102, "IPAM plugin missing");
-    let _ = bpffs;
     assert!(net.node_links().is_empty());
     assert!(net.allocated().is_empty());
 }
@@ -456,5 +455,4 @@ fn gc_removes_what_is_not_valid() {
     assert!(!net.node_links().contains(&name(&r2)));
     net.vethfp(&env, &conf)
         .err_code(7, "GC without valid-attachments");
-    let _ = Duration::ZERO;
 }
