@@ -212,6 +212,11 @@ impl Serialize for EndpointStats {
     }
 }
 
+fn set_network(rec: &mut EndpointRecord, name: &str) {
+    rec.target.network = network_id(name);
+    put_str(&mut rec.network_name, network_name(name));
+}
+
 fn network_name(name: &str) -> &str {
     if name.is_empty() { "default" } else { name }
 }
@@ -417,9 +422,31 @@ impl Registry {
             return Err(EndpointError::NetnsTooLong(req.netns.clone()));
         }
         self.check_addrs(&req.addrs)?;
-        if netlink::link_by_name(req.host.as_str())?.is_some() {
-            return Err(EndpointError::HostExists(req.host.to_string()));
+        if let Some(link) = netlink::link_by_name(req.host.as_str())? {
+            if !self.is_leftover(&link)? {
+                return Err(EndpointError::HostExists(req.host.to_string()));
+            }
+            log::warn!("removing {} left by an interrupted pair add", link.name);
+            self.remove_leftover(&link)?;
         }
+        Ok(())
+    }
+
+    /// A host end vethfp created that has no registry entry: what an interrupted `pair add`
+    /// (killed between creating the pair and registering it) leaves behind.
+    fn is_leftover(&mut self, link: &netlink::Link) -> Result<bool> {
+        Ok(link.alias.as_deref() == Some(netlink::OWNER_ALIAS)
+            && !self
+                .records()?
+                .iter()
+                .any(|r| r.target.ifindex == link.ifindex))
+    }
+
+    fn remove_leftover(&mut self, link: &netlink::Link) -> Result<()> {
+        self.dp.detach(link.ifindex)?;
+        let _ = self.dp.counters()?.remove(&link.ifindex);
+        let _ = self.dp.devmap()?.remove(link.ifindex);
+        netlink::delete_link(link.ifindex)?;
         Ok(())
     }
 
@@ -435,7 +462,25 @@ impl Registry {
                 return Err(EndpointError::DuplicateAddr(a.addr));
             }
         }
+        let records = self.records()?;
         for a in addrs {
+            if let Some(owner) = self.owner_of(a.addr)?
+                && !records.iter().any(|r| r.target.ifindex == owner)
+            {
+                // Published by an endpoint that no longer exists (interrupted del): stale.
+                match a.addr {
+                    IpAddr::V4(v4) => self
+                        .dp
+                        .ep4()?
+                        .remove(&v4.octets())
+                        .map_err(map_err("VFP_EP4"))?,
+                    IpAddr::V6(v6) => self
+                        .dp
+                        .ep6()?
+                        .remove(&v6.octets())
+                        .map_err(map_err("VFP_EP6"))?,
+                }
+            }
             if let Some(owner) = self.owner_of(a.addr)? {
                 let owner = self
                     .records()?
@@ -497,20 +542,21 @@ impl Registry {
         let target = Target {
             ifindex: host_ifindex,
             mtu,
-            network: network_id(&req.network),
+            network: 0, // set_network
             mode: req.mode,
             container_mac: container_mac.0,
             host_mac: host_mac.0,
         };
-        let rec = make_record(
+        let mut rec = make_record(
             target,
             ns.ino(),
             req.host.as_str(),
             req.ifname.as_str(),
             &req.netns,
             &req.addrs,
-            req.flags,
+            req.flags | req.spoof,
         );
+        set_network(&mut rec, &req.network);
         self.register(&rec, &req.addrs, undo)?;
         Ok(EndpointView::from_record(&rec))
     }
@@ -600,12 +646,12 @@ impl Registry {
         let target = Target {
             ifindex: link.ifindex,
             mtu: link.mtu,
-            network: network_id(&req.network),
+            network: 0, // set_network
             mode: veth_common::MODE_TC,
             container_mac: req.container_mac.0,
             host_mac: host_mac.0,
         };
-        let rec = make_record(
+        let mut rec = make_record(
             target,
             ns.ino(),
             req.host.as_str(),
@@ -614,6 +660,7 @@ impl Registry {
             &req.addrs,
             EP_ADOPTED | req.flags,
         );
+        set_network(&mut rec, &req.network);
         let mut undo = Vec::new();
         match self.register(&rec, &req.addrs, &mut undo) {
             Ok(()) => Ok(EndpointView::from_record(&rec)),
@@ -668,9 +715,15 @@ impl Registry {
     /// (which takes its routes and neighbour entries with it), and its map entries.
     /// Works also when the interface was already deleted by someone else.
     pub fn del(&mut self, name: &str) -> Result<()> {
-        let rec = self
-            .record_by_name(name)?
-            .ok_or_else(|| EndpointError::NotFound(name.into()))?;
+        let Some(rec) = self.record_by_name(name)? else {
+            // Not registered: it may be what an interrupted `pair add` left.
+            if let Some(link) = netlink::link_by_name(name)?
+                && self.is_leftover(&link)?
+            {
+                return self.remove_leftover(&link);
+            }
+            return Err(EndpointError::NotFound(name.into()));
+        };
         let ifindex = rec.target.ifindex;
         for a in rec.addrs[..(rec.naddrs as usize).min(MAX_ADDRS)]
             .iter()
