@@ -257,7 +257,17 @@ fn chained(version: &str) {
     assert!(net.node.list_json().is_empty());
     assert!(net.allocated().is_empty());
     drop(b);
-    assert!(net.node_links().is_empty(), "{:?}", net.node_links());
+    // The kernel destroys a namespace (and the veth in it) asynchronously after the last
+    // reference goes: wait for that, with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !net.node_links().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ptp's veth still in the node 10 s after its netns was deleted: {:?}",
+            net.node_links()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
