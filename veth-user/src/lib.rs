@@ -3,8 +3,10 @@
 //! Data flows one way: front end → [`endpoint`] registry → ([`netlink`], [`datapath`]) → kernel.
 
 pub mod bridge;
+pub mod cni;
 pub mod datapath;
 pub mod endpoint;
 pub mod ethtool;
+pub mod inspect;
 pub mod netlink;
 pub mod types;
