@@ -393,7 +393,7 @@ impl Datapath {
     /// Loads (verifies) and pins every program of this build unless an earlier call did:
     /// proves the kernel accepts them (CNI STATUS).
     pub fn load_programs(&mut self) -> Result<()> {
-        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP] {
+        for name in PROGRAMS {
             self.pinned_program(name)?;
         }
         Ok(())
