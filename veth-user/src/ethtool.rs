@@ -1,5 +1,4 @@
-//! The ethtool settings vethfp needs on the container end of a pair: GRO, and TX checksum
-//! offload in XDP mode.
+//! The one ethtool setting vethfp needs: GRO on the container end of a pair.
 //!
 //! A veth only accepts XDP-redirected frames (devmap → `ndo_xdp_xmit`) when the *receiving*
 //! end has NAPI enabled, which happens when it has an XDP program or GRO turned on. vethfp turns
@@ -53,25 +52,23 @@ pub fn set_gro(ifname: &str, on: bool) -> io::Result<()> {
     ioctl_value(ifname, ETHTOOL_SGRO, on as u32).map(|_| ())
 }
 
-/// Whether GRO is on for `ifname` in the calling thread's network namespace.
-pub fn gro(ifname: &str) -> io::Result<bool> {
-    ioctl_value(ifname, ETHTOOL_GGRO, 0).map(|v| v != 0)
-}
-
-/// Turns TX checksum offload on or off on `ifname` in the calling thread's network namespace.
+/// Turns TX checksum offload on or off on `ifname` in the calling thread's namespace.
 ///
-/// XDP mode needs it off on the container end. With it on, the container's stack leaves TCP
-/// and UDP checksums partial (CHECKSUM_PARTIAL: only the pseudo-header sum, to be finished by
-/// "hardware"). A devmap redirect turns the frame into an xdp_frame, which has no room for that
-/// promise: the receiver gets a wrong checksum and drops the packet (UdpInCsumErrors), so UDP
-/// and TCP between XDP endpoints silently fail while ping works. With offload off the
-/// container computes complete checksums; TSO is already off in XDP mode, so what this costs is
-/// the checksum of each segment in software.
+/// An XDP-mode endpoint needs it off on its container end: the container's stack otherwise
+/// leaves TCP/UDP checksums to "hardware" (CHECKSUM_PARTIAL), veth's skb → XDP conversion drops
+/// that note, and after a devmap redirect the receiver sees a wrong checksum and discards the
+/// packet (UdpInCsumErrors). ICMP is always checksummed in software, so ping alone would not
+/// show it.
 pub fn set_tx_csum(ifname: &str, on: bool) -> io::Result<()> {
     ioctl_value(ifname, ETHTOOL_STXCSUM, on as u32).map(|_| ())
 }
 
-/// Whether TX checksum offload is on for `ifname` in the calling thread's network namespace.
+/// Whether TX checksum offload is on for `ifname` in the calling thread's namespace.
 pub fn tx_csum(ifname: &str) -> io::Result<bool> {
     ioctl_value(ifname, ETHTOOL_GTXCSUM, 0).map(|v| v != 0)
+}
+
+/// Whether GRO is on for `ifname` in the calling thread's network namespace.
+pub fn gro(ifname: &str) -> io::Result<bool> {
+    ioctl_value(ifname, ETHTOOL_GGRO, 0).map(|v| v != 0)
 }
