@@ -74,12 +74,13 @@ pub fn vfp_tc_ingress(ctx: TcContext) -> i32 {
         return TCX_NEXT; // not (or no longer) an endpoint: nothing to count against
     };
     // SAFETY: pointer from a successful lookup.
-    let (flags, network) = unsafe { ((*src).flags, (*src).target.network) };
+    let (flags, network, slot) =
+        unsafe { ((*src).flags, (*src).target.network, (*src).target.slot) };
     linearize(&ctx, len);
     if flags & (EP_SPOOF_ENFORCE | EP_SPOOF_AUDIT) != 0
-        && let Some(reason) = spoof::check(ctx.data(), ctx.data_end(), src, ifindex)
+        && let Some(reason) = spoof::check(ctx.data(), ctx.data_end(), src)
     {
-        count(ifindex, DIR_FROM_CONTAINER, reason, len);
+        count(slot, DIR_FROM_CONTAINER, reason, len);
         // Audit: counted once, under the reason; it may only take the kernel path.
         return if flags & EP_SPOOF_ENFORCE != 0 {
             TC_ACT_SHOT
@@ -90,17 +91,24 @@ pub fn vfp_tc_ingress(ctx: TcContext) -> i32 {
     let cfg = config_flags();
     if pkt_type == PACKET_HOST
         && cfg & CFG_FASTPATH_OFF == 0
-        && let Some(ret) = forward(&ctx, ifindex, len, network, cfg)
+        && let Some(ret) = forward(&ctx, ifindex, slot, len, network, cfg)
     {
         return ret;
     }
-    count(ifindex, DIR_FROM_CONTAINER, V_STACK, len);
+    count(slot, DIR_FROM_CONTAINER, V_STACK, len);
     TCX_NEXT
 }
 
 /// The fast path for a frame from the container behind `ifindex`; None = the stack decides.
 #[inline(always)]
-fn forward(ctx: &TcContext, ifindex: u32, len: u32, network: u32, cfg: u32) -> Option<i32> {
+fn forward(
+    ctx: &TcContext,
+    ifindex: u32,
+    slot: u32,
+    len: u32,
+    network: u32,
+    cfg: u32,
+) -> Option<i32> {
     let pkt = route::parse(ctx.data(), ctx.data_end())?;
     if let Some(t) = pkt.local_target() {
         // Across networks, the node's routing and firewall decide.
@@ -108,22 +116,23 @@ fn forward(ctx: &TcContext, ifindex: u32, len: u32, network: u32, cfg: u32) -> O
             return None;
         }
         pkt.rewrite(t.container_mac, t.host_mac);
-        return Some(redirect_peer(ifindex, DIR_FROM_CONTAINER, V_FAST, &t, len));
+        return Some(redirect_peer(slot, DIR_FROM_CONTAINER, V_FAST, &t, len));
     }
     if cfg & CFG_EGRESS_FAST == 0 {
         return None;
     }
-    egress(ctx, &pkt, ifindex, len)
+    egress(ctx, &pkt, ifindex, slot, len)
 }
 
-/// Hands a rewritten frame to the container behind `t` and counts it on both ends.
+/// Hands a rewritten frame to the container behind `t` and counts it on both ends (`from` is
+/// the sender's counter slot).
 #[inline(always)]
 pub fn redirect_peer(from: u32, from_dir: usize, verdict: usize, t: &Target, len: u32) -> i32 {
     // SAFETY: plain helper call.
     let ret = unsafe { bpf_redirect_peer(t.ifindex, 0) };
     if ret == TC_ACT_REDIRECT as c_long {
         count(from, from_dir, verdict, len);
-        count(t.ifindex, DIR_TO_CONTAINER, verdict, len);
+        count(t.slot, DIR_TO_CONTAINER, verdict, len);
         return TC_ACT_REDIRECT;
     }
     // Only bad flags make the helper fail; the frame is already rewritten, so it cannot go to
@@ -160,7 +169,7 @@ fn fits(ctx: &TcContext, pkt: &Pkt, len: u32, t: &Target) -> bool {
 /// bpf_redirect_neigh resolve it. Anything the FIB cannot answer cleanly (no route, local
 /// delivery, blackhole/prohibit, fragmentation needed, forwarding disabled) goes to the stack.
 #[inline(always)]
-fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, len: u32) -> Option<i32> {
+fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, slot: u32, len: u32) -> Option<i32> {
     // SAFETY: bpf_fib_lookup is plain data; zeroed is a valid value.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     // SAFETY: pkt's pointers were bounds-checked by `parse`; unions written as the uapi says.
@@ -207,9 +216,11 @@ fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, len: u32) -> Option<i32> {
         )
     };
     let out = p.ifindex;
-    if (rc != FIB_SUCCESS && rc != FIB_NO_NEIGH) || VFP_UPLINKS.get_ptr(out).is_none() {
+    if rc != FIB_SUCCESS && rc != FIB_NO_NEIGH {
         return None;
     }
+    // SAFETY: pointer from a successful lookup, read once.
+    let up_slot = unsafe { (*VFP_UPLINKS.get_ptr(out)?).slot };
     let mut mtu_len: u32 = 0;
     // SAFETY: helper call on this program's skb with a valid out pointer.
     if gso
@@ -236,11 +247,11 @@ fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, len: u32) -> Option<i32> {
         }
     };
     if ret == TC_ACT_REDIRECT as c_long {
-        count(ifindex, DIR_FROM_CONTAINER, V_FAST_UPLINK, len);
-        count(out, DIR_FROM_CONTAINER, V_FAST_UPLINK, len);
+        count(slot, DIR_FROM_CONTAINER, V_FAST_UPLINK, len);
+        count(up_slot, DIR_FROM_CONTAINER, V_FAST_UPLINK, len);
         Some(TC_ACT_REDIRECT)
     } else {
-        count(ifindex, DIR_FROM_CONTAINER, V_DROP_ERROR, len);
+        count(slot, DIR_FROM_CONTAINER, V_DROP_ERROR, len);
         Some(TC_ACT_SHOT)
     }
 }
@@ -248,7 +259,15 @@ fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, len: u32) -> Option<i32> {
 #[classifier]
 pub fn vfp_tc_egress(ctx: TcContext) -> i32 {
     let (ifindex, len, _) = skb_fields(&ctx);
-    count(ifindex, DIR_TO_CONTAINER, V_STACK, len);
+    if let Some(rec) = VFP_ENDPOINTS.get_ptr(ifindex) {
+        // SAFETY: pointer from a successful lookup.
+        count(
+            unsafe { (*rec).target.slot },
+            DIR_TO_CONTAINER,
+            V_STACK,
+            len,
+        );
+    }
     TCX_NEXT
 }
 
@@ -256,6 +275,11 @@ pub fn vfp_tc_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn vfp_uplink_ingress(ctx: TcContext) -> i32 {
     let (ifindex, len, pkt_type) = skb_fields(&ctx);
+    let Some(up) = VFP_UPLINKS.get_ptr(ifindex) else {
+        return TCX_NEXT;
+    };
+    // SAFETY: pointer from a successful lookup.
+    let slot = unsafe { (*up).slot };
     if pkt_type == PACKET_HOST && config_flags() & CFG_FASTPATH_OFF == 0 {
         linearize(&ctx, len);
         if let Some(pkt) = route::parse(ctx.data(), ctx.data_end())
@@ -263,9 +287,9 @@ pub fn vfp_uplink_ingress(ctx: TcContext) -> i32 {
             && fits(&ctx, &pkt, len, &t)
         {
             pkt.rewrite(t.container_mac, t.host_mac);
-            return redirect_peer(ifindex, DIR_TO_CONTAINER, V_FAST_UPLINK, &t, len);
+            return redirect_peer(slot, DIR_TO_CONTAINER, V_FAST_UPLINK, &t, len);
         }
     }
-    count(ifindex, DIR_TO_CONTAINER, V_STACK, len);
+    count(slot, DIR_TO_CONTAINER, V_STACK, len);
     TCX_NEXT
 }

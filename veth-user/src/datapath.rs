@@ -22,7 +22,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuHashMap, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{
         LinkOrder, Program, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -213,7 +213,7 @@ fn map_from_pin(dir: &Path, name: &'static str) -> Result<aya::maps::Map> {
     use aya::maps::Map;
     let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
     Ok(match name {
-        MAP_COUNTERS => Map::PerCpuHashMap(data),
+        MAP_COUNTERS => Map::PerCpuArray(data),
         MAP_CONFIG => Map::Array(data),
         MAP_DEVMAP => Map::DevMapHash(data),
         _ => Map::HashMap(data),
@@ -322,7 +322,7 @@ impl Datapath {
     pub fn endpoints(&mut self) -> Result<HashMap<&mut MapData, u32, EndpointRecord>> {
         typed(&mut self.maps, MAP_ENDPOINTS)
     }
-    pub fn counters(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, Counters>> {
+    pub fn counters(&mut self) -> Result<PerCpuArray<&mut MapData, Counters>> {
         typed(&mut self.maps, MAP_COUNTERS)
     }
     pub fn l2(&mut self) -> Result<HashMap<&mut MapData, [u8; 6], Target>> {
@@ -350,8 +350,8 @@ impl Datapath {
             .map_err(map_err(MAP_CONFIG))
     }
 
-    /// Creates a zeroed counter entry for `ifindex` (before its programs can see a packet).
-    pub fn reset_counters(&mut self, ifindex: u32) -> Result<()> {
+    /// Zeroes counter slot `slot` (before a new endpoint or uplink uses it).
+    pub fn reset_counters(&mut self, slot: u32) -> Result<()> {
         let n = aya::util::nr_cpus().map_err(|(what, e)| DatapathError::Io {
             what: what.into(),
             source: e,
@@ -359,26 +359,21 @@ impl Datapath {
         let zeros =
             PerCpuValues::try_from(vec![Counters::default(); n]).map_err(io("per-CPU values"))?;
         self.counters()?
-            .insert(ifindex, zeros, 0)
+            .set(slot, zeros, 0)
             .map_err(map_err(MAP_COUNTERS))
     }
 
-    /// Summed counters of `ifindex`, or None if it has no entry.
-    pub fn read_counters(&mut self, ifindex: u32) -> Result<Option<Counters>> {
-        match self.counters()?.get(&ifindex, 0) {
-            Ok(per_cpu) => {
-                let mut sum = Counters::default();
-                for c in per_cpu.iter() {
-                    sum.add(c);
-                }
-                Ok(Some(sum))
-            }
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(DatapathError::Map {
-                name: MAP_COUNTERS,
-                source: e,
-            }),
+    /// Counters in `slot`, summed over CPUs.
+    pub fn read_counters(&mut self, slot: u32) -> Result<Counters> {
+        let per_cpu = self
+            .counters()?
+            .get(&slot, 0)
+            .map_err(map_err(MAP_COUNTERS))?;
+        let mut sum = Counters::default();
+        for c in per_cpu.iter() {
+            sum.add(c);
         }
+        Ok(sum)
     }
 
     /// Pin path of program `name` of this build (re-pinning all programs if it vanished).

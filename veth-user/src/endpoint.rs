@@ -10,8 +10,8 @@ use serde::Serialize;
 use veth_common::{
     AF_V4, AF_V6, CFG_EGRESS_FAST, CFG_FASTPATH_OFF, Counters, DIR_FROM_CONTAINER, DIR_NAMES,
     DIR_TO_CONTAINER, EP_ADOPTED, EP_BRIDGE_PORT, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, EndpointAddr,
-    EndpointRecord, MAX_ADDRS, MODE_XDP, NAME_LEN, NETNS_LEN, PacketBytes, Target, Uplink,
-    V_FAST_UPLINK, V_STACK, VERDICT_NAMES,
+    EndpointRecord, MAX_ADDRS, MAX_SLOTS, MODE_XDP, NAME_LEN, NETNS_LEN, PacketBytes, Target,
+    Uplink, V_FAST_UPLINK, V_STACK, VERDICT_NAMES,
 };
 
 use crate::{
@@ -58,6 +58,8 @@ pub enum EndpointError {
     NoSuchBridge(String),
     #[error("not accelerating: {0} (pass --force to accelerate anyway)")]
     BridgeRefused(String),
+    #[error("all {0} counter slots are in use: remove endpoints or uplinks first")]
+    Full(usize),
     #[error("XDP devmap update failed: {0}")]
     Devmap(String),
     #[error("netns '{0}' is longer than {max} bytes", max = NETNS_LEN - 1)]
@@ -358,7 +360,6 @@ impl EndpointView {
 enum Undo {
     Link(u32),
     Record(u32),
-    Counters(u32),
     Links(u32),
     Ep4([u8; 4]),
     Ep6([u8; 16]),
@@ -463,7 +464,6 @@ impl Registry {
 
     fn remove_leftover(&mut self, link: &netlink::Link) -> Result<()> {
         self.dp.detach(link.ifindex)?;
-        let _ = self.dp.counters()?.remove(&link.ifindex);
         let _ = self.dp.devmap()?.remove(link.ifindex);
         netlink::delete_link(link.ifindex)?;
         Ok(())
@@ -566,6 +566,7 @@ impl Registry {
             mtu,
             network: 0, // set_network
             mode: req.mode,
+            slot: 0, // assigned by register
             container_mac: container_mac.0,
             host_mac: host_mac.0,
         };
@@ -579,7 +580,7 @@ impl Registry {
             req.flags | req.spoof,
         );
         set_network(&mut rec, &req.network);
-        self.register(&rec, &req.addrs, undo)?;
+        self.register(&mut rec, &req.addrs, undo)?;
         Ok(EndpointView::from_record(&rec))
     }
 
@@ -587,19 +588,19 @@ impl Registry {
     /// last, its addresses in the fast path.
     fn register(
         &mut self,
-        rec: &EndpointRecord,
+        rec: &mut EndpointRecord,
         addrs: &[Cidr],
         undo: &mut Vec<Undo>,
     ) -> Result<()> {
         let host_ifindex = rec.target.ifindex;
         let host = get_str(&rec.host_name);
+        // Zeroed counters exist before any program can see a packet of this endpoint.
+        rec.target.slot = self.free_slot()?;
+        self.dp.reset_counters(rec.target.slot)?;
         let target = rec.target;
-        // Counters exist before any program can see a packet of this endpoint.
-        self.dp.reset_counters(host_ifindex)?;
-        undo.push(Undo::Counters(host_ifindex));
         self.dp
             .endpoints()?
-            .insert(host_ifindex, rec, 0)
+            .insert(host_ifindex, *rec, 0)
             .map_err(map_err("VFP_ENDPOINTS"))?;
         undo.push(Undo::Record(host_ifindex));
         undo.push(Undo::Links(host_ifindex));
@@ -650,6 +651,25 @@ impl Registry {
         Ok(())
     }
 
+    /// The lowest counter slot no endpoint or uplink uses.
+    fn free_slot(&mut self) -> Result<u32> {
+        let mut used: Vec<u32> = self.records()?.iter().map(|r| r.target.slot).collect();
+        used.extend(self.uplink_records()?.iter().map(|u| u.slot));
+        used.sort_unstable();
+        let mut slot = 0;
+        for u in used {
+            if u == slot {
+                slot += 1;
+            } else if u > slot {
+                break;
+            }
+        }
+        if slot as usize >= MAX_SLOTS {
+            return Err(EndpointError::Full(MAX_SLOTS));
+        }
+        Ok(slot)
+    }
+
     /// Registers an existing veth pair made by someone else (a chained CNI plugin, a bridge)
     /// and attaches the fast path to its host end. Routes and addresses are left as they are;
     /// `del` later detaches and unregisters but does not delete the link.
@@ -680,6 +700,7 @@ impl Registry {
             mtu: link.mtu,
             network: 0, // set_network
             mode: veth_common::MODE_TC,
+            slot: 0, // assigned by register
             container_mac: req.container_mac.0,
             host_mac: host_mac.0,
         };
@@ -694,7 +715,7 @@ impl Registry {
         );
         set_network(&mut rec, &req.network);
         let mut undo = Vec::new();
-        match self.register(&rec, &req.addrs, &mut undo) {
+        match self.register(&mut rec, &req.addrs, &mut undo) {
             Ok(()) => Ok(EndpointView::from_record(&rec)),
             Err(e) => {
                 self.rollback(undo);
@@ -730,9 +751,6 @@ impl Registry {
                     }
                     Undo::Devmap(i) => {
                         let _ = self.dp.devmap()?.remove(i);
-                    }
-                    Undo::Counters(i) => {
-                        let _ = self.dp.counters()?.remove(&i);
                     }
                     Undo::Link(i) => {
                         netlink::delete_link(i)?;
@@ -794,7 +812,6 @@ impl Registry {
             netlink::delete_link(ifindex)?;
         }
         let _ = self.dp.endpoints()?.remove(&ifindex);
-        let _ = self.dp.counters()?.remove(&ifindex);
         Ok(())
     }
 
@@ -859,12 +876,13 @@ impl Registry {
         let mut up = Uplink {
             ifindex: link.ifindex,
             flags: 0,
+            slot: self.free_slot()?,
             name: [0; NAME_LEN],
         };
         put_str(&mut up.name, name);
-        let mut undo = vec![Undo::Counters(link.ifindex), Undo::Uplink(link.ifindex)];
+        let mut undo = vec![Undo::Uplink(link.ifindex)];
         let r: Result<()> = (|| {
-            self.dp.reset_counters(link.ifindex)?;
+            self.dp.reset_counters(up.slot)?;
             self.dp
                 .uplinks()?
                 .insert(link.ifindex, up, 0)
@@ -888,11 +906,7 @@ impl Registry {
             .into_iter()
             .find(|u| get_str(&u.name) == name)
             .ok_or_else(|| EndpointError::NoSuchUplink(name.into()))?;
-        self.rollback(vec![
-            Undo::Counters(up.ifindex),
-            Undo::Uplink(up.ifindex),
-            Undo::UplinkLink(up.ifindex),
-        ]);
+        self.rollback(vec![Undo::Uplink(up.ifindex), Undo::UplinkLink(up.ifindex)]);
         Ok(())
     }
 
@@ -929,10 +943,10 @@ impl Registry {
     pub fn status(&mut self) -> Result<Status> {
         let flags = self.dp.flags()?;
         let mut uplinks = Vec::new();
-        for u in self.uplinks()? {
-            let counters = self.dp.read_counters(u.ifindex)?.unwrap_or_default();
+        for u in self.uplink_records()? {
+            let counters = self.dp.read_counters(u.slot)?;
             uplinks.push(UplinkStatus {
-                uplink: u,
+                uplink: UplinkView::from(&u),
                 counters,
             });
         }
@@ -1008,6 +1022,7 @@ impl Registry {
                     mtu: port.mtu,
                     network: 0,
                     mode: veth_common::MODE_TC,
+                    slot: 0, // assigned by register
                     container_mac: container_mac.0,
                     host_mac: host_mac.0,
                 },
@@ -1021,7 +1036,7 @@ impl Registry {
             put_str(&mut rec.network_name, bridge);
             rec.target.network = br.ifindex;
             let mut undo = Vec::new();
-            if let Err(e) = self.register(&rec, &addrs, &mut undo) {
+            if let Err(e) = self.register(&mut rec, &addrs, &mut undo) {
                 self.rollback(undo);
                 return Err(e);
             }
@@ -1069,7 +1084,7 @@ impl Registry {
             if name.is_some_and(|n| n != host_if) {
                 continue;
             }
-            let counters = self.dp.read_counters(r.target.ifindex)?.unwrap_or_default();
+            let counters = self.dp.read_counters(r.target.slot)?;
             out.push(EndpointStats {
                 host_if,
                 host_ifindex: r.target.ifindex,
