@@ -164,7 +164,6 @@ pub struct EndpointRecord {
     /// Name of the network (isolation domain), NUL padded; `target.network` is its id.
     pub network_name: [u8; NAME_LEN],
     pub addrs: [EndpointAddr; MAX_ADDRS],
-    pub _pad: u32,
 }
 
 impl Default for EndpointRecord {
@@ -179,7 +178,6 @@ impl Default for EndpointRecord {
             netns: [0; NETNS_LEN],
             network_name: [0; NAME_LEN],
             addrs: [EndpointAddr::default(); MAX_ADDRS],
-            _pad: 0,
         }
     }
 }
@@ -244,7 +242,7 @@ mod tests {
         assert_eq!(size_of::<EndpointAddr>(), 20);
         assert_eq!(
             size_of::<EndpointRecord>(),
-            size_of::<Target>() + 8 + 4 + 4 + 16 + 16 + 128 + 16 + 20 * MAX_ADDRS + 4
+            size_of::<Target>() + 8 + 4 + 4 + 16 + 16 + 128 + 16 + 20 * MAX_ADDRS
         );
         assert_eq!(size_of::<Counters>(), DIRS * VERDICTS * 16);
     }

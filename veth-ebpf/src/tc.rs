@@ -51,11 +51,18 @@ const FIB_NO_NEIGH: c_long = 7;
 const BPF_MTU_CHK_SEGS: u64 = 1;
 
 #[inline(always)]
-fn skb_fields(ctx: &TcContext) -> (u32, u32, u32) {
+/// (ifindex, length, routable): routable = addressed to this interface (PACKET_HOST) and not
+/// carrying a VLAN tag the kernel already took off (that frame belongs to a VLAN device, or
+/// nowhere, never to the fast path).
+fn skb_fields(ctx: &TcContext) -> (u32, u32, bool) {
     // SAFETY: ctx.skb.skb is the valid __sk_buff of this invocation.
     unsafe {
         let skb = &*ctx.skb.skb;
-        (skb.ifindex, skb.len, skb.pkt_type)
+        (
+            skb.ifindex,
+            skb.len,
+            skb.pkt_type == PACKET_HOST && skb.vlan_present == 0,
+        )
     }
 }
 
@@ -69,7 +76,7 @@ fn linearize(ctx: &TcContext, len: u32) {
 
 #[classifier]
 pub fn vfp_tc_ingress(ctx: TcContext) -> i32 {
-    let (ifindex, len, pkt_type) = skb_fields(&ctx);
+    let (ifindex, len, routable) = skb_fields(&ctx);
     let Some(src) = VFP_ENDPOINTS.get_ptr(ifindex) else {
         return TCX_NEXT; // not (or no longer) an endpoint: nothing to count against
     };
@@ -89,7 +96,7 @@ pub fn vfp_tc_ingress(ctx: TcContext) -> i32 {
         };
     }
     let cfg = config_flags();
-    if pkt_type == PACKET_HOST
+    if routable
         && cfg & CFG_FASTPATH_OFF == 0
         && let Some(ret) = forward(&ctx, ifindex, slot, len, network, cfg)
     {
@@ -109,7 +116,7 @@ fn forward(
     network: u32,
     cfg: u32,
 ) -> Option<i32> {
-    let pkt = route::parse(ctx.data(), ctx.data_end())?;
+    let pkt = route::parse(ctx.data(), ctx.data_end(), len)?;
     if let Some(t) = pkt.local_target() {
         // Across networks, the node's routing and firewall decide.
         if t.ifindex == ifindex || t.network != network || !fits(ctx, &pkt, len, &t) {
@@ -274,15 +281,15 @@ pub fn vfp_tc_egress(ctx: TcContext) -> i32 {
 /// Uplink ingress. The uplink's own counters use DIR_TO_CONTAINER for "received from outside".
 #[classifier]
 pub fn vfp_uplink_ingress(ctx: TcContext) -> i32 {
-    let (ifindex, len, pkt_type) = skb_fields(&ctx);
+    let (ifindex, len, routable) = skb_fields(&ctx);
     let Some(up) = VFP_UPLINKS.get_ptr(ifindex) else {
         return TCX_NEXT;
     };
     // SAFETY: pointer from a successful lookup.
     let slot = unsafe { (*up).slot };
-    if pkt_type == PACKET_HOST && config_flags() & CFG_FASTPATH_OFF == 0 {
+    if routable && config_flags() & CFG_FASTPATH_OFF == 0 {
         linearize(&ctx, len);
-        if let Some(pkt) = route::parse(ctx.data(), ctx.data_end())
+        if let Some(pkt) = route::parse(ctx.data(), ctx.data_end(), len)
             && let Some(t) = pkt.local_target()
             && fits(&ctx, &pkt, len, &t)
         {

@@ -365,7 +365,28 @@ fn everything_else_passes_to_the_stack_unchanged() {
     other_host[0..6].copy_from_slice(&[0x02, 0x99, 0, 0, 0, 9]);
     let mut vlan = v4_frame([10, 0, 0, 2], 64, &[], 10);
     vlan[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+    let mut bad_csum = v4_frame([10, 0, 0, 2], 64, &[], 10);
+    bad_csum[24] ^= 0x40;
+    let mut long_tot = v4_frame([10, 0, 0, 2], 64, &[], 10);
+    long_tot[16..18].copy_from_slice(&200u16.to_be_bytes());
+    long_tot[24..26].copy_from_slice(&[0, 0]);
+    let c = csum(&long_tot[14..34]);
+    long_tot[24..26].copy_from_slice(&c.to_be_bytes());
+    let mut long_v6 = v6_frame(v6(9), v6(2), 64, 17, 10);
+    long_v6[18..20].copy_from_slice(&500u16.to_be_bytes());
     let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("IPv4 header checksum wrong", bad_csum),
+        ("IPv4 total length beyond the frame", long_tot),
+        ("IPv6 payload length beyond the frame", long_v6),
+        (
+            "IPv4 source 0.0.0.0",
+            with_src_v4(v4_frame([10, 0, 0, 2], 64, &[], 10), [0; 4]),
+        ),
+        (
+            "IPv4 loopback source",
+            with_src_v4(v4_frame([10, 0, 0, 2], 64, &[], 10), [127, 0, 0, 1]),
+        ),
+        ("IPv6 source ::", v6_frame([0; 16], v6(2), 64, 17, 10)),
         ("ARP broadcast", arp),
         ("IPv4 multicast", multicast),
         ("unicast to another MAC (PACKET_OTHERHOST)", other_host),
@@ -594,7 +615,7 @@ fn spoofed_sources_are_dropped_and_counted_by_reason() {
         (
             "IPv6 DAD from ::",
             v6_frame([0; 16], v6(2), 255, 58, 10),
-            TC_ACT_REDIRECT,
+            TCX_NEXT,
         ),
         (
             "link-local source",
