@@ -12,6 +12,7 @@
 
 pub mod node;
 pub mod ns;
+pub mod raw;
 pub mod traffic;
 
 pub use node::{
