@@ -382,7 +382,11 @@ impl Node {
 
     /// Poll `stats HOST_IF` until `done` holds for it (counters are updated in softirq,
     /// possibly on another CPU, after a send returns); panics after 15 s with the last value.
-    pub fn wait_stats(&self, host_if: &str, done: impl Fn(&EndpointStats) -> bool) -> EndpointStats {
+    pub fn wait_stats(
+        &self,
+        host_if: &str,
+        done: impl Fn(&EndpointStats) -> bool,
+    ) -> EndpointStats {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let s = self.stats(host_if);

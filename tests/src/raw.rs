@@ -33,7 +33,11 @@ fn packet_socket(ifname: &str, proto: u16) -> i32 {
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
             proto.to_be() as i32,
         );
-        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = proto.to_be();
@@ -43,7 +47,11 @@ fn packet_socket(ifname: &str, proto: u16) -> i32 {
             (&sll as *const libc::sockaddr_ll).cast(),
             size_of::<libc::sockaddr_ll>() as u32,
         );
-        assert!(r == 0, "bind AF_PACKET to {ifname}: {}", std::io::Error::last_os_error());
+        assert!(
+            r == 0,
+            "bind AF_PACKET to {ifname}: {}",
+            std::io::Error::last_os_error()
+        );
         fd
     }
 }

@@ -31,11 +31,13 @@ fn maps(node: &Node) -> Maps {
     let mut m = Maps::default();
     for kv in dp.ep4().unwrap().iter() {
         let (k, t) = kv.unwrap();
-        m.ep4.insert(std::net::Ipv4Addr::from(k).to_string(), t.ifindex);
+        m.ep4
+            .insert(std::net::Ipv4Addr::from(k).to_string(), t.ifindex);
     }
     for kv in dp.ep6().unwrap().iter() {
         let (k, t) = kv.unwrap();
-        m.ep6.insert(std::net::Ipv6Addr::from(k).to_string(), t.ifindex);
+        m.ep6
+            .insert(std::net::Ipv6Addr::from(k).to_string(), t.ifindex);
     }
     m.endpoints = dp.endpoints().unwrap().keys().map(|k| k.unwrap()).collect();
     m.counters = dp.counters().unwrap().keys().map(|k| k.unwrap()).collect();
@@ -46,7 +48,10 @@ fn maps(node: &Node) -> Maps {
 /// Link pins (file names under links/).
 fn link_pins(node: &Node) -> BTreeSet<String> {
     std::fs::read_dir(node.bpffs_dir().join("links"))
-        .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -58,7 +63,12 @@ fn owned_links(node: &Node) -> BTreeMap<String, u32> {
         .unwrap()
         .iter()
         .filter(|l| l["ifalias"] == "vethfp" || l["linkinfo"]["info_kind"] == "veth")
-        .map(|l| (l["ifname"].as_str().unwrap().to_string(), l["ifindex"].as_u64().unwrap() as u32))
+        .map(|l| {
+            (
+                l["ifname"].as_str().unwrap().to_string(),
+                l["ifindex"].as_u64().unwrap() as u32,
+            )
+        })
         .collect()
 }
 
@@ -70,9 +80,17 @@ fn host_routes(node: &Node) -> BTreeMap<String, String> {
             let dst = r["dst"].as_str().unwrap_or("");
             let dev = r["dev"].as_str().unwrap_or("");
             // Host routes only (shown without a prefix); not the kernel's fe80::/64 per link.
-            if !dst.contains('/') && (dev.starts_with("vq") || dev.starts_with("vk") || dev.starts_with("vc")) {
-                let dst = dst.trim_end_matches("/32").trim_end_matches("/128").to_string();
-                assert!(out.insert(dst.clone(), dev.to_string()).is_none(), "duplicate route {dst}");
+            if !dst.contains('/')
+                && (dev.starts_with("vq") || dev.starts_with("vk") || dev.starts_with("vc"))
+            {
+                let dst = dst
+                    .trim_end_matches("/32")
+                    .trim_end_matches("/128")
+                    .to_string();
+                assert!(
+                    out.insert(dst.clone(), dev.to_string()).is_none(),
+                    "duplicate route {dst}"
+                );
             }
         }
     }
@@ -80,15 +98,25 @@ fn host_routes(node: &Node) -> BTreeMap<String, String> {
 }
 
 fn addrs(i: usize) -> (String, String) {
-    (format!("10.1.{}.{}", i / 200, i % 200 + 2), format!("fd00:1::{:x}", i + 2))
+    (
+        format!("10.1.{}.{}", i / 200, i % 200 + 2),
+        format!("fd00:1::{:x}", i + 2),
+    )
 }
 
 /// Everything agrees with exactly the endpoints `want` (host name -> index for addresses).
 fn assert_consistent(node: &Node, want: &BTreeMap<String, usize>) {
     let list = node.list_json();
-    let listed: Vec<String> = list.iter().map(|e| e["host_if"].as_str().unwrap().to_string()).collect();
+    let listed: Vec<String> = list
+        .iter()
+        .map(|e| e["host_if"].as_str().unwrap().to_string())
+        .collect();
     let uniq: BTreeSet<&String> = listed.iter().collect();
-    assert_eq!(uniq.len(), listed.len(), "duplicate entries in pair list: {listed:?}");
+    assert_eq!(
+        uniq.len(),
+        listed.len(),
+        "duplicate entries in pair list: {listed:?}"
+    );
     assert_eq!(
         uniq.into_iter().cloned().collect::<BTreeSet<_>>(),
         want.keys().cloned().collect::<BTreeSet<_>>(),
@@ -109,7 +137,12 @@ fn assert_consistent(node: &Node, want: &BTreeMap<String, usize>) {
         let idx = links[name];
         assert_eq!(e["host_ifindex"].as_u64(), Some(idx as u64), "{e}");
         let (a4, a6) = addrs(want[name]);
-        let got: BTreeSet<String> = e["addrs"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+        let got: BTreeSet<String> = e["addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
         assert_eq!(got, [format!("{a4}/24"), format!("{a6}/64")].into(), "{e}");
         want_ep4.insert(a4.clone(), idx);
         want_ep6.insert(a6.clone(), idx);
@@ -131,9 +164,19 @@ fn assert_consistent(node: &Node, want: &BTreeMap<String, usize>) {
 
 fn add_args(name: &str, ns: &str, i: usize) -> Vec<String> {
     let (a4, a6) = addrs(i);
-    ["pair", "add", name, "--netns", ns, "--addr", &format!("{a4}/24"), "--addr", &format!("{a6}/64")]
-        .map(String::from)
-        .to_vec()
+    [
+        "pair",
+        "add",
+        name,
+        "--netns",
+        ns,
+        "--addr",
+        &format!("{a4}/24"),
+        "--addr",
+        &format!("{a6}/64"),
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 #[derive(Clone)]
@@ -155,7 +198,9 @@ fn run_parallel(node: &Arc<Node>, nss: &Arc<Vec<Netns>>, ops: Vec<Op>, threads: 
                     let Some(op) = ops.get(k) else { break };
                     let args: Vec<String> = match op {
                         Op::Add(i) => add_args(&format!("vq{i}"), nss[*i].name(), *i),
-                        Op::Del(i) => ["pair", "del", &format!("vq{i}")].map(String::from).to_vec(),
+                        Op::Del(i) => ["pair", "del", &format!("vq{i}")]
+                            .map(String::from)
+                            .to_vec(),
                     };
                     let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
                     check_ok(&node.vethfp(&a), &a);
@@ -177,14 +222,23 @@ fn hundred_concurrent_adds_and_dels_leave_consistent_state() {
     let want: BTreeMap<String, usize> = (0..50).map(|i| (format!("vq{i}"), i)).collect();
     assert_consistent(&node, &want);
     // 25 dels and 25 new adds, interleaved.
-    let mixed: Vec<Op> = (0..25).flat_map(|i| [Op::Del(i), Op::Add(50 + i)]).collect();
+    let mixed: Vec<Op> = (0..25)
+        .flat_map(|i| [Op::Del(i), Op::Add(50 + i)])
+        .collect();
     run_parallel(&node, &nss, mixed, 8);
     let want: BTreeMap<String, usize> = (25..75).map(|i| (format!("vq{i}"), i)).collect();
     assert_consistent(&node, &want);
-    println!("concurrency: 100 add/del processes on 8 threads in {:?}; state consistent", t.elapsed());
+    println!(
+        "concurrency: 100 add/del processes on 8 threads in {:?}; state consistent",
+        t.elapsed()
+    );
     // Containers of deleted endpoints have nothing left; the others have their eth0.
     for (i, ns) in nss.iter().enumerate() {
-        let want: BTreeSet<String> = if i < 25 { ["lo"].map(String::from).into() } else { ["lo", "eth0"].map(String::from).into() };
+        let want: BTreeSet<String> = if i < 25 {
+            ["lo"].map(String::from).into()
+        } else {
+            ["lo", "eth0"].map(String::from).into()
+        };
         assert_eq!(ns.link_names(), want, "{}", ns.name());
     }
 }
@@ -197,20 +251,33 @@ fn container_netns_deleted_under_a_live_endpoint() {
     drop(c1); // ip netns del: the veth pair goes with it
     let deadline = Instant::now() + Duration::from_secs(10);
     while node.ns.link("vc1").is_some() {
-        assert!(Instant::now() < deadline, "vc1 still there 10 s after its netns was deleted");
+        assert!(
+            Instant::now() < deadline,
+            "vc1 still there 10 s after its netns was deleted"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     node.ok(&["pair", "del", "vc1"]);
     let m = maps(&node);
-    let idx2 = node.list_entry("vc2").unwrap()["host_ifindex"].as_u64().unwrap() as u32;
+    let idx2 = node.list_entry("vc2").unwrap()["host_ifindex"]
+        .as_u64()
+        .unwrap() as u32;
     assert_eq!(node.list_json().len(), 1);
     assert_eq!(m.endpoints, [idx2].into());
     assert_eq!(m.counters, [idx2].into());
     assert_eq!(m.devmap, [idx2].into());
     assert_eq!(m.ep4.keys().cloned().collect::<Vec<_>>(), ["10.1.0.3"]);
     assert_eq!(m.ep6.keys().cloned().collect::<Vec<_>>(), ["fd00:1::3"]);
-    assert_eq!(link_pins(&node), [format!("tcx-ingress-{idx2}"), format!("tcx-egress-{idx2}")].into());
-    assert!(node.ns.ip(&["route", "show"]).lines().all(|l| !l.contains("vc1")));
+    assert_eq!(
+        link_pins(&node),
+        [format!("tcx-ingress-{idx2}"), format!("tcx-egress-{idx2}")].into()
+    );
+    assert!(
+        node.ns
+            .ip(&["route", "show"])
+            .lines()
+            .all(|l| !l.contains("vc1"))
+    );
     assert!(ping(node.name(), c2.v4()), "the other endpoint still works");
 }
 
@@ -220,18 +287,28 @@ fn link_pin_removed_by_hand_stops_the_fast_path_and_del_cleans() {
     let c1 = node.add_container("vc1", &["10.1.0.2/24", "fd00:1::2/64"]);
     let c2 = node.add_container("vc2", &["10.1.0.3/24", "fd00:1::3/64"]);
     assert!(ping(c1.name(), c2.v4()));
-    let idx1 = node.list_entry("vc1").unwrap()["host_ifindex"].as_u64().unwrap();
+    let idx1 = node.list_entry("vc1").unwrap()["host_ifindex"]
+        .as_u64()
+        .unwrap();
     std::fs::remove_file(node.bpffs_dir().join(format!("links/tcx-ingress-{idx1}"))).unwrap();
     node.wait_quiet("vc1");
     let before = node.stats("vc1");
     // Forwarding is off in the node: without vc1's ingress program nothing carries c1's traffic.
-    assert!(!ping(c1.name(), c2.v4()), "fast path still up after its link pin was removed");
+    assert!(
+        !ping(c1.name(), c2.v4()),
+        "fast path still up after its link pin was removed"
+    );
     let d = node.stats("vc1").since(&before);
     assert_eq!(d.from("fast").packets, 0, "{d:?}");
     node.ok(&["pair", "del", "vc1"]);
     assert!(node.ns.link("vc1").is_none());
-    let idx2 = node.list_entry("vc2").unwrap()["host_ifindex"].as_u64().unwrap();
-    assert_eq!(link_pins(&node), [format!("tcx-ingress-{idx2}"), format!("tcx-egress-{idx2}")].into());
+    let idx2 = node.list_entry("vc2").unwrap()["host_ifindex"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        link_pins(&node),
+        [format!("tcx-ingress-{idx2}"), format!("tcx-egress-{idx2}")].into()
+    );
     let m = maps(&node);
     assert_eq!(m.endpoints, [idx2 as u32].into());
     assert_eq!(m.ep4.len() + m.ep6.len(), 2);
@@ -247,11 +324,22 @@ fn bpffs_unmounted_under_the_state_is_refused() {
     for args in [
         &["pair", "list"][..],
         &["stats", "--json"],
-        &["pair", "add", "vc2", "--netns", c2.name(), "--addr", "10.1.0.3/24"],
+        &[
+            "pair",
+            "add",
+            "vc2",
+            "--netns",
+            c2.name(),
+            "--addr",
+            "10.1.0.3/24",
+        ],
         &["pair", "del", "vc1"],
     ] {
         let msg = check_fails(&node.vethfp(args), args);
-        assert!(msg.contains("bpffs"), "{args:?}: refusal should say why: {msg}");
+        assert!(
+            msg.contains("bpffs"),
+            "{args:?}: refusal should say why: {msg}"
+        );
     }
     assert_eq!(node.ns.link_names(), links);
     assert_eq!(c2.link_names(), ["lo".to_string()].into());
@@ -275,7 +363,10 @@ fn pair_add_killed_at_random_points_is_repaired() {
     let base = node.snapshot();
     let base_maps = maps(&node);
     assert_eq!(base_maps, Maps::default());
-    assert!(base.links == ["lo".to_string()].into() && base.neigh.is_empty(), "{base:?}");
+    assert!(
+        base.links == ["lo".to_string()].into() && base.neigh.is_empty(),
+        "{base:?}"
+    );
     let mut log = Vec::new();
     let mut failures = Vec::new();
     for i in 0..20u32 {
@@ -295,18 +386,32 @@ fn pair_add_killed_at_random_points_is_repaired() {
         let st = child.wait().unwrap();
         let registered = node.list_entry("vk1").is_some();
         let link = node.ns.link("vk1").is_some();
-        let alias = node.ns.ip_json(&["-d", "link", "show"]).as_array().unwrap().iter()
-            .find(|l| l["ifname"] == "vk1").map(|l| l["ifalias"].to_string());
+        let alias = node
+            .ns
+            .ip_json(&["-d", "link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["ifname"] == "vk1")
+            .map(|l| l["ifalias"].to_string());
         let pins = link_pins(&node).len();
         let m = maps(&node);
         let state = format!(
             "delay {delay:?} exit {st}: registered={registered} link={link} alias={alias:?} container={:?} link_pins={pins} ep4={} ep6={} endpoints={} counters={} devmap={}",
-            c.link_names(), m.ep4.len(), m.ep6.len(), m.endpoints.len(), m.counters.len(), m.devmap.len()
+            c.link_names(),
+            m.ep4.len(),
+            m.ep6.len(),
+            m.endpoints.len(),
+            m.counters.len(),
+            m.devmap.len()
         );
         let mut step = |what: &str, args: &[&str]| -> bool {
             let out = node.vethfp(args);
             if !out.status.success() {
-                failures.push(format!("{state}: {what} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+                failures.push(format!(
+                    "{state}: {what} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
                 return false;
             }
             true
@@ -320,7 +425,11 @@ fn pair_add_killed_at_random_points_is_repaired() {
         };
         let after = node.snapshot();
         let after_maps = maps(&node);
-        if ok && (after != base || after_maps != base_maps || c.link_names() != ["lo".to_string()].into()) {
+        if ok
+            && (after != base
+                || after_maps != base_maps
+                || c.link_names() != ["lo".to_string()].into())
+        {
             failures.push(format!(
                 "{state}: leftovers after repair: links {:?} pins {:?} maps {:?} container {:?}",
                 after.links.difference(&base.links).collect::<Vec<_>>(),
@@ -342,5 +451,10 @@ fn pair_add_killed_at_random_points_is_repaired() {
     for l in &log {
         println!("  {l}");
     }
-    assert!(failures.is_empty(), "{} of 20 kills not repaired:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of 20 kills not repaired:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

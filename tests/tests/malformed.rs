@@ -131,7 +131,11 @@ fn generate(c: &Ctx, rng: &mut Rng, seq: usize) -> (&'static str, Vec<u8>) {
         2 => {
             // Truncated anywhere, including inside the Ethernet header (those are refused).
             let n = small(rng);
-            let f = if rng.chance(50) { valid4(c, rng, seq, n) } else { valid6(c, rng, seq, n) };
+            let f = if rng.chance(50) {
+                valid4(c, rng, seq, n)
+            } else {
+                valid6(c, rng, seq, n)
+            };
             let cut = rng.range(0, f.len());
             ("truncated", f[..cut].to_vec())
         }
@@ -209,12 +213,20 @@ fn generate(c: &Ctx, rng: &mut Rng, seq: usize) -> (&'static str, Vec<u8>) {
         6 => {
             // VLAN tags (802.1Q, 802.1ad, double) around an otherwise valid frame.
             let n = small(rng);
-            let mut f = if rng.chance(50) { valid4(c, rng, seq, n) } else { valid6(c, rng, seq, n) };
+            let mut f = if rng.chance(50) {
+                valid4(c, rng, seq, n)
+            } else {
+                valid6(c, rng, seq, n)
+            };
             let inner = [f[12], f[13]];
             let mut tags = Vec::new();
             let outer = if rng.chance(50) { ETH_VLAN } else { ETH_QINQ };
             tags.extend(outer.to_be_bytes());
-            let vid = if rng.chance(25) { 0 } else { rng.below(4095) as u16 + 1 };
+            let vid = if rng.chance(25) {
+                0
+            } else {
+                rng.below(4095) as u16 + 1
+            };
             tags.extend(vid.to_be_bytes());
             if rng.chance(30) {
                 tags.extend(ETH_VLAN.to_be_bytes());
@@ -238,9 +250,17 @@ fn generate(c: &Ctx, rng: &mut Rng, seq: usize) -> (&'static str, Vec<u8>) {
                 if kind == 44 {
                     h.extend(rng.bytes(6));
                 } else {
-                    let len = if rng.chance(10) { rng.below(256) as u8 } else { rng.below(3) as u8 };
+                    let len = if rng.chance(10) {
+                        rng.below(256) as u8
+                    } else {
+                        rng.below(3) as u8
+                    };
                     h[1] = len;
-                    let body = if rng.chance(10) { 6 } else { 6 + 8 * len as usize };
+                    let body = if rng.chance(10) {
+                        6
+                    } else {
+                        6 + 8 * len as usize
+                    };
                     if kind == 43 {
                         h.extend(rng.bytes(body));
                     } else {
@@ -260,13 +280,21 @@ fn generate(c: &Ctx, rng: &mut Rng, seq: usize) -> (&'static str, Vec<u8>) {
         8 => {
             // Jumbo: larger than the receiver's MTU (1500) up to and beyond the sender's (9000).
             let n = rng.range(1500, 9100);
-            let f = if rng.chance(50) { valid4(c, rng, seq, n) } else { valid6(c, rng, seq, n) };
+            let f = if rng.chance(50) {
+                valid4(c, rng, seq, n)
+            } else {
+                valid6(c, rng, seq, n)
+            };
             ("jumbo", f)
         }
         9 => {
             // Tiny: below and just above an Ethernet header.
             let n = rng.range(0, 40);
-            let mut f = raw::eth(c.gw, c.own, [ETH_IPV4, ETH_IPV6, ETH_VLAN, ETH_QINQ, 0x0806][rng.below(5) as usize]);
+            let mut f = raw::eth(
+                c.gw,
+                c.own,
+                [ETH_IPV4, ETH_IPV6, ETH_VLAN, ETH_QINQ, 0x0806][rng.below(5) as usize],
+            );
             f.extend(rng.bytes(40));
             f.truncate(n);
             ("tiny", f)
@@ -309,7 +337,11 @@ fn generate(c: &Ctx, rng: &mut Rng, seq: usize) -> (&'static str, Vec<u8>) {
         13 => {
             // Not for the gateway: multicast/broadcast or another host's MAC.
             let n = small(rng);
-            let mut f = if rng.chance(50) { valid4(c, rng, seq, n) } else { valid6(c, rng, seq, n) };
+            let mut f = if rng.chance(50) {
+                valid4(c, rng, seq, n)
+            } else {
+                valid6(c, rng, seq, n)
+            };
             let dst = match rng.below(3) {
                 0 => [0xff; 6],
                 1 => [0x33, 0x33, 0, 0, 0, 1],
@@ -420,7 +452,11 @@ fn silence(c: &Container, on: bool) {
             .args(["netns", "exec", c.name(), "nft", cmd])
             .output()
             .expect("run nft");
-        assert!(out.status.success(), "nft {cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "nft {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -446,7 +482,9 @@ fn fuzzed_frames_from_a_container() {
     node.wait_quiet("vz2");
 
     let mut rng = Rng(SEED);
-    let frames: Vec<(&str, Vec<u8>)> = (0..FRAMES).map(|i| generate(&ctx, &mut rng, i + 1)).collect();
+    let frames: Vec<(&str, Vec<u8>)> = (0..FRAMES)
+        .map(|i| generate(&ctx, &mut rng, i + 1))
+        .collect();
 
     let cap = Capture::start(c2.name(), "eth0");
     let before = node.all_stats();
@@ -461,7 +499,11 @@ fn fuzzed_frames_from_a_container() {
     let mut kernel_freed = 0u64;
     let b1 = before["vz1"].clone();
     for chunk in frames.chunks(BATCH) {
-        let r = raw::inject(c1.name(), "eth0", chunk.iter().map(|f| f.1.clone()).collect());
+        let r = raw::inject(
+            c1.name(),
+            "eth0",
+            chunk.iter().map(|f| f.1.clone()).collect(),
+        );
         for (res, (_, f)) in r.iter().zip(chunk) {
             if res.is_err() {
                 continue;
@@ -477,7 +519,9 @@ fn fuzzed_frames_from_a_container() {
         }
         results.extend(r);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while sum_from(&node.stats("vz1").since(&b1)).0 < expect_counted && Instant::now() < deadline {
+        while sum_from(&node.stats("vz1").since(&b1)).0 < expect_counted
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -486,7 +530,10 @@ fn fuzzed_frames_from_a_container() {
     let marker = valid4(&ctx, &mut rng, marker_seq, 32);
     let mut marker_tag = b"VFPZ".to_vec();
     marker_tag.extend((marker_seq as u32).to_be_bytes());
-    assert_eq!(raw::inject(c1.name(), "eth0", vec![marker.clone()]), [Ok(())]);
+    assert_eq!(
+        raw::inject(c1.name(), "eth0", vec![marker.clone()]),
+        [Ok(())]
+    );
     assert!(
         cap.wait_for(Duration::from_secs(10), |f| contains(f, &marker_tag)),
         "a valid frame after the fuzz did not arrive"
@@ -523,7 +570,10 @@ fn fuzzed_frames_from_a_container() {
         if contains(g, &marker_tag) {
             continue;
         }
-        let cands = l3_key(g).and_then(|k| by_key.get(&k)).cloned().unwrap_or_default();
+        let cands = l3_key(g)
+            .and_then(|k| by_key.get(&k))
+            .cloned()
+            .unwrap_or_default();
         if cands.is_empty() {
             unmatched += 1;
             continue;
@@ -565,14 +615,35 @@ fn fuzzed_frames_from_a_container() {
         );
     }
     let (sum_p, sum_b) = sum_from(&d1);
-    println!("sent {sent_ok} (incl. 1 marker); eth0 tx {tx}; host end rx {rx}; freed by the kernel before tcx {kernel_freed}");
-    println!("from_container verdicts on the sender: {} packets, {} bytes", sum_p, sum_b);
+    println!(
+        "sent {sent_ok} (incl. 1 marker); eth0 tx {tx}; host end rx {rx}; freed by the kernel before tcx {kernel_freed}"
+    );
+    println!(
+        "from_container verdicts on the sender: {} packets, {} bytes",
+        sum_p, sum_b
+    );
     for v in VERDICTS {
-        println!("  {v:<15} {:>6} packets {:>9} bytes", d1.from(v).packets, d1.from(v).bytes);
+        println!(
+            "  {v:<15} {:>6} packets {:>9} bytes",
+            d1.from(v).packets,
+            d1.from(v).bytes
+        );
     }
-    println!("receiver: to_container.fast {:?}, to_container.stack {:?}; captured {} frames, {} not ours", d2.to("fast"), d2.to("stack"), got.len(), unmatched);
+    println!(
+        "receiver: to_container.fast {:?}, to_container.stack {:?}; captured {} frames, {} not ours",
+        d2.to("fast"),
+        d2.to("stack"),
+        got.len(),
+        unmatched
+    );
     for &i in violations.iter().take(10) {
-        println!("violation: frame {} ({}) {} bytes: {:02x?}", i + 1, frames[i].0, frames[i].1.len(), &frames[i].1[..frames[i].1.len().min(80)]);
+        println!(
+            "violation: frame {} ({}) {} bytes: {:02x?}",
+            i + 1,
+            frames[i].0,
+            frames[i].1.len(),
+            &frames[i].1[..frames[i].1.len().min(80)]
+        );
     }
 
     // Health: the sender's own kernel stayed silent, the veth carried everything, the
@@ -582,11 +653,21 @@ fn fuzzed_frames_from_a_container() {
     assert!(ping(c1.name(), c2.v6()), "ping v6 after the fuzz");
     assert_eq!(node.list_json().len(), 2);
 
-    assert_eq!(tx, sent_ok, "c1 eth0 transmitted other frames than the injected ones");
-    assert_eq!(rx, sent_ok, "the host end did not receive every injected frame");
+    assert_eq!(
+        tx, sent_ok,
+        "c1 eth0 transmitted other frames than the injected ones"
+    );
+    assert_eq!(
+        rx, sent_ok,
+        "the host end did not receive every injected frame"
+    );
     let want_p = expect_counted + 1;
     let want_b = expect_bytes + marker.len() as u64;
-    assert_eq!((sum_p, sum_b), (want_p, want_b), "from_container verdicts must add up to the frames that reached tcx");
+    assert_eq!(
+        (sum_p, sum_b),
+        (want_p, want_b),
+        "from_container verdicts must add up to the frames that reached tcx"
+    );
     let missing: Vec<usize> = (0..frames.len())
         .filter(|&i| results[i].is_ok() && deliverable(&ctx, &frames[i].1) && !arrived[i])
         .collect();
@@ -594,10 +675,22 @@ fn fuzzed_frames_from_a_container() {
         violations.is_empty(),
         "{} frames delivered that a router would not forward: {:?}",
         violations.len(),
-        rows.iter().filter(|(_, r)| r.violations > 0).map(|(k, r)| (k, r.violations)).collect::<Vec<_>>()
+        rows.iter()
+            .filter(|(_, r)| r.violations > 0)
+            .map(|(k, r)| (k, r.violations))
+            .collect::<Vec<_>>()
     );
-    assert!(missing.is_empty(), "{} deliverable frames did not arrive, e.g. {:?}", missing.len(), missing.first().map(|&i| frames[i].0));
+    assert!(
+        missing.is_empty(),
+        "{} deliverable frames did not arrive, e.g. {:?}",
+        missing.len(),
+        missing.first().map(|&i| frames[i].0)
+    );
     let delivered = arrived.iter().filter(|a| **a).count() as u64 + 1;
-    assert_eq!(d1.from("fast").packets, delivered, "fast verdicts vs frames that arrived");
+    assert_eq!(
+        d1.from("fast").packets,
+        delivered,
+        "fast verdicts vs frames that arrived"
+    );
     assert_eq!(d2.to("fast").packets, delivered);
 }

@@ -81,26 +81,77 @@ fn spoofed(
     };
     for _ in 0..n {
         let u = |src_mac, src, dst, tag: Vec<u8>| raw::udp_frame(m.gw, src_mac, src, dst, 9, &tag);
-        out.push(("ipv4 foreign src", "drop_spoof_ip", u(m.own, foreign4, c2.v4(), t())));
-        out.push(("ipv4 src of another endpoint", "drop_spoof_ip", u(m.own, c3.v4(), c2.v4(), t())));
-        out.push(("ipv6 foreign src", "drop_spoof_ip", u(m.own, foreign6, c2.v6(), t())));
-        out.push(("ipv6 src of another endpoint", "drop_spoof_ip", u(m.own, c3.v6(), c2.v6(), t())));
-        out.push(("foreign MAC, own ipv4", "drop_spoof_mac", u(FOREIGN_MAC, c1.v4(), c2.v4(), t())));
-        out.push(("foreign MAC, own ipv6", "drop_spoof_mac", u(FOREIGN_MAC, c1.v6(), c2.v6(), t())));
+        out.push((
+            "ipv4 foreign src",
+            "drop_spoof_ip",
+            u(m.own, foreign4, c2.v4(), t()),
+        ));
+        out.push((
+            "ipv4 src of another endpoint",
+            "drop_spoof_ip",
+            u(m.own, c3.v4(), c2.v4(), t()),
+        ));
+        out.push((
+            "ipv6 foreign src",
+            "drop_spoof_ip",
+            u(m.own, foreign6, c2.v6(), t()),
+        ));
+        out.push((
+            "ipv6 src of another endpoint",
+            "drop_spoof_ip",
+            u(m.own, c3.v6(), c2.v6(), t()),
+        ));
+        out.push((
+            "foreign MAC, own ipv4",
+            "drop_spoof_mac",
+            u(FOREIGN_MAC, c1.v4(), c2.v4(), t()),
+        ));
+        out.push((
+            "foreign MAC, own ipv6",
+            "drop_spoof_mac",
+            u(FOREIGN_MAC, c1.v6(), c2.v6(), t()),
+        ));
         out.push((
             "ARP reply claiming another's IP",
             "drop_spoof_ip",
-            raw::arp_frame(BCAST, m.own, 2, m.own, v4(c2.v4()), BCAST, v4(c2.v4()), &t()),
+            raw::arp_frame(
+                BCAST,
+                m.own,
+                2,
+                m.own,
+                v4(c2.v4()),
+                BCAST,
+                v4(c2.v4()),
+                &t(),
+            ),
         ));
         out.push((
             "ARP request, foreign sender MAC",
             "drop_spoof_mac",
-            raw::arp_frame(BCAST, m.own, 1, FOREIGN_MAC, v4(c1.v4()), [0; 6], v4(c2.v4()), &t()),
+            raw::arp_frame(
+                BCAST,
+                m.own,
+                1,
+                FOREIGN_MAC,
+                v4(c1.v4()),
+                [0; 6],
+                v4(c2.v4()),
+                &t(),
+            ),
         ));
         out.push((
             "ARP, foreign Ethernet source",
             "drop_spoof_mac",
-            raw::arp_frame(BCAST, FOREIGN_MAC, 1, m.own, v4(c1.v4()), [0; 6], v4(c2.v4()), &t()),
+            raw::arp_frame(
+                BCAST,
+                FOREIGN_MAC,
+                1,
+                m.own,
+                v4(c1.v4()),
+                [0; 6],
+                v4(c2.v4()),
+                &t(),
+            ),
         ));
     }
     out
@@ -121,7 +172,11 @@ fn enforce_drops_foreign_sources_exactly() {
 
     let cap = Capture::start(c2.name(), "eth0");
     let before = node.all_stats();
-    let sent = raw::inject(c1.name(), "eth0", frames.iter().map(|f| f.2.clone()).collect());
+    let sent = raw::inject(
+        c1.name(),
+        "eth0",
+        frames.iter().map(|f| f.2.clone()).collect(),
+    );
     for (r, f) in sent.iter().zip(&frames) {
         assert_eq!(*r, Ok(()), "inject {}", f.0);
     }
@@ -129,8 +184,7 @@ fn enforce_drops_foreign_sources_exactly() {
     let d1 = node
         .wait_stats("vc1", |s| {
             let d = s.since(&b1);
-            d.from("drop_spoof_ip").packets + d.from("drop_spoof_mac").packets
-                >= want_ip + want_mac
+            d.from("drop_spoof_ip").packets + d.from("drop_spoof_mac").packets >= want_ip + want_mac
         })
         .since(&b1);
 
@@ -155,7 +209,11 @@ fn enforce_drops_foreign_sources_exactly() {
     assert_eq!(d1.from("drop_spoof_ip").packets, want_ip, "{d1:?}");
     assert_eq!(d1.from("drop_spoof_mac").packets, want_mac, "{d1:?}");
     let bytes = |reason: &str| -> u64 {
-        frames.iter().filter(|f| f.1 == reason).map(|f| f.2.len() as u64).sum()
+        frames
+            .iter()
+            .filter(|f| f.1 == reason)
+            .map(|f| f.2.len() as u64)
+            .sum()
     };
     assert_eq!(d1.from("drop_spoof_ip").bytes, bytes("drop_spoof_ip"));
     assert_eq!(d1.from("drop_spoof_mac").bytes, bytes("drop_spoof_mac"));
@@ -178,8 +236,18 @@ fn enforce_drops_foreign_sources_exactly() {
 }
 
 fn no_drops(d: &EndpointStats) {
-    for v in ["drop_spoof_ip", "drop_spoof_mac", "drop_policy", "drop_error"] {
-        assert_eq!(d.from(v), zero(), "{}: from_container.{v}: {d:?}", d.host_if);
+    for v in [
+        "drop_spoof_ip",
+        "drop_spoof_mac",
+        "drop_policy",
+        "drop_error",
+    ] {
+        assert_eq!(
+            d.from(v),
+            zero(),
+            "{}: from_container.{v}: {d:?}",
+            d.host_if
+        );
     }
 }
 
@@ -191,8 +259,18 @@ fn own_traffic_arp_nd_dad_keep_working() {
 
     // Own unicast traffic, both families, both directions.
     for (a, b) in [(&c1, &c2), (&c2, &c1)] {
-        assert!(vethfp_tests::ping(a.name(), b.v4()), "ping {} -> {}", a.v4(), b.v4());
-        assert!(vethfp_tests::ping(a.name(), b.v6()), "ping {} -> {}", a.v6(), b.v6());
+        assert!(
+            vethfp_tests::ping(a.name(), b.v4()),
+            "ping {} -> {}",
+            a.v4(),
+            b.v4()
+        );
+        assert!(
+            vethfp_tests::ping(a.name(), b.v6()),
+            "ping {} -> {}",
+            a.v6(),
+            b.v6()
+        );
     }
 
     // ARP from the container: its own request and an ARP probe (sender 0.0.0.0) pass to the
@@ -201,8 +279,26 @@ fn own_traffic_arp_nd_dad_keep_working() {
     let t1 = tag("arp", 1);
     let t2 = tag("arp", 2);
     let arps = vec![
-        raw::arp_frame(BCAST, m.own, 1, m.own, v4(c1.v4()), [0; 6], Ipv4Addr::new(169, 254, 1, 1), &t1),
-        raw::arp_frame(BCAST, m.own, 1, m.own, Ipv4Addr::UNSPECIFIED, [0; 6], v4(c1.v4()), &t2),
+        raw::arp_frame(
+            BCAST,
+            m.own,
+            1,
+            m.own,
+            v4(c1.v4()),
+            [0; 6],
+            Ipv4Addr::new(169, 254, 1, 1),
+            &t1,
+        ),
+        raw::arp_frame(
+            BCAST,
+            m.own,
+            1,
+            m.own,
+            Ipv4Addr::UNSPECIFIED,
+            [0; 6],
+            v4(c1.v4()),
+            &t2,
+        ),
     ];
     let len: u64 = arps.iter().map(|f| f.len() as u64).sum();
     assert_eq!(raw::inject(c1.name(), "eth0", arps), [Ok(()), Ok(())]);
@@ -216,14 +312,15 @@ fn own_traffic_arp_nd_dad_keep_working() {
     // permanent neighbour entries) and ping it from the node. The replies come from the
     // container's own MAC and addresses.
     for a in [c1.v4(), c1.v6()] {
-        node.ns
-            .ip(&["neigh", "del", &a.to_string(), "dev", "vc1"]);
+        node.ns.ip(&["neigh", "del", &a.to_string(), "dev", "vc1"]);
         let n_ip = if a.is_ipv4() { node.v4() } else { node.v6() };
         assert!(
             vethfp_tests::ping_from(node.name(), Some(n_ip), a),
             "node -> {a} with ARP/ND resolution"
         );
-        let neigh = node.ns.ip_json(&["neigh", "show", &a.to_string(), "dev", "vc1"]);
+        let neigh = node
+            .ns
+            .ip_json(&["neigh", "show", &a.to_string(), "dev", "vc1"]);
         let st = neigh[0]["state"].as_array().cloned().unwrap_or_default();
         assert!(
             !st.iter().any(|s| s == "FAILED" || s == "INCOMPLETE"),
@@ -231,16 +328,29 @@ fn own_traffic_arp_nd_dad_keep_working() {
         );
         assert_eq!(
             neigh[0]["lladdr"].as_str(),
-            Some(node.list_entry("vc1").unwrap()["container_mac"].as_str().unwrap()),
+            Some(
+                node.list_entry("vc1").unwrap()["container_mac"]
+                    .as_str()
+                    .unwrap()
+            ),
             "{neigh}"
         );
     }
 
     // DAD with enforcement live: re-add the container's IPv6 address; it must become
     // usable (not tentative, not dadfailed) and carry traffic again.
-    c1.ns.ip(&["-6", "addr", "del", "fd00:1::2/64", "dev", "eth0"]);
+    c1.ns
+        .ip(&["-6", "addr", "del", "fd00:1::2/64", "dev", "eth0"]);
     // noprefixroute, as vethfp configures it: routed mode, no on-link prefix.
-    c1.ns.ip(&["-6", "addr", "add", "fd00:1::2/64", "dev", "eth0", "noprefixroute"]);
+    c1.ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd00:1::2/64",
+        "dev",
+        "eth0",
+        "noprefixroute",
+    ]);
     c1.ns.wait_addrs_ready(Duration::from_secs(10));
     let a = c1.ns.ip_json(&["-6", "addr", "show", "dev", "eth0"]);
     let info = a[0]["addr_info"].as_array().unwrap();
@@ -248,7 +358,10 @@ fn own_traffic_arp_nd_dad_keep_working() {
         .iter()
         .find(|x| x["local"] == "fd00:1::2")
         .unwrap_or_else(|| panic!("fd00:1::2 gone: {a}"));
-    assert!(global["tentative"] != true && global["dadfailed"] != true, "{global}");
+    assert!(
+        global["tentative"] != true && global["dadfailed"] != true,
+        "{global}"
+    );
     assert!(vethfp_tests::ping(c1.name(), c2.v6()), "ping6 after DAD");
 
     let d = node.stats("vc1").since(&before);
@@ -262,9 +375,14 @@ fn audit_counts_and_delivers_via_the_stack_never_fast() {
     node.ns.sysctl("net.ipv4.ip_forward", "1");
     node.ns.sysctl("net.ipv6.conf.all.forwarding", "1");
     for scope in ["all", "default"] {
-        node.ns.sysctl(&format!("net.ipv4.conf.{scope}.rp_filter"), "0");
+        node.ns
+            .sysctl(&format!("net.ipv4.conf.{scope}.rp_filter"), "0");
     }
-    let c1 = node.add_container_with("vc1", &["10.1.0.2/24", "fd00:1::2/64"], &["--spoof", "audit"]);
+    let c1 = node.add_container_with(
+        "vc1",
+        &["10.1.0.2/24", "fd00:1::2/64"],
+        &["--spoof", "audit"],
+    );
     let c2 = node.add_container("vc2", &["10.1.0.3/24", "fd00:1::3/64"]);
     node.ns.sysctl("net.ipv4.conf.vc1.rp_filter", "0");
     assert_eq!(node.list_entry("vc1").unwrap()["spoof"], "audit");
@@ -296,23 +414,28 @@ fn audit_counts_and_delivers_via_the_stack_never_fast() {
     let r = raw::inject(c1.name(), "eth0", frames);
     assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
     // Every one of them arrives at c2, forwarded by the node's kernel.
-    let all_in = cap.wait_for(Duration::from_secs(10), |_| true)
-        && {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                let got = cap.so_far();
-                if tags.iter().all(|t| got.iter().any(|g| contains(g, t))) {
-                    break true;
-                }
-                if std::time::Instant::now() > deadline {
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    let all_in = cap.wait_for(Duration::from_secs(10), |_| true) && {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = cap.so_far();
+            if tags.iter().all(|t| got.iter().any(|g| contains(g, t))) {
+                break true;
             }
-        };
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     let got = cap.stop();
-    let arrived = tags.iter().filter(|t| got.iter().any(|g| contains(g, t))).count();
-    assert!(all_in, "audit: {arrived} of {total} frames arrived at c2 via the kernel");
+    let arrived = tags
+        .iter()
+        .filter(|t| got.iter().any(|g| contains(g, t)))
+        .count();
+    assert!(
+        all_in,
+        "audit: {arrived} of {total} frames arrived at c2 via the kernel"
+    );
     let b1 = before["vc1"].clone();
     let d1 = node
         .wait_stats("vc1", |s| {
@@ -322,10 +445,20 @@ fn audit_counts_and_delivers_via_the_stack_never_fast() {
         .since(&b1);
     assert_eq!(d1.from("drop_spoof_ip").packets, 2 * n as u64, "{d1:?}");
     assert_eq!(d1.from("drop_spoof_mac").packets, n as u64, "{d1:?}");
-    assert_eq!(d1.from("fast"), zero(), "audit must never take the fast path: {d1:?}");
-    assert_eq!(d1.from("stack"), zero(), "counted once, under the reason only: {d1:?}");
+    assert_eq!(
+        d1.from("fast"),
+        zero(),
+        "audit must never take the fast path: {d1:?}"
+    );
+    assert_eq!(
+        d1.from("stack"),
+        zero(),
+        "counted once, under the reason only: {d1:?}"
+    );
     let d2 = node.stats("vc2").since(&before["vc2"]);
     assert_eq!(d2.to("fast"), zero(), "{d2:?}");
     assert_eq!(d2.to("stack").packets, total, "{d2:?}");
-    println!("spoof audit: {total} spoofed frames, all counted under their reason and delivered by the kernel");
+    println!(
+        "spoof audit: {total} spoofed frames, all counted under their reason and delivered by the kernel"
+    );
 }
