@@ -10,6 +10,7 @@
 //! Kernel chatter on new links (router solicitations, repeated MLD reports) is turned off in
 //! every namespace made here, so per-endpoint counters can be compared exactly.
 
+pub mod cni;
 pub mod node;
 pub mod ns;
 pub mod raw;

@@ -2,8 +2,11 @@
 //!
 //! Data flows one way: front end → [`endpoint`] registry → ([`netlink`], [`datapath`]) → kernel.
 
+pub mod bridge;
+pub mod cni;
 pub mod datapath;
 pub mod endpoint;
 pub mod ethtool;
+pub mod inspect;
 pub mod netlink;
 pub mod types;

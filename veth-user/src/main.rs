@@ -37,6 +37,9 @@ enum Cmd {
     /// Attach or detach the uplink fast path (node NIC ↔ containers).
     #[command(subcommand)]
     Uplink(UplinkCmd),
+    /// Accelerate an existing Linux bridge (docker0, cni0) in place, or release it.
+    #[command(subcommand)]
+    Bridge(BridgeCmd),
     /// Node-wide view: uplinks and their counters, switches, number of endpoints.
     Status {
         /// Print JSON.
@@ -67,6 +70,21 @@ enum UplinkCmd {
     },
     /// Remove the uplink fast path from IFACE.
     Detach { iface: String },
+}
+
+#[derive(Subcommand)]
+enum BridgeCmd {
+    /// Deliver unicast between the bridge's containers straight to the destination container
+    /// (L2 semantics: frames unchanged); ARP, broadcast, multicast and unknown MACs keep going
+    /// through the bridge. Refuses where the bridge enforces isolation, VLANs or netfilter rules.
+    Accelerate {
+        bridge: String,
+        /// Accelerate even where the bridge would enforce something the fast path skips.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove the fast path from every port of the bridge.
+    Release { bridge: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -159,6 +177,9 @@ impl Mode {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return cni_main();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -185,6 +206,29 @@ fn main() -> ExitCode {
             eprintln!("vethfp: error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// CNI plugin mode (see docs/CNI.md): config on stdin, the result or the spec's error object
+/// on stdout, non-zero exit on error. Logs go to stderr only.
+fn cni_main() -> ExitCode {
+    use std::io::Read as _;
+    use vethfp::cni;
+    let mut stdin = Vec::new();
+    let reply = match std::io::stdin().read_to_end(&mut stdin) {
+        Ok(_) => cni::handle(&cni::CniEnv::from_process(), &stdin),
+        Err(e) => cni::Reply::error(
+            cni::CURRENT_VERSION,
+            &cni::CniError::new(cni::ERR_IO, format!("reading the config from stdin: {e}")),
+        ),
+    };
+    if let Some(json) = &reply.json {
+        println!("{json}");
+    }
+    if reply.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -285,6 +329,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .uplink_detach(&iface)
                 .with_context(|| format!("uplink detach {iface}"))?;
             println!("uplink {iface} detached");
+        }
+        Cmd::Bridge(BridgeCmd::Accelerate { bridge, force }) => {
+            let ports = Registry::open(&dir)?
+                .bridge_accelerate(&bridge, force)
+                .with_context(|| format!("bridge accelerate {bridge}"))?;
+            println!(
+                "{bridge}: {} port(s) accelerated{}{}",
+                ports.len(),
+                if ports.is_empty() { "" } else { ": " },
+                ports
+                    .iter()
+                    .map(|p| p.host_if.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Cmd::Bridge(BridgeCmd::Release { bridge }) => {
+            let ports = Registry::open(&dir)?
+                .bridge_release(&bridge)
+                .with_context(|| format!("bridge release {bridge}"))?;
+            println!("{bridge}: {} port(s) released", ports.len());
         }
         Cmd::Status { json } => {
             let st = Registry::open_read(&dir)?.status()?;
