@@ -17,10 +17,11 @@ pub mod raw;
 pub mod traffic;
 
 pub use node::{
-    Container, Count, EndpointStats, Node, Snapshot, VERDICTS, check_fails, check_ok, vethfp_bin,
+    Container, Count, EndpointStats, Node, Snapshot, UplinkStats, VERDICTS, bpf_stats, check_fails,
+    check_ok, vethfp_bin,
 };
 pub use ns::{Bpffs, Netns, in_netns, ip, is_bpffs, join, run_in_netns, unique_name};
 pub use traffic::{
-    TIMEOUT, UdpReceiver, ping, ping_from, tcp_echo, udp_frame_len, udp_recv, udp_send,
-    udp_send_to, udp_transfer,
+    TIMEOUT, TcpFlow, UdpReceiver, ping, ping_from, tcp_echo, tcp_flow, udp_frame_len, udp_recv,
+    udp_send, udp_send_to, udp_transfer,
 };

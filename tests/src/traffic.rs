@@ -396,3 +396,128 @@ pub fn ping_from(ns: &str, src: Option<IpAddr>, dst: IpAddr) -> bool {
         false
     })
 }
+
+/// A TCP stream that runs until told to stop: a client in one namespace writes a known byte
+/// pattern continuously, a server in another echoes it, and the client checks every echoed
+/// byte. For changing things under a live connection.
+pub struct TcpFlow {
+    echoed: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    client: JoinHandle<Result<(u64, u64), String>>,
+    server: JoinHandle<Result<usize, String>>,
+}
+
+impl TcpFlow {
+    /// Bytes echoed back and verified so far.
+    pub fn echoed(&self) -> u64 {
+        self.echoed.load(Ordering::Acquire)
+    }
+
+    /// Poll until at least `bytes` were echoed and verified; false after `timeout`.
+    pub fn wait_echoed(&self, bytes: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.echoed() < bytes {
+            if Instant::now() > deadline || self.client.is_finished() {
+                return self.echoed() >= bytes;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Stop writing, let the echo drain, and check that every byte written came back intact
+    /// and the server saw all of them. Returns the number of bytes that made the round trip.
+    pub fn finish(self) -> Result<u64, String> {
+        self.stop.store(true, Ordering::Release);
+        let client = join(self.client);
+        let served = join(self.server);
+        let (written, got) = client?;
+        let served = served? as u64;
+        if got != written || served != written {
+            return Err(format!(
+                "wrote {written} bytes, server saw {served}, {got} came back"
+            ));
+        }
+        Ok(got)
+    }
+}
+
+/// Start a [`TcpFlow`] from `client_ns` to a server in `server_ns` on `server_ip`.
+pub fn tcp_flow(client_ns: &str, server_ns: &str, server_ip: IpAddr) -> TcpFlow {
+    let (tx, rx) = mpsc::channel();
+    let server = in_netns(server_ns, move || -> Result<usize, String> {
+        let l = TcpListener::bind(SocketAddr::new(server_ip, 0))
+            .map_err(|e| format!("server bind {server_ip}: {e}"))?;
+        tx.send(l.local_addr().unwrap()).unwrap();
+        socket::setsockopt(&l, socket::sockopt::ReceiveTimeout, &TimeVal::new(10, 0))
+            .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
+        let (mut s, _) = l.accept().map_err(|e| format!("server accept: {e}"))?;
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut total = 0;
+        loop {
+            let k = s.read(&mut buf).map_err(|e| format!("server read: {e}"))?;
+            if k == 0 {
+                break;
+            }
+            s.write_all(&buf[..k])
+                .map_err(|e| format!("server write: {e}"))?;
+            total += k;
+        }
+        s.shutdown(Shutdown::Write).ok();
+        Ok(total)
+    });
+    let addr = rx
+        .recv_timeout(TIMEOUT)
+        .expect("tcp flow: server did not start");
+    let echoed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (e, st) = (echoed.clone(), stop.clone());
+    let client = in_netns(client_ns, move || -> Result<(u64, u64), String> {
+        let s = TcpStream::connect_timeout(&addr, TIMEOUT)
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || -> Result<u64, String> {
+            let chunk = 16 << 10;
+            let mut sent = 0usize;
+            while !st.load(Ordering::Acquire) {
+                let data: Vec<u8> = (sent..sent + chunk).map(pattern).collect();
+                w.write_all(&data)
+                    .map_err(|e| format!("client write at {sent}: {e}"))?;
+                sent += chunk;
+            }
+            w.shutdown(Shutdown::Write)
+                .map_err(|e| format!("client shutdown: {e}"))?;
+            Ok(sent as u64)
+        });
+        let mut r = s;
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let k = r
+                .read(&mut buf)
+                .map_err(|e| format!("client read at {got}: {e}"))?;
+            if k == 0 {
+                break;
+            }
+            for (j, b) in buf[..k].iter().enumerate() {
+                if *b != pattern(got + j) {
+                    return Err(format!("byte {} corrupted", got + j));
+                }
+            }
+            got += k;
+            e.store(got as u64, Ordering::Release);
+        }
+        let written = join(writer)?;
+        Ok((written, got as u64))
+    });
+    TcpFlow {
+        echoed,
+        stop,
+        client,
+        server,
+    }
+}

@@ -47,6 +47,8 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const FIB_SUCCESS: c_long = 0;
 const FIB_NO_NEIGH: c_long = 7;
+/// bpf_check_mtu: also check each segment of a GSO packet.
+const BPF_MTU_CHK_SEGS: u64 = 1;
 
 #[inline(always)]
 fn skb_fields(ctx: &TcContext) -> (u32, u32, u32) {
@@ -131,7 +133,8 @@ pub fn redirect_peer(from: u32, from_dir: usize, verdict: usize, t: &Target, len
 }
 
 /// Does the frame fit the destination's MTU? Small frames are settled by the stored MTU; larger
-/// ones and GSO super-packets by bpf_check_mtu, which validates GSO segment sizes exactly.
+/// ones and GSO super-packets by bpf_check_mtu, which validates GSO segment sizes exactly
+/// (with BPF_MTU_CHK_SEGS; without it every GSO packet passes).
 /// Frames that do not fit go to the stack, which fragments or sends "fragmentation needed" /
 /// "packet too big".
 #[inline(always)]
@@ -141,7 +144,15 @@ fn fits(ctx: &TcContext, pkt: &Pkt, len: u32, t: &Target) -> bool {
     }
     let mut mtu_len: u32 = 0;
     // SAFETY: helper call on this program's skb with a valid out pointer.
-    unsafe { bpf_check_mtu(ctx.skb.skb.cast(), t.ifindex, &mut mtu_len, 0, 0) == 0 }
+    unsafe {
+        bpf_check_mtu(
+            ctx.skb.skb.cast(),
+            t.ifindex,
+            &mut mtu_len,
+            0,
+            BPF_MTU_CHK_SEGS,
+        ) == 0
+    }
 }
 
 /// Container → outside: when the node's FIB routes the packet out of an attached uplink,
@@ -174,7 +185,17 @@ fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, len: u32) -> Option<i32> {
             }
         }
     }
-    // tot_len 0: the helper checks the egress MTU on the skb itself, GSO-aware.
+    // The MTU. With tot_len 0 the helper would only check the device MTU, with 4 bytes of VLAN
+    // slack (is_skb_forwardable), not at all when the neighbour is unresolved, and never for
+    // GSO packets: DF packets up to 4 bytes over the MTU, and every TCP segment a TSO sender
+    // makes, would go out oversized, and the sender would never get its ICMP. So: a plain
+    // packet's L3 length goes in tot_len (the FIB checks it against the route's MTU, learnt
+    // PMTU included, before anything else); a GSO packet's segments are checked below.
+    // SAFETY: ctx.skb.skb is the valid __sk_buff of this invocation.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    if !gso {
+        p.__bindgen_anon_1.tot_len = pkt.l3_len() as u16;
+    }
     p.ifindex = ifindex;
     // SAFETY: helper call with a valid params struct of the size passed.
     let rc = unsafe {
@@ -188,6 +209,13 @@ fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, len: u32) -> Option<i32> {
     let out = p.ifindex;
     if (rc != FIB_SUCCESS && rc != FIB_NO_NEIGH) || VFP_UPLINKS.get_ptr(out).is_none() {
         return None;
+    }
+    let mut mtu_len: u32 = 0;
+    // SAFETY: helper call on this program's skb with a valid out pointer.
+    if gso
+        && unsafe { bpf_check_mtu(ctx.skb.skb.cast(), out, &mut mtu_len, 0, BPF_MTU_CHK_SEGS) } != 0
+    {
+        return None; // the stack sends "fragmentation needed" / "packet too big"
     }
     let ret = if rc == FIB_SUCCESS {
         pkt.rewrite(p.dmac, p.smac);
