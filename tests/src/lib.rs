@@ -13,6 +13,7 @@
 pub mod cni;
 pub mod node;
 pub mod ns;
+pub mod raw;
 pub mod traffic;
 
 pub use node::{

@@ -380,6 +380,27 @@ impl Node {
         }
     }
 
+    /// Poll `stats HOST_IF` until `done` holds for it (counters are updated in softirq,
+    /// possibly on another CPU, after a send returns); panics after 15 s with the last value.
+    pub fn wait_stats(
+        &self,
+        host_if: &str,
+        done: impl Fn(&EndpointStats) -> bool,
+    ) -> EndpointStats {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = self.stats(host_if);
+            if done(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host_if}: counters did not reach the expected state within 15 s: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Create a container namespace and `pair add HOST_IF --netns C --addr ... EXTRA...`;
     /// waits until the container's and the host end's addresses have finished DAD.
     pub fn add_container_with(&self, host_if: &str, addrs: &[&str], extra: &[&str]) -> Container {

@@ -1,7 +1,7 @@
 //! The datapath as the control plane sees it: the embedded BPF object, its pinned maps,
 //! programs and links under `--bpffs DIR`, and typed access to the maps.
 //!
-//! Layout of DIR (all created 0700 / pinned by the kernel's bpffs rules):
+//! Layout of DIR (directories 0700, every pin 0600: only root may read or change the state):
 //! ```text
 //! DIR/VFP_EP4, VFP_EP6, VFP_ENDPOINTS, VFP_COUNTERS, VFP_CONFIG   maps, by name
 //! DIR/progs/<program>-<object hash>                                 loaded programs
@@ -153,8 +153,18 @@ fn make_dir(dir: &Path) -> Result<()> {
             Err(source) => return Err(DatapathError::StateDir { path: d, source }),
         }
     }
-    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    for d in [dir.to_path_buf(), dir.join("progs"), dir.join("links")] {
+        restrict(&d, 0o700)?;
+    }
     Ok(())
+}
+
+/// Pins and state directories are root's alone: whoever can open a pinned map can change the
+/// datapath, whoever can read one learns every endpoint. The mode is set explicitly (not left
+/// to the umask), also on pins and directories an earlier version made.
+fn restrict(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(io(format!("chmod {mode:o} {}", path.display())))
 }
 
 /// An exclusive lock on the state directory for the duration of one registry operation, so
@@ -252,6 +262,9 @@ impl Datapath {
             loader.map_pin_path(name, dir.join(name));
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
+        for name in MAPS {
+            restrict(&dir.join(name), 0o600)?;
+        }
         for name in PROGRAMS {
             let pin = prog_pin(dir, name);
             if pin.exists() {
@@ -276,6 +289,7 @@ impl Datapath {
                 path: pin.clone(),
                 source,
             })?;
+            restrict(&pin, 0o600)?;
         }
         MAPS.into_iter()
             .map(|m| {
@@ -452,6 +466,10 @@ impl Datapath {
             path: pin.clone(),
             source,
         })?;
+        if let Err(e) = restrict(&pin, 0o600) {
+            let _ = fs::remove_file(&pin); // detaches: nothing stays attached on failure
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -503,6 +521,10 @@ impl Datapath {
             path: pin.clone(),
             source,
         })?;
+        if let Err(e) = restrict(&pin, 0o600) {
+            let _ = fs::remove_file(&pin); // detaches: nothing stays attached on failure
+            return Err(e);
+        }
         Ok(())
     }
 
