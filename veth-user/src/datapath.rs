@@ -46,10 +46,10 @@ pub const PROG_TC_INGRESS: &str = "vfp_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "vfp_tc_egress";
 pub const PROG_XDP: &str = "vfp_xdp";
 pub const PROG_UPLINK_INGRESS: &str = "vfp_uplink_ingress";
-const HOOK_TC_INGRESS: &str = "tcx-ingress";
-const HOOK_TC_EGRESS: &str = "tcx-egress";
-const HOOK_XDP: &str = "xdp";
-const HOOK_UPLINK: &str = "uplink-ingress";
+pub const HOOK_TC_INGRESS: &str = "tcx-ingress";
+pub const HOOK_TC_EGRESS: &str = "tcx-egress";
+pub const HOOK_XDP: &str = "xdp";
+pub const HOOK_UPLINK: &str = "uplink-ingress";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -178,7 +178,7 @@ impl StateLock {
 }
 
 /// FNV-1a of the embedded object: names the pinned programs of this build.
-fn object_hash() -> u64 {
+pub fn object_hash() -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in EBPF_OBJECT {
         h ^= *b as u64;
@@ -304,7 +304,7 @@ impl Datapath {
 
     /// Pin path of program `name` of this build, loading (verifying) and pinning it first if
     /// no earlier call did.
-    fn pinned_program(&mut self, name: &'static str) -> Result<PathBuf> {
+    pub(crate) fn pinned_program(&mut self, name: &'static str) -> Result<PathBuf> {
         let pin = self
             .dir
             .join("progs")
@@ -362,7 +362,7 @@ impl Datapath {
         Ok(())
     }
 
-    fn attach_one(
+    pub(crate) fn attach_one(
         &mut self,
         iface: &str,
         ifindex: u32,

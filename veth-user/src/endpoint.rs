@@ -678,6 +678,24 @@ impl Registry {
         let rec = self
             .record_by_name(name)?
             .ok_or_else(|| EndpointError::NotFound(name.into()))?;
+        self.remove_record(&rec)
+    }
+
+    /// Removes the endpoint registered under host ifindex `ifindex` (the agent does this when
+    /// the interface vanished). Returns its host interface name; None if there is none.
+    pub fn remove_by_ifindex(&mut self, ifindex: u32) -> Result<Option<String>> {
+        let rec = match self.dp.endpoints()?.get(&ifindex, 0) {
+            Ok(rec) => rec,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(map_err("VFP_ENDPOINTS")(e)),
+        };
+        self.remove_record(&rec)?;
+        Ok(Some(get_str(&rec.host_name)))
+    }
+
+    fn remove_record(&mut self, rec: &EndpointRecord) -> Result<()> {
+        let name = get_str(&rec.host_name);
+        let name = name.as_str();
         let ifindex = rec.target.ifindex;
         for a in rec.addrs[..(rec.naddrs as usize).min(MAX_ADDRS)]
             .iter()
