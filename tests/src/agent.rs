@@ -101,7 +101,10 @@ impl Agent {
             let c = self.child.as_mut().expect("agent running");
             if let Some(st) = c.try_wait().expect("wait agent") {
                 self.finish_log();
-                panic!("agent exited ({st}) before it was ready; log:\n{}", self.log());
+                panic!(
+                    "agent exited ({st}) before it was ready; log:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -142,7 +145,10 @@ impl Agent {
             if Instant::now() > deadline {
                 c.kill().ok();
                 c.wait().ok();
-                panic!("agent did not exit 60 s after signal {sig}; log:\n{}", self.log());
+                panic!(
+                    "agent did not exit 60 s after signal {sig}; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         };
@@ -235,7 +241,11 @@ impl Metrics {
             let (name, labels, rest) = match line.find('{') {
                 Some(i) => {
                     let end = line.rfind('}').expect("closing brace");
-                    (&line[..i], parse_labels(&line[i + 1..end]), &line[end + 1..])
+                    (
+                        &line[..i],
+                        parse_labels(&line[i + 1..end]),
+                        &line[end + 1..],
+                    )
                 }
                 None => {
                     let (n, r) = line.split_once(' ').expect("name value");
@@ -319,7 +329,10 @@ mod tests {
         let m = Metrics::parse(
             "# HELP a x\n# TYPE a counter\na_total{host_if=\"v1\",netns=\"c\\\"1\"} 3\nb 1.5\n# EOF\n",
         );
-        assert_eq!(m.get("a_total", &[("host_if", "v1"), ("netns", "c\"1")]), Some(3.0));
+        assert_eq!(
+            m.get("a_total", &[("host_if", "v1"), ("netns", "c\"1")]),
+            Some(3.0)
+        );
         assert_eq!(m.get("b", &[]), Some(1.5));
         assert_eq!(m.types["a"], "counter");
     }

@@ -84,7 +84,10 @@ fn external_link_del_and_vanished_netns_are_cleaned_up() {
     assert!(ping(c4.name(), c2.v4()));
 
     let m = agent.scrape();
-    assert_eq!(m.get("vethfp_agent_endpoints_removed_total", &[]), Some(2.0));
+    assert_eq!(
+        m.get("vethfp_agent_endpoints_removed_total", &[]),
+        Some(2.0)
+    );
     assert_eq!(m.get("vethfp_agent_reconciles_total", &[]), Some(1.0));
     assert_eq!(m.get("vethfp_endpoints", &[]), Some(2.0));
     let (st, log) = agent.terminate();
@@ -130,7 +133,10 @@ fn start_reconciles_what_happened_while_no_agent_ran() {
     let (st, log) = agent.terminate();
     assert!(st.success(), "{log}");
     assert!(log.contains("re-attached missing link"), "{log}");
-    assert!(log.contains("removed endpoint: host interface is gone"), "{log}");
+    assert!(
+        log.contains("removed endpoint: host interface is gone"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -83,8 +83,7 @@ fn echo(client_ns: &str, server_ns: &str, server: SocketAddr) -> Echo {
                 .map_err(|e| format!("server write: {e}"))?;
         }
     });
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("server up");
+    rx.recv_timeout(Duration::from_secs(10)).expect("server up");
     let rounds = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (r, st) = (rounds.clone(), stop.clone());
@@ -162,7 +161,10 @@ fn new_build_replaces_programs_in_place_under_tcp() {
             dp.replace_program(hook, *i, pin).expect("switch to old");
             let after = dp.link_state(hook, *i).unwrap().unwrap();
             assert_eq!(after.link_id, before.link_id, "link replaced, not updated");
-            assert!(!current.contains(&after.prog_id), "still the current program");
+            assert!(
+                !current.contains(&after.prog_id),
+                "still the current program"
+            );
             links.push((*hook, *i, after.link_id, after.prog_id));
         }
     }
@@ -176,8 +178,14 @@ fn new_build_replaces_programs_in_place_under_tcp() {
     let agent = Agent::start(&node, &[]);
     for (hook, i, link_id, old_prog) in &links {
         let now = dp.link_state(hook, *i).unwrap().expect("link pin kept");
-        assert_eq!(now.link_id, *link_id, "{hook} on {i}: the link must stay the same");
-        assert_ne!(now.prog_id, *old_prog, "{hook} on {i}: still the old program");
+        assert_eq!(
+            now.link_id, *link_id,
+            "{hook} on {i}: the link must stay the same"
+        );
+        assert_ne!(
+            now.prog_id, *old_prog,
+            "{hook} on {i}: still the old program"
+        );
         let want = if *hook == HOOK_TC_INGRESS {
             current[0]
         } else {
@@ -213,9 +221,5 @@ fn new_build_replaces_programs_in_place_under_tcp() {
     );
     let (st, log) = agent.terminate();
     assert!(st.success(), "{log}");
-    assert_eq!(
-        log.matches("replaced program in place").count(),
-        4,
-        "{log}"
-    );
+    assert_eq!(log.matches("replaced program in place").count(), 4, "{log}");
 }
