@@ -187,34 +187,108 @@ pub fn object_hash() -> u64 {
     h
 }
 
+/// Every program of the datapath; all are loaded and pinned together, once per build.
+pub const PROGRAMS: [&str; 4] = [
+    PROG_TC_INGRESS,
+    PROG_TC_EGRESS,
+    PROG_XDP,
+    PROG_UPLINK_INGRESS,
+];
+
 /// The opened datapath: maps (pinned, shared by every process) and the means to attach.
 pub struct Datapath {
     dir: PathBuf,
-    ebpf: Ebpf,
+    maps: std::collections::HashMap<&'static str, aya::maps::Map>,
+}
+
+fn prog_pin(dir: &Path, name: &str) -> PathBuf {
+    dir.join("progs")
+        .join(format!("{name}-{:016x}", object_hash()))
+}
+
+/// A pinned map opened as the variant its name has in the object.
+fn map_from_pin(dir: &Path, name: &'static str) -> Result<aya::maps::Map> {
+    use aya::maps::Map;
+    let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
+    Ok(match name {
+        MAP_COUNTERS => Map::PerCpuHashMap(data),
+        MAP_CONFIG => Map::Array(data),
+        MAP_DEVMAP => Map::DevMapHash(data),
+        _ => Map::HashMap(data),
+    })
 }
 
 impl Datapath {
     /// Opens (creating on first use) the pinned datapath state in `dir`.
+    ///
+    /// The first call with a given build loads the object (creating or reusing the pinned
+    /// maps), verifies every program and pins it. Later calls open maps and programs from their
+    /// pins and never parse the object or the kernel's BTF: that is most of a CLI call's cost.
     pub fn open(dir: &Path) -> Result<Datapath> {
         prepare_bpffs(dir)?;
-        let mut loader = EbpfLoader::new();
-        let pins: Vec<(&'static str, PathBuf)> =
-            MAPS.into_iter().map(|m| (m, dir.join(m))).collect();
-        for (name, path) in &pins {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let ebpf = loader.load(EBPF_OBJECT)?;
+        let all_pinned = MAPS.iter().all(|m| dir.join(m).exists())
+            && PROGRAMS.iter().all(|p| prog_pin(dir, p).exists());
+        let maps = if all_pinned {
+            MAPS.into_iter()
+                .map(|m| Ok((m, map_from_pin(dir, m)?)))
+                .collect::<Result<_>>()?
+        } else {
+            Self::load_and_pin(dir)?
+        };
         let mut dp = Datapath {
             dir: dir.to_path_buf(),
-            ebpf,
+            maps,
         };
         dp.check_abi()?;
         Ok(dp)
     }
 
+    fn load_and_pin(dir: &Path) -> Result<std::collections::HashMap<&'static str, aya::maps::Map>> {
+        let mut loader = EbpfLoader::new();
+        loader.btf(None); // no CO-RE relocations in our programs
+        for name in MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        for name in PROGRAMS {
+            let pin = prog_pin(dir, name);
+            if pin.exists() {
+                continue;
+            }
+            let perr = |source| DatapathError::Program { name, source };
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or(perr(ProgramError::NotLoaded))?;
+            match prog {
+                Program::SchedClassifier(p) => {
+                    p.load().map_err(perr)?;
+                    p.pin(&pin)
+                }
+                Program::Xdp(p) => {
+                    p.load().map_err(perr)?;
+                    p.pin(&pin)
+                }
+                _ => return Err(perr(ProgramError::NotLoaded)),
+            }
+            .map_err(|source| DatapathError::Pin {
+                path: pin.clone(),
+                source,
+            })?;
+        }
+        MAPS.into_iter()
+            .map(|m| {
+                let map = ebpf.take_map(m).ok_or(DatapathError::Map {
+                    name: m,
+                    source: aya::maps::MapError::InvalidName { name: m.into() },
+                })?;
+                Ok((m, map))
+            })
+            .collect()
+    }
+
     /// Loads the object without pins: private maps, for BPF_PROG_TEST_RUN unit tests.
     pub fn unpinned() -> Result<Ebpf> {
-        Ok(EbpfLoader::new().load(EBPF_OBJECT)?)
+        Ok(EbpfLoader::new().btf(None).load(EBPF_OBJECT)?)
     }
 
     pub fn dir(&self) -> &Path {
@@ -238,25 +312,25 @@ impl Datapath {
     }
 
     pub fn ep4(&mut self) -> Result<HashMap<&mut MapData, [u8; 4], Target>> {
-        typed(&mut self.ebpf, MAP_EP4)
+        typed(&mut self.maps, MAP_EP4)
     }
     pub fn ep6(&mut self) -> Result<HashMap<&mut MapData, [u8; 16], Target>> {
-        typed(&mut self.ebpf, MAP_EP6)
+        typed(&mut self.maps, MAP_EP6)
     }
     pub fn endpoints(&mut self) -> Result<HashMap<&mut MapData, u32, EndpointRecord>> {
-        typed(&mut self.ebpf, MAP_ENDPOINTS)
+        typed(&mut self.maps, MAP_ENDPOINTS)
     }
     pub fn counters(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, Counters>> {
-        typed(&mut self.ebpf, MAP_COUNTERS)
+        typed(&mut self.maps, MAP_COUNTERS)
     }
     pub fn uplinks(&mut self) -> Result<HashMap<&mut MapData, u32, Uplink>> {
-        typed(&mut self.ebpf, MAP_UPLINKS)
+        typed(&mut self.maps, MAP_UPLINKS)
     }
     pub fn devmap(&mut self) -> Result<DevMapHash<&mut MapData>> {
-        typed(&mut self.ebpf, MAP_DEVMAP)
+        typed(&mut self.maps, MAP_DEVMAP)
     }
     pub fn config(&mut self) -> Result<Array<&mut MapData, u32>> {
-        typed(&mut self.ebpf, MAP_CONFIG)
+        typed(&mut self.maps, MAP_CONFIG)
     }
 
     pub fn flags(&mut self) -> Result<u32> {
@@ -302,36 +376,12 @@ impl Datapath {
         }
     }
 
-    /// Pin path of program `name` of this build, loading (verifying) and pinning it first if
-    /// no earlier call did.
+    /// Pin path of program `name` of this build (re-pinning all programs if it vanished).
     pub(crate) fn pinned_program(&mut self, name: &'static str) -> Result<PathBuf> {
-        let pin = self
-            .dir
-            .join("progs")
-            .join(format!("{name}-{:016x}", object_hash()));
-        if pin.exists() {
-            return Ok(pin);
+        let pin = prog_pin(&self.dir, name);
+        if !pin.exists() {
+            self.maps = Self::load_and_pin(&self.dir)?;
         }
-        let perr = |source| DatapathError::Program { name, source };
-        let prog = self.ebpf.program_mut(name).ok_or(DatapathError::Program {
-            name,
-            source: ProgramError::NotLoaded,
-        })?;
-        match prog {
-            Program::SchedClassifier(p) => {
-                p.load().map_err(perr)?;
-                p.pin(&pin)
-            }
-            Program::Xdp(p) => {
-                p.load().map_err(perr)?;
-                p.pin(&pin)
-            }
-            _ => return Err(perr(ProgramError::NotLoaded)),
-        }
-        .map_err(|source| DatapathError::Pin {
-            path: pin.clone(),
-            source,
-        })?;
         Ok(pin)
     }
 
@@ -482,11 +532,14 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathEr
     move |source| DatapathError::Map { name, source }
 }
 
-fn typed<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T>
+fn typed<'a, T>(
+    maps: &'a mut std::collections::HashMap<&'static str, aya::maps::Map>,
+    name: &'static str,
+) -> Result<T>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.map_mut(name).ok_or(DatapathError::Map {
+    let map = maps.get_mut(name).ok_or(DatapathError::Map {
         name,
         source: aya::maps::MapError::InvalidName { name: name.into() },
     })?;

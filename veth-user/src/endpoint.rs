@@ -422,9 +422,31 @@ impl Registry {
             return Err(EndpointError::NetnsTooLong(req.netns.clone()));
         }
         self.check_addrs(&req.addrs)?;
-        if netlink::link_by_name(req.host.as_str())?.is_some() {
-            return Err(EndpointError::HostExists(req.host.to_string()));
+        if let Some(link) = netlink::link_by_name(req.host.as_str())? {
+            if !self.is_leftover(&link)? {
+                return Err(EndpointError::HostExists(req.host.to_string()));
+            }
+            log::warn!("removing {} left by an interrupted pair add", link.name);
+            self.remove_leftover(&link)?;
         }
+        Ok(())
+    }
+
+    /// A host end vethfp created that has no registry entry: what an interrupted `pair add`
+    /// (killed between creating the pair and registering it) leaves behind.
+    fn is_leftover(&mut self, link: &netlink::Link) -> Result<bool> {
+        Ok(link.alias.as_deref() == Some(netlink::OWNER_ALIAS)
+            && !self
+                .records()?
+                .iter()
+                .any(|r| r.target.ifindex == link.ifindex))
+    }
+
+    fn remove_leftover(&mut self, link: &netlink::Link) -> Result<()> {
+        self.dp.detach(link.ifindex)?;
+        let _ = self.dp.counters()?.remove(&link.ifindex);
+        let _ = self.dp.devmap()?.remove(link.ifindex);
+        netlink::delete_link(link.ifindex)?;
         Ok(())
     }
 
@@ -440,7 +462,25 @@ impl Registry {
                 return Err(EndpointError::DuplicateAddr(a.addr));
             }
         }
+        let records = self.records()?;
         for a in addrs {
+            if let Some(owner) = self.owner_of(a.addr)?
+                && !records.iter().any(|r| r.target.ifindex == owner)
+            {
+                // Published by an endpoint that no longer exists (interrupted del): stale.
+                match a.addr {
+                    IpAddr::V4(v4) => self
+                        .dp
+                        .ep4()?
+                        .remove(&v4.octets())
+                        .map_err(map_err("VFP_EP4"))?,
+                    IpAddr::V6(v6) => self
+                        .dp
+                        .ep6()?
+                        .remove(&v6.octets())
+                        .map_err(map_err("VFP_EP6"))?,
+                }
+            }
             if let Some(owner) = self.owner_of(a.addr)? {
                 let owner = self
                     .records()?
@@ -675,9 +715,15 @@ impl Registry {
     /// (which takes its routes and neighbour entries with it), and its map entries.
     /// Works also when the interface was already deleted by someone else.
     pub fn del(&mut self, name: &str) -> Result<()> {
-        let rec = self
-            .record_by_name(name)?
-            .ok_or_else(|| EndpointError::NotFound(name.into()))?;
+        let Some(rec) = self.record_by_name(name)? else {
+            // Not registered: it may be what an interrupted `pair add` left.
+            if let Some(link) = netlink::link_by_name(name)?
+                && self.is_leftover(&link)?
+            {
+                return self.remove_leftover(&link);
+            }
+            return Err(EndpointError::NotFound(name.into()));
+        };
         self.remove_record(&rec)
     }
 

@@ -258,7 +258,13 @@ pub struct Link {
     pub peer_ifindex: Option<u32>,
     /// IFLA_LINK_NETNSID: the peer's namespace id as seen from this namespace, if elsewhere.
     pub link_netnsid: Option<i32>,
+    /// IFLA_IFALIAS; host ends vethfp creates carry [`OWNER_ALIAS`].
+    pub alias: Option<String>,
 }
+
+/// Alias set on every host end vethfp creates, so leftovers of an interrupted `pair add`
+/// (a link with no registry entry) can be recognised and removed safely.
+pub const OWNER_ALIAS: &str = "vethfp";
 
 impl From<LinkMessage> for Link {
     fn from(m: LinkMessage) -> Link {
@@ -271,6 +277,7 @@ impl From<LinkMessage> for Link {
             up: m.header.flags.contains(LinkFlags::Up),
             peer_ifindex: None,
             link_netnsid: None,
+            alias: None,
         };
         for a in m.attributes {
             match a {
@@ -281,6 +288,7 @@ impl From<LinkMessage> for Link {
                 LinkAttribute::Mtu(mtu) => l.mtu = mtu,
                 LinkAttribute::Link(i) => l.peer_ifindex = Some(i),
                 LinkAttribute::LinkNetNsId(id) => l.link_netnsid = Some(id),
+                LinkAttribute::IfAlias(a) => l.alias = Some(a),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let LinkInfo::Kind(k) = i {
@@ -487,6 +495,7 @@ pub fn create_veth(req: &VethRequest) -> Result<u32, NetlinkError> {
         .address(req.peer_mac.0.to_vec());
     let mut host = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
         .name(req.host_name)
+        .alias(OWNER_ALIAS)
         .address(req.host_mac.0.to_vec());
     if let Some(mtu) = req.mtu {
         peer = peer.mtu(mtu);

@@ -1,1 +1,53 @@
-fn main() {}
+//! Project automation: `cargo xtask setup | test | demo | bench`.
+
+mod bench;
+mod ci;
+mod demo;
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "vethfp project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (toolchains, bpf-linker, Debian packages).
+    Setup,
+    /// fmt, clippy, build, tests and a quick bench: exactly what CI runs.
+    Test,
+    /// Three containers on a throwaway node, wired by vethfp; pings, a UDP burst, counters.
+    Demo,
+    /// Compare vethfp with direct veth, bridge, docker-like bridge and kernel routing.
+    Bench(bench::Args),
+    /// Internal: send a burst of UDP datagrams (used by the demo inside a container).
+    #[command(hide = true)]
+    UdpBurst {
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+    },
+}
+
+fn main() {
+    util::install_signal_handlers();
+    let cli = Cli::parse();
+    let res: Result<()> = match cli.cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Test => ci::test(),
+        Cmd::Demo => demo::demo(),
+        Cmd::Bench(args) => bench::bench(args),
+        Cmd::UdpBurst { to, count } => demo::udp_burst(to, count),
+    };
+    if let Err(e) = res {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}

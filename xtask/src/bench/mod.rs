@@ -1,0 +1,271 @@
+//! `cargo xtask bench`: vethfp against direct veth, bridge, docker-like bridge and kernel
+//! routing, measured side by side in one run with interleaved rounds.
+
+mod control;
+mod report;
+mod topo;
+mod work;
+
+pub use topo::{Vethfp, VethfpPairs};
+
+use crate::util::{
+    DirGuard, GlobalSysctl, cargo_cmd, check_interrupted, have, run, step, vethfp_bin,
+    workspace_root,
+};
+use anyhow::{Context, Result, bail};
+use control::{CpResult, Impl};
+use report::{Metric, Report, TopoResult};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use topo::{IPERF_PORT, Kind, SOCKPERF_TCP_PORT, SOCKPERF_UDP_PORT, Topo};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Interleaved rounds (default 5, or 1 with --quick).
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// One short round (~1 s per workload, control plane with 1 and 10 endpoints): the CI
+    /// smoke test of the harness.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds per workload (default 5, or 1 with --quick).
+    #[arg(long)]
+    secs: Option<u32>,
+    /// Output directory for results.md, results.json and bench.svg (default: bench-out/ in
+    /// the workspace).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Endpoint counts for the control-plane bench (default 1,100,1000; 1,10 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Option<Vec<usize>>,
+    /// vethfp binary to bench (default: $VETHFP_BIN, else a fresh release build).
+    #[arg(long)]
+    vethfp_bin: Option<PathBuf>,
+}
+
+impl Args {
+    /// The CI smoke test: one short round against the given vethfp binary.
+    pub fn quick(out: PathBuf, vethfp_bin: PathBuf) -> Self {
+        Args {
+            rounds: None,
+            quick: true,
+            secs: None,
+            out: Some(out),
+            endpoints: None,
+            vethfp_bin: Some(vethfp_bin),
+        }
+    }
+}
+
+/// Find a working vethfp binary, or say why there is none. $VETHFP_BIN wins; otherwise the
+/// release binary is built.
+pub fn find_vethfp(
+    given: Option<&std::path::Path>,
+    tag: &str,
+) -> Result<std::result::Result<Vethfp, String>> {
+    let given = given
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("VETHFP_BIN").map(PathBuf::from));
+    let bin = if let Some(b) = given {
+        if !b.exists() {
+            bail!(
+                "vethfp binary {} does not exist (from --vethfp-bin or VETHFP_BIN)",
+                b.display()
+            );
+        }
+        b
+    } else {
+        step("cargo build --release -p veth-user (the vethfp binary)");
+        if let Err(e) = run(cargo_cmd().args(["build", "--release", "-p", "veth-user"])) {
+            return Ok(Err(format!("building vethfp failed: {e:#}")));
+        }
+        vethfp_bin("release")?
+    };
+    if !bin.exists() {
+        return Ok(Err(format!("{} does not exist", bin.display())));
+    }
+    let help = crate::util::raw_output(Command::new(&bin).arg("--help"))?;
+    let text = String::from_utf8_lossy(&help.stdout);
+    if !help.status.success() || !text.contains("pair") {
+        return Ok(Err(format!(
+            "{} has no `pair` command yet (not implemented); vethfp rows skipped",
+            bin.display()
+        )));
+    }
+    Ok(Ok(Vethfp {
+        bin,
+        bpffs: PathBuf::from(format!("/sys/fs/bpf/{tag}")),
+    }))
+}
+
+pub fn bench(args: Args) -> Result<()> {
+    let quick = args.quick;
+    let rounds = args.rounds.unwrap_or(if quick { 1 } else { 5 }).max(1);
+    let secs = args.secs.unwrap_or(if quick { 1 } else { 5 }).max(1);
+    let sizes = args.endpoints.clone().unwrap_or_else(|| {
+        if quick {
+            vec![1, 10]
+        } else {
+            vec![1, 100, 1000]
+        }
+    });
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("bench-out"));
+    for tool in [
+        "ip",
+        "ss",
+        "ping",
+        "sockperf",
+        "iperf3",
+        "iptables",
+        "iptables-restore",
+        "bpftool",
+    ] {
+        if !have(tool) {
+            bail!("`{tool}` is missing: run `cargo xtask setup`");
+        }
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the bench creates network namespaces: run it as root");
+    }
+    let tag = format!("vfb{}", std::process::id());
+    let vethfp = find_vethfp(args.vethfp_bin.as_deref(), &tag)?;
+    if let Err(why) = &vethfp {
+        println!("bench: WARNING: vethfp topologies skipped: {why}");
+    }
+    let _pins = vethfp.as_ref().ok().map(|v| DirGuard(v.bpffs.clone()));
+
+    // Build every topology up front; they stay up for all rounds (idle servers cost nothing).
+    let mut topos = Vec::new();
+    let mut skipped = BTreeMap::new();
+    for kind in Kind::ALL {
+        check_interrupted()?;
+        if kind.needs_vethfp()
+            && let Err(why) = &vethfp
+        {
+            skipped.insert(kind.name().to_owned(), why.clone());
+            continue;
+        }
+        step(&format!("building topology {}", kind.name()));
+        let v = vethfp.as_ref().ok().map(|v| Vethfp {
+            bin: v.bin.clone(),
+            bpffs: v.bpffs.join(kind.name()),
+        });
+        topos.push(
+            Topo::build(kind, &tag, v.as_ref())
+                .with_context(|| format!("building topology {}", kind.name()))?,
+        );
+    }
+
+    let mut samples: BTreeMap<(String, Metric), Vec<f64>> = BTreeMap::new();
+    for r in 1..=rounds {
+        for t in &topos {
+            check_interrupted()?;
+            step(&format!("round {r}/{rounds}: {}", t.kind.name()));
+            let name = t.kind.name().to_owned();
+            let mut add = |m: Metric, v: f64| samples.entry((name.clone(), m)).or_default().push(v);
+            let ip = t.server_ip();
+            let (p50, p99) = work::pingpong(&t.client, ip, SOCKPERF_UDP_PORT, false, secs)?;
+            add(Metric::UdpRrP50, p50);
+            add(Metric::UdpRrP99, p99);
+            let (p50, p99) = work::pingpong(&t.client, ip, SOCKPERF_TCP_PORT, true, secs)?;
+            add(Metric::TcpRrP50, p50);
+            add(Metric::TcpRrP99, p99);
+            add(
+                Metric::Tcp1Gbps,
+                work::iperf_tcp(&t.client, ip, IPERF_PORT, 1, secs)?,
+            );
+            add(
+                Metric::Tcp2Gbps,
+                work::iperf_tcp(&t.client, ip, IPERF_PORT, 2, secs)?,
+            );
+            let u = work::udp_rate(&t.client, ip, IPERF_PORT, secs)?;
+            add(Metric::Udp64Kpps, u.pps / 1e3);
+            add(Metric::CpuNsPerPkt, u.cpu_machine_ns);
+            add(Metric::CpuIperfNsPerPkt, u.cpu_iperf_ns);
+            if let Some(dir) = t.vethfp_bpffs() {
+                // Separate short run: stats collection itself costs a little per program run.
+                let stats = GlobalSysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+                let (ns0, n0) = work::bpf_prog_stats(dir)?;
+                work::udp_rate(&t.client, ip, IPERF_PORT, 1)?;
+                let (ns1, n1) = work::bpf_prog_stats(dir)?;
+                drop(stats);
+                if n1 > n0 {
+                    add(Metric::BpfNsPerRun, (ns1 - ns0) as f64 / (n1 - n0) as f64);
+                }
+            }
+            let line: Vec<String> = samples
+                .iter()
+                .filter(|((n, _), _)| *n == name)
+                .map(|((_, m), v)| {
+                    format!("{}={:.2}", m.key(), v.last().copied().unwrap_or(f64::NAN))
+                })
+                .collect();
+            println!("bench:   {}", line.join(" "));
+        }
+    }
+    drop(topos);
+
+    let mut cp: Vec<CpResult> = Vec::new();
+    let max = sizes.iter().copied().max().unwrap_or(0);
+    let mut impls = Vec::new();
+    match &vethfp {
+        Ok(v) => impls.push(Impl::Vethfp(v.clone())),
+        Err(why) => {
+            skipped.insert("control plane: vethfp".into(), why.clone());
+        }
+    }
+    if control::ptp_available() {
+        impls.push(Impl::Ptp);
+    } else {
+        skipped.insert(
+            "control plane: cni-ptp".into(),
+            format!(
+                "{}/ptp not installed: run `cargo xtask setup`",
+                control::CNI_DIR
+            ),
+        );
+    }
+    for imp in &impls {
+        for &n in &sizes {
+            check_interrupted()?;
+            step(&format!(
+                "control plane: {} with {n} endpoint(s)",
+                imp.name()
+            ));
+            cp.push(control::run(imp, n, &tag, n == max && n >= 2, secs)?);
+        }
+    }
+
+    let results: Vec<TopoResult> = Kind::ALL
+        .iter()
+        .filter(|k| !skipped.contains_key(k.name()))
+        .map(|k| TopoResult::new(k.name(), &samples))
+        .collect();
+    let report = Report {
+        machine: report::machine(),
+        rounds,
+        secs_per_workload: secs,
+        quick,
+        topologies: results,
+        skipped,
+        control_plane: cp,
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let md = report.markdown();
+    println!("\n{md}");
+    std::fs::write(out.join("results.md"), &md)?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(out.join("bench.svg"), report.svg())?;
+    println!(
+        "bench: wrote {}/results.md, results.json, bench.svg",
+        out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,479 @@
+//! Bench output: markdown table, JSON, and an SVG chart written by hand (no fonts, no deps).
+
+use super::control::CpResult;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Metric {
+    UdpRrP50,
+    UdpRrP99,
+    TcpRrP50,
+    TcpRrP99,
+    Tcp1Gbps,
+    Tcp2Gbps,
+    Udp64Kpps,
+    CpuNsPerPkt,
+    CpuIperfNsPerPkt,
+    BpfNsPerRun,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 10] = [
+        Metric::UdpRrP50,
+        Metric::UdpRrP99,
+        Metric::TcpRrP50,
+        Metric::TcpRrP99,
+        Metric::Tcp1Gbps,
+        Metric::Tcp2Gbps,
+        Metric::Udp64Kpps,
+        Metric::CpuNsPerPkt,
+        Metric::CpuIperfNsPerPkt,
+        Metric::BpfNsPerRun,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Metric::UdpRrP50 => "udp_rr_p50_us",
+            Metric::UdpRrP99 => "udp_rr_p99_us",
+            Metric::TcpRrP50 => "tcp_rr_p50_us",
+            Metric::TcpRrP99 => "tcp_rr_p99_us",
+            Metric::Tcp1Gbps => "tcp_1stream_gbps",
+            Metric::Tcp2Gbps => "tcp_2streams_gbps",
+            Metric::Udp64Kpps => "udp_64b_kpps",
+            Metric::CpuNsPerPkt => "cpu_ns_per_udp_pkt",
+            Metric::CpuIperfNsPerPkt => "iperf3_cpu_ns_per_udp_pkt",
+            Metric::BpfNsPerRun => "bpf_ns_per_prog_run",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::UdpRrP50 => "UDP ping-pong 64 B, median (µs, RTT/2)",
+            Metric::UdpRrP99 => "UDP ping-pong 64 B, p99 (µs, RTT/2)",
+            Metric::TcpRrP50 => "TCP ping-pong 64 B, median (µs, RTT/2)",
+            Metric::TcpRrP99 => "TCP ping-pong 64 B, p99 (µs, RTT/2)",
+            Metric::Tcp1Gbps => "TCP 1 stream (Gbit/s)",
+            Metric::Tcp2Gbps => "TCP 2 streams (Gbit/s)",
+            Metric::Udp64Kpps => "UDP 64 B received (kpps)",
+            Metric::CpuNsPerPkt => "CPU per UDP packet, whole machine (ns)",
+            Metric::CpuIperfNsPerPkt => "CPU per UDP packet, iperf3 processes (ns)",
+            Metric::BpfNsPerRun => "BPF program cost per run (ns)",
+        }
+    }
+
+    pub fn higher_is_better(self) -> bool {
+        matches!(
+            self,
+            Metric::Tcp1Gbps | Metric::Tcp2Gbps | Metric::Udp64Kpps
+        )
+    }
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    pub fn of(v: &[f64]) -> Option<Stat> {
+        if v.is_empty() {
+            return None;
+        }
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        let n = s.len();
+        let median = if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        };
+        Some(Stat {
+            median,
+            min: s[0],
+            max: s[n - 1],
+        })
+    }
+}
+
+#[derive(Serialize)]
+pub struct TopoResult {
+    pub name: String,
+    pub metrics: BTreeMap<&'static str, Stat>,
+    pub samples: BTreeMap<&'static str, Vec<f64>>,
+}
+
+impl TopoResult {
+    pub fn new(name: &str, all: &BTreeMap<(String, Metric), Vec<f64>>) -> Self {
+        let mut metrics = BTreeMap::new();
+        let mut samples = BTreeMap::new();
+        for m in Metric::ALL {
+            if let Some(v) = all.get(&(name.to_owned(), m))
+                && let Some(s) = Stat::of(v)
+            {
+                metrics.insert(m.key(), s);
+                samples.insert(m.key(), v.clone());
+            }
+        }
+        TopoResult {
+            name: name.into(),
+            metrics,
+            samples,
+        }
+    }
+
+    fn get(&self, m: Metric) -> Option<Stat> {
+        self.metrics.get(m.key()).copied()
+    }
+}
+
+#[derive(Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpu: String,
+    pub cpus: usize,
+    pub unix_time: u64,
+}
+
+pub fn machine() -> Machine {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let unix_time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Machine {
+        kernel,
+        cpu,
+        cpus,
+        unix_time,
+    }
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub rounds: u32,
+    pub secs_per_workload: u32,
+    pub quick: bool,
+    pub topologies: Vec<TopoResult>,
+    pub skipped: BTreeMap<String, String>,
+    pub control_plane: Vec<CpResult>,
+}
+
+fn num(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+impl Report {
+    fn topo(&self, name: &str) -> Option<&TopoResult> {
+        self.topologies.iter().find(|t| t.name == name)
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = writeln!(s, "# vethfp bench\n");
+        let _ = writeln!(
+            s,
+            "Machine: {} ({} CPUs), kernel {}. {} round(s), {} s per workload{}; unix time {}.\n",
+            m.cpu,
+            m.cpus,
+            m.kernel,
+            self.rounds,
+            self.secs_per_workload,
+            if self.quick {
+                " (--quick: smoke test, not a measurement)"
+            } else {
+                ""
+            },
+            m.unix_time
+        );
+        let _ = writeln!(s, "## Data path: medians\n");
+        let _ = write!(s, "| metric |");
+        for t in &self.topologies {
+            let _ = write!(s, " {} |", t.name);
+        }
+        let _ = write!(s, "\n|---|");
+        for _ in &self.topologies {
+            let _ = write!(s, "---:|");
+        }
+        s.push('\n');
+        for metric in Metric::ALL {
+            if self.topologies.iter().all(|t| t.get(metric).is_none()) {
+                continue;
+            }
+            let arrow = if metric.higher_is_better() {
+                "↑"
+            } else {
+                "↓"
+            };
+            let _ = write!(s, "| {} {arrow} |", metric.label());
+            for t in &self.topologies {
+                let cell = t
+                    .get(metric)
+                    .map(|v| num(v.median))
+                    .unwrap_or_else(|| "–".into());
+                let _ = write!(s, " {cell} |");
+            }
+            s.push('\n');
+        }
+        let _ = writeln!(
+            s,
+            "\n## Data path: every figure with min–max and ratios\n\n\
+             Ratio = this topology's median / the reference's median \
+             (latency and CPU: lower is better; Gbit/s and kpps: higher is better).\n"
+        );
+        let _ = writeln!(
+            s,
+            "| metric | topology | median | min–max | vs direct | vs bridge |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
+        let direct = self.topo("direct");
+        let bridge = self.topo("bridge");
+        for metric in Metric::ALL {
+            for t in &self.topologies {
+                let Some(v) = t.get(metric) else { continue };
+                let ratio = |r: Option<&TopoResult>| {
+                    r.and_then(|r| r.get(metric))
+                        .filter(|b| b.median != 0.0)
+                        .map(|b| format!("{:.2}×", v.median / b.median))
+                        .unwrap_or_else(|| "–".into())
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {}–{} | {} | {} |",
+                    metric.label(),
+                    t.name,
+                    num(v.median),
+                    num(v.min),
+                    num(v.max),
+                    ratio(direct),
+                    ratio(bridge)
+                );
+            }
+        }
+        if !self.control_plane.is_empty() {
+            let _ = writeln!(s, "\n## Control plane\n");
+            let _ = writeln!(
+                s,
+                "Wall time per endpoint of sequential calls (one process per call).\n"
+            );
+            let _ = writeln!(
+                s,
+                "| implementation | endpoints | add (ms/endpoint) | del (ms/endpoint) |"
+            );
+            let _ = writeln!(s, "|---|---:|---:|---:|");
+            for c in &self.control_plane {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} |",
+                    c.implementation,
+                    c.endpoints,
+                    num(c.add_ms_per_endpoint),
+                    num(c.del_ms_per_endpoint)
+                );
+            }
+            let lat: Vec<&CpResult> = self
+                .control_plane
+                .iter()
+                .filter(|c| c.latency_n.is_some())
+                .collect();
+            if !lat.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\n### UDP ping-pong between two endpoints, 2 vs N installed (µs, RTT/2)\n"
+                );
+                let _ = writeln!(
+                    s,
+                    "| implementation | N | 2 installed: median / p99 | N installed: median / p99 |"
+                );
+                let _ = writeln!(s, "|---|---:|---:|---:|");
+                for c in lat {
+                    let f = |x: Option<(f64, f64)>| {
+                        x.map(|(a, b)| format!("{} / {}", num(a), num(b)))
+                            .unwrap_or_else(|| "–".into())
+                    };
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} |",
+                        c.implementation,
+                        c.endpoints,
+                        f(c.latency_2),
+                        f(c.latency_n)
+                    );
+                }
+            }
+        }
+        if !self.skipped.is_empty() {
+            let _ = writeln!(s, "\n## Skipped\n");
+            for (k, why) in &self.skipped {
+                let _ = writeln!(s, "- {k}: {why}");
+            }
+        }
+        s
+    }
+
+    /// Three bar panels: latency medians, TCP throughput, small-packet UDP rate.
+    pub fn svg(&self) -> String {
+        const PW: f64 = 380.0;
+        const PH: f64 = 340.0;
+        let panels: [(&str, &[(Metric, &str)]); 3] = [
+            (
+                "Latency, median (µs, lower is better)",
+                &[(Metric::UdpRrP50, "#4e79a7"), (Metric::TcpRrP50, "#f28e2b")],
+            ),
+            (
+                "TCP throughput (Gbit/s, higher is better)",
+                &[(Metric::Tcp1Gbps, "#59a14f"), (Metric::Tcp2Gbps, "#76b7b2")],
+            ),
+            (
+                "UDP 64 B rate (kpps, higher is better)",
+                &[(Metric::Udp64Kpps, "#e15759")],
+            ),
+        ];
+        let width = PW * panels.len() as f64;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" viewBox="0 0 {width} {h}" font-family="sans-serif" font-size="11">"#,
+            h = PH + 30.0
+        );
+        let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r##"<text x="10" y="{}" fill="#555">vethfp bench — {} ({} CPUs), kernel {}; {} round(s), {} s/workload</text>"##,
+            PH + 20.0,
+            esc(&self.machine.cpu),
+            self.machine.cpus,
+            esc(&self.machine.kernel),
+            self.rounds,
+            self.secs_per_workload
+        );
+        for (pi, (title, series)) in panels.iter().enumerate() {
+            let x0 = pi as f64 * PW;
+            let (left, top, bottom) = (x0 + 45.0, 40.0, PH - 90.0);
+            let plot_w = PW - 60.0;
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="20" font-size="13" font-weight="bold">{}</text>"#,
+                x0 + 10.0,
+                esc(title)
+            );
+            let max = self
+                .topologies
+                .iter()
+                .flat_map(|t| series.iter().filter_map(|(m, _)| t.get(*m).map(|v| v.max)))
+                .fold(0.0_f64, f64::max);
+            let max = if max > 0.0 { max * 1.1 } else { 1.0 };
+            let y = |v: f64| bottom - (v / max) * (bottom - top);
+            for i in 0..=4 {
+                let v = max * i as f64 / 4.0;
+                let _ = writeln!(
+                    s,
+                    "<line x1=\"{left}\" x2=\"{}\" y1=\"{yy}\" y2=\"{yy}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\" fill=\"#555\">{}</text>",
+                    left + plot_w,
+                    left - 4.0,
+                    y(v) + 4.0,
+                    num(v),
+                    yy = y(v)
+                );
+            }
+            let n = self.topologies.len().max(1) as f64;
+            let group = plot_w / n;
+            let bw = (group * 0.8) / series.len() as f64;
+            for (ti, t) in self.topologies.iter().enumerate() {
+                let gx = left + ti as f64 * group + group * 0.1;
+                for (si, (m, color)) in series.iter().enumerate() {
+                    let Some(v) = t.get(*m) else { continue };
+                    let bx = gx + si as f64 * bw;
+                    let _ = writeln!(
+                        s,
+                        r#"<rect x="{bx:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{} {}: {}</title></rect>"#,
+                        y(v.median),
+                        bw - 1.0,
+                        bottom - y(v.median),
+                        esc(&t.name),
+                        m.key(),
+                        num(v.median)
+                    );
+                    // min–max whisker
+                    let cx = bx + bw / 2.0;
+                    let _ = writeln!(
+                        s,
+                        r#"<line x1="{cx:.1}" x2="{cx:.1}" y1="{:.1}" y2="{:.1}" stroke="black"/>"#,
+                        y(v.min),
+                        y(v.max)
+                    );
+                }
+                let lx = gx + group * 0.4;
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{lx:.1}" y="{:.1}" text-anchor="end" transform="rotate(-35 {lx:.1} {:.1})">{}</text>"#,
+                    bottom + 14.0,
+                    bottom + 14.0,
+                    esc(&t.name)
+                );
+            }
+            let _ = writeln!(
+                s,
+                "<line x1=\"{left}\" x2=\"{}\" y1=\"{bottom}\" y2=\"{bottom}\" stroke=\"black\"/>",
+                left + plot_w
+            );
+            for (si, (m, color)) in series.iter().enumerate() {
+                let ly = 30.0 + si as f64 * 0.0;
+                let lx = x0 + 60.0 + si as f64 * 150.0;
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{lx}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
+                    ly - 9.0,
+                    lx + 14.0,
+                    ly,
+                    esc(m.key())
+                );
+            }
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_range() {
+        let s = Stat::of(&[3.0, 1.0, 2.0, 10.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 10.0));
+        assert!(Stat::of(&[]).is_none());
+    }
+}

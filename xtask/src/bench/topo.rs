@@ -1,0 +1,451 @@
+//! Bench topologies. Each one lives in namespaces of its own and offers the same thing to the
+//! workloads: a client namespace, a server namespace and the server's address.
+
+use crate::util::{Bg, Netns, output, raw_output, setns_cmd};
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub const CLIENT_IP: &str = "10.210.0.2";
+pub const SERVER_IP: &str = "10.210.0.3";
+pub const SOCKPERF_UDP_PORT: u16 = 11111;
+pub const SOCKPERF_TCP_PORT: u16 = 11112;
+pub const IPERF_PORT: u16 = 5201;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Direct,
+    Bridge,
+    BridgeDockerLike,
+    Routed,
+    VethfpTc,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Direct,
+        Kind::Bridge,
+        Kind::BridgeDockerLike,
+        Kind::Routed,
+        Kind::VethfpTc,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Bridge => "bridge",
+            Kind::BridgeDockerLike => "bridge-docker-like",
+            Kind::Routed => "routed",
+            Kind::VethfpTc => "vethfp-tc",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Kind::Direct => "dir",
+            Kind::Bridge => "br",
+            Kind::BridgeDockerLike => "dock",
+            Kind::Routed => "rt",
+            Kind::VethfpTc => "vtc",
+        }
+    }
+
+    pub fn needs_vethfp(self) -> bool {
+        matches!(self, Kind::VethfpTc)
+    }
+}
+
+/// Where a vethfp binary lives and where it pins.
+#[derive(Clone)]
+pub struct Vethfp {
+    pub bin: PathBuf,
+    pub bpffs: PathBuf,
+}
+
+impl Vethfp {
+    /// A `vethfp --bpffs DIR ARGS` command that runs inside `node` (setns, not `ip netns exec`,
+    /// which would remount /sys and hide /sys/fs/bpf).
+    pub fn cmd(&self, node: &Netns, args: &[&str]) -> Result<Command> {
+        let mut c = node.setns_cmd(&self.bin)?;
+        c.arg("--bpffs").arg(&self.bpffs).args(args);
+        Ok(c)
+    }
+
+    pub fn run(&self, node: &Netns, args: &[&str]) -> Result<String> {
+        output(&mut self.cmd(node, args)?)
+    }
+}
+
+/// Host ends that vethfp created in one node; `pair del` for each still listed on drop (best
+/// effort: removing the node namespace deletes them anyway).
+pub struct VethfpPairs {
+    vethfp: Vethfp,
+    node_path: PathBuf,
+    host_ifs: Vec<String>,
+}
+
+impl VethfpPairs {
+    pub fn new(vethfp: &Vethfp, node: &Netns) -> Self {
+        VethfpPairs {
+            vethfp: vethfp.clone(),
+            node_path: node.path(),
+            host_ifs: Vec::new(),
+        }
+    }
+
+    pub fn vethfp(&self) -> &Vethfp {
+        &self.vethfp
+    }
+
+    /// `vethfp pair add HOST_IF --netns NS --addr A ...` in the node.
+    pub fn add(&mut self, host_if: &str, netns: &str, addrs: &[&str]) -> Result<()> {
+        let mut c = setns_cmd(&self.node_path, &self.vethfp.bin)?;
+        c.arg("--bpffs").arg(&self.vethfp.bpffs);
+        c.args(["pair", "add", host_if, "--netns", netns]);
+        for a in addrs {
+            c.args(["--addr", a]);
+        }
+        output(&mut c).with_context(|| format!("vethfp pair add {host_if} failed"))?;
+        self.host_ifs.push(host_if.to_owned());
+        Ok(())
+    }
+
+    /// `vethfp pair del HOST_IF` for every pair added, in order; fails on the first error.
+    pub fn del_all(&mut self) -> Result<()> {
+        while let Some(h) = self.host_ifs.first().cloned() {
+            let mut c = setns_cmd(&self.node_path, &self.vethfp.bin)?;
+            c.arg("--bpffs")
+                .arg(&self.vethfp.bpffs)
+                .args(["pair", "del", &h]);
+            self.host_ifs.remove(0);
+            output(&mut c).with_context(|| format!("vethfp pair del {h} failed"))?;
+            println!("demo: vethfp pair del {h}: ok");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for VethfpPairs {
+    fn drop(&mut self) {
+        for h in &self.host_ifs {
+            if let Ok(mut c) = setns_cmd(&self.node_path, &self.vethfp.bin) {
+                c.arg("--bpffs")
+                    .arg(&self.vethfp.bpffs)
+                    .args(["pair", "del", h]);
+                let _ = raw_output(&mut c);
+            }
+        }
+    }
+}
+
+/// A built topology. Field order is drop order: servers, vethfp pairs, then namespaces.
+pub struct Topo {
+    pub kind: Kind,
+    servers: Vec<Bg>,
+    vethfp: Option<VethfpPairs>,
+    pub client: Netns,
+    pub server: Netns,
+    pub node: Option<Netns>,
+}
+
+impl Topo {
+    pub fn server_ip(&self) -> &'static str {
+        SERVER_IP
+    }
+
+    /// Pinned-link directory of this topology's vethfp, if any.
+    pub fn vethfp_bpffs(&self) -> Option<&Path> {
+        self.vethfp.as_ref().map(|v| v.vethfp().bpffs.as_path())
+    }
+
+    pub fn build(kind: Kind, tag: &str, vethfp: Option<&Vethfp>) -> Result<Topo> {
+        let base = format!("{tag}-{}", kind.short());
+        let client = Netns::new(format!("{base}-a"))?;
+        let server = Netns::new(format!("{base}-b"))?;
+        let node = match kind {
+            Kind::Direct => None,
+            _ => Some(Netns::new(format!("{base}-n"))?),
+        };
+        let mut topo = Topo {
+            kind,
+            servers: Vec::new(),
+            vethfp: None,
+            client,
+            server,
+            node,
+        };
+        match kind {
+            Kind::Direct => topo.wire_direct()?,
+            Kind::Bridge => topo.wire_bridge(false)?,
+            Kind::BridgeDockerLike => topo.wire_bridge(true)?,
+            Kind::Routed => topo.wire_routed()?,
+            Kind::VethfpTc => {
+                let v = vethfp.context("vethfp-tc needs a vethfp binary")?;
+                topo.wire_vethfp(v)?
+            }
+        }
+        topo.wait_reachable()?;
+        topo.start_servers()?;
+        Ok(topo)
+    }
+
+    fn node(&self) -> &Netns {
+        self.node.as_ref().expect("topology has a node namespace")
+    }
+
+    fn containers(&self) -> [(&Netns, &'static str, &'static str); 2] {
+        [
+            (&self.client, "ha", CLIENT_IP),
+            (&self.server, "hb", SERVER_IP),
+        ]
+    }
+
+    fn wire_direct(&self) -> Result<()> {
+        self.client.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &self.server.name,
+        ])?;
+        for (ns, _, addr) in self.containers() {
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Host end `host` in the node, `eth0` in the container.
+    fn veth_to(&self, host: &str, c: &Netns) -> Result<()> {
+        self.node().ip(&[
+            "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", &c.name,
+        ])?;
+        Ok(())
+    }
+
+    fn wire_bridge(&self, docker_like: bool) -> Result<()> {
+        let node = self.node();
+        node.ip(&[
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ])?;
+        node.ip(&["link", "set", "br0", "up"])?;
+        for (c, host, addr) in self.containers() {
+            self.veth_to(host, c)?;
+            node.ip(&["link", "set", host, "master", "br0", "up"])?;
+            c.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            c.ip(&["link", "set", "eth0", "up"])?;
+        }
+        if docker_like {
+            docker_like_filtering(node)?;
+        }
+        Ok(())
+    }
+
+    fn wire_routed(&self) -> Result<()> {
+        let node = self.node();
+        node.ip(&["addr", "add", "10.210.255.1/32", "dev", "lo"])?;
+        node.sysctl("net.ipv4.ip_forward", "1")?;
+        for (c, host, addr) in self.containers() {
+            self.veth_to(host, c)?;
+            node.ip(&["link", "set", host, "up"])?;
+            c.ip(&["link", "set", "eth0", "up"])?;
+            let host_mac = node.mac(host)?;
+            let c_mac = c.mac("eth0")?;
+            // Container: /32 address, on-link gateway with a permanent neighbour, default route.
+            c.ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"])?;
+            c.ip(&[
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ])?;
+            c.ip(&[
+                "neigh",
+                "add",
+                "169.254.1.1",
+                "lladdr",
+                &host_mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+            c.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ])?;
+            // Node: /32 route and permanent neighbour per container, like vethfp's slow path.
+            node.ip(&["route", "add", &format!("{addr}/32"), "dev", host])?;
+            node.ip(&[
+                "neigh",
+                "add",
+                addr,
+                "lladdr",
+                &c_mac,
+                "dev",
+                host,
+                "nud",
+                "permanent",
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn wire_vethfp(&mut self, v: &Vethfp) -> Result<()> {
+        let node = self.node();
+        node.ip(&["addr", "add", "10.210.255.1/32", "dev", "lo"])?;
+        // Forwarding stays off in the node: only the fast path can carry the traffic.
+        node.sysctl("net.ipv4.ip_forward", "0")?;
+        let mut pairs = VethfpPairs::new(v, node);
+        for (c, host, addr) in self.containers() {
+            pairs.add(&format!("vf{host}"), &c.name, &[&format!("{addr}/24")])?;
+        }
+        self.vethfp = Some(pairs);
+        Ok(())
+    }
+
+    fn wait_reachable(&self) -> Result<()> {
+        for _ in 0..20 {
+            crate::util::check_interrupted()?;
+            let ok = raw_output(
+                self.client
+                    .cmd("ping")
+                    .args(["-c1", "-W1", "-q", SERVER_IP]),
+            )?
+            .status
+            .success();
+            if ok {
+                return Ok(());
+            }
+        }
+        bail!(
+            "{}: {SERVER_IP} not reachable from the client namespace {} after 20 pings; \
+             inspect with `ip -n {} addr; ip -n {} route`",
+            self.kind.name(),
+            self.client.name,
+            self.client.name,
+            self.client.name
+        )
+    }
+
+    fn start_servers(&mut self) -> Result<()> {
+        let s = &self.server;
+        let udp = SOCKPERF_UDP_PORT.to_string();
+        let tcp = SOCKPERF_TCP_PORT.to_string();
+        let ip3 = IPERF_PORT.to_string();
+        let mut servers = vec![
+            Bg::spawn(
+                s.cmd("sockperf")
+                    .args(["server", "-i", SERVER_IP, "-p", &udp]),
+            )?,
+            Bg::spawn(
+                s.cmd("sockperf")
+                    .args(["server", "--tcp", "-i", SERVER_IP, "-p", &tcp]),
+            )?,
+            Bg::spawn(s.cmd("iperf3").args(["-s", "-B", SERVER_IP, "-p", &ip3]))?,
+        ];
+        wait_listening(s, "-ltn", IPERF_PORT)?;
+        wait_listening(s, "-ltn", SOCKPERF_TCP_PORT)?;
+        wait_listening(s, "-lun", SOCKPERF_UDP_PORT)?;
+        for srv in &mut servers {
+            srv.ensure_running()?;
+        }
+        self.servers = servers;
+        Ok(())
+    }
+}
+
+/// Wait until something listens on `port` in `ns` (`ss FLAGS sport = :port`).
+pub fn wait_listening(ns: &Netns, flags: &str, port: u16) -> Result<()> {
+    for _ in 0..100 {
+        crate::util::check_interrupted()?;
+        let out = output(
+            ns.cmd("ss")
+                .args(["-H", flags, "sport", "=", &format!(":{port}")]),
+        )?;
+        if !out.trim().is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    bail!(
+        "nothing listens on port {port} in {} after 5 s; did the server start?",
+        ns.name
+    )
+}
+
+/// What Docker/Kubernetes hosts carry on their bridge: br_netfilter with
+/// bridge-nf-call-iptables=1 (set inside the node namespace only), conntrack, and ~1000
+/// non-matching rules in FORWARD (kube-proxy scale) before Docker's usual accepts.
+fn docker_like_filtering(node: &Netns) -> Result<()> {
+    if !Path::new("/proc/sys/net/bridge").exists() {
+        // Module load is machine-wide; the sysctl below is per namespace.
+        output(Command::new("modprobe").arg("br_netfilter"))
+            .context("`modprobe br_netfilter` failed: the kernel needs CONFIG_BRIDGE_NETFILTER")?;
+    }
+    node.sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
+    let mut rules =
+        String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    for i in 0..1000u32 {
+        rules.push_str(&format!(
+            "-A FORWARD -s 10.96.{}.{}/32 -d 10.97.{}.{}/32 -p tcp -m tcp --dport {} -j DROP\n",
+            i / 250,
+            i % 250 + 1,
+            i / 250,
+            i % 250 + 1,
+            30000 + i
+        ));
+    }
+    rules.push_str("-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
+    rules.push_str("-A FORWARD -i br0 -o br0 -j ACCEPT\n");
+    rules.push_str("COMMIT\n");
+    let mut child = node
+        .cmd("iptables-restore")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("could not start iptables-restore: try `cargo xtask setup`")?;
+    child
+        .stdin
+        .take()
+        .context("iptables-restore stdin")?
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "iptables-restore in {} failed: {}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let n = output(node.cmd("iptables").args(["-S", "FORWARD"]))?
+        .lines()
+        .count();
+    if n < 1000 {
+        bail!("expected ~1000 FORWARD rules in {}, found {n}", node.name);
+    }
+    Ok(())
+}
