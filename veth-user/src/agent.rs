@@ -222,6 +222,9 @@ async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, Ag
     for name in &report.removed {
         info!(host_if = %name, why, "removed endpoint: host interface is gone");
     }
+    for name in &report.leftovers {
+        info!(host_if = %name, why, "deleted leftover of an interrupted pair add");
+    }
     for name in &report.removed_uplinks {
         info!(uplink = %name, why, "removed uplink: interface is gone");
     }

@@ -442,6 +442,19 @@ impl Registry {
                 .any(|r| r.target.ifindex == link.ifindex))
     }
 
+    /// Removes every leftover of an interrupted `pair add` in the node (the agent's
+    /// reconciliation does this under the state lock). Returns their names.
+    pub fn remove_leftovers(&mut self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for link in netlink::links()? {
+            if self.is_leftover(&link)? {
+                self.remove_leftover(&link)?;
+                out.push(link.name);
+            }
+        }
+        Ok(out)
+    }
+
     fn remove_leftover(&mut self, link: &netlink::Link) -> Result<()> {
         self.dp.detach(link.ifindex)?;
         let _ = self.dp.counters()?.remove(&link.ifindex);

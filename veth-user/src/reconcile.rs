@@ -7,8 +7,8 @@
 //! - A pinned link that runs a program other than this build's (an older `vethfp` made it) is
 //!   switched to this build's program in place with `BPF_LINK_UPDATE`: the link, its position
 //!   in the tcx chain, the maps and the counters stay; no packet sees a missing program.
-//! - Link pins no endpoint or uplink owns, and program pins of other builds, are removed, so
-//!   nothing accumulates.
+//! - Link pins no endpoint or uplink owns, program pins of other builds, and host ends an
+//!   interrupted `pair add` left behind are removed, so nothing accumulates.
 //!
 //! Callers hold the state lock (see [`crate::datapath::StateLock`]).
 
@@ -228,6 +228,8 @@ pub struct Report {
     pub removed: Vec<String>,
     /// Uplinks removed because their interface is gone.
     pub removed_uplinks: Vec<String>,
+    /// Host ends an interrupted `pair add` left (made by vethfp, never registered): deleted.
+    pub leftovers: Vec<String>,
     /// (interface, hook) attached anew because the link pin was missing.
     pub attached: Vec<(String, &'static str)>,
     /// (interface, hook, link id, old program id, new program id) switched in place.
@@ -245,6 +247,7 @@ impl Report {
     pub fn changed(&self) -> bool {
         !(self.removed.is_empty()
             && self.removed_uplinks.is_empty()
+            && self.leftovers.is_empty()
             && self.attached.is_empty()
             && self.replaced.is_empty()
             && self.pruned_link_pins == 0
@@ -259,6 +262,10 @@ impl Registry {
     pub fn reconcile(&mut self) -> Result<Report, EndpointError> {
         let start = Instant::now();
         let mut report = Report::default();
+        match self.remove_leftovers() {
+            Ok(l) => report.leftovers = l,
+            Err(e) => log::warn!("removing leftovers of interrupted `pair add`s: {e}"),
+        }
         let kernel: BTreeMap<u32, String> = netlink::links()?
             .into_iter()
             .map(|l| (l.ifindex, l.name))
