@@ -18,8 +18,9 @@ pub const MAP_COUNTERS: &str = "VFP_COUNTERS";
 pub const MAP_CONFIG: &str = "VFP_CONFIG";
 pub const MAP_DEVMAP: &str = "VFP_DEVMAP";
 pub const MAP_UPLINKS: &str = "VFP_UPLINKS";
+pub const MAP_L2: &str = "VFP_L2";
 /// Every map of the datapath: all are pinned by name.
-pub const MAPS: [&str; 7] = [
+pub const MAPS: [&str; 8] = [
     MAP_EP4,
     MAP_EP6,
     MAP_ENDPOINTS,
@@ -27,6 +28,7 @@ pub const MAPS: [&str; 7] = [
     MAP_CONFIG,
     MAP_DEVMAP,
     MAP_UPLINKS,
+    MAP_L2,
 ];
 
 /// Capacity of the endpoint maps.

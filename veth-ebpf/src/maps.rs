@@ -33,6 +33,10 @@ pub static VFP_COUNTERS: PerCpuHashMap<u32, Counters, MAX_ENDPOINTS, NO_PREALLOC
 #[btf_map]
 pub static VFP_DEVMAP: DevMapHash<MAX_ENDPOINTS> = DevMapHash::new();
 
+/// Container MAC → its bridge port (bridge bypass). `Target::network` is the bridge ifindex.
+#[btf_map]
+pub static VFP_L2: HashMap<[u8; 6], Target, MAX_ENDPOINTS, NO_PREALLOC> = HashMap::new();
+
 /// Uplink ifindex → uplink: where `--egress fast` may send container traffic.
 #[btf_map]
 pub static VFP_UPLINKS: HashMap<u32, Uplink, 64> = HashMap::new();

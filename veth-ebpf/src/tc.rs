@@ -39,7 +39,7 @@ use crate::{
 const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
 /// tcx: continue with the next program in the chain, or the stack if this is the last one.
-const TCX_NEXT: i32 = -1;
+pub const TCX_NEXT: i32 = -1;
 const PACKET_HOST: u32 = 0;
 /// Enough linear bytes for Ethernet + the fixed IPv6 header.
 const HEADERS: u32 = (EthHdr::LEN + Ipv6Hdr::LEN) as u32;
@@ -137,7 +137,7 @@ fn forward(ctx: &TcContext, ifindex: u32, len: u32, network: u32, cfg: u32) -> O
 
 /// Hands a rewritten frame to the container behind `t` and counts it on both ends.
 #[inline(always)]
-fn redirect_peer(from: u32, from_dir: usize, verdict: usize, t: &Target, len: u32) -> i32 {
+pub fn redirect_peer(from: u32, from_dir: usize, verdict: usize, t: &Target, len: u32) -> i32 {
     // SAFETY: plain helper call.
     let ret = unsafe { bpf_redirect_peer(t.ifindex, 0) };
     if ret == TC_ACT_REDIRECT as c_long {

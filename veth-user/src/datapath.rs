@@ -32,7 +32,7 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use veth_common::{
     ABI_VERSION, CONFIG_ABI, CONFIG_FLAGS, Counters, EndpointRecord, MAP_CONFIG, MAP_COUNTERS,
-    MAP_DEVMAP, MAP_ENDPOINTS, MAP_EP4, MAP_EP6, MAP_UPLINKS, MAPS, Target, Uplink,
+    MAP_DEVMAP, MAP_ENDPOINTS, MAP_EP4, MAP_EP6, MAP_L2, MAP_UPLINKS, MAPS, Target, Uplink,
 };
 
 /// The BPF object built from `veth-ebpf` by build.rs.
@@ -46,6 +46,7 @@ pub const PROG_TC_INGRESS: &str = "vfp_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "vfp_tc_egress";
 pub const PROG_XDP: &str = "vfp_xdp";
 pub const PROG_UPLINK_INGRESS: &str = "vfp_uplink_ingress";
+pub const PROG_L2_INGRESS: &str = "vfp_l2_ingress";
 pub const HOOK_TC_INGRESS: &str = "tcx-ingress";
 pub const HOOK_TC_EGRESS: &str = "tcx-egress";
 pub const HOOK_XDP: &str = "xdp";
@@ -188,11 +189,12 @@ pub fn object_hash() -> u64 {
 }
 
 /// Every program of the datapath; all are loaded and pinned together, once per build.
-pub const PROGRAMS: [&str; 4] = [
+pub const PROGRAMS: [&str; 5] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
     PROG_XDP,
     PROG_UPLINK_INGRESS,
+    PROG_L2_INGRESS,
 ];
 
 /// The opened datapath: maps (pinned, shared by every process) and the means to attach.
@@ -323,6 +325,9 @@ impl Datapath {
     pub fn counters(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, Counters>> {
         typed(&mut self.maps, MAP_COUNTERS)
     }
+    pub fn l2(&mut self) -> Result<HashMap<&mut MapData, [u8; 6], Target>> {
+        typed(&mut self.maps, MAP_L2)
+    }
     pub fn uplinks(&mut self) -> Result<HashMap<&mut MapData, u32, Uplink>> {
         typed(&mut self.maps, MAP_UPLINKS)
     }
@@ -396,9 +401,11 @@ impl Datapath {
 
     /// Attaches the tcx ingress and egress programs to host end `iface` and pins the links.
     /// On failure nothing stays attached.
-    pub fn attach_tc(&mut self, iface: &str, ifindex: u32) -> Result<()> {
+    /// `l2`: the bridge-bypass ingress program instead of the routed one.
+    pub fn attach_tc(&mut self, iface: &str, ifindex: u32, l2: bool) -> Result<()> {
+        let ingress = if l2 { PROG_L2_INGRESS } else { PROG_TC_INGRESS };
         let hooks = [
-            (PROG_TC_INGRESS, TcAttachType::Ingress, HOOK_TC_INGRESS),
+            (ingress, TcAttachType::Ingress, HOOK_TC_INGRESS),
             (PROG_TC_EGRESS, TcAttachType::Egress, HOOK_TC_EGRESS),
         ];
         for (i, (prog_name, kind, hook)) in hooks.iter().enumerate() {

@@ -9,9 +9,9 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 use serde::Serialize;
 use veth_common::{
     AF_V4, AF_V6, CFG_EGRESS_FAST, CFG_FASTPATH_OFF, Counters, DIR_FROM_CONTAINER, DIR_NAMES,
-    DIR_TO_CONTAINER, EP_ADOPTED, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, EndpointAddr, EndpointRecord,
-    MAX_ADDRS, MODE_XDP, NAME_LEN, NETNS_LEN, PacketBytes, Target, Uplink, V_FAST_UPLINK, V_STACK,
-    VERDICT_NAMES,
+    DIR_TO_CONTAINER, EP_ADOPTED, EP_BRIDGE_PORT, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, EndpointAddr,
+    EndpointRecord, MAX_ADDRS, MODE_XDP, NAME_LEN, NETNS_LEN, PacketBytes, Target, Uplink,
+    V_FAST_UPLINK, V_STACK, VERDICT_NAMES,
 };
 
 use crate::{
@@ -54,6 +54,10 @@ pub enum EndpointError {
     NoSuchUplink(String),
     #[error("{0} is an endpoint's host end, not an uplink")]
     UplinkIsEndpoint(String),
+    #[error("no bridge named {0} in the node: see `ip -br link show type bridge`")]
+    NoSuchBridge(String),
+    #[error("not accelerating: {0} (pass --force to accelerate anyway)")]
+    BridgeRefused(String),
     #[error("XDP devmap update failed: {0}")]
     Devmap(String),
     #[error("netns '{0}' is longer than {max} bytes", max = NETNS_LEN - 1)]
@@ -317,7 +321,9 @@ impl EndpointView {
                 .filter_map(cidr_of)
                 .collect(),
             mtu: r.target.mtu,
-            mode: if r.target.mode == MODE_XDP {
+            mode: if r.flags & EP_BRIDGE_PORT != 0 {
+                "bridge"
+            } else if r.target.mode == MODE_XDP {
                 "xdp"
             } else {
                 "tc"
@@ -347,6 +353,7 @@ enum Undo {
     Devmap(u32),
     Uplink(u32),
     UplinkLink(u32),
+    L2([u8; 6]),
 }
 
 /// The registry over the pinned state in one bpffs directory.
@@ -594,7 +601,8 @@ impl Registry {
             .map_err(map_err("VFP_ENDPOINTS"))?;
         undo.push(Undo::Record(host_ifindex));
         undo.push(Undo::Links(host_ifindex));
-        self.dp.attach_tc(&host, host_ifindex)?;
+        let bridge_port = rec.flags & EP_BRIDGE_PORT != 0;
+        self.dp.attach_tc(&host, host_ifindex, bridge_port)?;
         self.dp
             .devmap()?
             .insert(host_ifindex, host_ifindex, None, 0)
@@ -609,7 +617,16 @@ impl Registry {
         if target.mode == MODE_XDP {
             self.dp.attach_xdp(&host, host_ifindex)?;
         }
-        // Publish the addresses last: from here on other endpoints redirect into this one.
+        // Publish last: from here on other endpoints redirect into this one. Bridge ports are
+        // reached by MAC (L2), never by address: the bridge's semantics stay intact.
+        if bridge_port {
+            self.dp
+                .l2()?
+                .insert(target.container_mac, target, 0)
+                .map_err(map_err("VFP_L2"))?;
+            undo.push(Undo::L2(target.container_mac));
+            return Ok(());
+        }
         for a in addrs {
             match a.addr {
                 IpAddr::V4(v4) => {
@@ -700,6 +717,9 @@ impl Registry {
                     Undo::Record(i) => {
                         let _ = self.dp.endpoints()?.remove(&i);
                     }
+                    Undo::L2(mac) => {
+                        let _ = self.dp.l2()?.remove(&mac);
+                    }
                     Undo::Uplink(i) => {
                         let _ = self.dp.uplinks()?.remove(&i);
                     }
@@ -774,6 +794,12 @@ impl Registry {
                         .map_err(map_err("VFP_EP6"))?,
                 }
             }
+        }
+        if rec.flags & EP_BRIDGE_PORT != 0
+            && let Ok(t) = self.dp.l2()?.get(&rec.target.container_mac, 0)
+            && t.ifindex == ifindex
+        {
+            let _ = self.dp.l2()?.remove(&rec.target.container_mac);
         }
         let _ = self.dp.devmap()?.remove(ifindex);
         self.dp.detach(ifindex)?;
@@ -931,6 +957,104 @@ impl Registry {
             },
             uplinks,
         })
+    }
+
+    /// Accelerates an existing Linux bridge in place: every veth port whose peer lives in
+    /// another namespace gets the L2 fast path; the bridge stays the slow path. Refuses (unless
+    /// `force`) where the bridge enforces something the fast path would skip.
+    pub fn bridge_accelerate(&mut self, bridge: &str, force: bool) -> Result<Vec<EndpointView>> {
+        let br = netlink::link_by_name(bridge)?
+            .filter(|l| l.kind.as_deref() == Some("bridge"))
+            .ok_or_else(|| EndpointError::NoSuchBridge(bridge.into()))?;
+        let ports: Vec<netlink::Link> = netlink::links()?
+            .into_iter()
+            .filter(|l| {
+                l.master == Some(br.ifindex)
+                    && l.kind.as_deref() == Some("veth")
+                    && l.link_netnsid.is_some()
+            })
+            .collect();
+        if !force {
+            if br.vlan_filtering == Some(true) {
+                return Err(EndpointError::BridgeRefused(format!(
+                    "{bridge} has vlan_filtering on; the fast path does not apply VLAN membership"
+                )));
+            }
+            if let Some(p) = ports.iter().find(|p| p.port_isolated == Some(true)) {
+                return Err(EndpointError::BridgeRefused(format!(
+                    "port {} of {bridge} is isolated; the fast path would join it to the other ports",
+                    p.name
+                )));
+            }
+            crate::bridge::netfilter_check(bridge).map_err(EndpointError::BridgeRefused)?;
+        }
+        let namespaces = crate::bridge::namespaces_by_id()?;
+        let known: Vec<u32> = self.records()?.iter().map(|r| r.target.ifindex).collect();
+        let mut added = Vec::new();
+        for port in ports.iter().filter(|p| !known.contains(&p.ifindex)) {
+            let (Some(nsid), Some(peer_index)) = (port.link_netnsid, port.peer_ifindex) else {
+                continue;
+            };
+            let Some((spec, ns)) = namespaces.get(&nsid) else {
+                log::warn!(
+                    "{}: cannot find the namespace of its peer (nsid {nsid}); left on the bridge path",
+                    port.name
+                );
+                continue;
+            };
+            let (peer, mut addrs) = netlink::in_netns(ns, || {
+                let peer = netlink::link_by_index(peer_index)?;
+                let addrs = netlink::addresses(peer_index)?;
+                Ok((peer, addrs))
+            })?;
+            let Some(peer) = peer else { continue };
+            let (Some(container_mac), Some(host_mac)) = (peer.mac, port.mac) else {
+                continue;
+            };
+            addrs.truncate(MAX_ADDRS);
+            let mut rec = make_record(
+                Target {
+                    ifindex: port.ifindex,
+                    mtu: port.mtu,
+                    network: 0,
+                    mode: veth_common::MODE_TC,
+                    container_mac: container_mac.0,
+                    host_mac: host_mac.0,
+                },
+                ns.ino(),
+                &port.name,
+                &peer.name,
+                spec,
+                &addrs,
+                EP_ADOPTED | EP_BRIDGE_PORT,
+            );
+            put_str(&mut rec.network_name, bridge);
+            rec.target.network = br.ifindex;
+            let mut undo = Vec::new();
+            if let Err(e) = self.register(&rec, &addrs, &mut undo) {
+                self.rollback(undo);
+                return Err(e);
+            }
+            added.push(EndpointView::from_record(&rec));
+        }
+        Ok(added)
+    }
+
+    /// Removes the fast path from every port of `bridge`: plain bridge behaviour again.
+    pub fn bridge_release(&mut self, bridge: &str) -> Result<Vec<String>> {
+        let br = netlink::link_by_name(bridge)?
+            .filter(|l| l.kind.as_deref() == Some("bridge"))
+            .ok_or_else(|| EndpointError::NoSuchBridge(bridge.into()))?;
+        let names: Vec<String> = self
+            .records()?
+            .iter()
+            .filter(|r| r.flags & EP_BRIDGE_PORT != 0 && r.target.network == br.ifindex)
+            .map(|r| get_str(&r.host_name))
+            .collect();
+        for n in &names {
+            self.del(n)?;
+        }
+        Ok(names)
     }
 
     pub fn list(&mut self) -> Result<Vec<EndpointView>> {

@@ -3,6 +3,7 @@
 //! Data flows one way: front end → [`endpoint`] registry → ([`netlink`], [`datapath`]) → kernel.
 
 pub mod agent;
+pub mod bridge;
 pub mod datapath;
 pub mod endpoint;
 pub mod ethtool;

@@ -37,6 +37,9 @@ enum Cmd {
     /// Attach or detach the uplink fast path (node NIC ↔ containers).
     #[command(subcommand)]
     Uplink(UplinkCmd),
+    /// Accelerate an existing Linux bridge (docker0, cni0) in place, or release it.
+    #[command(subcommand)]
+    Bridge(BridgeCmd),
     /// Node-wide view: uplinks and their counters, switches, number of endpoints.
     Status {
         /// Print JSON.
@@ -96,6 +99,21 @@ enum UplinkCmd {
     },
     /// Remove the uplink fast path from IFACE.
     Detach { iface: String },
+}
+
+#[derive(Subcommand)]
+enum BridgeCmd {
+    /// Deliver unicast between the bridge's containers straight to the destination container
+    /// (L2 semantics: frames unchanged); ARP, broadcast, multicast and unknown MACs keep going
+    /// through the bridge. Refuses where the bridge enforces isolation, VLANs or netfilter rules.
+    Accelerate {
+        bridge: String,
+        /// Accelerate even where the bridge would enforce something the fast path skips.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove the fast path from every port of the bridge.
+    Release { bridge: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -326,6 +344,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .uplink_detach(&iface)
                 .with_context(|| format!("uplink detach {iface}"))?;
             println!("uplink {iface} detached");
+        }
+        Cmd::Bridge(BridgeCmd::Accelerate { bridge, force }) => {
+            let ports = Registry::open(&dir)?
+                .bridge_accelerate(&bridge, force)
+                .with_context(|| format!("bridge accelerate {bridge}"))?;
+            println!(
+                "{bridge}: {} port(s) accelerated{}{}",
+                ports.len(),
+                if ports.is_empty() { "" } else { ": " },
+                ports
+                    .iter()
+                    .map(|p| p.host_if.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Cmd::Bridge(BridgeCmd::Release { bridge }) => {
+            let ports = Registry::open(&dir)?
+                .bridge_release(&bridge)
+                .with_context(|| format!("bridge release {bridge}"))?;
+            println!("{bridge}: {} port(s) released", ports.len());
         }
         Cmd::Status { json } => {
             let st = Registry::open_read(&dir)?.status()?;

@@ -21,7 +21,10 @@ use futures::TryStreamExt;
 use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressFlags},
-    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{
+        InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute,
+        LinkFlags, LinkInfo, LinkMessage,
+    },
     neighbour::NeighbourState,
     route::{
         RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
@@ -260,6 +263,12 @@ pub struct Link {
     pub link_netnsid: Option<i32>,
     /// IFLA_IFALIAS; host ends vethfp creates carry [`OWNER_ALIAS`].
     pub alias: Option<String>,
+    /// IFLA_MASTER: the bridge (or other controller) this link is a port of.
+    pub master: Option<u32>,
+    /// For a bridge: IFLA_BR_VLAN_FILTERING.
+    pub vlan_filtering: Option<bool>,
+    /// For a bridge port: IFLA_BRPORT_ISOLATED.
+    pub port_isolated: Option<bool>,
 }
 
 /// Alias set on every host end vethfp creates, so leftovers of an interrupted `pair add`
@@ -278,6 +287,9 @@ impl From<LinkMessage> for Link {
             peer_ifindex: None,
             link_netnsid: None,
             alias: None,
+            master: None,
+            vlan_filtering: None,
+            port_isolated: None,
         };
         for a in m.attributes {
             match a {
@@ -289,10 +301,26 @@ impl From<LinkMessage> for Link {
                 LinkAttribute::Link(i) => l.peer_ifindex = Some(i),
                 LinkAttribute::LinkNetNsId(id) => l.link_netnsid = Some(id),
                 LinkAttribute::IfAlias(a) => l.alias = Some(a),
+                LinkAttribute::Controller(m) => l.master = Some(m),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
-                        if let LinkInfo::Kind(k) = i {
-                            l.kind = Some(k.to_string());
+                        match i {
+                            LinkInfo::Kind(k) => l.kind = Some(k.to_string()),
+                            LinkInfo::Data(InfoData::Bridge(v)) => {
+                                for b in v {
+                                    if let InfoBridge::VlanFiltering(on) = b {
+                                        l.vlan_filtering = Some(on);
+                                    }
+                                }
+                            }
+                            LinkInfo::PortData(InfoPortData::BridgePort(v)) => {
+                                for p in v {
+                                    if let InfoBridgePort::Isolated(on) = p {
+                                        l.port_isolated = Some(on);
+                                    }
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -698,6 +726,77 @@ pub fn configure_node(
             add_permanent_neighbour(&h, host_ifindex, a.addr, container_mac, &what).await?;
         }
         Ok(())
+    })
+}
+
+/// The id (`IFLA_LINK_NETNSID` numbering) the current netns gives the namespace behind
+/// `ns`, if it has assigned one.
+pub fn netns_id(ns: &Netns) -> Result<Option<i32>, NetlinkError> {
+    use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+    use netlink_packet_route::{
+        RouteNetlinkMessage,
+        nsid::{NsidAttribute, NsidMessage},
+    };
+    let fd = ns.fd().as_raw_fd() as u32;
+    run(|mut h| async move {
+        let mut msg = NsidMessage::default();
+        msg.attributes = vec![NsidAttribute::Fd(fd)];
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+        req.header.flags = NLM_F_REQUEST;
+        let mut resp = h
+            .request(req)
+            .map_err(|e| nl_err("asking for a namespace id", e))?;
+        while let Some(m) = futures::StreamExt::next(&mut resp).await {
+            match m.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(n)) => {
+                    for a in n.attributes {
+                        if let NsidAttribute::Id(id) = a {
+                            return Ok((id >= 0).then_some(id));
+                        }
+                    }
+                }
+                NetlinkPayload::Error(e) => {
+                    return Err(NetlinkError::Netlink {
+                        op: "asking for a namespace id".into(),
+                        msg: e.to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    })
+}
+
+/// Addresses (with prefix) on `ifindex` in the current netns, link-local excluded.
+pub fn addresses(ifindex: u32) -> Result<Vec<Cidr>, NetlinkError> {
+    run(|h| async move {
+        let mut out = Vec::new();
+        let mut s = pin!(h.address().get().set_link_index_filter(ifindex).execute());
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(|e| nl_err(format!("listing addresses of ifindex {ifindex}"), e))?
+        {
+            if m.header.index != ifindex {
+                continue;
+            }
+            for a in m.attributes {
+                if let AddressAttribute::Address(addr) = a {
+                    let ll = match addr {
+                        IpAddr::V4(v4) => v4.is_link_local(),
+                        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+                    };
+                    if !ll {
+                        out.push(Cidr {
+                            addr,
+                            prefix: m.header.prefix_len,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
     })
 }
 

@@ -31,7 +31,8 @@ use aya_obj::programs::XdpAttachType;
 use crate::{
     datapath::{
         Datapath, DatapathError, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_UPLINK, HOOK_XDP,
-        PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_INGRESS, PROG_XDP, object_hash,
+        PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_INGRESS, PROG_XDP,
+        object_hash,
     },
     endpoint::{EndpointError, Registry},
     netlink,
@@ -59,10 +60,10 @@ pub enum LinkAction {
     },
 }
 
-/// The program behind a hook.
+/// A name for the program behind a hook, for error messages.
 fn hook_program(hook: &str) -> Option<&'static str> {
     Some(match hook {
-        HOOK_TC_INGRESS => PROG_TC_INGRESS,
+        HOOK_TC_INGRESS => "tcx ingress program",
         HOOK_TC_EGRESS => PROG_TC_EGRESS,
         HOOK_XDP => PROG_XDP,
         HOOK_UPLINK => PROG_UPLINK_INGRESS,
@@ -136,17 +137,15 @@ impl Datapath {
     }
 
     /// Makes sure `hook` on host end `iface` (`ifindex`) has a pinned link running this
-    /// build's program: attaches it if the pin is missing, replaces an older program in place.
+    /// build's program `name`: attaches it if the pin is missing, replaces another program
+    /// (an older build's) in place.
     pub fn ensure_link(
         &mut self,
         iface: &str,
         ifindex: u32,
         hook: &'static str,
+        name: &'static str,
     ) -> Result<LinkAction, DatapathError> {
-        let name = hook_program(hook).ok_or(DatapathError::Program {
-            name: "unknown hook",
-            source: aya::programs::ProgramError::NotLoaded,
-        })?;
         match self.link_state(hook, ifindex)? {
             None => {
                 match hook {
@@ -282,13 +281,19 @@ impl Registry {
                 continue;
             }
             report.endpoints += 1;
-            let mut hooks = vec![HOOK_TC_INGRESS, HOOK_TC_EGRESS];
+            // Bridge ports run the L2 program at tcx ingress, routed endpoints the L3 one.
+            let ingress = if ep.mode == "bridge" {
+                PROG_L2_INGRESS
+            } else {
+                PROG_TC_INGRESS
+            };
+            let mut hooks = vec![(HOOK_TC_INGRESS, ingress), (HOOK_TC_EGRESS, PROG_TC_EGRESS)];
             if ep.mode == "xdp" {
-                hooks.push(HOOK_XDP);
+                hooks.push((HOOK_XDP, PROG_XDP));
             }
-            for hook in hooks {
+            for (hook, prog) in hooks {
                 live.insert((hook, ep.host_ifindex));
-                self.ensure(&ep.host_if, ep.host_ifindex, hook, &mut report);
+                self.ensure(&ep.host_if, ep.host_ifindex, hook, prog, &mut report);
             }
         }
         for up in self.uplinks()? {
@@ -301,7 +306,13 @@ impl Registry {
             }
             report.uplinks += 1;
             live.insert((HOOK_UPLINK, up.ifindex));
-            self.ensure(&up.name, up.ifindex, HOOK_UPLINK, &mut report);
+            self.ensure(
+                &up.name,
+                up.ifindex,
+                HOOK_UPLINK,
+                PROG_UPLINK_INGRESS,
+                &mut report,
+            );
         }
         let (links, progs) = self.datapath().prune_pins(&live)?;
         report.pruned_link_pins = links;
@@ -310,8 +321,15 @@ impl Registry {
         Ok(report)
     }
 
-    fn ensure(&mut self, iface: &str, ifindex: u32, hook: &'static str, report: &mut Report) {
-        match self.datapath().ensure_link(iface, ifindex, hook) {
+    fn ensure(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        hook: &'static str,
+        prog: &'static str,
+        report: &mut Report,
+    ) {
+        match self.datapath().ensure_link(iface, ifindex, hook, prog) {
             Ok(LinkAction::Kept) => {}
             Ok(LinkAction::Attached) => report.attached.push((iface.to_string(), hook)),
             Ok(LinkAction::Replaced {

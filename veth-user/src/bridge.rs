@@ -1,0 +1,194 @@
+//! Bridge bypass helpers: finding the namespaces behind a bridge's veth ports, and deciding
+//! whether netfilter would see (and could drop or change) traffic between the ports.
+
+use std::{collections::HashMap, fs, process::Command};
+
+use crate::netlink::{self, NetlinkError, Netns};
+
+/// Every network namespace we can open, keyed by the id the node gives it (`link-netnsid`),
+/// with the spec to show for it: names under /run/netns, Docker's /run/docker/netns, and
+/// /proc/PID/ns/net of running processes (first spec found wins).
+pub fn namespaces_by_id() -> Result<HashMap<i32, (String, Netns)>, NetlinkError> {
+    let mut specs: Vec<String> = Vec::new();
+    for (dir, bare) in [("/run/netns", true), ("/run/docker/netns", false)] {
+        if let Ok(rd) = fs::read_dir(dir) {
+            let mut names: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for n in names {
+                specs.push(if bare { n } else { format!("{dir}/{n}") });
+            }
+        }
+    }
+    if let Ok(rd) = fs::read_dir("/proc") {
+        let mut pids: Vec<u32> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        pids.sort();
+        specs.extend(pids.into_iter().map(|p| format!("/proc/{p}/ns/net")));
+    }
+    let mut seen = Vec::new();
+    let mut out = HashMap::new();
+    for spec in specs {
+        let Ok(ns) = Netns::open(&spec) else { continue };
+        if seen.contains(&ns.ino()) {
+            continue;
+        }
+        seen.push(ns.ino());
+        if let Some(id) = netlink::netns_id(&ns)? {
+            out.entry(id).or_insert((spec, ns));
+        }
+    }
+    Ok(out)
+}
+
+/// With br_netfilter passing bridged traffic through iptables/ip6tables in this namespace, a
+/// rule could drop or change traffic between the bridge's ports (Docker's icc=false, rules in
+/// DOCKER-USER): the fast path would skip it. Err names the reason.
+///
+/// The rules are read with `iptables-save`/`ip6tables-save` (read-only); if they cannot be
+/// read, we refuse rather than guess.
+pub fn netfilter_check(bridge: &str) -> Result<(), String> {
+    let on = |f: &str| {
+        fs::read_to_string(format!("/proc/sys/net/bridge/{f}"))
+            .map(|s| s.trim() == "1")
+            .unwrap_or(false)
+    };
+    for (sysctl, tool) in [
+        ("bridge-nf-call-iptables", "iptables-save"),
+        ("bridge-nf-call-ip6tables", "ip6tables-save"),
+    ] {
+        if !on(sysctl) {
+            continue;
+        }
+        let out = Command::new(tool)
+            .args(["-t", "filter"])
+            .output()
+            .map_err(|e| {
+                format!("{sysctl}=1 sends bridged traffic through netfilter and {tool} could not be run to check the rules ({e})")
+            })?;
+        if !out.status.success() {
+            return Err(format!(
+                "{sysctl}=1 sends bridged traffic through netfilter and {tool} failed to list the rules"
+            ));
+        }
+        let rules = String::from_utf8_lossy(&out.stdout);
+        if let Some(rule) = blocking_rule(&rules, bridge) {
+            return Err(format!(
+                "{sysctl}=1 and the netfilter rule `{rule}` can drop or change traffic between ports of {bridge}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A rule that could drop traffic between two ports of `bridge`: walking the filter table
+/// from FORWARD for a packet with in = out = `bridge`, following jumps to user chains, the
+/// first DROP/REJECT whose interface matches could apply to such a packet.
+fn blocking_rule<'a>(rules: &'a str, bridge: &str) -> Option<&'a str> {
+    let mut chains: HashMap<&str, Vec<&str>> = HashMap::new();
+    for line in rules.lines() {
+        let mut w = line.split_whitespace();
+        if w.next() == Some("-A")
+            && let Some(chain) = w.next()
+        {
+            chains.entry(chain).or_default().push(line);
+        }
+    }
+    let mut seen = Vec::new();
+    walk("FORWARD", &chains, bridge, &mut seen)
+}
+
+fn walk<'a>(
+    chain: &str,
+    chains: &HashMap<&str, Vec<&'a str>>,
+    bridge: &str,
+    seen: &mut Vec<String>,
+) -> Option<&'a str> {
+    if seen.iter().any(|c| c == chain) {
+        return None;
+    }
+    seen.push(chain.to_string());
+    for line in chains.get(chain).into_iter().flatten() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        // Can an interface condition hold for in = out = bridge?
+        let holds = |flag: &str| {
+            w.iter().position(|x| *x == flag).is_none_or(|i| {
+                let negated = i > 0 && w[i - 1] == "!";
+                let same = w.get(i + 1).is_some_and(|v| {
+                    *v == bridge || v.ends_with('+') && bridge.starts_with(&v[..v.len() - 1])
+                });
+                same != negated
+            })
+        };
+        if !holds("-i") || !holds("-o") {
+            continue;
+        }
+        let target = w
+            .iter()
+            .position(|x| *x == "-j")
+            .and_then(|i| w.get(i + 1))
+            .copied();
+        match target {
+            Some("DROP") | Some("REJECT") => return Some(line),
+            Some(t) if chains.contains_key(t) => {
+                if let Some(r) = walk(t, chains, bridge, seen) {
+                    return Some(r);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::blocking_rule;
+
+    const DOCKER: &str = "*filter
+:FORWARD DROP [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o docker0 -j DOCKER
+-A FORWARD -i docker0 ! -o docker0 -j ACCEPT
+-A FORWARD -i docker0 -o docker0 -j ACCEPT
+-A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2
+-A DOCKER-ISOLATION-STAGE-1 -j RETURN
+-A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP
+-A DOCKER-ISOLATION-STAGE-2 -j RETURN
+-A DOCKER-USER -j RETURN
+COMMIT
+";
+
+    #[test]
+    fn docker_default_allows_intra_bridge() {
+        assert_eq!(blocking_rule(DOCKER, "docker0"), None);
+    }
+
+    #[test]
+    fn docker_icc_false_and_user_rules_refuse() {
+        let icc = DOCKER.replace(
+            "-A FORWARD -i docker0 -o docker0 -j ACCEPT",
+            "-A FORWARD -i docker0 -o docker0 -j DROP",
+        );
+        assert_eq!(
+            blocking_rule(&icc, "docker0"),
+            Some("-A FORWARD -i docker0 -o docker0 -j DROP")
+        );
+        let user = DOCKER.replace(
+            "-A DOCKER-USER -j RETURN",
+            "-A DOCKER-USER -s 10.0.0.0/8 -j REJECT\n-A DOCKER-USER -j RETURN",
+        );
+        assert!(blocking_rule(&user, "docker0").is_some());
+        // A drop that only applies to another bridge is irrelevant.
+        let other = format!("{DOCKER}-A FORWARD -i br-1 -o br-1 -j DROP\n");
+        assert_eq!(blocking_rule(&other, "docker0"), None);
+        // Policy-free FORWARD with a plain DROP catches everything.
+        assert!(blocking_rule("-A FORWARD -j DROP\n", "docker0").is_some());
+    }
+}
