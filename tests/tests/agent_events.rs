@@ -180,3 +180,51 @@ fn cli_writes_while_the_agent_reconciles_stay_consistent() {
     assert!(st.success(), "{log}");
     assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
 }
+
+#[test]
+fn bridge_ports_keep_their_l2_program() {
+    use vethfp::datapath::{Datapath, HOOK_TC_INGRESS, PROG_L2_INGRESS};
+    let node = Node::new();
+    node.ns.ip(&["link", "add", "vbr0", "type", "bridge"]);
+    node.ns.ip(&["link", "set", "vbr0", "up"]);
+    let mut ports = Vec::new();
+    for (i, addr) in [(1, "10.2.0.2/24"), (2, "10.2.0.3/24")] {
+        let ns = vethfp_tests::Netns::new("vfc");
+        let port = format!("vbp{i}");
+        node.ns.ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns.name(),
+        ]);
+        node.ns.ip(&["link", "set", &port, "master", "vbr0", "up"]);
+        ns.ip(&["addr", "add", addr, "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ports.push((port, ns));
+    }
+    node.ok(&["bridge", "accelerate", "vbr0", "--force"]);
+    let mut dp = Datapath::open(&node.bpffs_dir()).unwrap();
+    let l2 = dp.program_id(PROG_L2_INGRESS).unwrap();
+    let ifx: Vec<u32> = ports
+        .iter()
+        .map(|(p, _)| node.stats(p).host_ifindex as u32)
+        .collect();
+    let before: Vec<_> = ifx
+        .iter()
+        .map(|i| dp.link_state(HOOK_TC_INGRESS, *i).unwrap().unwrap())
+        .collect();
+    assert!(before.iter().all(|s| s.prog_id == l2));
+
+    let agent = Agent::start(&node, &[]);
+    let after: Vec<_> = ifx
+        .iter()
+        .map(|i| dp.link_state(HOOK_TC_INGRESS, *i).unwrap().unwrap())
+        .collect();
+    assert_eq!(after, before, "the agent changed the bridge ports' links");
+    assert!(ping(ports[0].1.name(), "10.2.0.3".parse().unwrap()));
+    // A port deleted behind vethfp's back is cleaned up like any endpoint.
+    node.ns.ip(&["link", "del", "vbp2"]);
+    poll("vbp2's state to be removed", || {
+        gone(&node, "vbp2", ifx[1] as u64)
+    });
+    let (st, log) = agent.terminate();
+    assert!(st.success(), "{log}");
+    assert!(!log.contains("replaced program"), "{log}");
+}
