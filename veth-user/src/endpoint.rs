@@ -216,6 +216,18 @@ impl Serialize for EndpointStats {
     }
 }
 
+fn set_container_tx_csum(ns: &Netns, ifname: &str, on: bool) -> Result<(), NetlinkError> {
+    netlink::in_netns(ns, || {
+        crate::ethtool::set_tx_csum(ifname, on).map_err(|e| NetlinkError::Io {
+            op: format!(
+                "turning TX checksum offload {} on {ifname}",
+                if on { "on" } else { "off" }
+            ),
+            source: e,
+        })
+    })
+}
+
 fn set_network(rec: &mut EndpointRecord, name: &str) {
     rec.target.network = network_id(name);
     put_str(&mut rec.network_name, network_name(name));
@@ -551,6 +563,9 @@ impl Registry {
         undo.push(Undo::Link(host_ifindex));
         netlink::configure_container(ns, req.ifname.as_str(), &req.addrs, host_mac)?;
         enable_gro(ns, req.ifname.as_str())?;
+        if req.mode == MODE_XDP {
+            set_container_tx_csum(ns, req.ifname.as_str(), false)?;
+        }
         netlink::configure_node(host_ifindex, &req.addrs, container_mac)?;
         let mtu = match req.mtu {
             Some(m) => m,
@@ -821,10 +836,16 @@ impl Registry {
             .record_by_name(name)?
             .ok_or_else(|| EndpointError::NotFound(name.into()))?;
         let ifindex = rec.target.ifindex;
+        // Checksums computed by the container's stack before XDP may redirect its frames, and
+        // offloaded again only once XDP no longer sees them (see ethtool::set_tx_csum).
+        let ns = Netns::open(&get_str(&rec.netns))?;
+        let peer = get_str(&rec.peer_name);
         if mode == MODE_XDP {
+            set_container_tx_csum(&ns, &peer, false)?;
             self.dp.attach_xdp(name, ifindex)?;
         } else {
             self.dp.detach_xdp(ifindex)?;
+            set_container_tx_csum(&ns, &peer, true)?;
         }
         rec.target.mode = mode;
         self.dp
