@@ -29,11 +29,17 @@ fn bpf_log_only_when_asked() {
         if agent.log().contains("verdict=redirect") {
             break;
         }
-        assert!(Instant::now() < deadline, "no BPF event logged:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "no BPF event logged:\n{}",
+            agent.log()
+        );
     }
     let ifindex = node.stats("vl1").host_ifindex;
     assert!(
-        agent.log().contains(&format!("tc ingress ifindex={ifindex} ")),
+        agent
+            .log()
+            .contains(&format!("tc ingress ifindex={ifindex} ")),
         "{}",
         agent.log()
     );

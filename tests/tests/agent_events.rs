@@ -192,7 +192,16 @@ fn bridge_ports_keep_their_l2_program() {
         let ns = vethfp_tests::Netns::new("vfc");
         let port = format!("vbp{i}");
         node.ns.ip(&[
-            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns.name(),
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
         ]);
         node.ns.ip(&["link", "set", &port, "master", "vbr0", "up"]);
         ns.ip(&["addr", "add", addr, "dev", "eth0"]);
