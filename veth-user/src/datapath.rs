@@ -178,14 +178,18 @@ impl StateLock {
     }
 }
 
-/// FNV-1a of the embedded object: names the pinned programs of this build.
+/// FNV-1a of the embedded object: names the pinned programs of this build. Computed once per
+/// process (the object is megabytes; the agent asks for every link it checks).
 pub fn object_hash() -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in EBPF_OBJECT {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HASH.get_or_init(|| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in EBPF_OBJECT {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    })
 }
 
 /// Every program of the datapath; all are loaded and pinned together, once per build.

@@ -27,7 +27,7 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder},
     metrics::{
         MetricType,
         counter::{ConstCounter, Counter},
@@ -129,12 +129,18 @@ fn family(
     rows: &[(Labels, u64)],
 ) -> Result<(), std::fmt::Error> {
     let mut fam = enc.encode_descriptor(name, help, None, ty)?;
+    let value = |m: MetricEncoder, v: u64| match ty {
+        MetricType::Gauge => ConstGauge::new(v as i64).encode(m),
+        _ => ConstCounter::new(v).encode(m),
+    };
+    // A single sample without labels: `name value`, not `name{} value`.
+    if let [(labels, v)] = rows
+        && labels.is_empty()
+    {
+        return value(fam, *v);
+    }
     for (labels, v) in rows {
-        let m = fam.encode_family(labels)?;
-        match ty {
-            MetricType::Gauge => ConstGauge::new(*v as i64).encode(m)?,
-            _ => ConstCounter::new(*v).encode(m)?,
-        }
+        value(fam.encode_family(labels)?, *v)?;
     }
     Ok(())
 }
