@@ -11,6 +11,7 @@
 //! every namespace made here, so per-endpoint counters can be compared exactly.
 
 pub mod agent;
+pub mod cni;
 pub mod node;
 pub mod ns;
 pub mod traffic;

@@ -394,6 +394,15 @@ impl Datapath {
         Ok(pin)
     }
 
+    /// Loads (verifies) and pins every program of this build unless an earlier call did:
+    /// proves the kernel accepts them (CNI STATUS).
+    pub fn load_programs(&mut self) -> Result<()> {
+        for name in PROGRAMS {
+            self.pinned_program(name)?;
+        }
+        Ok(())
+    }
+
     fn classifier(&mut self, name: &'static str) -> Result<SchedClassifier> {
         let pin = self.pinned_program(name)?;
         SchedClassifier::from_pin(&pin).map_err(|source| DatapathError::Program { name, source })

@@ -4,10 +4,12 @@
 
 pub mod agent;
 pub mod bridge;
+pub mod cni;
 pub mod datapath;
 pub mod endpoint;
 pub mod ethtool;
 pub mod events;
+pub mod inspect;
 pub mod metrics;
 pub mod netlink;
 pub mod reconcile;

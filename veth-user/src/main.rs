@@ -205,6 +205,10 @@ impl Mode {
 }
 
 fn main() -> ExitCode {
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+        return cni_main();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -244,6 +248,29 @@ fn main() -> ExitCode {
             eprintln!("vethfp: error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// CNI plugin mode (see docs/CNI.md): config on stdin, the result or the spec's error object
+/// on stdout, non-zero exit on error. Logs go to stderr only.
+fn cni_main() -> ExitCode {
+    use std::io::Read as _;
+    use vethfp::cni;
+    let mut stdin = Vec::new();
+    let reply = match std::io::stdin().read_to_end(&mut stdin) {
+        Ok(_) => cni::handle(&cni::CniEnv::from_process(), &stdin),
+        Err(e) => cni::Reply::error(
+            cni::CURRENT_VERSION,
+            &cni::CniError::new(cni::ERR_IO, format!("reading the config from stdin: {e}")),
+        ),
+    };
+    if let Some(json) = &reply.json {
+        println!("{json}");
+    }
+    if reply.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

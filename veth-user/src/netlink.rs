@@ -341,7 +341,7 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetlinkError {
+pub(crate) fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetlinkError {
     let msg = match errno(&e) {
         Some(code) => {
             let mut msg = io::Error::from_raw_os_error(code).to_string();
@@ -356,7 +356,7 @@ fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetlinkError {
 }
 
 /// Runs `f` with a fresh netlink handle bound to the calling thread's network namespace.
-fn run<T, F, Fut>(f: F) -> Result<T, NetlinkError>
+pub(crate) fn run<T, F, Fut>(f: F) -> Result<T, NetlinkError>
 where
     T: Send,
     F: FnOnce(Handle) -> Fut + Send,
