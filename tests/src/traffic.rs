@@ -185,6 +185,63 @@ pub fn udp_send_to(
     })
 }
 
+/// Like [`udp_send_to`], but in the background and paced: datagram `i` leaves no earlier
+/// than `i * gap` after the start (and at most `window` are in flight), so the stream lasts
+/// about `n * gap` — long enough to do things to the control plane while it runs. The
+/// thread returns how many were sent.
+pub fn udp_send_paced(
+    ns: &str,
+    src: Option<IpAddr>,
+    rx: &UdpReceiver,
+    n: u64,
+    payload_len: usize,
+    window: u64,
+    gap: Duration,
+) -> JoinHandle<u64> {
+    assert!(
+        payload_len >= 8,
+        "payload must hold tag and sequence number"
+    );
+    let dst = rx.addr;
+    let tag = rx.tag;
+    let count = rx.count.clone();
+    in_netns(ns, move || {
+        let sock = UdpSocket::bind(SocketAddr::new(src.unwrap_or(unspecified(dst.ip())), 0))
+            .unwrap_or_else(|e| panic!("bind udp sender {src:?}: {e}"));
+        let mut buf = vec![0x5au8; payload_len];
+        buf[0..4].copy_from_slice(&tag.to_be_bytes());
+        let start = Instant::now();
+        for seq in 0..n {
+            let due = start + gap * seq as u32;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            // The window only waits for a receiver that fell behind. Lost datagrams stall
+            // it: after 30 s without progress the sender stops (the receiver comes up short).
+            let mut seen = count.load(Ordering::Acquire);
+            let mut progress = Instant::now();
+            while seq >= window && seen + window <= seq {
+                if progress.elapsed() > Duration::from_secs(30) {
+                    return seq;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+                let c = count.load(Ordering::Acquire);
+                if c != seen {
+                    seen = c;
+                    progress = Instant::now();
+                }
+            }
+            buf[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
+            let sent = sock
+                .send_to(&buf, dst)
+                .unwrap_or_else(|e| panic!("udp send {seq} to {dst}: {e}"));
+            assert_eq!(sent, payload_len);
+        }
+        n
+    })
+}
+
 /// Send `n` datagrams of `payload_len` bytes from `ns` (optionally from `src`) to `dst`
 /// without pacing (the receiver, if any, must be a plain socket that ignores content).
 pub fn udp_send(ns: &str, src: Option<IpAddr>, dst: SocketAddr, n: u64, payload_len: usize) {

@@ -48,6 +48,9 @@ pub const CFG_FASTPATH_OFF: u32 = 1 << 0;
 /// of an attached uplink is sent there directly (fib_lookup + redirect / redirect_neigh),
 /// skipping the node's netfilter FORWARD, conntrack and NAT. Off = `--egress kernel`.
 pub const CFG_EGRESS_FAST: u32 = 1 << 1;
+/// When set, the programs emit debug events through aya-log (`vethfp agent --bpf-log`).
+/// Checked before any logging, so it costs one bit test when off.
+pub const CFG_BPF_LOG: u32 = 1 << 2;
 
 /// Counter directions.
 pub const DIR_FROM_CONTAINER: usize = 0;

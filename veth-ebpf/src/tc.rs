@@ -25,8 +25,8 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 use veth_common::{
-    CFG_EGRESS_FAST, CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, DIR_TO_CONTAINER, EP_SPOOF_AUDIT,
-    EP_SPOOF_ENFORCE, Target, V_DROP_ERROR, V_FAST, V_FAST_UPLINK, V_STACK,
+    CFG_BPF_LOG, CFG_EGRESS_FAST, CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, DIR_TO_CONTAINER,
+    EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, Target, V_DROP_ERROR, V_FAST, V_FAST_UPLINK, V_STACK,
 };
 
 use crate::{
@@ -77,13 +77,34 @@ fn linearize(ctx: &TcContext, len: u32) {
 #[classifier]
 pub fn vfp_tc_ingress(ctx: TcContext) -> i32 {
     let (ifindex, len, routable) = skb_fields(&ctx);
+    let ret = ingress(&ctx, ifindex, len, routable);
+    // Debug events only when `vethfp agent --bpf-log` asked for them: one bit test otherwise.
+    if config_flags() & CFG_BPF_LOG != 0 {
+        let verdict = match ret {
+            TC_ACT_REDIRECT => "redirect",
+            TC_ACT_SHOT => "drop",
+            _ => "pass",
+        };
+        aya_log_ebpf::info!(
+            &ctx,
+            "tc ingress ifindex={} len={} verdict={}",
+            ifindex,
+            len,
+            verdict
+        );
+    }
+    ret
+}
+
+#[inline(always)]
+fn ingress(ctx: &TcContext, ifindex: u32, len: u32, routable: bool) -> i32 {
     let Some(src) = VFP_ENDPOINTS.get_ptr(ifindex) else {
         return TCX_NEXT; // not (or no longer) an endpoint: nothing to count against
     };
     // SAFETY: pointer from a successful lookup.
     let (flags, network, slot) =
         unsafe { ((*src).flags, (*src).target.network, (*src).target.slot) };
-    linearize(&ctx, len);
+    linearize(ctx, len);
     if flags & (EP_SPOOF_ENFORCE | EP_SPOOF_AUDIT) != 0
         && let Some(reason) = spoof::check(ctx.data(), ctx.data_end(), src)
     {
@@ -98,7 +119,7 @@ pub fn vfp_tc_ingress(ctx: TcContext) -> i32 {
     let cfg = config_flags();
     if routable
         && cfg & CFG_FASTPATH_OFF == 0
-        && let Some(ret) = forward(&ctx, ifindex, slot, len, network, cfg)
+        && let Some(ret) = forward(ctx, ifindex, slot, len, network, cfg)
     {
         return ret;
     }

@@ -47,10 +47,10 @@ pub const PROG_TC_EGRESS: &str = "vfp_tc_egress";
 pub const PROG_XDP: &str = "vfp_xdp";
 pub const PROG_UPLINK_INGRESS: &str = "vfp_uplink_ingress";
 pub const PROG_L2_INGRESS: &str = "vfp_l2_ingress";
-const HOOK_TC_INGRESS: &str = "tcx-ingress";
-const HOOK_TC_EGRESS: &str = "tcx-egress";
-const HOOK_XDP: &str = "xdp";
-const HOOK_UPLINK: &str = "uplink-ingress";
+pub const HOOK_TC_INGRESS: &str = "tcx-ingress";
+pub const HOOK_TC_EGRESS: &str = "tcx-egress";
+pub const HOOK_XDP: &str = "xdp";
+pub const HOOK_UPLINK: &str = "uplink-ingress";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -188,14 +188,18 @@ impl StateLock {
     }
 }
 
-/// FNV-1a of the embedded object: names the pinned programs of this build.
-fn object_hash() -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in EBPF_OBJECT {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+/// FNV-1a of the embedded object: names the pinned programs of this build. Computed once per
+/// process (the object is megabytes; the agent asks for every link it checks).
+pub fn object_hash() -> u64 {
+    static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HASH.get_or_init(|| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in EBPF_OBJECT {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    })
 }
 
 /// Every program of the datapath; all are loaded and pinned together, once per build.
@@ -391,7 +395,7 @@ impl Datapath {
     }
 
     /// Pin path of program `name` of this build (re-pinning all programs if it vanished).
-    fn pinned_program(&mut self, name: &'static str) -> Result<PathBuf> {
+    pub(crate) fn pinned_program(&mut self, name: &'static str) -> Result<PathBuf> {
         let pin = prog_pin(&self.dir, name);
         if !pin.exists() {
             self.maps = Self::load_and_pin(&self.dir)?;
@@ -437,7 +441,7 @@ impl Datapath {
         Ok(())
     }
 
-    fn attach_one(
+    pub(crate) fn attach_one(
         &mut self,
         iface: &str,
         ifindex: u32,

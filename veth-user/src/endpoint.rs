@@ -462,6 +462,19 @@ impl Registry {
                 .any(|r| r.target.ifindex == link.ifindex))
     }
 
+    /// Removes every leftover of an interrupted `pair add` in the node (the agent's
+    /// reconciliation does this under the state lock). Returns their names.
+    pub fn remove_leftovers(&mut self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for link in netlink::links()? {
+            if self.is_leftover(&link)? {
+                self.remove_leftover(&link)?;
+                out.push(link.name);
+            }
+        }
+        Ok(out)
+    }
+
     fn remove_leftover(&mut self, link: &netlink::Link) -> Result<()> {
         self.dp.detach(link.ifindex)?;
         let _ = self.dp.devmap()?.remove(link.ifindex);
@@ -777,6 +790,24 @@ impl Registry {
             }
             return Err(EndpointError::NotFound(name.into()));
         };
+        self.remove_record(&rec)
+    }
+
+    /// Removes the endpoint registered under host ifindex `ifindex` (the agent does this when
+    /// the interface vanished). Returns its host interface name; None if there is none.
+    pub fn remove_by_ifindex(&mut self, ifindex: u32) -> Result<Option<String>> {
+        let rec = match self.dp.endpoints()?.get(&ifindex, 0) {
+            Ok(rec) => rec,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(map_err("VFP_ENDPOINTS")(e)),
+        };
+        self.remove_record(&rec)?;
+        Ok(Some(get_str(&rec.host_name)))
+    }
+
+    fn remove_record(&mut self, rec: &EndpointRecord) -> Result<()> {
+        let name = get_str(&rec.host_name);
+        let name = name.as_str();
         let ifindex = rec.target.ifindex;
         for a in rec.addrs[..(rec.naddrs as usize).min(MAX_ADDRS)]
             .iter()
