@@ -162,7 +162,11 @@ fn assert_consistent(node: &Node, want: &BTreeMap<String, usize>) {
     assert_eq!(m.ep4, want_ep4, "VFP_EP4");
     assert_eq!(m.ep6, want_ep6, "VFP_EP6");
     assert_eq!(m.endpoints, idxs, "VFP_ENDPOINTS");
-    assert_eq!(m.counters.len(), idxs.len(), "one counter slot per endpoint");
+    assert_eq!(
+        m.counters.len(),
+        idxs.len(),
+        "one counter slot per endpoint"
+    );
     assert_eq!(m.devmap, idxs, "VFP_DEVMAP");
     assert_eq!(host_routes(node), want_routes, "host routes in the node");
     assert_eq!(link_pins(node), want_pins, "link pins");
