@@ -10,15 +10,20 @@
 //! Kernel chatter on new links (router solicitations, repeated MLD reports) is turned off in
 //! every namespace made here, so per-endpoint counters can be compared exactly.
 
+pub mod agent;
+pub mod cni;
 pub mod node;
 pub mod ns;
+pub mod raw;
 pub mod traffic;
 
+pub use agent::{Agent, Metrics};
 pub use node::{
-    Container, Count, EndpointStats, Node, Snapshot, VERDICTS, check_fails, check_ok, vethfp_bin,
+    Container, Count, EndpointStats, Node, Snapshot, UplinkStats, VERDICTS, bpf_stats, check_fails,
+    check_ok, vethfp_bin,
 };
 pub use ns::{Bpffs, Netns, in_netns, ip, is_bpffs, join, run_in_netns, unique_name};
 pub use traffic::{
-    TIMEOUT, UdpReceiver, ping, ping_from, tcp_echo, udp_frame_len, udp_recv, udp_send,
-    udp_send_to, udp_transfer,
+    TIMEOUT, TcpFlow, UdpReceiver, ping, ping_from, tcp_echo, tcp_flow, udp_frame_len, udp_recv,
+    udp_send, udp_send_paced, udp_send_to, udp_transfer,
 };

@@ -380,6 +380,27 @@ impl Node {
         }
     }
 
+    /// Poll `stats HOST_IF` until `done` holds for it (counters are updated in softirq,
+    /// possibly on another CPU, after a send returns); panics after 15 s with the last value.
+    pub fn wait_stats(
+        &self,
+        host_if: &str,
+        done: impl Fn(&EndpointStats) -> bool,
+    ) -> EndpointStats {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = self.stats(host_if);
+            if done(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host_if}: counters did not reach the expected state within 15 s: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Create a container namespace and `pair add HOST_IF --netns C --addr ... EXTRA...`;
     /// waits until the container's and the host end's addresses have finished DAD.
     pub fn add_container_with(&self, host_if: &str, addrs: &[&str], extra: &[&str]) -> Container {
@@ -493,4 +514,128 @@ impl Container {
     pub fn v6(&self) -> IpAddr {
         self.addr(false)
     }
+}
+
+/// One uplink of `status --json`: its counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UplinkStats {
+    pub name: String,
+    pub ifindex: u64,
+    pub received_fast: Count,
+    pub received_stack: Count,
+    pub sent_fast: Count,
+}
+
+impl UplinkStats {
+    /// Parse one element of `status --json`'s `uplinks`, insisting on every field.
+    pub fn parse(v: &Value) -> UplinkStats {
+        let c = |f: &str| {
+            let num = |k: &str| {
+                v[f][k]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("status: uplink {f}.{k} missing in {v}"))
+            };
+            Count::new(num("packets"), num("bytes"))
+        };
+        UplinkStats {
+            name: v["name"].as_str().expect("status: uplink name").to_string(),
+            ifindex: v["ifindex"].as_u64().expect("status: uplink ifindex"),
+            received_fast: c("received_fast"),
+            received_stack: c("received_stack"),
+            sent_fast: c("sent_fast"),
+        }
+    }
+
+    /// `self - before`, per counter (panics if a counter went backwards).
+    pub fn since(&self, before: &UplinkStats) -> UplinkStats {
+        let sub = |a: Count, b: Count, what: &str| {
+            assert!(
+                a.packets >= b.packets && a.bytes >= b.bytes,
+                "uplink {}: {what} went backwards: {b:?} -> {a:?}",
+                self.name
+            );
+            Count::new(a.packets - b.packets, a.bytes - b.bytes)
+        };
+        UplinkStats {
+            name: self.name.clone(),
+            ifindex: self.ifindex,
+            received_fast: sub(self.received_fast, before.received_fast, "received_fast"),
+            received_stack: sub(self.received_stack, before.received_stack, "received_stack"),
+            sent_fast: sub(self.sent_fast, before.sent_fast, "sent_fast"),
+        }
+    }
+}
+
+impl Node {
+    /// `status --json`, parsed (raw JSON).
+    pub fn status_json(&self) -> Value {
+        let out = self.ok(&["status", "--json"]);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("status --json: bad JSON ({e}): {out}"))
+    }
+
+    /// Counters of uplink `name` from `status --json` (panics if it is not attached).
+    pub fn uplink(&self, name: &str) -> UplinkStats {
+        let st = self.status_json();
+        st["uplinks"]
+            .as_array()
+            .unwrap_or_else(|| panic!("status --json: uplinks not an array: {st}"))
+            .iter()
+            .find(|u| u["name"] == name)
+            .map(UplinkStats::parse)
+            .unwrap_or_else(|| panic!("status --json: no uplink {name}: {st}"))
+    }
+
+    /// Wait until the counters of every endpoint and uplink stop moving (nothing for 500 ms).
+    pub fn wait_all_quiet(&self) {
+        let quiet = Duration::from_millis(500);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let snap = || (self.stats_json(), self.status_json()["uplinks"].clone());
+        let mut last = snap();
+        let mut since = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = snap();
+            if now != last {
+                last = now;
+                since = Instant::now();
+            } else if since.elapsed() >= quiet {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: counters still moving after 20 s",
+                self.name()
+            );
+        }
+    }
+
+    /// How many times the pinned program `name` (e.g. `vfp_xdp`) of this node has run since
+    /// it was loaded (0 if it is not loaded yet: vethfp loads programs on first use). Only
+    /// counts while run-time statistics are on: hold a [`bpf_stats`] guard.
+    pub fn prog_run_count(&self, name: &str) -> u64 {
+        let dir = self.bpffs_dir().join("progs");
+        let prefix = format!("{name}-");
+        let Some(pin) = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .map(|e| e.expect("readdir").path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+        else {
+            return 0;
+        };
+        aya::programs::ProgramInfo::from_pin(&pin)
+            .unwrap_or_else(|e| panic!("program info of {}: {e}", pin.display()))
+            .run_count()
+    }
+}
+
+/// Turns on BPF run-time statistics (run_cnt / run_time_ns of every program) for as long as
+/// the returned fd lives. BPF_ENABLE_STATS is reference-counted by the kernel, so parallel
+/// tests neither race nor need to restore the global `kernel.bpf_stats_enabled` sysctl.
+pub fn bpf_stats() -> std::os::fd::OwnedFd {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS (root needed)")
 }

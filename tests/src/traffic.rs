@@ -185,6 +185,63 @@ pub fn udp_send_to(
     })
 }
 
+/// Like [`udp_send_to`], but in the background and paced: datagram `i` leaves no earlier
+/// than `i * gap` after the start (and at most `window` are in flight), so the stream lasts
+/// about `n * gap` — long enough to do things to the control plane while it runs. The
+/// thread returns how many were sent.
+pub fn udp_send_paced(
+    ns: &str,
+    src: Option<IpAddr>,
+    rx: &UdpReceiver,
+    n: u64,
+    payload_len: usize,
+    window: u64,
+    gap: Duration,
+) -> JoinHandle<u64> {
+    assert!(
+        payload_len >= 8,
+        "payload must hold tag and sequence number"
+    );
+    let dst = rx.addr;
+    let tag = rx.tag;
+    let count = rx.count.clone();
+    in_netns(ns, move || {
+        let sock = UdpSocket::bind(SocketAddr::new(src.unwrap_or(unspecified(dst.ip())), 0))
+            .unwrap_or_else(|e| panic!("bind udp sender {src:?}: {e}"));
+        let mut buf = vec![0x5au8; payload_len];
+        buf[0..4].copy_from_slice(&tag.to_be_bytes());
+        let start = Instant::now();
+        for seq in 0..n {
+            let due = start + gap * seq as u32;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            // The window only waits for a receiver that fell behind. Lost datagrams stall
+            // it: after 30 s without progress the sender stops (the receiver comes up short).
+            let mut seen = count.load(Ordering::Acquire);
+            let mut progress = Instant::now();
+            while seq >= window && seen + window <= seq {
+                if progress.elapsed() > Duration::from_secs(30) {
+                    return seq;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+                let c = count.load(Ordering::Acquire);
+                if c != seen {
+                    seen = c;
+                    progress = Instant::now();
+                }
+            }
+            buf[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
+            let sent = sock
+                .send_to(&buf, dst)
+                .unwrap_or_else(|e| panic!("udp send {seq} to {dst}: {e}"));
+            assert_eq!(sent, payload_len);
+        }
+        n
+    })
+}
+
 /// Send `n` datagrams of `payload_len` bytes from `ns` (optionally from `src`) to `dst`
 /// without pacing (the receiver, if any, must be a plain socket that ignores content).
 pub fn udp_send(ns: &str, src: Option<IpAddr>, dst: SocketAddr, n: u64, payload_len: usize) {
@@ -395,4 +452,129 @@ pub fn ping_from(ns: &str, src: Option<IpAddr>, dst: IpAddr) -> bool {
         }
         false
     })
+}
+
+/// A TCP stream that runs until told to stop: a client in one namespace writes a known byte
+/// pattern continuously, a server in another echoes it, and the client checks every echoed
+/// byte. For changing things under a live connection.
+pub struct TcpFlow {
+    echoed: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    client: JoinHandle<Result<(u64, u64), String>>,
+    server: JoinHandle<Result<usize, String>>,
+}
+
+impl TcpFlow {
+    /// Bytes echoed back and verified so far.
+    pub fn echoed(&self) -> u64 {
+        self.echoed.load(Ordering::Acquire)
+    }
+
+    /// Poll until at least `bytes` were echoed and verified; false after `timeout`.
+    pub fn wait_echoed(&self, bytes: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.echoed() < bytes {
+            if Instant::now() > deadline || self.client.is_finished() {
+                return self.echoed() >= bytes;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Stop writing, let the echo drain, and check that every byte written came back intact
+    /// and the server saw all of them. Returns the number of bytes that made the round trip.
+    pub fn finish(self) -> Result<u64, String> {
+        self.stop.store(true, Ordering::Release);
+        let client = join(self.client);
+        let served = join(self.server);
+        let (written, got) = client?;
+        let served = served? as u64;
+        if got != written || served != written {
+            return Err(format!(
+                "wrote {written} bytes, server saw {served}, {got} came back"
+            ));
+        }
+        Ok(got)
+    }
+}
+
+/// Start a [`TcpFlow`] from `client_ns` to a server in `server_ns` on `server_ip`.
+pub fn tcp_flow(client_ns: &str, server_ns: &str, server_ip: IpAddr) -> TcpFlow {
+    let (tx, rx) = mpsc::channel();
+    let server = in_netns(server_ns, move || -> Result<usize, String> {
+        let l = TcpListener::bind(SocketAddr::new(server_ip, 0))
+            .map_err(|e| format!("server bind {server_ip}: {e}"))?;
+        tx.send(l.local_addr().unwrap()).unwrap();
+        socket::setsockopt(&l, socket::sockopt::ReceiveTimeout, &TimeVal::new(10, 0))
+            .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
+        let (mut s, _) = l.accept().map_err(|e| format!("server accept: {e}"))?;
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut total = 0;
+        loop {
+            let k = s.read(&mut buf).map_err(|e| format!("server read: {e}"))?;
+            if k == 0 {
+                break;
+            }
+            s.write_all(&buf[..k])
+                .map_err(|e| format!("server write: {e}"))?;
+            total += k;
+        }
+        s.shutdown(Shutdown::Write).ok();
+        Ok(total)
+    });
+    let addr = rx
+        .recv_timeout(TIMEOUT)
+        .expect("tcp flow: server did not start");
+    let echoed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (e, st) = (echoed.clone(), stop.clone());
+    let client = in_netns(client_ns, move || -> Result<(u64, u64), String> {
+        let s = TcpStream::connect_timeout(&addr, TIMEOUT)
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || -> Result<u64, String> {
+            let chunk = 16 << 10;
+            let mut sent = 0usize;
+            while !st.load(Ordering::Acquire) {
+                let data: Vec<u8> = (sent..sent + chunk).map(pattern).collect();
+                w.write_all(&data)
+                    .map_err(|e| format!("client write at {sent}: {e}"))?;
+                sent += chunk;
+            }
+            w.shutdown(Shutdown::Write)
+                .map_err(|e| format!("client shutdown: {e}"))?;
+            Ok(sent as u64)
+        });
+        let mut r = s;
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let k = r
+                .read(&mut buf)
+                .map_err(|e| format!("client read at {got}: {e}"))?;
+            if k == 0 {
+                break;
+            }
+            for (j, b) in buf[..k].iter().enumerate() {
+                if *b != pattern(got + j) {
+                    return Err(format!("byte {} corrupted", got + j));
+                }
+            }
+            got += k;
+            e.store(got as u64, Ordering::Release);
+        }
+        let written = join(writer)?;
+        Ok((written, got as u64))
+    });
+    TcpFlow {
+        echoed,
+        stop,
+        client,
+        server,
+    }
 }

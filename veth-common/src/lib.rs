@@ -8,7 +8,7 @@
 #![cfg_attr(not(test), no_std)]
 
 /// Version of the layouts below. Stored in [`CONFIG_ABI`] of the config map.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Map names (also the pin file names under `--bpffs DIR`).
 pub const MAP_EP4: &str = "VFP_EP4";
@@ -33,6 +33,9 @@ pub const MAPS: [&str; 8] = [
 
 /// Capacity of the endpoint maps.
 pub const MAX_ENDPOINTS: usize = 65_536;
+/// Counter slots (endpoints + uplinks that can be counted at once). Per-CPU array: 256 bytes a
+/// slot a CPU, so 4096 slots are 1 MiB per possible CPU.
+pub const MAX_SLOTS: usize = 4096;
 
 /// Config map slots (an `Array<u32>`).
 pub const CONFIG_ABI: u32 = 0;
@@ -45,6 +48,9 @@ pub const CFG_FASTPATH_OFF: u32 = 1 << 0;
 /// of an attached uplink is sent there directly (fib_lookup + redirect / redirect_neigh),
 /// skipping the node's netfilter FORWARD, conntrack and NAT. Off = `--egress kernel`.
 pub const CFG_EGRESS_FAST: u32 = 1 << 1;
+/// When set, the programs emit debug events through aya-log (`vethfp agent --bpf-log`).
+/// Checked before any logging, so it costs one bit test when off.
+pub const CFG_BPF_LOG: u32 = 1 << 2;
 
 /// Counter directions.
 pub const DIR_FROM_CONTAINER: usize = 0;
@@ -100,6 +106,8 @@ pub struct Target {
     pub network: u32,
     /// `MODE_*`.
     pub mode: u32,
+    /// Index of this endpoint's counters in `VFP_COUNTERS`.
+    pub slot: u32,
     /// MAC of the container end (new destination MAC).
     pub container_mac: [u8; 6],
     /// MAC of the host end (new source MAC, the container's gateway).
@@ -159,7 +167,6 @@ pub struct EndpointRecord {
     /// Name of the network (isolation domain), NUL padded; `target.network` is its id.
     pub network_name: [u8; NAME_LEN],
     pub addrs: [EndpointAddr; MAX_ADDRS],
-    pub _pad: u32,
 }
 
 impl Default for EndpointRecord {
@@ -174,7 +181,6 @@ impl Default for EndpointRecord {
             netns: [0; NETNS_LEN],
             network_name: [0; NAME_LEN],
             addrs: [EndpointAddr::default(); MAX_ADDRS],
-            _pad: 0,
         }
     }
 }
@@ -186,7 +192,8 @@ pub struct PacketBytes {
     pub bytes: u64,
 }
 
-/// Per-CPU counters of one endpoint (`VFP_COUNTERS`, key = host ifindex).
+/// Per-CPU counters of one endpoint or uplink (`VFP_COUNTERS`, a per-CPU array indexed by
+/// the slot in its `Target` / `Uplink`: an inlined lookup on the hot path).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -211,6 +218,8 @@ impl Counters {
 pub struct Uplink {
     pub ifindex: u32,
     pub flags: u32,
+    /// Index of this uplink's counters in `VFP_COUNTERS`.
+    pub slot: u32,
     pub name: [u8; NAME_LEN],
 }
 
@@ -232,11 +241,11 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<Target>(), 4 * 4 + 12);
+        assert_eq!(size_of::<Target>(), 5 * 4 + 12);
         assert_eq!(size_of::<EndpointAddr>(), 20);
         assert_eq!(
             size_of::<EndpointRecord>(),
-            size_of::<Target>() + 8 + 4 + 4 + 16 + 16 + 128 + 16 + 20 * MAX_ADDRS + 4
+            size_of::<Target>() + 8 + 4 + 4 + 16 + 16 + 128 + 16 + 20 * MAX_ADDRS
         );
         assert_eq!(size_of::<Counters>(), DIRS * VERDICTS * 16);
     }

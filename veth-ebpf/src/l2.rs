@@ -23,7 +23,7 @@ pub fn vfp_l2_ingress(ctx: TcContext) -> i32 {
         return TCX_NEXT;
     };
     // SAFETY: pointer from a successful lookup. For bridge ports, network = bridge ifindex.
-    let bridge = unsafe { (*src).target.network };
+    let (bridge, slot) = unsafe { ((*src).target.network, (*src).target.slot) };
     if config_flags() & CFG_FASTPATH_OFF == 0
         && let Some(eth) = ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0)
     {
@@ -35,11 +35,11 @@ pub fn vfp_l2_ingress(ctx: TcContext) -> i32 {
             // SAFETY: pointer from a successful lookup, copied once.
             let t = unsafe { *t };
             if t.network == bridge && t.ifindex != ifindex && fits(&ctx, len, &t) {
-                return redirect_peer(ifindex, DIR_FROM_CONTAINER, V_FAST, &t, len);
+                return redirect_peer(slot, DIR_FROM_CONTAINER, V_FAST, &t, len);
             }
         }
     }
-    count(ifindex, DIR_FROM_CONTAINER, V_STACK, len);
+    count(slot, DIR_FROM_CONTAINER, V_STACK, len);
     TCX_NEXT
 }
 

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, DevMapHash, HashMap, PerCpuHashMap},
+    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray},
     macros::btf_map,
 };
 use veth_common::{
-    CONFIG_FLAGS, CONFIG_SLOTS, Counters, EndpointRecord, MAX_ENDPOINTS, Target, Uplink,
+    CONFIG_FLAGS, CONFIG_SLOTS, Counters, EndpointRecord, MAX_ENDPOINTS, MAX_SLOTS, Target, Uplink,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -24,10 +24,9 @@ pub static VFP_EP6: HashMap<[u8; 16], Target, MAX_ENDPOINTS, NO_PREALLOC> = Hash
 #[btf_map]
 pub static VFP_ENDPOINTS: HashMap<u32, EndpointRecord, MAX_ENDPOINTS, NO_PREALLOC> = HashMap::new();
 
-/// Host ifindex → per-CPU counters by direction and verdict.
+/// Counter slot → per-CPU counters by direction and verdict.
 #[btf_map]
-pub static VFP_COUNTERS: PerCpuHashMap<u32, Counters, MAX_ENDPOINTS, NO_PREALLOC> =
-    PerCpuHashMap::new();
+pub static VFP_COUNTERS: PerCpuArray<Counters, MAX_SLOTS> = PerCpuArray::new();
 
 /// Host ifindex → host ifindex: XDP redirect targets (every endpoint's host end).
 #[btf_map]
@@ -53,11 +52,12 @@ pub fn config_flags() -> u32 {
     }
 }
 
-/// Adds one packet of `bytes` to the counters of `ifindex`. `dir` and `verdict` are constants at
-/// every call site, so the array indexing compiles to fixed offsets.
+/// Adds one packet of `bytes` to the counters in `slot`. `dir` and `verdict` are constants at
+/// every call site, so the indexing compiles to fixed offsets; the per-CPU array lookup is
+/// inlined by the verifier (no helper call).
 #[inline(always)]
-pub fn count(ifindex: u32, dir: usize, verdict: usize, bytes: u32) {
-    if let Some(c) = VFP_COUNTERS.get_ptr_mut(ifindex) {
+pub fn count(slot: u32, dir: usize, verdict: usize, bytes: u32) {
+    if let Some(c) = VFP_COUNTERS.get_ptr_mut(slot) {
         // SAFETY: per-CPU value; programs on one CPU do not nest (softirq or BH disabled).
         unsafe {
             let pb = &mut (*c).c[dir][verdict];

@@ -96,22 +96,36 @@ pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
     Some((data + off) as *mut T)
 }
 
-/// Parses the frame in `[data, data_end)` and applies a router's checks. Reads only.
+/// Parses the frame in `[data, data_end)` (whose full length, linear or not, is `frame_len`)
+/// and applies the checks the kernel's receive and forwarding paths would (ip_rcv /
+/// ipv6_rcv, then the router): a frame failing any of them goes to the kernel, which drops or
+/// answers it as it always would. Reads only.
 #[inline(always)]
-pub fn parse(data: usize, data_end: usize) -> Option<Pkt> {
+pub fn parse(data: usize, data_end: usize, frame_len: u32) -> Option<Pkt> {
     let eth: *mut EthHdr = ptr_at(data, data_end, 0)?;
     // SAFETY: `eth` is bounds-checked.
     let (multicast, ether_type) = unsafe { ((*eth).dst_addr[0] & 1 != 0, (*eth).ether_type) };
     if multicast {
         return None; // broadcast / multicast: the kernel's business
     }
+    let l3_room = frame_len.checked_sub(EthHdr::LEN as u32)?;
     if ether_type == EtherType::Ipv4 as u16 {
         let ip: *mut Ipv4Hdr = ptr_at(data, data_end, EthHdr::LEN)?;
-        // SAFETY: `ip` is bounds-checked.
+        // SAFETY: `ip` is bounds-checked (20 bytes).
         unsafe {
             // Version 4 with a 20-byte header: options (router alert, record route...) need
             // the kernel's forwarding code.
             if (*ip).vihl != 0x45 || (*ip).ttl <= 1 {
+                return None;
+            }
+            let tot = u16::from_be_bytes((*ip).tot_len) as u32;
+            if tot < Ipv4Hdr::LEN as u32 || tot > l3_room {
+                return None; // truncated or inconsistent: ip_rcv drops it
+            }
+            if !v4_unicast((*ip).src_addr) || !v4_unicast((*ip).dst_addr) {
+                return None; // martian: the router drops it
+            }
+            if !v4_checksum_ok(ip as *const [u8; 20]) {
                 return None;
             }
         }
@@ -125,12 +139,13 @@ pub fn parse(data: usize, data_end: usize) -> Option<Pkt> {
         unsafe {
             let dst = &(*ip).dst_addr;
             let src = &(*ip).src_addr;
+            let payload = u16::from_be_bytes((*ip).payload_len) as u32;
             if (*ip).vcf[0] >> 4 != 6
                 || (*ip).hop_limit <= 1
                 || (*ip).next_hdr == 0 // hop-by-hop options: every router must process them
-                || dst[0] == 0xff
-                || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80)
-                || (src[0] == 0xfe && src[1] & 0xc0 == 0x80)
+                || payload + Ipv6Hdr::LEN as u32 > l3_room
+                || !v6_routable(dst)
+                || !v6_routable(src)
             {
                 return None;
             }
@@ -144,10 +159,41 @@ pub fn parse(data: usize, data_end: usize) -> Option<Pkt> {
     }
 }
 
+/// Not 0.0.0.0/8, loopback, multicast, or the reserved/broadcast 240.0.0.0/4.
+#[inline(always)]
+fn v4_unicast(a: [u8; 4]) -> bool {
+    a[0] != 0 && a[0] != 127 && a[0] < 224
+}
+
+/// Not ::, ::1, multicast or link-local.
+#[inline(always)]
+fn v6_routable(a: &[u8; 16]) -> bool {
+    let mut low = 0u8;
+    for b in &a[..15] {
+        low |= *b;
+    }
+    let unspecified_or_loopback = low == 0 && a[15] <= 1;
+    !unspecified_or_loopback && a[0] != 0xff && !(a[0] == 0xfe && a[1] & 0xc0 == 0x80)
+}
+
+/// The IPv4 header checksum verifies (ones' complement sum of the 10 words is 0xffff).
+#[inline(always)]
+fn v4_checksum_ok(h: *const [u8; 20]) -> bool {
+    // SAFETY: the caller bounds-checked 20 bytes at `h`.
+    let h = unsafe { &*h };
+    let mut sum: u32 = 0;
+    for i in 0..10 {
+        sum += u16::from_be_bytes([h[2 * i], h[2 * i + 1]]) as u32;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
+}
+
 /// Parse and local lookup in one: the hop to another local endpoint than `from_ifindex`.
 #[inline(always)]
 pub fn lookup(data: usize, data_end: usize, from_ifindex: u32) -> Option<Hop> {
-    let pkt = parse(data, data_end)?;
+    let pkt = parse(data, data_end, (data_end - data) as u32)?;
     let target = pkt.local_target()?;
     if target.ifindex == from_ifindex {
         return None;

@@ -25,8 +25,8 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 use veth_common::{
-    CFG_EGRESS_FAST, CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, DIR_TO_CONTAINER, EP_SPOOF_AUDIT,
-    EP_SPOOF_ENFORCE, Target, V_DROP_ERROR, V_FAST, V_FAST_UPLINK, V_STACK,
+    CFG_BPF_LOG, CFG_EGRESS_FAST, CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, DIR_TO_CONTAINER,
+    EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, Target, V_DROP_ERROR, V_FAST, V_FAST_UPLINK, V_STACK,
 };
 
 use crate::{
@@ -47,13 +47,22 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const FIB_SUCCESS: c_long = 0;
 const FIB_NO_NEIGH: c_long = 7;
+/// bpf_check_mtu: also check each segment of a GSO packet.
+const BPF_MTU_CHK_SEGS: u64 = 1;
 
 #[inline(always)]
-fn skb_fields(ctx: &TcContext) -> (u32, u32, u32) {
+/// (ifindex, length, routable): routable = addressed to this interface (PACKET_HOST) and not
+/// carrying a VLAN tag the kernel already took off (that frame belongs to a VLAN device, or
+/// nowhere, never to the fast path).
+fn skb_fields(ctx: &TcContext) -> (u32, u32, bool) {
     // SAFETY: ctx.skb.skb is the valid __sk_buff of this invocation.
     unsafe {
         let skb = &*ctx.skb.skb;
-        (skb.ifindex, skb.len, skb.pkt_type)
+        (
+            skb.ifindex,
+            skb.len,
+            skb.pkt_type == PACKET_HOST && skb.vlan_present == 0,
+        )
     }
 }
 
@@ -67,17 +76,39 @@ fn linearize(ctx: &TcContext, len: u32) {
 
 #[classifier]
 pub fn vfp_tc_ingress(ctx: TcContext) -> i32 {
-    let (ifindex, len, pkt_type) = skb_fields(&ctx);
+    let (ifindex, len, routable) = skb_fields(&ctx);
+    let ret = ingress(&ctx, ifindex, len, routable);
+    // Debug events only when `vethfp agent --bpf-log` asked for them: one bit test otherwise.
+    if config_flags() & CFG_BPF_LOG != 0 {
+        let verdict = match ret {
+            TC_ACT_REDIRECT => "redirect",
+            TC_ACT_SHOT => "drop",
+            _ => "pass",
+        };
+        aya_log_ebpf::info!(
+            &ctx,
+            "tc ingress ifindex={} len={} verdict={}",
+            ifindex,
+            len,
+            verdict
+        );
+    }
+    ret
+}
+
+#[inline(always)]
+fn ingress(ctx: &TcContext, ifindex: u32, len: u32, routable: bool) -> i32 {
     let Some(src) = VFP_ENDPOINTS.get_ptr(ifindex) else {
         return TCX_NEXT; // not (or no longer) an endpoint: nothing to count against
     };
     // SAFETY: pointer from a successful lookup.
-    let (flags, network) = unsafe { ((*src).flags, (*src).target.network) };
-    linearize(&ctx, len);
+    let (flags, network, slot) =
+        unsafe { ((*src).flags, (*src).target.network, (*src).target.slot) };
+    linearize(ctx, len);
     if flags & (EP_SPOOF_ENFORCE | EP_SPOOF_AUDIT) != 0
-        && let Some(reason) = spoof::check(ctx.data(), ctx.data_end(), src, ifindex)
+        && let Some(reason) = spoof::check(ctx.data(), ctx.data_end(), src)
     {
-        count(ifindex, DIR_FROM_CONTAINER, reason, len);
+        count(slot, DIR_FROM_CONTAINER, reason, len);
         // Audit: counted once, under the reason; it may only take the kernel path.
         return if flags & EP_SPOOF_ENFORCE != 0 {
             TC_ACT_SHOT
@@ -86,42 +117,50 @@ pub fn vfp_tc_ingress(ctx: TcContext) -> i32 {
         };
     }
     let cfg = config_flags();
-    if pkt_type == PACKET_HOST
+    if routable
         && cfg & CFG_FASTPATH_OFF == 0
-        && let Some(ret) = forward(&ctx, ifindex, len, network, cfg)
+        && let Some(ret) = forward(ctx, ifindex, slot, len, network, cfg)
     {
         return ret;
     }
-    count(ifindex, DIR_FROM_CONTAINER, V_STACK, len);
+    count(slot, DIR_FROM_CONTAINER, V_STACK, len);
     TCX_NEXT
 }
 
 /// The fast path for a frame from the container behind `ifindex`; None = the stack decides.
 #[inline(always)]
-fn forward(ctx: &TcContext, ifindex: u32, len: u32, network: u32, cfg: u32) -> Option<i32> {
-    let pkt = route::parse(ctx.data(), ctx.data_end())?;
+fn forward(
+    ctx: &TcContext,
+    ifindex: u32,
+    slot: u32,
+    len: u32,
+    network: u32,
+    cfg: u32,
+) -> Option<i32> {
+    let pkt = route::parse(ctx.data(), ctx.data_end(), len)?;
     if let Some(t) = pkt.local_target() {
         // Across networks, the node's routing and firewall decide.
         if t.ifindex == ifindex || t.network != network || !fits(ctx, &pkt, len, &t) {
             return None;
         }
         pkt.rewrite(t.container_mac, t.host_mac);
-        return Some(redirect_peer(ifindex, DIR_FROM_CONTAINER, V_FAST, &t, len));
+        return Some(redirect_peer(slot, DIR_FROM_CONTAINER, V_FAST, &t, len));
     }
     if cfg & CFG_EGRESS_FAST == 0 {
         return None;
     }
-    egress(ctx, &pkt, ifindex, len)
+    egress(ctx, &pkt, ifindex, slot, len)
 }
 
-/// Hands a rewritten frame to the container behind `t` and counts it on both ends.
+/// Hands a rewritten frame to the container behind `t` and counts it on both ends (`from` is
+/// the sender's counter slot).
 #[inline(always)]
 pub fn redirect_peer(from: u32, from_dir: usize, verdict: usize, t: &Target, len: u32) -> i32 {
     // SAFETY: plain helper call.
     let ret = unsafe { bpf_redirect_peer(t.ifindex, 0) };
     if ret == TC_ACT_REDIRECT as c_long {
         count(from, from_dir, verdict, len);
-        count(t.ifindex, DIR_TO_CONTAINER, verdict, len);
+        count(t.slot, DIR_TO_CONTAINER, verdict, len);
         return TC_ACT_REDIRECT;
     }
     // Only bad flags make the helper fail; the frame is already rewritten, so it cannot go to
@@ -131,7 +170,8 @@ pub fn redirect_peer(from: u32, from_dir: usize, verdict: usize, t: &Target, len
 }
 
 /// Does the frame fit the destination's MTU? Small frames are settled by the stored MTU; larger
-/// ones and GSO super-packets by bpf_check_mtu, which validates GSO segment sizes exactly.
+/// ones and GSO super-packets by bpf_check_mtu, which validates GSO segment sizes exactly
+/// (with BPF_MTU_CHK_SEGS; without it every GSO packet passes).
 /// Frames that do not fit go to the stack, which fragments or sends "fragmentation needed" /
 /// "packet too big".
 #[inline(always)]
@@ -141,7 +181,15 @@ fn fits(ctx: &TcContext, pkt: &Pkt, len: u32, t: &Target) -> bool {
     }
     let mut mtu_len: u32 = 0;
     // SAFETY: helper call on this program's skb with a valid out pointer.
-    unsafe { bpf_check_mtu(ctx.skb.skb.cast(), t.ifindex, &mut mtu_len, 0, 0) == 0 }
+    unsafe {
+        bpf_check_mtu(
+            ctx.skb.skb.cast(),
+            t.ifindex,
+            &mut mtu_len,
+            0,
+            BPF_MTU_CHK_SEGS,
+        ) == 0
+    }
 }
 
 /// Container → outside: when the node's FIB routes the packet out of an attached uplink,
@@ -149,7 +197,7 @@ fn fits(ctx: &TcContext, pkt: &Pkt, len: u32, t: &Target) -> bool {
 /// bpf_redirect_neigh resolve it. Anything the FIB cannot answer cleanly (no route, local
 /// delivery, blackhole/prohibit, fragmentation needed, forwarding disabled) goes to the stack.
 #[inline(always)]
-fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, len: u32) -> Option<i32> {
+fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, slot: u32, len: u32) -> Option<i32> {
     // SAFETY: bpf_fib_lookup is plain data; zeroed is a valid value.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     // SAFETY: pkt's pointers were bounds-checked by `parse`; unions written as the uapi says.
@@ -174,7 +222,17 @@ fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, len: u32) -> Option<i32> {
             }
         }
     }
-    // tot_len 0: the helper checks the egress MTU on the skb itself, GSO-aware.
+    // The MTU. With tot_len 0 the helper would only check the device MTU, with 4 bytes of VLAN
+    // slack (is_skb_forwardable), not at all when the neighbour is unresolved, and never for
+    // GSO packets: DF packets up to 4 bytes over the MTU, and every TCP segment a TSO sender
+    // makes, would go out oversized, and the sender would never get its ICMP. So: a plain
+    // packet's L3 length goes in tot_len (the FIB checks it against the route's MTU, learnt
+    // PMTU included, before anything else); a GSO packet's segments are checked below.
+    // SAFETY: ctx.skb.skb is the valid __sk_buff of this invocation.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    if !gso {
+        p.__bindgen_anon_1.tot_len = pkt.l3_len() as u16;
+    }
     p.ifindex = ifindex;
     // SAFETY: helper call with a valid params struct of the size passed.
     let rc = unsafe {
@@ -186,8 +244,17 @@ fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, len: u32) -> Option<i32> {
         )
     };
     let out = p.ifindex;
-    if (rc != FIB_SUCCESS && rc != FIB_NO_NEIGH) || VFP_UPLINKS.get_ptr(out).is_none() {
+    if rc != FIB_SUCCESS && rc != FIB_NO_NEIGH {
         return None;
+    }
+    // SAFETY: pointer from a successful lookup, read once.
+    let up_slot = unsafe { (*VFP_UPLINKS.get_ptr(out)?).slot };
+    let mut mtu_len: u32 = 0;
+    // SAFETY: helper call on this program's skb with a valid out pointer.
+    if gso
+        && unsafe { bpf_check_mtu(ctx.skb.skb.cast(), out, &mut mtu_len, 0, BPF_MTU_CHK_SEGS) } != 0
+    {
+        return None; // the stack sends "fragmentation needed" / "packet too big"
     }
     let ret = if rc == FIB_SUCCESS {
         pkt.rewrite(p.dmac, p.smac);
@@ -208,11 +275,11 @@ fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, len: u32) -> Option<i32> {
         }
     };
     if ret == TC_ACT_REDIRECT as c_long {
-        count(ifindex, DIR_FROM_CONTAINER, V_FAST_UPLINK, len);
-        count(out, DIR_FROM_CONTAINER, V_FAST_UPLINK, len);
+        count(slot, DIR_FROM_CONTAINER, V_FAST_UPLINK, len);
+        count(up_slot, DIR_FROM_CONTAINER, V_FAST_UPLINK, len);
         Some(TC_ACT_REDIRECT)
     } else {
-        count(ifindex, DIR_FROM_CONTAINER, V_DROP_ERROR, len);
+        count(slot, DIR_FROM_CONTAINER, V_DROP_ERROR, len);
         Some(TC_ACT_SHOT)
     }
 }
@@ -220,24 +287,37 @@ fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, len: u32) -> Option<i32> {
 #[classifier]
 pub fn vfp_tc_egress(ctx: TcContext) -> i32 {
     let (ifindex, len, _) = skb_fields(&ctx);
-    count(ifindex, DIR_TO_CONTAINER, V_STACK, len);
+    if let Some(rec) = VFP_ENDPOINTS.get_ptr(ifindex) {
+        // SAFETY: pointer from a successful lookup.
+        count(
+            unsafe { (*rec).target.slot },
+            DIR_TO_CONTAINER,
+            V_STACK,
+            len,
+        );
+    }
     TCX_NEXT
 }
 
 /// Uplink ingress. The uplink's own counters use DIR_TO_CONTAINER for "received from outside".
 #[classifier]
 pub fn vfp_uplink_ingress(ctx: TcContext) -> i32 {
-    let (ifindex, len, pkt_type) = skb_fields(&ctx);
-    if pkt_type == PACKET_HOST && config_flags() & CFG_FASTPATH_OFF == 0 {
+    let (ifindex, len, routable) = skb_fields(&ctx);
+    let Some(up) = VFP_UPLINKS.get_ptr(ifindex) else {
+        return TCX_NEXT;
+    };
+    // SAFETY: pointer from a successful lookup.
+    let slot = unsafe { (*up).slot };
+    if routable && config_flags() & CFG_FASTPATH_OFF == 0 {
         linearize(&ctx, len);
-        if let Some(pkt) = route::parse(ctx.data(), ctx.data_end())
+        if let Some(pkt) = route::parse(ctx.data(), ctx.data_end(), len)
             && let Some(t) = pkt.local_target()
             && fits(&ctx, &pkt, len, &t)
         {
             pkt.rewrite(t.container_mac, t.host_mac);
-            return redirect_peer(ifindex, DIR_TO_CONTAINER, V_FAST_UPLINK, &t, len);
+            return redirect_peer(slot, DIR_TO_CONTAINER, V_FAST_UPLINK, &t, len);
         }
     }
-    count(ifindex, DIR_TO_CONTAINER, V_STACK, len);
+    count(slot, DIR_TO_CONTAINER, V_STACK, len);
     TCX_NEXT
 }

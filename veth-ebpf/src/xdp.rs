@@ -30,12 +30,14 @@ pub fn vfp_xdp(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: pointer from a successful lookup.
-    let (flags, network, own_mac) =
-        unsafe { ((*src).flags, (*src).target.network, (*src).target.host_mac) };
+    let (flags, network, own_mac, slot) = unsafe {
+        let t = &(*src).target;
+        ((*src).flags, t.network, t.host_mac, t.slot)
+    };
     if flags & EP_SPOOF_ENFORCE != 0
-        && let Some(reason) = spoof::check(data, data_end, src, ifindex)
+        && let Some(reason) = spoof::check(data, data_end, src)
     {
-        count(ifindex, DIR_FROM_CONTAINER, reason, len);
+        count(slot, DIR_FROM_CONTAINER, reason, len);
         return xdp_action::XDP_DROP;
     }
     if config_flags() & CFG_FASTPATH_OFF != 0 {
@@ -60,13 +62,13 @@ pub fn vfp_xdp(ctx: XdpContext) -> u32 {
     hop.pkt.rewrite(t.container_mac, t.host_mac);
     match VFP_DEVMAP.redirect(t.ifindex, 0) {
         Ok(action) => {
-            count(ifindex, DIR_FROM_CONTAINER, V_FAST, len);
-            count(t.ifindex, DIR_TO_CONTAINER, V_FAST, len);
+            count(slot, DIR_FROM_CONTAINER, V_FAST, len);
+            count(t.slot, DIR_TO_CONTAINER, V_FAST, len);
             action
         }
         // Only if the entry vanished since the lookup above; the frame is already rewritten.
         Err(_) => {
-            count(ifindex, DIR_FROM_CONTAINER, V_DROP_ERROR, len);
+            count(slot, DIR_FROM_CONTAINER, V_DROP_ERROR, len);
             xdp_action::XDP_DROP
         }
     }

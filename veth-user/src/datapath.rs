@@ -1,7 +1,7 @@
 //! The datapath as the control plane sees it: the embedded BPF object, its pinned maps,
 //! programs and links under `--bpffs DIR`, and typed access to the maps.
 //!
-//! Layout of DIR (all created 0700 / pinned by the kernel's bpffs rules):
+//! Layout of DIR (directories 0700, every pin 0600: only root may read or change the state):
 //! ```text
 //! DIR/VFP_EP4, VFP_EP6, VFP_ENDPOINTS, VFP_COUNTERS, VFP_CONFIG   maps, by name
 //! DIR/progs/<program>-<object hash>                                 loaded programs
@@ -22,7 +22,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuHashMap, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{
         LinkOrder, Program, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -47,10 +47,10 @@ pub const PROG_TC_EGRESS: &str = "vfp_tc_egress";
 pub const PROG_XDP: &str = "vfp_xdp";
 pub const PROG_UPLINK_INGRESS: &str = "vfp_uplink_ingress";
 pub const PROG_L2_INGRESS: &str = "vfp_l2_ingress";
-const HOOK_TC_INGRESS: &str = "tcx-ingress";
-const HOOK_TC_EGRESS: &str = "tcx-egress";
-const HOOK_XDP: &str = "xdp";
-const HOOK_UPLINK: &str = "uplink-ingress";
+pub const HOOK_TC_INGRESS: &str = "tcx-ingress";
+pub const HOOK_TC_EGRESS: &str = "tcx-egress";
+pub const HOOK_XDP: &str = "xdp";
+pub const HOOK_UPLINK: &str = "uplink-ingress";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -153,8 +153,18 @@ fn make_dir(dir: &Path) -> Result<()> {
             Err(source) => return Err(DatapathError::StateDir { path: d, source }),
         }
     }
-    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    for d in [dir.to_path_buf(), dir.join("progs"), dir.join("links")] {
+        restrict(&d, 0o700)?;
+    }
     Ok(())
+}
+
+/// Pins and state directories are root's alone: whoever can open a pinned map can change the
+/// datapath, whoever can read one learns every endpoint. The mode is set explicitly (not left
+/// to the umask), also on pins and directories an earlier version made.
+fn restrict(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(io(format!("chmod {mode:o} {}", path.display())))
 }
 
 /// An exclusive lock on the state directory for the duration of one registry operation, so
@@ -178,14 +188,18 @@ impl StateLock {
     }
 }
 
-/// FNV-1a of the embedded object: names the pinned programs of this build.
-fn object_hash() -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in EBPF_OBJECT {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+/// FNV-1a of the embedded object: names the pinned programs of this build. Computed once per
+/// process (the object is megabytes; the agent asks for every link it checks).
+pub fn object_hash() -> u64 {
+    static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HASH.get_or_init(|| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in EBPF_OBJECT {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    })
 }
 
 /// Every program of the datapath; all are loaded and pinned together, once per build.
@@ -213,7 +227,7 @@ fn map_from_pin(dir: &Path, name: &'static str) -> Result<aya::maps::Map> {
     use aya::maps::Map;
     let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
     Ok(match name {
-        MAP_COUNTERS => Map::PerCpuHashMap(data),
+        MAP_COUNTERS => Map::PerCpuArray(data),
         MAP_CONFIG => Map::Array(data),
         MAP_DEVMAP => Map::DevMapHash(data),
         _ => Map::HashMap(data),
@@ -252,6 +266,9 @@ impl Datapath {
             loader.map_pin_path(name, dir.join(name));
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
+        for name in MAPS {
+            restrict(&dir.join(name), 0o600)?;
+        }
         for name in PROGRAMS {
             let pin = prog_pin(dir, name);
             if pin.exists() {
@@ -276,6 +293,7 @@ impl Datapath {
                 path: pin.clone(),
                 source,
             })?;
+            restrict(&pin, 0o600)?;
         }
         MAPS.into_iter()
             .map(|m| {
@@ -322,7 +340,7 @@ impl Datapath {
     pub fn endpoints(&mut self) -> Result<HashMap<&mut MapData, u32, EndpointRecord>> {
         typed(&mut self.maps, MAP_ENDPOINTS)
     }
-    pub fn counters(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, Counters>> {
+    pub fn counters(&mut self) -> Result<PerCpuArray<&mut MapData, Counters>> {
         typed(&mut self.maps, MAP_COUNTERS)
     }
     pub fn l2(&mut self) -> Result<HashMap<&mut MapData, [u8; 6], Target>> {
@@ -350,8 +368,8 @@ impl Datapath {
             .map_err(map_err(MAP_CONFIG))
     }
 
-    /// Creates a zeroed counter entry for `ifindex` (before its programs can see a packet).
-    pub fn reset_counters(&mut self, ifindex: u32) -> Result<()> {
+    /// Zeroes counter slot `slot` (before a new endpoint or uplink uses it).
+    pub fn reset_counters(&mut self, slot: u32) -> Result<()> {
         let n = aya::util::nr_cpus().map_err(|(what, e)| DatapathError::Io {
             what: what.into(),
             source: e,
@@ -359,35 +377,39 @@ impl Datapath {
         let zeros =
             PerCpuValues::try_from(vec![Counters::default(); n]).map_err(io("per-CPU values"))?;
         self.counters()?
-            .insert(ifindex, zeros, 0)
+            .set(slot, zeros, 0)
             .map_err(map_err(MAP_COUNTERS))
     }
 
-    /// Summed counters of `ifindex`, or None if it has no entry.
-    pub fn read_counters(&mut self, ifindex: u32) -> Result<Option<Counters>> {
-        match self.counters()?.get(&ifindex, 0) {
-            Ok(per_cpu) => {
-                let mut sum = Counters::default();
-                for c in per_cpu.iter() {
-                    sum.add(c);
-                }
-                Ok(Some(sum))
-            }
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(DatapathError::Map {
-                name: MAP_COUNTERS,
-                source: e,
-            }),
+    /// Counters in `slot`, summed over CPUs.
+    pub fn read_counters(&mut self, slot: u32) -> Result<Counters> {
+        let per_cpu = self
+            .counters()?
+            .get(&slot, 0)
+            .map_err(map_err(MAP_COUNTERS))?;
+        let mut sum = Counters::default();
+        for c in per_cpu.iter() {
+            sum.add(c);
         }
+        Ok(sum)
     }
 
     /// Pin path of program `name` of this build (re-pinning all programs if it vanished).
-    fn pinned_program(&mut self, name: &'static str) -> Result<PathBuf> {
+    pub(crate) fn pinned_program(&mut self, name: &'static str) -> Result<PathBuf> {
         let pin = prog_pin(&self.dir, name);
         if !pin.exists() {
             self.maps = Self::load_and_pin(&self.dir)?;
         }
         Ok(pin)
+    }
+
+    /// Loads (verifies) and pins every program of this build unless an earlier call did:
+    /// proves the kernel accepts them (CNI STATUS).
+    pub fn load_programs(&mut self) -> Result<()> {
+        for name in PROGRAMS {
+            self.pinned_program(name)?;
+        }
+        Ok(())
     }
 
     fn classifier(&mut self, name: &'static str) -> Result<SchedClassifier> {
@@ -419,7 +441,7 @@ impl Datapath {
         Ok(())
     }
 
-    fn attach_one(
+    pub(crate) fn attach_one(
         &mut self,
         iface: &str,
         ifindex: u32,
@@ -448,6 +470,10 @@ impl Datapath {
             path: pin.clone(),
             source,
         })?;
+        if let Err(e) = restrict(&pin, 0o600) {
+            let _ = fs::remove_file(&pin); // detaches: nothing stays attached on failure
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -499,6 +525,10 @@ impl Datapath {
             path: pin.clone(),
             source,
         })?;
+        if let Err(e) = restrict(&pin, 0o600) {
+            let _ = fs::remove_file(&pin); // detaches: nothing stays attached on failure
+            return Err(e);
+        }
         Ok(())
     }
 

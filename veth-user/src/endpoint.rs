@@ -10,8 +10,8 @@ use serde::Serialize;
 use veth_common::{
     AF_V4, AF_V6, CFG_EGRESS_FAST, CFG_FASTPATH_OFF, Counters, DIR_FROM_CONTAINER, DIR_NAMES,
     DIR_TO_CONTAINER, EP_ADOPTED, EP_BRIDGE_PORT, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, EndpointAddr,
-    EndpointRecord, MAX_ADDRS, MODE_XDP, NAME_LEN, NETNS_LEN, PacketBytes, Target, Uplink,
-    V_FAST_UPLINK, V_STACK, VERDICT_NAMES,
+    EndpointRecord, MAX_ADDRS, MAX_SLOTS, MODE_XDP, NAME_LEN, NETNS_LEN, PacketBytes, Target,
+    Uplink, V_FAST_UPLINK, V_STACK, VERDICT_NAMES,
 };
 
 use crate::{
@@ -58,6 +58,8 @@ pub enum EndpointError {
     NoSuchBridge(String),
     #[error("not accelerating: {0} (pass --force to accelerate anyway)")]
     BridgeRefused(String),
+    #[error("all {0} counter slots are in use: remove endpoints or uplinks first")]
+    Full(usize),
     #[error("XDP devmap update failed: {0}")]
     Devmap(String),
     #[error("netns '{0}' is longer than {max} bytes", max = NETNS_LEN - 1)]
@@ -216,6 +218,18 @@ impl Serialize for EndpointStats {
     }
 }
 
+fn set_container_tx_csum(ns: &Netns, ifname: &str, on: bool) -> Result<(), NetlinkError> {
+    netlink::in_netns(ns, || {
+        crate::ethtool::set_tx_csum(ifname, on).map_err(|e| NetlinkError::Io {
+            op: format!(
+                "turning TX checksum offload {} on {ifname}",
+                if on { "on" } else { "off" }
+            ),
+            source: e,
+        })
+    })
+}
+
 fn set_network(rec: &mut EndpointRecord, name: &str) {
     rec.target.network = network_id(name);
     put_str(&mut rec.network_name, network_name(name));
@@ -346,7 +360,6 @@ impl EndpointView {
 enum Undo {
     Link(u32),
     Record(u32),
-    Counters(u32),
     Links(u32),
     Ep4([u8; 4]),
     Ep6([u8; 16]),
@@ -449,9 +462,21 @@ impl Registry {
                 .any(|r| r.target.ifindex == link.ifindex))
     }
 
+    /// Removes every leftover of an interrupted `pair add` in the node (the agent's
+    /// reconciliation does this under the state lock). Returns their names.
+    pub fn remove_leftovers(&mut self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for link in netlink::links()? {
+            if self.is_leftover(&link)? {
+                self.remove_leftover(&link)?;
+                out.push(link.name);
+            }
+        }
+        Ok(out)
+    }
+
     fn remove_leftover(&mut self, link: &netlink::Link) -> Result<()> {
         self.dp.detach(link.ifindex)?;
-        let _ = self.dp.counters()?.remove(&link.ifindex);
         let _ = self.dp.devmap()?.remove(link.ifindex);
         netlink::delete_link(link.ifindex)?;
         Ok(())
@@ -538,6 +563,9 @@ impl Registry {
         undo.push(Undo::Link(host_ifindex));
         netlink::configure_container(ns, req.ifname.as_str(), &req.addrs, host_mac)?;
         enable_gro(ns, req.ifname.as_str())?;
+        if req.mode == MODE_XDP {
+            set_container_tx_csum(ns, req.ifname.as_str(), false)?;
+        }
         netlink::configure_node(host_ifindex, &req.addrs, container_mac)?;
         let mtu = match req.mtu {
             Some(m) => m,
@@ -551,6 +579,7 @@ impl Registry {
             mtu,
             network: 0, // set_network
             mode: req.mode,
+            slot: 0, // assigned by register
             container_mac: container_mac.0,
             host_mac: host_mac.0,
         };
@@ -564,7 +593,7 @@ impl Registry {
             req.flags | req.spoof,
         );
         set_network(&mut rec, &req.network);
-        self.register(&rec, &req.addrs, undo)?;
+        self.register(&mut rec, &req.addrs, undo)?;
         Ok(EndpointView::from_record(&rec))
     }
 
@@ -572,19 +601,19 @@ impl Registry {
     /// last, its addresses in the fast path.
     fn register(
         &mut self,
-        rec: &EndpointRecord,
+        rec: &mut EndpointRecord,
         addrs: &[Cidr],
         undo: &mut Vec<Undo>,
     ) -> Result<()> {
         let host_ifindex = rec.target.ifindex;
         let host = get_str(&rec.host_name);
+        // Zeroed counters exist before any program can see a packet of this endpoint.
+        rec.target.slot = self.free_slot()?;
+        self.dp.reset_counters(rec.target.slot)?;
         let target = rec.target;
-        // Counters exist before any program can see a packet of this endpoint.
-        self.dp.reset_counters(host_ifindex)?;
-        undo.push(Undo::Counters(host_ifindex));
         self.dp
             .endpoints()?
-            .insert(host_ifindex, rec, 0)
+            .insert(host_ifindex, *rec, 0)
             .map_err(map_err("VFP_ENDPOINTS"))?;
         undo.push(Undo::Record(host_ifindex));
         undo.push(Undo::Links(host_ifindex));
@@ -635,6 +664,25 @@ impl Registry {
         Ok(())
     }
 
+    /// The lowest counter slot no endpoint or uplink uses.
+    fn free_slot(&mut self) -> Result<u32> {
+        let mut used: Vec<u32> = self.records()?.iter().map(|r| r.target.slot).collect();
+        used.extend(self.uplink_records()?.iter().map(|u| u.slot));
+        used.sort_unstable();
+        let mut slot = 0;
+        for u in used {
+            if u == slot {
+                slot += 1;
+            } else if u > slot {
+                break;
+            }
+        }
+        if slot as usize >= MAX_SLOTS {
+            return Err(EndpointError::Full(MAX_SLOTS));
+        }
+        Ok(slot)
+    }
+
     /// Registers an existing veth pair made by someone else (a chained CNI plugin, a bridge)
     /// and attaches the fast path to its host end. Routes and addresses are left as they are;
     /// `del` later detaches and unregisters but does not delete the link.
@@ -665,6 +713,7 @@ impl Registry {
             mtu: link.mtu,
             network: 0, // set_network
             mode: veth_common::MODE_TC,
+            slot: 0, // assigned by register
             container_mac: req.container_mac.0,
             host_mac: host_mac.0,
         };
@@ -679,7 +728,7 @@ impl Registry {
         );
         set_network(&mut rec, &req.network);
         let mut undo = Vec::new();
-        match self.register(&rec, &req.addrs, &mut undo) {
+        match self.register(&mut rec, &req.addrs, &mut undo) {
             Ok(()) => Ok(EndpointView::from_record(&rec)),
             Err(e) => {
                 self.rollback(undo);
@@ -716,9 +765,6 @@ impl Registry {
                     Undo::Devmap(i) => {
                         let _ = self.dp.devmap()?.remove(i);
                     }
-                    Undo::Counters(i) => {
-                        let _ = self.dp.counters()?.remove(&i);
-                    }
                     Undo::Link(i) => {
                         netlink::delete_link(i)?;
                     }
@@ -744,6 +790,24 @@ impl Registry {
             }
             return Err(EndpointError::NotFound(name.into()));
         };
+        self.remove_record(&rec)
+    }
+
+    /// Removes the endpoint registered under host ifindex `ifindex` (the agent does this when
+    /// the interface vanished). Returns its host interface name; None if there is none.
+    pub fn remove_by_ifindex(&mut self, ifindex: u32) -> Result<Option<String>> {
+        let rec = match self.dp.endpoints()?.get(&ifindex, 0) {
+            Ok(rec) => rec,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(map_err("VFP_ENDPOINTS")(e)),
+        };
+        self.remove_record(&rec)?;
+        Ok(Some(get_str(&rec.host_name)))
+    }
+
+    fn remove_record(&mut self, rec: &EndpointRecord) -> Result<()> {
+        let name = get_str(&rec.host_name);
+        let name = name.as_str();
         let ifindex = rec.target.ifindex;
         for a in rec.addrs[..(rec.naddrs as usize).min(MAX_ADDRS)]
             .iter()
@@ -779,7 +843,6 @@ impl Registry {
             netlink::delete_link(ifindex)?;
         }
         let _ = self.dp.endpoints()?.remove(&ifindex);
-        let _ = self.dp.counters()?.remove(&ifindex);
         Ok(())
     }
 
@@ -790,10 +853,16 @@ impl Registry {
             .record_by_name(name)?
             .ok_or_else(|| EndpointError::NotFound(name.into()))?;
         let ifindex = rec.target.ifindex;
+        // Checksums computed by the container's stack before XDP may redirect its frames, and
+        // offloaded again only once XDP no longer sees them (see ethtool::set_tx_csum).
+        let ns = Netns::open(&get_str(&rec.netns))?;
+        let peer = get_str(&rec.peer_name);
         if mode == MODE_XDP {
+            set_container_tx_csum(&ns, &peer, false)?;
             self.dp.attach_xdp(name, ifindex)?;
         } else {
             self.dp.detach_xdp(ifindex)?;
+            set_container_tx_csum(&ns, &peer, true)?;
         }
         rec.target.mode = mode;
         self.dp
@@ -838,12 +907,13 @@ impl Registry {
         let mut up = Uplink {
             ifindex: link.ifindex,
             flags: 0,
+            slot: self.free_slot()?,
             name: [0; NAME_LEN],
         };
         put_str(&mut up.name, name);
-        let mut undo = vec![Undo::Counters(link.ifindex), Undo::Uplink(link.ifindex)];
+        let mut undo = vec![Undo::Uplink(link.ifindex)];
         let r: Result<()> = (|| {
-            self.dp.reset_counters(link.ifindex)?;
+            self.dp.reset_counters(up.slot)?;
             self.dp
                 .uplinks()?
                 .insert(link.ifindex, up, 0)
@@ -867,11 +937,7 @@ impl Registry {
             .into_iter()
             .find(|u| get_str(&u.name) == name)
             .ok_or_else(|| EndpointError::NoSuchUplink(name.into()))?;
-        self.rollback(vec![
-            Undo::Counters(up.ifindex),
-            Undo::Uplink(up.ifindex),
-            Undo::UplinkLink(up.ifindex),
-        ]);
+        self.rollback(vec![Undo::Uplink(up.ifindex), Undo::UplinkLink(up.ifindex)]);
         Ok(())
     }
 
@@ -908,10 +974,10 @@ impl Registry {
     pub fn status(&mut self) -> Result<Status> {
         let flags = self.dp.flags()?;
         let mut uplinks = Vec::new();
-        for u in self.uplinks()? {
-            let counters = self.dp.read_counters(u.ifindex)?.unwrap_or_default();
+        for u in self.uplink_records()? {
+            let counters = self.dp.read_counters(u.slot)?;
             uplinks.push(UplinkStatus {
-                uplink: u,
+                uplink: UplinkView::from(&u),
                 counters,
             });
         }
@@ -987,6 +1053,7 @@ impl Registry {
                     mtu: port.mtu,
                     network: 0,
                     mode: veth_common::MODE_TC,
+                    slot: 0, // assigned by register
                     container_mac: container_mac.0,
                     host_mac: host_mac.0,
                 },
@@ -1000,7 +1067,7 @@ impl Registry {
             put_str(&mut rec.network_name, bridge);
             rec.target.network = br.ifindex;
             let mut undo = Vec::new();
-            if let Err(e) = self.register(&rec, &addrs, &mut undo) {
+            if let Err(e) = self.register(&mut rec, &addrs, &mut undo) {
                 self.rollback(undo);
                 return Err(e);
             }
@@ -1048,7 +1115,7 @@ impl Registry {
             if name.is_some_and(|n| n != host_if) {
                 continue;
             }
-            let counters = self.dp.read_counters(r.target.ifindex)?.unwrap_or_default();
+            let counters = self.dp.read_counters(r.target.slot)?;
             out.push(EndpointStats {
                 host_if,
                 host_ifindex: r.target.ifindex,

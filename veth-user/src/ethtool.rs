@@ -10,6 +10,8 @@ use std::{io, os::fd::AsRawFd};
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_GGRO: u32 = 0x0000_002b;
 const ETHTOOL_SGRO: u32 = 0x0000_002c;
+const ETHTOOL_GTXCSUM: u32 = 0x0000_0016;
+const ETHTOOL_STXCSUM: u32 = 0x0000_0017;
 
 #[repr(C)]
 struct EthtoolValue {
@@ -48,6 +50,22 @@ fn ioctl_value(ifname: &str, cmd: u32, data: u32) -> io::Result<u32> {
 /// Turns GRO on or off on `ifname` in the calling thread's network namespace.
 pub fn set_gro(ifname: &str, on: bool) -> io::Result<()> {
     ioctl_value(ifname, ETHTOOL_SGRO, on as u32).map(|_| ())
+}
+
+/// Turns TX checksum offload on or off on `ifname` in the calling thread's namespace.
+///
+/// An XDP-mode endpoint needs it off on its container end: the container's stack otherwise
+/// leaves TCP/UDP checksums to "hardware" (CHECKSUM_PARTIAL), veth's skb → XDP conversion drops
+/// that note, and after a devmap redirect the receiver sees a wrong checksum and discards the
+/// packet (UdpInCsumErrors). ICMP is always checksummed in software, so ping alone would not
+/// show it.
+pub fn set_tx_csum(ifname: &str, on: bool) -> io::Result<()> {
+    ioctl_value(ifname, ETHTOOL_STXCSUM, on as u32).map(|_| ())
+}
+
+/// Whether TX checksum offload is on for `ifname` in the calling thread's namespace.
+pub fn tx_csum(ifname: &str) -> io::Result<bool> {
+    ioctl_value(ifname, ETHTOOL_GTXCSUM, 0).map(|v| v != 0)
 }
 
 /// Whether GRO is on for `ifname` in the calling thread's network namespace.

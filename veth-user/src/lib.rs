@@ -2,9 +2,16 @@
 //!
 //! Data flows one way: front end → [`endpoint`] registry → ([`netlink`], [`datapath`]) → kernel.
 
+pub mod agent;
 pub mod bridge;
+pub mod cni;
 pub mod datapath;
 pub mod endpoint;
 pub mod ethtool;
+pub mod events;
+pub mod inspect;
+pub mod metrics;
 pub mod netlink;
+pub mod reconcile;
 pub mod types;
+pub mod watch;

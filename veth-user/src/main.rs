@@ -51,9 +51,38 @@ enum Cmd {
         /// Only this endpoint (its host interface name).
         host_if: Option<String>,
         /// Print JSON with every field.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Live packet and byte rates, refreshed every --interval (in place on a terminal,
+        /// appended plain lines otherwise). Takes no lock.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes of --watch.
+        #[arg(long, value_name = "S", default_value_t = 1.0, requires = "watch")]
+        interval: f64,
+        /// Stop --watch after N refreshes.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
     },
+    /// Long-running agent: reconciles the pinned state, cleans up after vanished interfaces,
+    /// serves Prometheus metrics. Logs with RUST_LOG (default info).
+    Agent(AgentArgs),
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// Address of the /metrics HTTP listener (in the node's network namespace).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9750")]
+    metrics_addr: std::net::SocketAddr,
+    /// On SIGTERM/SIGINT remove every endpoint and pin instead of leaving the datapath running.
+    #[arg(long)]
+    cleanup_on_exit: bool,
+    /// Turn on BPF debug events (aya-log) and log them.
+    #[arg(long)]
+    bpf_log: bool,
+    /// Seconds between safety-net reconciliations (link events are handled at once).
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    reconcile_interval: f64,
 }
 
 #[derive(Subcommand)]
@@ -176,7 +205,10 @@ impl Mode {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+        return cni_main();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -196,6 +228,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if matches!(cli.cmd, Cmd::Agent(_)) {
+        // Structured logs (tracing); `log` records (library, aya-log) are forwarded to it.
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    } else {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -203,6 +248,29 @@ fn main() -> ExitCode {
             eprintln!("vethfp: error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// CNI plugin mode (see docs/CNI.md): config on stdin, the result or the spec's error object
+/// on stdout, non-zero exit on error. Logs go to stderr only.
+fn cni_main() -> ExitCode {
+    use std::io::Read as _;
+    use vethfp::cni;
+    let mut stdin = Vec::new();
+    let reply = match std::io::stdin().read_to_end(&mut stdin) {
+        Ok(_) => cni::handle(&cni::CniEnv::from_process(), &stdin),
+        Err(e) => cni::Reply::error(
+            cni::CURRENT_VERSION,
+            &cni::CniError::new(cni::ERR_IO, format!("reading the config from stdin: {e}")),
+        ),
+    };
+    if let Some(json) = &reply.json {
+        println!("{json}");
+    }
+    if reply.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -333,7 +401,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_status(&st);
             }
         }
-        Cmd::Stats { host_if, json } => {
+        Cmd::Stats {
+            host_if,
+            watch: true,
+            interval,
+            count,
+            ..
+        } => {
+            if !(interval.is_finite() && (0.01..=86400.0).contains(&interval)) {
+                anyhow::bail!("--interval {interval}: use 0.01 to 86400 seconds");
+            }
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            vethfp::watch::run(
+                &dir,
+                host_if.as_deref(),
+                std::time::Duration::from_secs_f64(interval),
+                count,
+                tty,
+                &mut std::io::stdout().lock(),
+            )?;
+        }
+        Cmd::Agent(a) => {
+            if !(a.reconcile_interval.is_finite() && a.reconcile_interval >= 0.1) {
+                anyhow::bail!(
+                    "--reconcile-interval {}: use at least 0.1 seconds",
+                    a.reconcile_interval
+                );
+            }
+            let cfg = vethfp::agent::Config {
+                bpffs: dir,
+                metrics_addr: a.metrics_addr,
+                cleanup_on_exit: a.cleanup_on_exit,
+                bpf_log: a.bpf_log,
+                reconcile_interval: std::time::Duration::from_secs_f64(a.reconcile_interval),
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(vethfp::agent::run(cfg))?;
+        }
+        Cmd::Stats { host_if, json, .. } => {
             let stats = Registry::open_read(&dir)?.stats(host_if.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);

@@ -341,7 +341,7 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetlinkError {
+pub(crate) fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetlinkError {
     let msg = match errno(&e) {
         Some(code) => {
             let mut msg = io::Error::from_raw_os_error(code).to_string();
@@ -356,7 +356,7 @@ fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetlinkError {
 }
 
 /// Runs `f` with a fresh netlink handle bound to the calling thread's network namespace.
-fn run<T, F, Fut>(f: F) -> Result<T, NetlinkError>
+pub(crate) fn run<T, F, Fut>(f: F) -> Result<T, NetlinkError>
 where
     T: Send,
     F: FnOnce(Handle) -> Fut + Send,
@@ -523,7 +523,6 @@ pub fn create_veth(req: &VethRequest) -> Result<u32, NetlinkError> {
         .address(req.peer_mac.0.to_vec());
     let mut host = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
         .name(req.host_name)
-        .alias(OWNER_ALIAS)
         .address(req.host_mac.0.to_vec());
     if let Some(mtu) = req.mtu {
         peer = peer.mtu(mtu);
@@ -561,7 +560,19 @@ pub fn create_veth(req: &VethRequest) -> Result<u32, NetlinkError> {
             }
         }
         match get_link(&h, Some(host_name), 0).await? {
-            Some(l) => Ok(Outcome::Created(l.ifindex)),
+            Some(l) => {
+                // The kernel ignores IFLA_IFALIAS in RTM_NEWLINK: mark the host end right away
+                // in a second request (a kill between the two leaves an unmarked link).
+                let mark = LinkUnspec::new_with_index(l.ifindex)
+                    .alias(OWNER_ALIAS)
+                    .build();
+                h.link()
+                    .set(mark)
+                    .execute()
+                    .await
+                    .map_err(|e| nl_err(format!("marking '{host_name}' as vethfp's"), e))?;
+                Ok(Outcome::Created(l.ifindex))
+            }
             None => Err(NetlinkError::Netlink {
                 op: format!("creating veth '{host_name}'"),
                 msg: "the new interface vanished right after creation (deleted concurrently?)"

@@ -6,7 +6,7 @@
 
 use aya::{
     Ebpf,
-    maps::{HashMap, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use veth_common::*;
@@ -20,6 +20,19 @@ const SRC_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const TCX_NEXT: u32 = u32::MAX; // -1
+/// Counter slot of the uplink (which, in test_run, is also ifindex 1).
+const UPLINK_SLOT: u32 = 9;
+
+/// Counter slots of the test endpoints.
+fn slot_of(ifindex: u32) -> u32 {
+    match ifindex {
+        SRC_IF => 0,
+        DST_IF => 1,
+        1001 => 2,
+        1002 => 3,
+        _ => panic!("no slot for ifindex {ifindex}"),
+    }
+}
 
 struct Rig {
     ebpf: Ebpf,
@@ -39,6 +52,7 @@ impl Rig {
             mtu: 1500,
             network: 0,
             mode: MODE_TC,
+            slot: slot_of(DST_IF),
             container_mac: DST_MAC,
             host_mac: DST_HOST_MAC,
         };
@@ -51,6 +65,7 @@ impl Rig {
                 [10, 0, 0, 1],
                 Target {
                     ifindex: SRC_IF,
+                    slot: slot_of(SRC_IF),
                     ..target
                 },
                 0,
@@ -61,6 +76,7 @@ impl Rig {
                 [10, 0, 0, 9],
                 Target {
                     ifindex: SRC_IF,
+                    slot: slot_of(SRC_IF),
                     container_mac: SRC_MAC,
                     ..target
                 },
@@ -72,6 +88,7 @@ impl Rig {
                 [10, 0, 0, 7],
                 Target {
                     ifindex: 1002,
+                    slot: slot_of(1002),
                     network: 7,
                     ..target
                 },
@@ -83,6 +100,7 @@ impl Rig {
                 [10, 0, 0, 3],
                 Target {
                     ifindex: 1001,
+                    slot: slot_of(1001),
                     mtu: 100,
                     ..target
                 },
@@ -98,6 +116,7 @@ impl Rig {
                 v6(9),
                 Target {
                     ifindex: SRC_IF,
+                    slot: slot_of(SRC_IF),
                     ..target
                 },
                 0,
@@ -106,17 +125,15 @@ impl Rig {
         }
         rig.set_source_flags(0);
         {
-            let n = aya::util::nr_cpus().unwrap();
-            let mut c: PerCpuHashMap<_, u32, Counters> =
-                PerCpuHashMap::try_from(rig.ebpf.map_mut(MAP_COUNTERS).unwrap()).unwrap();
-            for i in [SRC_IF, DST_IF, 1001, 1002] {
-                c.insert(
-                    i,
-                    PerCpuValues::try_from(vec![Counters::default(); n]).unwrap(),
-                    0,
-                )
-                .unwrap();
-            }
+            let mut up: HashMap<_, u32, Uplink> =
+                HashMap::try_from(rig.ebpf.map_mut(MAP_UPLINKS).unwrap()).unwrap();
+            let uplink = Uplink {
+                ifindex: SRC_IF,
+                flags: 0,
+                slot: UPLINK_SLOT,
+                name: [0; NAME_LEN],
+            };
+            up.insert(SRC_IF, uplink, 0).unwrap();
         }
         rig
     }
@@ -125,16 +142,23 @@ impl Rig {
     fn set_source_flags(&mut self, flags: u32) {
         let mut eps: HashMap<_, u32, EndpointRecord> =
             HashMap::try_from(self.ebpf.map_mut(MAP_ENDPOINTS).unwrap()).unwrap();
-        let rec = EndpointRecord {
+        let mut rec = EndpointRecord {
             target: Target {
                 ifindex: SRC_IF,
                 mtu: 1500,
+                slot: slot_of(SRC_IF),
                 container_mac: SRC_MAC,
                 ..Default::default()
             },
             flags,
+            naddrs: 2,
             ..Default::default()
         };
+        // Its own addresses (for the anti-spoofing check): 10.0.0.9 and fd00::9.
+        rec.addrs[0].family = AF_V4;
+        rec.addrs[0].addr[..4].copy_from_slice(&[10, 0, 0, 9]);
+        rec.addrs[1].family = AF_V6;
+        rec.addrs[1].addr = v6(9);
         eps.insert(SRC_IF, rec, 0).unwrap();
     }
 
@@ -153,10 +177,14 @@ impl Rig {
     }
 
     fn counters(&self, ifindex: u32) -> Counters {
-        let c: PerCpuHashMap<_, u32, Counters> =
-            PerCpuHashMap::try_from(self.ebpf.map(MAP_COUNTERS).unwrap()).unwrap();
+        self.slot_counters(slot_of(ifindex))
+    }
+
+    fn slot_counters(&self, slot: u32) -> Counters {
+        let c: PerCpuArray<_, Counters> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_COUNTERS).unwrap()).unwrap();
         let mut sum = Counters::default();
-        for v in c.get(&ifindex, 0).unwrap().iter() {
+        for v in c.get(&slot, 0).unwrap().iter() {
             sum.add(v);
         }
         sum
@@ -337,7 +365,28 @@ fn everything_else_passes_to_the_stack_unchanged() {
     other_host[0..6].copy_from_slice(&[0x02, 0x99, 0, 0, 0, 9]);
     let mut vlan = v4_frame([10, 0, 0, 2], 64, &[], 10);
     vlan[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+    let mut bad_csum = v4_frame([10, 0, 0, 2], 64, &[], 10);
+    bad_csum[24] ^= 0x40;
+    let mut long_tot = v4_frame([10, 0, 0, 2], 64, &[], 10);
+    long_tot[16..18].copy_from_slice(&200u16.to_be_bytes());
+    long_tot[24..26].copy_from_slice(&[0, 0]);
+    let c = csum(&long_tot[14..34]);
+    long_tot[24..26].copy_from_slice(&c.to_be_bytes());
+    let mut long_v6 = v6_frame(v6(9), v6(2), 64, 17, 10);
+    long_v6[18..20].copy_from_slice(&500u16.to_be_bytes());
     let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("IPv4 header checksum wrong", bad_csum),
+        ("IPv4 total length beyond the frame", long_tot),
+        ("IPv6 payload length beyond the frame", long_v6),
+        (
+            "IPv4 source 0.0.0.0",
+            with_src_v4(v4_frame([10, 0, 0, 2], 64, &[], 10), [0; 4]),
+        ),
+        (
+            "IPv4 loopback source",
+            with_src_v4(v4_frame([10, 0, 0, 2], 64, &[], 10), [127, 0, 0, 1]),
+        ),
+        ("IPv6 source ::", v6_frame([0; 16], v6(2), 64, 17, 10)),
         ("ARP broadcast", arp),
         ("IPv4 multicast", multicast),
         ("unicast to another MAC (PACKET_OTHERHOST)", other_host),
@@ -566,7 +615,7 @@ fn spoofed_sources_are_dropped_and_counted_by_reason() {
         (
             "IPv6 DAD from ::",
             v6_frame([0; 16], v6(2), 255, 58, 10),
-            TC_ACT_REDIRECT,
+            TCX_NEXT,
         ),
         (
             "link-local source",
@@ -628,14 +677,14 @@ fn frames_from_an_unregistered_interface_are_left_alone() {
 fn uplink_ingress_delivers_to_local_endpoints() {
     let rig = Rig::new();
     let frame = v4_frame([10, 0, 0, 2], 64, &[], 100);
-    let (up0, dst0) = (rig.counters(SRC_IF), rig.counters(DST_IF));
+    let (up0, dst0) = (rig.slot_counters(UPLINK_SLOT), rig.counters(DST_IF));
     let (ret, out) = rig.run(PROG_UPLINK_INGRESS, &frame);
     assert_eq!(ret, TC_ACT_REDIRECT);
     assert_eq!(&out[0..6], &DST_MAC);
     assert_eq!(&out[6..12], &DST_HOST_MAC);
     assert_eq!(out[22], 63);
     assert_eq!(csum(&out[14..34]), 0);
-    let (up1, dst1) = (rig.counters(SRC_IF), rig.counters(DST_IF));
+    let (up1, dst1) = (rig.slot_counters(UPLINK_SLOT), rig.counters(DST_IF));
     let len = frame.len() as u64;
     assert_eq!(
         up1.c[DIR_TO_CONTAINER][V_FAST_UPLINK].packets,
@@ -650,7 +699,7 @@ fn uplink_ingress_delivers_to_local_endpoints() {
     let (ret, out) = rig.run(PROG_UPLINK_INGRESS, &other);
     assert_eq!((ret, out), (TCX_NEXT, other));
     assert_eq!(
-        rig.counters(SRC_IF).c[DIR_TO_CONTAINER][V_STACK].packets,
+        rig.slot_counters(UPLINK_SLOT).c[DIR_TO_CONTAINER][V_STACK].packets,
         up1.c[DIR_TO_CONTAINER][V_STACK].packets + 1
     );
 }

@@ -16,6 +16,11 @@ const DEB_PACKAGES: &[&str] = &[
     "tcpdump",
     "iptables",
     "containernetworking-plugins",
+    // CNI end to end (tests/tests/cni_podman.rs): podman with the CNI backend, runc (crun
+    // fails on this kind of machine's cgroups), and a static busybox for the image.
+    "podman",
+    "runc",
+    "busybox-static",
 ];
 /// Installed if the archive has it; its absence only costs the perf-based CPU figures.
 const OPTIONAL_DEB_PACKAGES: &[&str] = &["linux-perf"];

@@ -22,16 +22,18 @@ pub enum Kind {
     BridgeDockerLike,
     Routed,
     VethfpTc,
+    VethfpXdp,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Direct,
         Kind::Bridge,
         Kind::BridgeVethfp,
         Kind::BridgeDockerLike,
         Kind::Routed,
         Kind::VethfpTc,
+        Kind::VethfpXdp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +44,7 @@ impl Kind {
             Kind::BridgeDockerLike => "bridge-docker-like",
             Kind::Routed => "routed",
             Kind::VethfpTc => "vethfp-tc",
+            Kind::VethfpXdp => "vethfp-xdp",
         }
     }
 
@@ -53,11 +56,12 @@ impl Kind {
             Kind::BridgeDockerLike => "dock",
             Kind::Routed => "rt",
             Kind::VethfpTc => "vtc",
+            Kind::VethfpXdp => "vxd",
         }
     }
 
     pub fn needs_vethfp(self) -> bool {
-        matches!(self, Kind::VethfpTc | Kind::BridgeVethfp)
+        matches!(self, Kind::VethfpTc | Kind::VethfpXdp | Kind::BridgeVethfp)
     }
 }
 
@@ -118,9 +122,21 @@ impl VethfpPairs {
 
     /// `vethfp pair add HOST_IF --netns NS --addr A ...` in the node.
     pub fn add(&mut self, host_if: &str, netns: &str, addrs: &[&str]) -> Result<()> {
+        self.add_with(host_if, netns, addrs, &[])
+    }
+
+    /// `pair add` with extra options (e.g. `--mode xdp`).
+    pub fn add_with(
+        &mut self,
+        host_if: &str,
+        netns: &str,
+        addrs: &[&str],
+        extra: &[&str],
+    ) -> Result<()> {
         let mut c = setns_cmd(&self.node_path, &self.vethfp.bin)?;
         c.arg("--bpffs").arg(&self.vethfp.bpffs);
         c.args(["pair", "add", host_if, "--netns", netns]);
+        c.args(extra);
         for a in addrs {
             c.args(["--addr", a]);
         }
@@ -213,9 +229,9 @@ impl Topo {
             }
             Kind::BridgeDockerLike => topo.wire_bridge(true)?,
             Kind::Routed => topo.wire_routed()?,
-            Kind::VethfpTc => {
-                let v = vethfp.context("vethfp-tc needs a vethfp binary")?;
-                topo.wire_vethfp(v)?
+            Kind::VethfpTc | Kind::VethfpXdp => {
+                let v = vethfp.context("vethfp topologies need a vethfp binary")?;
+                topo.wire_vethfp(v, kind == Kind::VethfpXdp)?
             }
         }
         topo.wait_reachable()?;
@@ -353,14 +369,20 @@ impl Topo {
         Ok(())
     }
 
-    fn wire_vethfp(&mut self, v: &Vethfp) -> Result<()> {
+    fn wire_vethfp(&mut self, v: &Vethfp, xdp: bool) -> Result<()> {
         let node = self.node();
         node.ip(&["addr", "add", "10.210.255.1/32", "dev", "lo"])?;
         // Forwarding stays off in the node: only the fast path can carry the traffic.
         node.sysctl("net.ipv4.ip_forward", "0")?;
         let mut pairs = VethfpPairs::new(v, node);
         for (c, host, addr) in self.containers() {
-            pairs.add(&format!("vf{host}"), &c.name, &[&format!("{addr}/24")])?;
+            let mode: &[&str] = if xdp { &["--mode", "xdp"] } else { &[] };
+            pairs.add_with(
+                &format!("vf{host}"),
+                &c.name,
+                &[&format!("{addr}/24")],
+                mode,
+            )?;
         }
         self.vethfp = Some(pairs);
         Ok(())

@@ -1,0 +1,239 @@
+//! The agent cleans up after interfaces that leave the node behind its back: an external
+//! `ip link del` of a host end, and a container namespace that disappears (taking its veth
+//! with it). The periodic reconciliation is pushed out of the way (`--reconcile-interval
+//! 3600`), so only the netlink event path can do it; the tests poll for the result.
+//!
+//! Also: what an agent finds at start (vanished endpoints, missing link pins, stray pins) is
+//! reconciled before it serves, and CLI writes running concurrently with an agent that
+//! reconciles all the time leave a consistent state.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use vethfp_tests::{Agent, Container, Node, ping};
+
+/// Polls until `cond` holds (deadline 30 s: a bound for a broken agent, not a timing
+/// requirement); returns how long it took.
+fn poll(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+fn link_pins(node: &Node) -> BTreeSet<String> {
+    node.bpffs
+        .files()
+        .into_iter()
+        .filter(|f| f.starts_with("vethfp/links/"))
+        .collect()
+}
+
+fn pins_of(node: &Node, ifindex: u64) -> Vec<String> {
+    link_pins(node)
+        .into_iter()
+        .filter(|p| p.ends_with(&format!("-{ifindex}")))
+        .collect()
+}
+
+/// State of `host_if` is gone: not in `pair list`, not in `stats`, no link pin.
+fn gone(node: &Node, host_if: &str, ifindex: u64) -> bool {
+    node.list_entry(host_if).is_none()
+        && !node.all_stats().contains_key(host_if)
+        && pins_of(node, ifindex).is_empty()
+}
+
+fn ifindex(node: &Node, c: &Container) -> u64 {
+    node.stats(&c.host_if).host_ifindex
+}
+
+#[test]
+fn external_link_del_and_vanished_netns_are_cleaned_up() {
+    let node = Node::new();
+    let c1 = node.add_container("ve1", &["10.1.0.2/24", "fd00:1::2/64"]);
+    let c2 = node.add_container("ve2", &["10.1.0.3/24"]);
+    let c3 = node.add_container_with("ve3", &["10.1.0.4/24"], &["--mode", "xdp"]);
+    let (i1, i3) = (ifindex(&node, &c1), ifindex(&node, &c3));
+    assert_eq!(pins_of(&node, i3).len(), 3, "tcx ingress, egress and xdp");
+    let agent = Agent::start(&node, &["--reconcile-interval", "3600"]);
+
+    // Someone else deletes a host end.
+    node.ns.ip(&["link", "del", "ve1"]);
+    let t1 = poll("ve1's state to be removed", || gone(&node, "ve1", i1));
+
+    // A container's namespace disappears, and its veth with it.
+    drop(c3);
+    let t3 = poll("ve3's state to be removed", || gone(&node, "ve3", i3));
+    eprintln!("observed cleanup: ip link del {t1:?}, netns gone {t3:?} (incl. polling)");
+
+    // The rest is untouched and works; nothing accumulates.
+    let list = node.list_json();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["host_if"], "ve2");
+    assert_eq!(link_pins(&node).len(), 2, "{:?}", link_pins(&node));
+    assert!(ping(node.name(), c2.v4()));
+    // The addresses are free again.
+    let c4 = node.add_container("ve4", &["10.1.0.2/24"]);
+    assert!(ping(c4.name(), c2.v4()));
+
+    let m = agent.scrape();
+    assert_eq!(
+        m.get("vethfp_agent_endpoints_removed_total", &[]),
+        Some(2.0)
+    );
+    assert_eq!(m.get("vethfp_agent_reconciles_total", &[]), Some(1.0));
+    assert_eq!(m.get("vethfp_endpoints", &[]), Some(2.0));
+    let (st, log) = agent.terminate();
+    assert!(st.success(), "{log}");
+    for name in ["ve1", "ve3"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("endpoint removed") && l.contains(&format!("host_if={name}")))
+            .unwrap_or_else(|| panic!("no event cleanup logged for {name}:\n{log}"));
+        eprintln!("agent: {line}");
+    }
+}
+
+#[test]
+fn start_reconciles_what_happened_while_no_agent_ran() {
+    let node = Node::new();
+    let c1 = node.add_container("vr1", &["10.1.0.2/24"]);
+    let c2 = node.add_container("vr2", &["10.1.0.3/24"]);
+    let c3 = node.add_container("vr3", &["10.1.0.4/24"]);
+    let (i2, i3) = (ifindex(&node, &c2), ifindex(&node, &c3));
+    let dir = node.bpffs_dir();
+
+    // While no agent runs: a host end vanishes, a link pin is lost (its program detached),
+    // and a stray pin is left by some crash.
+    node.ns.ip(&["link", "del", "vr3"]);
+    std::fs::remove_file(dir.join(format!("links/tcx-ingress-{i2}"))).unwrap();
+    let i1 = ifindex(&node, &c1);
+    let link: aya::programs::links::FdLink =
+        aya::programs::links::PinnedLink::from_pin(dir.join(format!("links/tcx-egress-{i1}")))
+            .expect("open pin")
+            .into();
+    link.pin(dir.join("links/tcx-egress-999999"))
+        .expect("stray pin");
+    // Without the ingress program, c2's traffic goes the kernel's way (forwarding is off
+    // in the node, so it does not arrive).
+    assert!(!ping(c2.name(), c1.v4()));
+
+    let agent = Agent::start(&node, &["--reconcile-interval", "3600"]);
+    assert!(gone(&node, "vr3", i3));
+    assert_eq!(pins_of(&node, i2).len(), 2, "{:?}", link_pins(&node));
+    assert_eq!(link_pins(&node).len(), 4, "{:?}", link_pins(&node));
+    assert!(ping(c2.name(), c1.v4()));
+    let (st, log) = agent.terminate();
+    assert!(st.success(), "{log}");
+    assert!(log.contains("re-attached missing link"), "{log}");
+    assert!(
+        log.contains("removed endpoint: host interface is gone"),
+        "{log}"
+    );
+}
+
+#[test]
+fn cli_writes_while_the_agent_reconciles_stay_consistent() {
+    let node = Node::new();
+    let base = node.add_container("vk0", &["10.1.0.2/24"]);
+    // Reconcile as often as it can, to collide with the CLI.
+    let agent = Agent::start(&node, &["--reconcile-interval", "0.1"]);
+    let node_ref = &node;
+    std::thread::scope(|s| {
+        for t in 0..2u8 {
+            s.spawn(move || {
+                for round in 0..4u8 {
+                    let name = format!("vk{t}{round}");
+                    let addr = format!("10.1.{}.{}/24", 10 + t, 10 + round);
+                    let c = node_ref.add_container(&name, &[&addr]);
+                    assert!(ping(c.name(), "10.1.0.2".parse().unwrap()));
+                    if round % 2 == 0 {
+                        node_ref.ok(&["pair", "del", &name]);
+                    }
+                    // Odd rounds: the container namespace goes away with `c`; the agent
+                    // cleans up.
+                }
+            });
+        }
+    });
+    poll("only vk0 left", || {
+        node.list_json().len() == 1 && link_pins(&node).len() == 2
+    });
+    let list = node.list_json();
+    assert_eq!(list[0]["host_if"], "vk0");
+    let links: Vec<String> = node
+        .ns
+        .link_names()
+        .into_iter()
+        .filter(|l| l.starts_with("vk"))
+        .collect();
+    assert_eq!(links, ["vk0"]);
+    assert!(ping(node.name(), base.v4()));
+    let (st, log) = agent.terminate();
+    assert!(st.success(), "{log}");
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+}
+
+#[test]
+fn bridge_ports_keep_their_l2_program() {
+    use vethfp::datapath::{Datapath, HOOK_TC_INGRESS, PROG_L2_INGRESS};
+    let node = Node::new();
+    node.ns.ip(&["link", "add", "vbr0", "type", "bridge"]);
+    node.ns.ip(&["link", "set", "vbr0", "up"]);
+    let mut ports = Vec::new();
+    for (i, addr) in [(1, "10.2.0.2/24"), (2, "10.2.0.3/24")] {
+        let ns = vethfp_tests::Netns::new("vfc");
+        let port = format!("vbp{i}");
+        node.ns.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ]);
+        node.ns.ip(&["link", "set", &port, "master", "vbr0", "up"]);
+        ns.ip(&["addr", "add", addr, "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ports.push((port, ns));
+    }
+    node.ok(&["bridge", "accelerate", "vbr0", "--force"]);
+    let mut dp = Datapath::open(&node.bpffs_dir()).unwrap();
+    let l2 = dp.program_id(PROG_L2_INGRESS).unwrap();
+    let ifx: Vec<u32> = ports
+        .iter()
+        .map(|(p, _)| node.stats(p).host_ifindex as u32)
+        .collect();
+    let before: Vec<_> = ifx
+        .iter()
+        .map(|i| dp.link_state(HOOK_TC_INGRESS, *i).unwrap().unwrap())
+        .collect();
+    assert!(before.iter().all(|s| s.prog_id == l2));
+
+    let agent = Agent::start(&node, &[]);
+    let after: Vec<_> = ifx
+        .iter()
+        .map(|i| dp.link_state(HOOK_TC_INGRESS, *i).unwrap().unwrap())
+        .collect();
+    assert_eq!(after, before, "the agent changed the bridge ports' links");
+    assert!(ping(ports[0].1.name(), "10.2.0.3".parse().unwrap()));
+    // A port deleted behind vethfp's back is cleaned up like any endpoint.
+    node.ns.ip(&["link", "del", "vbp2"]);
+    poll("vbp2's state to be removed", || {
+        gone(&node, "vbp2", ifx[1] as u64)
+    });
+    let (st, log) = agent.terminate();
+    assert!(st.success(), "{log}");
+    assert!(!log.contains("replaced program"), "{log}");
+}

@@ -1,0 +1,374 @@
+//! `vethfp agent`: the long-running front end.
+//!
+//! The datapath never depends on the agent: everything is pinned, so the agent may crash, be
+//! killed or upgraded while traffic flows. What the agent adds:
+//! - on start, and every `reconcile_interval` as a safety net, a reconciliation pass
+//!   ([`crate::reconcile`]): vanished endpoints removed, missing links re-attached, links of
+//!   an older build switched in place to this build's programs;
+//! - a netlink link watch ([`crate::events`]): a host end deleted by someone else, or gone
+//!   with its container's namespace, is cleaned up right away;
+//! - Prometheus metrics over HTTP ([`crate::metrics`]);
+//! - optionally, BPF debug events through aya-log (`--bpf-log`).
+//!
+//! Concurrency with the CLI: every change the agent makes happens under the same state lock
+//! (flock on the state directory) that CLI writes take, so the two never interleave. Reads
+//! (metrics) take no lock. See docs/ARCHITECTURE.md, "Agent and CLI concurrency".
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+use tracing::{debug, error, info, warn};
+use veth_common::CFG_BPF_LOG;
+
+use crate::{
+    datapath::{DatapathError, PROG_TC_INGRESS, StateLock, prepare_bpffs},
+    endpoint::{EndpointError, Registry},
+    events::{self, LinkEvent},
+    metrics::{self, AgentMetrics},
+    netlink::{self, NetlinkError},
+    reconcile::Report,
+};
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bpffs: PathBuf,
+    pub metrics_addr: SocketAddr,
+    /// Remove every endpoint and pin on SIGTERM/SIGINT instead of leaving the datapath.
+    pub cleanup_on_exit: bool,
+    /// Turn on BPF debug events (aya-log) and print them.
+    pub bpf_log: bool,
+    /// Period of the safety-net reconciliation.
+    pub reconcile_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("BPF log: {0}")]
+    BpfLog(String),
+    #[error("a worker task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// State shared by the agent's tasks: the state dir and a registry opened for reading (the
+/// maps); writes through it are made under the state lock (see [`Shared::write`]).
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    reg: Mutex<Registry>,
+    pub(crate) metrics: AgentMetrics,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("dir", &self.dir).finish()
+    }
+}
+
+impl Shared {
+    /// The registry for reading (no state lock).
+    pub(crate) fn read(&self) -> MutexGuard<'_, Registry> {
+        self.reg.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on a blocking thread with the state lock held (waiting for a CLI write to
+    /// finish first, never the other way round).
+    async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, AgentError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Registry) -> Result<T, EndpointError> + Send + 'static,
+    {
+        let sh = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _lock = StateLock::acquire(&sh.dir)?;
+            let mut reg = sh.read();
+            Ok(f(&mut reg)?)
+        })
+        .await?
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<(), AgentError> {
+    let started = Instant::now();
+    prepare_bpffs(&cfg.bpffs)?;
+    let dir = cfg.bpffs.clone();
+    let reg = tokio::task::spawn_blocking(move || Registry::open_read(&dir)).await??;
+    let shared = Arc::new(Shared {
+        dir: cfg.bpffs.clone(),
+        reg: Mutex::new(reg),
+        metrics: AgentMetrics::default(),
+    });
+
+    // Subscribe before the first pass, so no deletion can fall between the two.
+    let mut events = events::watch()?;
+    let mut term = signal(SignalKind::terminate()).map_err(|source| AgentError::Io {
+        what: "installing the SIGTERM handler".into(),
+        source,
+    })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|source| AgentError::Io {
+        what: "installing the SIGINT handler".into(),
+        source,
+    })?;
+
+    reconcile(&shared, "start").await?;
+
+    let logger = if cfg.bpf_log {
+        Some(start_bpf_log(&shared).await?)
+    } else {
+        // A previous agent with --bpf-log may have been killed: switch the events off.
+        set_flag(&shared, CFG_BPF_LOG, false).await?;
+        None
+    };
+
+    let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
+        .await
+        .map_err(|source| AgentError::Io {
+            what: format!("binding the metrics listener on {}", cfg.metrics_addr),
+            source,
+        })?;
+    let local = listener.local_addr().ok();
+    let registry = Arc::new(metrics::registry(shared.clone()));
+    tokio::spawn(metrics::serve(listener, registry));
+    info!(
+        bpffs = %cfg.bpffs.display(),
+        metrics = ?local,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "agent ready"
+    );
+
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + cfg.reconcile_interval,
+        cfg.reconcile_interval,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM"); break; }
+            _ = int.recv() => { info!("SIGINT"); break; }
+            _ = tick.tick() => {
+                if let Err(e) = reconcile(&shared, "periodic").await {
+                    warn!("periodic reconciliation failed: {e}");
+                }
+            }
+            ev = events.recv() => match ev {
+                Some(ev) => {
+                    let mut batch = vec![ev];
+                    while let Ok(more) = events.try_recv() {
+                        batch.push(more);
+                    }
+                    if let Err(e) = handle_events(&shared, batch).await {
+                        warn!("handling link events failed: {e}");
+                    }
+                }
+                None => {
+                    // The watch thread ended (logged there): start a new one, resync.
+                    warn!("link event watch ended; restarting it");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match events::watch() {
+                        Ok(rx) => events = rx,
+                        Err(e) => error!("restarting the link event watch: {e}"),
+                    }
+                    let _ = reconcile(&shared, "event watch restart").await;
+                }
+            }
+        }
+    }
+
+    drop(logger);
+    if cfg.cleanup_on_exit {
+        let n = shared.write(|reg| reg.remove_everything()).await?;
+        info!(
+            endpoints = n,
+            "cleanup on exit: removed every endpoint and pin"
+        );
+    } else {
+        if cfg.bpf_log {
+            set_flag(&shared, CFG_BPF_LOG, false).await?;
+        }
+        info!("exiting; the datapath stays in place (pinned)");
+    }
+    Ok(())
+}
+
+async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, AgentError> {
+    let report = shared.write(|reg| reg.reconcile()).await?;
+    let m = &shared.metrics;
+    m.reconciles.inc();
+    m.reconcile_seconds.set(report.took.as_secs_f64());
+    m.removed
+        .inc_by((report.removed.len() + report.removed_uplinks.len()) as u64);
+    m.reattached.inc_by(report.attached.len() as u64);
+    m.replaced.inc_by(report.replaced.len() as u64);
+    for name in &report.removed {
+        info!(host_if = %name, why, "removed endpoint: host interface is gone");
+    }
+    for name in &report.leftovers {
+        info!(host_if = %name, why, "deleted leftover of an interrupted pair add");
+    }
+    for name in &report.removed_uplinks {
+        info!(uplink = %name, why, "removed uplink: interface is gone");
+    }
+    for (iface, hook) in &report.attached {
+        info!(iface = %iface, hook, why, "re-attached missing link");
+    }
+    for (iface, hook, link, old, new) in &report.replaced {
+        info!(
+            iface = %iface, hook, link_id = link, old_prog = old, new_prog = new, why,
+            "replaced program in place"
+        );
+    }
+    let level_info = report.changed() || why == "start";
+    if level_info {
+        info!(
+            why,
+            endpoints = report.endpoints,
+            uplinks = report.uplinks,
+            pruned_link_pins = report.pruned_link_pins,
+            pruned_prog_pins = report.pruned_prog_pins,
+            took_us = report.took.as_micros() as u64,
+            "reconciled"
+        );
+    } else {
+        debug!(
+            why,
+            endpoints = report.endpoints,
+            took_us = report.took.as_micros() as u64,
+            "reconciled, nothing to do"
+        );
+    }
+    Ok(report)
+}
+
+/// Cleans up after interfaces that left the node. Only events about endpoints or uplinks
+/// take the state lock.
+async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<(), AgentError> {
+    if batch.contains(&LinkEvent::Overrun) {
+        warn!("link notifications were lost; reconciling in full");
+        reconcile(shared, "event overrun").await?;
+        return Ok(());
+    }
+    let ours: BTreeSet<u32> = {
+        let sh = shared.clone();
+        tokio::task::spawn_blocking(move || -> Result<BTreeSet<u32>, EndpointError> {
+            let mut reg = sh.read();
+            let mut s: BTreeSet<u32> = reg.list()?.iter().map(|e| e.host_ifindex).collect();
+            s.extend(reg.uplinks()?.iter().map(|u| u.ifindex));
+            Ok(s)
+        })
+        .await??
+    };
+    let gone: Vec<(u32, String, Instant)> = batch
+        .into_iter()
+        .filter_map(|e| match e {
+            LinkEvent::Deleted { ifindex, name, at } if ours.contains(&ifindex) => {
+                Some((ifindex, name, at))
+            }
+            _ => None,
+        })
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let done = shared
+        .write(move |reg| {
+            let mut done = Vec::new();
+            for (ifindex, name, at) in gone {
+                // Re-check under the lock: the event may be stale.
+                if netlink::link_by_index(ifindex)?.is_some() {
+                    continue;
+                }
+                if let Some(host_if) = reg.remove_by_ifindex(ifindex)? {
+                    done.push((host_if, at.elapsed()));
+                } else if let Some(up) = reg.uplinks()?.into_iter().find(|u| u.ifindex == ifindex) {
+                    reg.uplink_detach(&up.name)?;
+                    done.push((up.name, at.elapsed()));
+                } else {
+                    debug!(ifindex, name = %name, "already removed");
+                }
+            }
+            Ok(done)
+        })
+        .await?;
+    for (name, took) in done {
+        shared.metrics.removed.inc();
+        shared.metrics.event_cleanup.observe(took.as_secs_f64());
+        info!(
+            host_if = %name,
+            latency_us = took.as_micros() as u64,
+            "interface left the node: endpoint removed"
+        );
+    }
+    Ok(())
+}
+
+async fn set_flag(shared: &Arc<Shared>, bit: u32, on: bool) -> Result<(), AgentError> {
+    shared
+        .write(move |reg| {
+            let dp = reg.datapath();
+            let flags = dp.flags()?;
+            let want = if on { flags | bit } else { flags & !bit };
+            if want != flags {
+                dp.set_flags(want)?;
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// Turns the BPF debug events on and prints them (through `log`, hence tracing) until the
+/// returned task is dropped. The programs log into one pinned ring buffer (AYA_LOGS).
+async fn start_bpf_log(shared: &Arc<Shared>) -> Result<AbortOnDrop, AgentError> {
+    let sh = shared.clone();
+    let prog_id =
+        tokio::task::spawn_blocking(move || sh.read().datapath().program_id(PROG_TC_INGRESS))
+            .await??;
+    let logger = aya_log::EbpfLogger::init_from_id(prog_id)
+        .map_err(|e| AgentError::BpfLog(e.to_string()))?;
+    // SAFETY: the logger owns its ring buffer fd and keeps it open, unchanged, until it is
+    // dropped, which only happens with the AsyncFd.
+    let mut fd = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+        .map_err(|e| AgentError::Io {
+            what: "polling the BPF log ring buffer".into(),
+            source: e.into(),
+        })?;
+    set_flag(shared, CFG_BPF_LOG, true).await?;
+    info!("BPF debug events on");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(AbortOnDrop(task))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,341 @@
+//! The agent's Prometheus endpoint: `GET /metrics` in the OpenMetrics text format
+//! (prometheus-client), served over HTTP/1.1 (hyper).
+//!
+//! Datapath values are read from the pinned maps at scrape time (a [`Collector`]), so they are
+//! exactly what `vethfp stats --json` and `status --json` show at that moment:
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `vethfp_endpoint_packets_total`, `vethfp_endpoint_bytes_total` | host_if, netns, direction, verdict |
+//! | `vethfp_endpoint_drops_total` (packets, both directions) | host_if, netns, reason |
+//! | `vethfp_endpoints` | |
+//! | `vethfp_uplink_packets_total`, `vethfp_uplink_bytes_total` | uplink, counter (received_fast, received_stack, sent_fast) |
+//! | `vethfp_fast_path_enabled` | |
+//! | `vethfp_agent_info` | version |
+//! | `vethfp_agent_reconciles_total`, `vethfp_agent_reconcile_duration_seconds` (last pass), `vethfp_agent_endpoints_removed_total`, `vethfp_agent_links_reattached_total`, `vethfp_agent_programs_replaced_total`, `vethfp_agent_event_cleanup_seconds` (histogram: link event → state removed) | |
+
+use std::{convert::Infallible, sync::Arc, sync::atomic::AtomicU64, time::Duration};
+
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header::{ALLOW, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        gauge::{ConstGauge, Gauge},
+        histogram::{Histogram, exponential_buckets},
+        info::Info,
+    },
+    registry::Registry as PromRegistry,
+};
+use tokio::net::TcpListener;
+use veth_common::{
+    DIR_FROM_CONTAINER, DIR_NAMES, DIR_TO_CONTAINER, DIRS, V_DROP_ERROR, V_DROP_POLICY,
+    V_DROP_SPOOF_IP, V_DROP_SPOOF_MAC, V_FAST_UPLINK, V_RESERVED, V_STACK, VERDICT_NAMES, VERDICTS,
+};
+
+use crate::agent::Shared;
+
+/// Counters the agent keeps about itself.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    pub reconciles: Counter,
+    pub reconcile_seconds: Gauge<f64, AtomicU64>,
+    pub removed: Counter,
+    pub reattached: Counter,
+    pub replaced: Counter,
+    pub event_cleanup: Histogram,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        AgentMetrics {
+            reconciles: Counter::default(),
+            reconcile_seconds: Gauge::default(),
+            removed: Counter::default(),
+            reattached: Counter::default(),
+            replaced: Counter::default(),
+            // 100 µs .. ~3.3 s
+            event_cleanup: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+        }
+    }
+}
+
+/// The registry served at /metrics.
+pub(crate) fn registry(shared: Arc<Shared>) -> PromRegistry {
+    let mut r = PromRegistry::default();
+    r.register(
+        "vethfp_agent",
+        "vethfp agent build",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
+    let m = &shared.metrics;
+    r.register(
+        "vethfp_agent_reconciles",
+        "Reconciliation passes (start, periodic, after lost link notifications)",
+        m.reconciles.clone(),
+    );
+    r.register(
+        "vethfp_agent_reconcile_duration_seconds",
+        "Duration of the last reconciliation pass",
+        m.reconcile_seconds.clone(),
+    );
+    r.register(
+        "vethfp_agent_endpoints_removed",
+        "Endpoints and uplinks removed because their interface left the node",
+        m.removed.clone(),
+    );
+    r.register(
+        "vethfp_agent_links_reattached",
+        "Links attached again because their pin was missing",
+        m.reattached.clone(),
+    );
+    r.register(
+        "vethfp_agent_programs_replaced",
+        "Links switched in place from another build's program to this build's",
+        m.replaced.clone(),
+    );
+    r.register(
+        "vethfp_agent_event_cleanup_seconds",
+        "Time from a link deletion notification to the endpoint's state being removed",
+        m.event_cleanup.clone(),
+    );
+    r.register_collector(Box::new(DatapathCollector { shared }));
+    r
+}
+
+/// Reads the pinned maps on every scrape.
+#[derive(Debug)]
+struct DatapathCollector {
+    shared: Arc<Shared>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    ty: MetricType,
+    rows: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut fam = enc.encode_descriptor(name, help, None, ty)?;
+    let value = |m: MetricEncoder, v: u64| match ty {
+        MetricType::Gauge => ConstGauge::new(v as i64).encode(m),
+        _ => ConstCounter::new(v).encode(m),
+    };
+    // A single sample without labels: `name value`, not `name{} value`.
+    if let [(labels, v)] = rows
+        && labels.is_empty()
+    {
+        return value(fam, *v);
+    }
+    for (labels, v) in rows {
+        value(fam.encode_family(labels)?, *v)?;
+    }
+    Ok(())
+}
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let read = (|| {
+            let mut reg = self.shared.read();
+            let list = reg.list()?;
+            let stats = reg.stats(None)?;
+            let status = reg.status()?;
+            Ok::<_, crate::endpoint::EndpointError>((list, stats, status))
+        })();
+        let (list, stats, status) = match read {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("metrics: reading the maps failed: {e}");
+                return Ok(());
+            }
+        };
+        let mut packets = Vec::new();
+        let mut bytes = Vec::new();
+        let mut drops = Vec::new();
+        for s in &stats {
+            let netns = list
+                .iter()
+                .find(|e| e.host_ifindex == s.host_ifindex)
+                .map(|e| e.netns.clone())
+                .unwrap_or_default();
+            for (d, dir) in DIR_NAMES.iter().enumerate() {
+                for v in (0..VERDICTS).filter(|v| *v != V_RESERVED) {
+                    let labels: Labels = vec![
+                        ("host_if", s.host_if.clone()),
+                        ("netns", netns.clone()),
+                        ("direction", (*dir).into()),
+                        ("verdict", VERDICT_NAMES[v].into()),
+                    ];
+                    let pb = s.counters.c[d][v];
+                    packets.push((labels.clone(), pb.packets));
+                    bytes.push((labels, pb.bytes));
+                }
+            }
+            for v in [
+                V_DROP_SPOOF_IP,
+                V_DROP_SPOOF_MAC,
+                V_DROP_POLICY,
+                V_DROP_ERROR,
+            ] {
+                let n: u64 = (0..DIRS).map(|d| s.counters.c[d][v].packets).sum();
+                let reason = VERDICT_NAMES[v].trim_start_matches("drop_");
+                drops.push((
+                    vec![
+                        ("host_if", s.host_if.clone()),
+                        ("netns", netns.clone()),
+                        ("reason", reason.to_string()),
+                    ],
+                    n,
+                ));
+            }
+        }
+        family(
+            &mut enc,
+            "vethfp_endpoint_packets",
+            "Packets per endpoint by direction and verdict (as `vethfp stats --json`)",
+            MetricType::Counter,
+            &packets,
+        )?;
+        family(
+            &mut enc,
+            "vethfp_endpoint_bytes",
+            "Bytes (frame length incl. Ethernet header) per endpoint by direction and verdict",
+            MetricType::Counter,
+            &bytes,
+        )?;
+        family(
+            &mut enc,
+            "vethfp_endpoint_drops",
+            "Packets dropped per endpoint by reason, both directions",
+            MetricType::Counter,
+            &drops,
+        )?;
+        family(
+            &mut enc,
+            "vethfp_endpoints",
+            "Registered endpoints",
+            MetricType::Gauge,
+            &[(vec![], status.endpoints as u64)],
+        )?;
+        family(
+            &mut enc,
+            "vethfp_fast_path_enabled",
+            "1 if the fast path is on",
+            MetricType::Gauge,
+            &[(vec![], status.fast_path as u64)],
+        )?;
+        let mut up_p = Vec::new();
+        let mut up_b = Vec::new();
+        for u in &status.uplinks {
+            for (counter, d, v) in [
+                ("received_fast", DIR_TO_CONTAINER, V_FAST_UPLINK),
+                ("received_stack", DIR_TO_CONTAINER, V_STACK),
+                ("sent_fast", DIR_FROM_CONTAINER, V_FAST_UPLINK),
+            ] {
+                let labels: Labels = vec![
+                    ("uplink", u.uplink.name.clone()),
+                    ("counter", counter.into()),
+                ];
+                up_p.push((labels.clone(), u.counters.c[d][v].packets));
+                up_b.push((labels, u.counters.c[d][v].bytes));
+            }
+        }
+        family(
+            &mut enc,
+            "vethfp_uplink_packets",
+            "Packets per attached uplink (as `vethfp status --json`)",
+            MetricType::Counter,
+            &up_p,
+        )?;
+        family(
+            &mut enc,
+            "vethfp_uplink_bytes",
+            "Bytes per attached uplink",
+            MetricType::Counter,
+            &up_b,
+        )?;
+        Ok(())
+    }
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves HTTP/1.1 on `listener` until the task is dropped.
+pub(crate) async fn serve(listener: TcpListener, registry: Arc<PromRegistry>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("metrics: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let registry = registry.clone();
+                async move { Ok::<_, Infallible>(handle(req, registry).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(%peer, "metrics connection: {e}");
+            }
+        });
+    }
+}
+
+fn response(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = ctype.parse() {
+        r.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    r
+}
+
+async fn handle(req: Request<Incoming>, registry: Arc<PromRegistry>) -> Response<Full<Bytes>> {
+    let text = "text/plain; charset=utf-8";
+    match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            // Map reads are syscalls: keep them off the event loop.
+            let body = tokio::task::spawn_blocking(move || {
+                let mut s = String::new();
+                prometheus_client::encoding::text::encode(&mut s, &registry).map(|()| s)
+            })
+            .await;
+            match body {
+                // For HEAD, hyper sends the headers (with this body's length) only.
+                Ok(Ok(s)) => response(StatusCode::OK, OPENMETRICS, s),
+                _ => response(StatusCode::INTERNAL_SERVER_ERROR, text, "encoding failed\n"),
+            }
+        }
+        (&Method::GET, "/") => {
+            response(StatusCode::OK, text, "vethfp agent: metrics at /metrics\n")
+        }
+        (_, "/metrics") => {
+            let mut r = response(StatusCode::METHOD_NOT_ALLOWED, text, "use GET\n");
+            if let Ok(v) = "GET, HEAD".parse() {
+                r.headers_mut().insert(ALLOW, v);
+            }
+            r
+        }
+        _ => response(StatusCode::NOT_FOUND, text, "not found: try /metrics\n"),
+    }
+}
