@@ -87,19 +87,42 @@ pub fn netfilter_check(bridge: &str) -> Result<(), String> {
 
 /// A rule that could drop traffic between two ports of `bridge`: walking the filter table
 /// from FORWARD for a packet with in = out = `bridge`, following jumps to user chains, the
-/// first DROP/REJECT whose interface matches could apply to such a packet.
+/// first DROP/REJECT whose interface matches could apply to such a packet. The walk stops at
+/// an ACCEPT that takes every such packet (no match but the interfaces); falling off the end
+/// of FORWARD means its policy decides, so a DROP policy (Docker sets one) counts as a rule,
+/// shown as `-P FORWARD DROP`.
 fn blocking_rule<'a>(rules: &'a str, bridge: &str) -> Option<&'a str> {
     let mut chains: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut forward_drops = false;
     for line in rules.lines() {
         let mut w = line.split_whitespace();
-        if w.next() == Some("-A")
-            && let Some(chain) = w.next()
-        {
-            chains.entry(chain).or_default().push(line);
+        match w.next() {
+            Some("-A") => {
+                if let Some(chain) = w.next() {
+                    chains.entry(chain).or_default().push(line);
+                }
+            }
+            Some(":FORWARD") => forward_drops = w.next() == Some("DROP"),
+            _ => {}
         }
     }
     let mut seen = Vec::new();
-    walk("FORWARD", &chains, bridge, &mut seen)
+    match walk("FORWARD", &chains, bridge, &mut seen) {
+        Walk::Drop(rule) => Some(rule),
+        Walk::Accept => None,
+        Walk::Return if forward_drops => Some("-P FORWARD DROP"),
+        Walk::Return => None,
+    }
+}
+
+/// How a walk through a chain ends for a packet with in = out = the bridge.
+enum Walk<'a> {
+    /// This DROP/REJECT rule could apply.
+    Drop(&'a str),
+    /// Every such packet is accepted here: nothing after counts.
+    Accept,
+    /// The chain returns (or ends) for some packets: the caller goes on.
+    Return,
 }
 
 fn walk<'a>(
@@ -107,9 +130,9 @@ fn walk<'a>(
     chains: &HashMap<&str, Vec<&'a str>>,
     bridge: &str,
     seen: &mut Vec<String>,
-) -> Option<&'a str> {
+) -> Walk<'a> {
     if seen.iter().any(|c| c == chain) {
-        return None;
+        return Walk::Return;
     }
     seen.push(chain.to_string());
     for line in chains.get(chain).into_iter().flatten() {
@@ -129,20 +152,37 @@ fn walk<'a>(
         }
         let target = w
             .iter()
-            .position(|x| *x == "-j")
+            .position(|x| *x == "-j" || *x == "-g")
             .and_then(|i| w.get(i + 1))
             .copied();
-        match target {
-            Some("DROP") | Some("REJECT") => return Some(line),
-            Some(t) if chains.contains_key(t) => {
-                if let Some(r) = walk(t, chains, bridge, seen) {
-                    return Some(r);
+        // Nothing but `-A CHAIN`, the interfaces (possibly negated) and the target: the rule
+        // takes every packet that got this far.
+        let unconditional = {
+            let mut rest = w.iter().skip(2);
+            let mut only = true;
+            while let Some(x) = rest.next() {
+                match *x {
+                    "!" => {}
+                    "-i" | "-o" | "-j" | "-g" => {
+                        rest.next();
+                    }
+                    _ => only = false,
                 }
             }
+            only
+        };
+        match target {
+            Some("DROP") | Some("REJECT") => return Walk::Drop(line),
+            Some("ACCEPT") if unconditional => return Walk::Accept,
+            Some("RETURN") if unconditional => return Walk::Return,
+            Some(t) if chains.contains_key(t) => match walk(t, chains, bridge, seen) {
+                Walk::Return => {}
+                end => return end,
+            },
             _ => {}
         }
     }
-    None
+    Walk::Return
 }
 
 #[cfg(test)]
@@ -190,5 +230,29 @@ COMMIT
         assert_eq!(blocking_rule(&other, "docker0"), None);
         // Policy-free FORWARD with a plain DROP catches everything.
         assert!(blocking_rule("-A FORWARD -j DROP\n", "docker0").is_some());
+    }
+
+    #[test]
+    fn forward_drop_policy_refuses_unless_the_bridge_is_accepted() {
+        // No rule at all, policy DROP: the bridge drops everything between its ports.
+        let bare = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\nCOMMIT\n";
+        assert_eq!(blocking_rule(bare, "br0"), Some("-P FORWARD DROP"));
+        let accept = ":FORWARD ACCEPT [0:0]\n";
+        assert_eq!(blocking_rule(accept, "br0"), None);
+        // On a Docker host (policy DROP), a bridge Docker does not manage is dropped...
+        assert_eq!(blocking_rule(DOCKER, "br0"), Some("-P FORWARD DROP"));
+        // ...unless something accepts it; a conditional ACCEPT (only TCP) is not enough.
+        let tcp = format!("{DOCKER}-A FORWARD -i br0 -o br0 -p tcp -j ACCEPT\n");
+        assert_eq!(blocking_rule(&tcp, "br0"), Some("-P FORWARD DROP"));
+        let all = format!("{DOCKER}-A FORWARD -i br0 -o br0 -j ACCEPT\n");
+        assert_eq!(blocking_rule(&all, "br0"), None);
+        let wildcard = format!("{DOCKER}-A FORWARD -i br+ -j ACCEPT\n");
+        assert_eq!(blocking_rule(&wildcard, "br0"), None);
+        // An unconditional RETURN in a user chain returns to FORWARD, which goes on.
+        let ret = ":FORWARD DROP [0:0]\n-A FORWARD -j U\n-A U -j RETURN\n-A U -j ACCEPT\n";
+        assert_eq!(blocking_rule(ret, "br0"), Some("-P FORWARD DROP"));
+        // An ACCEPT in a user chain ends the walk.
+        let acc = ":FORWARD DROP [0:0]\n-A FORWARD -j U\n-A U -o br0 -j ACCEPT\n";
+        assert_eq!(blocking_rule(acc, "br0"), None);
     }
 }
