@@ -837,8 +837,10 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-#[test]
-fn refuses_netfilter_drop_between_ports_unless_forced() {
+/// Whether iptables and br_netfilter can be used; loads br_netfilter if needed (a
+/// machine-wide module load; the sysctls it brings are per namespace, and only the node
+/// namespace's are set by the tests). False, with the reason printed, if iptables is missing.
+fn netfilter_ready() -> bool {
     for tool in [
         "iptables",
         "ip6tables",
@@ -848,17 +850,23 @@ fn refuses_netfilter_drop_between_ports_unless_forced() {
     ] {
         if !have(tool) {
             eprintln!("SKIPPED: `{tool}` is not installed (cargo xtask setup installs iptables)");
-            return;
+            return false;
         }
     }
     if !std::path::Path::new("/proc/sys/net/bridge").exists() {
-        // Loading the module is machine-wide; the sysctls it brings are per namespace, and
-        // only the node namespace's are set below.
         let out = std::process::Command::new("modprobe")
             .arg("br_netfilter")
             .output()
             .expect("run modprobe");
         assert!(out.status.success(), "modprobe br_netfilter: {out:?}");
+    }
+    true
+}
+
+#[test]
+fn refuses_netfilter_drop_between_ports_unless_forced() {
+    if !netfilter_ready() {
+        return;
     }
     let d = Docker::new(2);
     d.node.ns.sysctl("net.bridge.bridge-nf-call-iptables", "1");
@@ -940,4 +948,35 @@ fn unknown_bridge_and_non_bridge_refused() {
     let msg = d.node.fails(&["bridge", "release", "nosuchbr"]);
     assert!(msg.contains("nosuchbr"), "{msg}");
     assert_not_accelerated(&d);
+}
+
+#[test]
+fn refuses_forward_drop_policy_unless_the_bridge_is_accepted() {
+    if !netfilter_ready() {
+        return;
+    }
+    let d = Docker::new(2);
+    d.node.ns.sysctl("net.bridge.bridge-nf-call-iptables", "1");
+    // What Docker does to the whole node: FORWARD policy DROP. A bridge it does not manage
+    // then drops everything between its ports (with br_netfilter on).
+    let out = in_ns_cmd(&d.node.ns, &["iptables", "-P", "FORWARD", "DROP"]);
+    assert!(out.status.success(), "iptables -P: {out:?}");
+    let (a, b) = (&d.ctrs[0], &d.ctrs[1]);
+    assert_eq!(
+        udp_transfer(a.name(), None, b.name(), b.v4, 10, PAYLOAD),
+        0,
+        "the DROP policy is in force on the plain bridge"
+    );
+    refused(&d, &["bridge-nf-call-iptables", "-P FORWARD DROP"]);
+    // Accepting the bridge's own traffic (what Docker does for docker0) lifts the refusal.
+    let out = in_ns_cmd(
+        &d.node.ns,
+        &[
+            "iptables", "-A", "FORWARD", "-i", BR, "-o", BR, "-j", "ACCEPT",
+        ],
+    );
+    assert!(out.status.success(), "iptables -A: {out:?}");
+    d.accelerate(&[]);
+    assert_accelerated(&d);
+    udp_exact(&d, 0, 1, false);
 }
