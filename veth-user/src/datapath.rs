@@ -466,15 +466,7 @@ impl Datapath {
             iface: iface.into(),
             source,
         })?;
-        let _: PinnedLink = fd_link.pin(&pin).map_err(|source| DatapathError::Pin {
-            path: pin.clone(),
-            source,
-        })?;
-        if let Err(e) = restrict(&pin, 0o600) {
-            let _ = fs::remove_file(&pin); // detaches: nothing stays attached on failure
-            return Err(e);
-        }
-        Ok(())
+        pin_link(fd_link, &pin)
     }
 
     /// Attaches the uplink ingress program to `iface` (tcx) and pins the link.
@@ -521,15 +513,7 @@ impl Datapath {
             iface: iface.into(),
             source,
         })?;
-        let _: PinnedLink = fd_link.pin(&pin).map_err(|source| DatapathError::Pin {
-            path: pin.clone(),
-            source,
-        })?;
-        if let Err(e) = restrict(&pin, 0o600) {
-            let _ = fs::remove_file(&pin); // detaches: nothing stays attached on failure
-            return Err(e);
-        }
-        Ok(())
+        pin_link(fd_link, &pin)
     }
 
     /// Detaches the XDP program of `ifindex` (removes its link pin). True if it was attached.
@@ -563,6 +547,19 @@ impl Datapath {
             .filter(|p| p.exists())
             .collect()
     }
+}
+
+/// Pins an attached link at `pin`, 0600; on failure nothing stays attached.
+fn pin_link(link: FdLink, pin: &Path) -> Result<()> {
+    let _: PinnedLink = link.pin(pin).map_err(|source| DatapathError::Pin {
+        path: pin.to_path_buf(),
+        source,
+    })?;
+    if let Err(e) = restrict(pin, 0o600) {
+        let _ = fs::remove_file(pin); // detaches
+        return Err(e);
+    }
+    Ok(())
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {

@@ -309,6 +309,13 @@ fn get_str(src: &[u8]) -> String {
     String::from_utf8_lossy(&src[..n]).into_owned()
 }
 
+/// The addresses an endpoint record holds.
+fn record_addrs(rec: &EndpointRecord) -> impl Iterator<Item = Cidr> + '_ {
+    rec.addrs[..(rec.naddrs as usize).min(MAX_ADDRS)]
+        .iter()
+        .filter_map(cidr_of)
+}
+
 fn cidr_of(a: &EndpointAddr) -> Option<Cidr> {
     let addr = match a.family {
         AF_V4 => IpAddr::from([a.addr[0], a.addr[1], a.addr[2], a.addr[3]]),
@@ -361,8 +368,7 @@ enum Undo {
     Link(u32),
     Record(u32),
     Links(u32),
-    Ep4([u8; 4]),
-    Ep6([u8; 16]),
+    Addr(IpAddr),
     Devmap(u32),
     Uplink(u32),
     UplinkLink(u32),
@@ -500,18 +506,7 @@ impl Registry {
                 && !records.iter().any(|r| r.target.ifindex == owner)
             {
                 // Published by an endpoint that no longer exists (interrupted del): stale.
-                match a.addr {
-                    IpAddr::V4(v4) => self
-                        .dp
-                        .ep4()?
-                        .remove(&v4.octets())
-                        .map_err(map_err("VFP_EP4"))?,
-                    IpAddr::V6(v6) => self
-                        .dp
-                        .ep6()?
-                        .remove(&v6.octets())
-                        .map_err(map_err("VFP_EP6"))?,
-                }
+                self.unpublish(a.addr)?;
             }
             if let Some(owner) = self.owner_of(a.addr)? {
                 let owner = self
@@ -644,24 +639,28 @@ impl Registry {
             return Ok(());
         }
         for a in addrs {
-            match a.addr {
-                IpAddr::V4(v4) => {
-                    self.dp
-                        .ep4()?
-                        .insert(v4.octets(), target, 0)
-                        .map_err(map_err("VFP_EP4"))?;
-                    undo.push(Undo::Ep4(v4.octets()));
-                }
-                IpAddr::V6(v6) => {
-                    self.dp
-                        .ep6()?
-                        .insert(v6.octets(), target, 0)
-                        .map_err(map_err("VFP_EP6"))?;
-                    undo.push(Undo::Ep6(v6.octets()));
-                }
-            }
+            self.publish(a.addr, target)?;
+            undo.push(Undo::Addr(a.addr));
         }
         Ok(())
+    }
+
+    /// Publishes `addr` → `target` in the fast path's address maps.
+    fn publish(&mut self, addr: IpAddr, target: Target) -> Result<()> {
+        match addr {
+            IpAddr::V4(v4) => self.dp.ep4()?.insert(v4.octets(), target, 0),
+            IpAddr::V6(v6) => self.dp.ep6()?.insert(v6.octets(), target, 0),
+        }
+        .map_err(map_err("VFP_EP4/6"))
+    }
+
+    /// Removes `addr` from the fast path's address maps.
+    fn unpublish(&mut self, addr: IpAddr) -> Result<()> {
+        match addr {
+            IpAddr::V4(v4) => self.dp.ep4()?.remove(&v4.octets()),
+            IpAddr::V6(v6) => self.dp.ep6()?.remove(&v6.octets()),
+        }
+        .map_err(map_err("VFP_EP4/6"))
     }
 
     /// The lowest counter slot no endpoint or uplink uses.
@@ -741,11 +740,8 @@ impl Registry {
         for u in undo.into_iter().rev() {
             let r: Result<()> = (|| {
                 match u {
-                    Undo::Ep4(k) => {
-                        let _ = self.dp.ep4()?.remove(&k);
-                    }
-                    Undo::Ep6(k) => {
-                        let _ = self.dp.ep6()?.remove(&k);
+                    Undo::Addr(a) => {
+                        let _ = self.unpublish(a);
                     }
                     Undo::Links(i) => {
                         self.dp.detach(i)?;
@@ -809,23 +805,9 @@ impl Registry {
         let name = get_str(&rec.host_name);
         let name = name.as_str();
         let ifindex = rec.target.ifindex;
-        for a in rec.addrs[..(rec.naddrs as usize).min(MAX_ADDRS)]
-            .iter()
-            .filter_map(cidr_of)
-        {
+        for a in record_addrs(rec) {
             if self.owner_of(a.addr)? == Some(ifindex) {
-                match a.addr {
-                    IpAddr::V4(v4) => self
-                        .dp
-                        .ep4()?
-                        .remove(&v4.octets())
-                        .map_err(map_err("VFP_EP4"))?,
-                    IpAddr::V6(v6) => self
-                        .dp
-                        .ep6()?
-                        .remove(&v6.octets())
-                        .map_err(map_err("VFP_EP6"))?,
-                }
+                self.unpublish(a.addr)?;
             }
         }
         if rec.flags & EP_BRIDGE_PORT != 0
@@ -869,23 +851,9 @@ impl Registry {
             .endpoints()?
             .insert(ifindex, rec, 0)
             .map_err(map_err("VFP_ENDPOINTS"))?;
-        for a in rec.addrs[..(rec.naddrs as usize).min(MAX_ADDRS)]
-            .iter()
-            .filter_map(cidr_of)
-        {
+        for a in record_addrs(&rec) {
             if self.owner_of(a.addr)? == Some(ifindex) {
-                match a.addr {
-                    IpAddr::V4(v4) => self
-                        .dp
-                        .ep4()?
-                        .insert(v4.octets(), rec.target, 0)
-                        .map_err(map_err("VFP_EP4"))?,
-                    IpAddr::V6(v6) => self
-                        .dp
-                        .ep6()?
-                        .insert(v6.octets(), rec.target, 0)
-                        .map_err(map_err("VFP_EP6"))?,
-                }
+                self.publish(a.addr, rec.target)?;
             }
         }
         Ok(EndpointView::from_record(&rec))
