@@ -994,7 +994,29 @@ impl Registry {
         let namespaces = crate::bridge::namespaces_by_id()?;
         let known: Vec<u32> = self.records()?.iter().map(|r| r.target.ifindex).collect();
         let mut added = Vec::new();
-        for port in ports.iter().filter(|p| !known.contains(&p.ifindex)) {
+        let todo: Vec<&netlink::Link> = ports
+            .iter()
+            .filter(|p| !known.contains(&p.ifindex))
+            .collect();
+        if let Err(e) = self.accelerate_ports(bridge, br.ifindex, &todo, &namespaces, &mut added) {
+            // All or nothing: ports accelerated by this call go back to the plain bridge.
+            for v in &added {
+                let _ = self.del(&v.host_if);
+            }
+            return Err(e);
+        }
+        Ok(added)
+    }
+
+    fn accelerate_ports(
+        &mut self,
+        bridge: &str,
+        bridge_ifindex: u32,
+        ports: &[&netlink::Link],
+        namespaces: &std::collections::HashMap<i32, (String, Netns)>,
+        added: &mut Vec<EndpointView>,
+    ) -> Result<()> {
+        for port in ports {
             let (Some(nsid), Some(peer_index)) = (port.link_netnsid, port.peer_ifindex) else {
                 continue;
             };
@@ -1033,7 +1055,7 @@ impl Registry {
                 EP_ADOPTED | EP_BRIDGE_PORT,
             );
             put_str(&mut rec.network_name, bridge);
-            rec.target.network = br.ifindex;
+            rec.target.network = bridge_ifindex;
             let mut undo = Vec::new();
             if let Err(e) = self.register(&mut rec, &addrs, &mut undo) {
                 self.rollback(undo);
@@ -1041,7 +1063,7 @@ impl Registry {
             }
             added.push(EndpointView::from_record(&rec));
         }
-        Ok(added)
+        Ok(())
     }
 
     /// Removes the fast path from every port of `bridge`: plain bridge behaviour again.
