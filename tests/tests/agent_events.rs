@@ -237,3 +237,55 @@ fn bridge_ports_keep_their_l2_program() {
     assert!(st.success(), "{log}");
     assert!(!log.contains("replaced program"), "{log}");
 }
+
+/// The agent follows an accelerated bridge: a container plugged in later gets the fast path
+/// on the next reconciliation, and traffic to it is carried by it.
+#[test]
+fn agent_accelerates_ports_added_to_a_bridge() {
+    let node = Node::new();
+    node.ns.ip(&["link", "add", "vbr0", "type", "bridge"]);
+    node.ns.ip(&["link", "set", "vbr0", "up"]);
+    let plug = |i: u32, addr: &str| {
+        let ns = vethfp_tests::Netns::new("vfc");
+        let port = format!("vbp{i}");
+        node.ns.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ]);
+        node.ns.ip(&["link", "set", &port, "master", "vbr0", "up"]);
+        ns.ip(&["addr", "add", addr, "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        (port, ns)
+    };
+    let (_p1, c1) = plug(1, "10.2.0.2/24");
+    let (_p2, _c2) = plug(2, "10.2.0.3/24");
+    node.ok(&["bridge", "accelerate", "vbr0"]);
+    assert_eq!(node.list_json().len(), 2);
+
+    let agent = Agent::start(&node, &["--reconcile-interval", "1"]);
+    let (p3, _c3) = plug(3, "10.2.0.4/24");
+    poll("the agent to accelerate the new port", || {
+        node.list_entry(&p3).is_some()
+    });
+    let e = node.list_entry(&p3).unwrap();
+    assert_eq!(e["mode"], "bridge", "{e}");
+    assert_eq!(e["network"], "vbr0", "{e}");
+    let before = node.stats(&p3);
+    assert!(ping(c1.name(), "10.2.0.4".parse().unwrap()));
+    let after = node.stats(&p3);
+    let d = after.since(&before);
+    assert!(
+        d.to("fast").packets >= 1,
+        "the new port's traffic took the fast path: {d:?}"
+    );
+    let (st, log) = agent.terminate();
+    assert!(st.success(), "{log}");
+}

@@ -21,12 +21,13 @@ struct Ctr {
 
 impl Ctr {
     fn host_if(&self) -> String {
-        // Standalone: interfaces[0]; after ptp: the interface without a sandbox.
+        // Standalone: interfaces[0]; chained: the interface without a sandbox (after `bridge`,
+        // other than the bridge itself).
         self.result["interfaces"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|i| i.get("sandbox").is_none())
+            .find(|i| i.get("sandbox").is_none() && i["name"] != "cnibr0")
             .unwrap()["name"]
             .as_str()
             .unwrap()
@@ -153,21 +154,35 @@ fn standalone_containers_talk_over_the_fast_path_xdp() {
 struct Chain<'a> {
     net: &'a CniNet,
     version: &'a str,
+    /// The plugin vethfp is chained after: "ptp" or "bridge".
+    first: &'a str,
 }
 
 impl Chain<'_> {
     fn ptp_conf(&self) -> Value {
+        let ipam = json!({
+            "type": "host-local",
+            "ranges": [[{"subnet": "10.1.0.0/24"}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": self.net.ipam_dir.path(),
+        });
+        if self.first == "bridge" {
+            return json!({
+                "cniVersion": self.version,
+                "name": self.net.name,
+                "type": "bridge",
+                "bridge": "cnibr0",
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": ipam,
+            });
+        }
         json!({
             "cniVersion": self.version,
             "name": self.net.name,
             "type": "ptp",
             "ipMasq": false,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": "10.1.0.0/24"}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
-                "dataDir": self.net.ipam_dir.path(),
-            },
+            "ipam": ipam,
         })
     }
     fn vethfp_conf(&self) -> Value {
@@ -183,7 +198,10 @@ impl Chain<'_> {
         let ns = container_ns();
         let cid = container_id();
         let env = CniEnv::full("ADD", &cid, ns.name(), "eth0");
-        let r1 = self.net.plugin("ptp", &env, &self.ptp_conf()).ok("ptp ADD");
+        let r1 = self
+            .net
+            .plugin(self.first, &env, &self.ptp_conf())
+            .ok("first plugin ADD");
         let out = self.net.vethfp(&env, &with_prev(&self.vethfp_conf(), &r1));
         let r2 = out.ok("vethfp ADD (chained)");
         eprintln!(
@@ -203,8 +221,8 @@ impl Chain<'_> {
     fn check(&self, c: &Ctr) {
         let env = CniEnv::full("CHECK", &c.cid, c.ns.name(), "eth0");
         self.net
-            .plugin("ptp", &env, &with_prev(&self.ptp_conf(), &c.result))
-            .ok("ptp CHECK");
+            .plugin(self.first, &env, &with_prev(&self.ptp_conf(), &c.result))
+            .ok("first plugin CHECK");
         self.net
             .vethfp(&env, &with_prev(&self.vethfp_conf(), &c.result))
             .ok("vethfp CHECK");
@@ -219,19 +237,26 @@ impl Chain<'_> {
             .vethfp(&env, &with_prev(&self.vethfp_conf(), &c.result))
             .ok("vethfp DEL");
         self.net
-            .plugin("ptp", &env, &with_prev(&self.ptp_conf(), &c.result))
-            .ok("ptp DEL");
+            .plugin(self.first, &env, &with_prev(&self.ptp_conf(), &c.result))
+            .ok("first plugin DEL");
     }
 }
 
-fn chained(version: &str) {
+fn chained(first: &str, version: &str) {
     let net = CniNet::new();
-    let chain = Chain { net: &net, version };
+    let chain = Chain {
+        net: &net,
+        version,
+        first,
+    };
     let a = chain.add();
     let b = chain.add();
     for c in [&a, &b] {
         let ep = net.node.list_entry(&c.host_if()).expect("adopted endpoint");
         assert_eq!(ep["adopted"], true, "{ep}");
+        // After `bridge` the host end is a bridge port: L2 bypass, like `bridge accelerate`.
+        let mode = if first == "bridge" { "bridge" } else { "tc" };
+        assert_eq!(ep["mode"], mode, "{ep}");
         assert_eq!(ep["ifname"], "eth0");
         chain.check(c);
     }
@@ -259,8 +284,9 @@ fn chained(version: &str) {
     drop(b);
     // The kernel destroys a namespace (and the veth in it) asynchronously after the last
     // reference goes: wait for that, with a deadline.
+    // (The bridge plugin keeps its bridge device by design; only veths must go.)
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !net.node_links().is_empty() {
+    while net.node_links().iter().any(|l| l != "cnibr0") {
         assert!(
             std::time::Instant::now() < deadline,
             "ptp's veth still in the node 10 s after its netns was deleted: {:?}",
@@ -272,12 +298,17 @@ fn chained(version: &str) {
 
 #[test]
 fn chained_after_ptp_0_4_0() {
-    chained("0.4.0");
+    chained("ptp", "0.4.0");
 }
 
 #[test]
 fn chained_after_ptp_1_0_0() {
-    chained("1.0.0");
+    chained("ptp", "1.0.0");
+}
+
+#[test]
+fn chained_after_bridge_1_0_0() {
+    chained("bridge", "1.0.0");
 }
 
 /// Chained mode refuses configs that cannot be right.
@@ -289,6 +320,7 @@ fn chained_errors() {
     let chain = Chain {
         net: &net,
         version: "1.0.0",
+        first: "ptp",
     };
     // prevResult without a container interface (e.g. IPAM-only result).
     let prev = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.9/24"}]});

@@ -726,6 +726,18 @@ impl Registry {
             EP_ADOPTED | req.flags,
         );
         set_network(&mut rec, &req.network);
+        // A port of a Linux bridge (CNI `bridge` plugin before us): L2 semantics, like
+        // `bridge accelerate`; the routed program would only ever pass its traffic on.
+        if let Some(master) = link.master
+            && let Some(br) = netlink::link_by_index(master)?
+            && br.kind.as_deref() == Some("bridge")
+        {
+            rec.flags |= EP_BRIDGE_PORT;
+            rec.flags &= !(EP_SPOOF_ENFORCE | EP_SPOOF_AUDIT);
+            rec.target.network = br.ifindex;
+            rec.network_name = [0; NAME_LEN];
+            put_str(&mut rec.network_name, &br.name);
+        }
         let mut undo = Vec::new();
         match self.register(&mut rec, &req.addrs, &mut undo) {
             Ok(()) => Ok(EndpointView::from_record(&rec)),

@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
 
 use crate::{
-    datapath::{DatapathError, PROG_TC_EGRESS, PROG_TC_INGRESS},
+    datapath::{DatapathError, PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS},
     netlink::{NetlinkError, nl_err, run},
 };
 
@@ -58,9 +58,11 @@ pub struct Attached {
 }
 
 impl Attached {
-    /// Both vethfp tcx programs are attached.
+    /// Both vethfp tcx programs are attached (routed or, on a bridge port, L2 ingress).
     pub fn has_fast_path(&self) -> bool {
-        self.tcx_ingress.iter().any(|n| n == PROG_TC_INGRESS)
+        self.tcx_ingress
+            .iter()
+            .any(|n| n == PROG_TC_INGRESS || n == PROG_L2_INGRESS)
             && self.tcx_egress.iter().any(|n| n == PROG_TC_EGRESS)
     }
 }

@@ -229,6 +229,8 @@ pub struct Report {
     pub removed_uplinks: Vec<String>,
     /// Host ends an interrupted `pair add` left (made by vethfp, never registered): deleted.
     pub leftovers: Vec<String>,
+    /// Ports of accelerated bridges that appeared since (accelerated by this pass).
+    pub bridge_ports_added: Vec<String>,
     /// (interface, hook) attached anew because the link pin was missing.
     pub attached: Vec<(String, &'static str)>,
     /// (interface, hook, link id, old program id, new program id) switched in place.
@@ -247,6 +249,7 @@ impl Report {
         !(self.removed.is_empty()
             && self.removed_uplinks.is_empty()
             && self.leftovers.is_empty()
+            && self.bridge_ports_added.is_empty()
             && self.attached.is_empty()
             && self.replaced.is_empty()
             && self.pruned_link_pins == 0
@@ -294,6 +297,28 @@ impl Registry {
             for (hook, prog) in hooks {
                 live.insert((hook, ep.host_ifindex));
                 self.ensure(&ep.host_if, ep.host_ifindex, hook, prog, &mut report);
+            }
+        }
+        // Accelerated bridges: follow their changes (new ports, a container's MAC moving to a
+        // new port). Bridges refused now (a rule added since, say) keep what they have.
+        let mut bridges: Vec<String> = self
+            .list()?
+            .into_iter()
+            .filter(|e| e.mode == "bridge")
+            .map(|e| e.network)
+            .collect();
+        bridges.sort();
+        bridges.dedup();
+        for br in bridges {
+            match self.bridge_accelerate(&br, false) {
+                Ok(added) => {
+                    for v in added {
+                        live.insert((HOOK_TC_INGRESS, v.host_ifindex));
+                        live.insert((HOOK_TC_EGRESS, v.host_ifindex));
+                        report.bridge_ports_added.push(v.host_if);
+                    }
+                }
+                Err(e) => log::warn!("following bridge {br}: {e}"),
             }
         }
         for up in self.uplinks()? {
