@@ -703,3 +703,149 @@ fn uplink_ingress_delivers_to_local_endpoints() {
         up1.c[DIR_TO_CONTAINER][V_STACK].packets + 1
     );
 }
+
+/// The XDP program on crafted frames. Devmap entries and the XDP ingress device must be real
+/// interfaces, so this runs on a thread with a private network namespace (unshare) holding
+/// one veth pair: `src` plays the sender's host end, `dst` the destination's.
+#[test]
+fn xdp_redirects_known_destinations_and_passes_the_rest() {
+    use aya::{maps::DevMapHash, programs::Xdp};
+    use vethfp::{
+        datapath::PROG_XDP,
+        netlink::{self, Netns, VethRequest},
+        types::Mac,
+    };
+    const XDP_PASS: u32 = 2;
+    const XDP_REDIRECT: u32 = 4;
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("private netns");
+        let here = Netns::open("/proc/thread-self/ns/net").unwrap();
+        let src_mac = Mac([0x02, 0x40, 0, 0, 0, 1]);
+        let dst_host = Mac(DST_HOST_MAC);
+        netlink::create_veth(&VethRequest {
+            host_name: "xsrc",
+            host_mac: src_mac,
+            peer_name: "xdst",
+            peer_mac: dst_host,
+            peer_netns: &here,
+            mtu: None,
+        })
+        .unwrap();
+        let src = netlink::link_by_name("xsrc").unwrap().unwrap().ifindex;
+        let dst = netlink::link_by_name("xdst").unwrap().unwrap().ifindex;
+
+        let mut ebpf = Datapath::unpinned().unwrap();
+        let p: &mut Xdp = ebpf.program_mut(PROG_XDP).unwrap().try_into().unwrap();
+        p.load().expect("verifier accepts the XDP program");
+        let target = Target {
+            ifindex: dst,
+            mtu: 1500,
+            slot: 1,
+            container_mac: DST_MAC,
+            host_mac: DST_HOST_MAC,
+            ..Default::default()
+        };
+        HashMap::<_, [u8; 4], Target>::try_from(ebpf.map_mut(MAP_EP4).unwrap())
+            .unwrap()
+            .insert([10, 0, 0, 2], target, 0)
+            .unwrap();
+        let rec = EndpointRecord {
+            target: Target {
+                ifindex: src,
+                mtu: 1500,
+                slot: 0,
+                container_mac: SRC_MAC,
+                host_mac: src_mac.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        HashMap::<_, u32, EndpointRecord>::try_from(ebpf.map_mut(MAP_ENDPOINTS).unwrap())
+            .unwrap()
+            .insert(src, rec, 0)
+            .unwrap();
+        DevMapHash::try_from(ebpf.map_mut(MAP_DEVMAP).unwrap())
+            .unwrap()
+            .insert(dst, dst, None, 0)
+            .unwrap();
+
+        let run = |frame: &[u8]| {
+            let p: &Xdp = ebpf.program(PROG_XDP).unwrap().try_into().unwrap();
+            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+            // egress_ifindex.
+            let mut md = [0u8; 24];
+            md[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+            md[12..16].copy_from_slice(&src.to_ne_bytes());
+            let mut out = vec![0u8; frame.len() + 256];
+            let r = p
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&md),
+                    ..Default::default()
+                })
+                .expect("xdp test_run");
+            out.truncate(r.data_size_out as usize);
+            (r.return_value, out)
+        };
+        let counters = |slot: u32| {
+            let c: PerCpuArray<_, Counters> =
+                PerCpuArray::try_from(ebpf.map(MAP_COUNTERS).unwrap()).unwrap();
+            let mut sum = Counters::default();
+            for v in c.get(&slot, 0).unwrap().iter() {
+                sum.add(v);
+            }
+            sum
+        };
+
+        // To the gateway (the sender's host end MAC), for a known destination: redirected,
+        // rewritten like the TC path, counted on both ends.
+        let mut frame = v4_frame([10, 0, 0, 2], 64, &[], 100);
+        frame[0..6].copy_from_slice(&src_mac.0);
+        let (ret, out) = run(&frame);
+        assert_eq!(ret, XDP_REDIRECT);
+        assert_eq!(&out[0..6], &DST_MAC);
+        assert_eq!(&out[6..12], &DST_HOST_MAC);
+        assert_eq!(out[22], 63, "TTL decremented");
+        assert_eq!(csum(&out[14..34]), 0, "IPv4 header checksum valid");
+        let len = frame.len() as u64;
+        assert_eq!(
+            counters(0).c[DIR_FROM_CONTAINER][V_FAST],
+            PacketBytes {
+                packets: 1,
+                bytes: len
+            }
+        );
+        assert_eq!(
+            counters(1).c[DIR_TO_CONTAINER][V_FAST],
+            PacketBytes {
+                packets: 1,
+                bytes: len
+            }
+        );
+
+        // Everything else passes to the tcx program behind it, unchanged and not counted here.
+        let mut other_mac = frame.clone();
+        other_mac[0..6].copy_from_slice(&[0x02, 0x99, 0, 0, 0, 9]);
+        let mut unknown = v4_frame([10, 0, 0, 77], 64, &[], 10);
+        unknown[0..6].copy_from_slice(&src_mac.0);
+        let mut ttl1 = v4_frame([10, 0, 0, 2], 1, &[], 10);
+        ttl1[0..6].copy_from_slice(&src_mac.0);
+        for (what, f) in [
+            ("not to the gateway MAC", other_mac),
+            ("unknown destination", unknown),
+            ("TTL 1", ttl1),
+        ] {
+            let (ret, out) = run(&f);
+            assert_eq!((ret, &out), (XDP_PASS, &f), "{what}");
+        }
+        assert_eq!(
+            counters(0).c[DIR_FROM_CONTAINER][V_FAST].packets,
+            1,
+            "passes not counted by XDP"
+        );
+        assert_eq!(counters(0).c[DIR_FROM_CONTAINER][V_STACK].packets, 0);
+    })
+    .join()
+    .unwrap();
+}
