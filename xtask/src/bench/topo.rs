@@ -23,10 +23,11 @@ pub enum Kind {
     Routed,
     VethfpTc,
     VethfpXdp,
+    VethfpUplink,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Direct,
         Kind::Bridge,
         Kind::BridgeVethfp,
@@ -34,6 +35,7 @@ impl Kind {
         Kind::Routed,
         Kind::VethfpTc,
         Kind::VethfpXdp,
+        Kind::VethfpUplink,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::Routed => "routed",
             Kind::VethfpTc => "vethfp-tc",
             Kind::VethfpXdp => "vethfp-xdp",
+            Kind::VethfpUplink => "vethfp-uplink",
         }
     }
 
@@ -57,6 +60,7 @@ impl Kind {
             Kind::Routed => "rt",
             Kind::VethfpTc => "vtc",
             Kind::VethfpXdp => "vxd",
+            Kind::VethfpUplink => "vup",
         }
     }
 
@@ -104,6 +108,15 @@ impl VethfpPairs {
             host_ifs: Vec::new(),
             bridges: Vec::new(),
         }
+    }
+
+    /// `vethfp uplink attach IFACE` in the node (removed with the node namespace).
+    pub fn uplink_attach(&mut self, iface: &str) -> Result<()> {
+        let mut c = setns_cmd(&self.node_path, &self.vethfp.bin)?;
+        c.arg("--bpffs").arg(&self.vethfp.bpffs);
+        c.args(["uplink", "attach", iface, "--egress", "fast"]);
+        output(&mut c).with_context(|| format!("vethfp uplink attach {iface} failed"))?;
+        Ok(())
     }
 
     /// `vethfp bridge accelerate BRIDGE` in the node.
@@ -229,6 +242,10 @@ impl Topo {
             }
             Kind::BridgeDockerLike => topo.wire_bridge(true)?,
             Kind::Routed => topo.wire_routed()?,
+            Kind::VethfpUplink => {
+                let v = vethfp.context("vethfp topologies need a vethfp binary")?;
+                topo.wire_vethfp_uplink(v)?
+            }
             Kind::VethfpTc | Kind::VethfpXdp => {
                 let v = vethfp.context("vethfp topologies need a vethfp binary")?;
                 topo.wire_vethfp(v, kind == Kind::VethfpXdp)?
@@ -384,6 +401,37 @@ impl Topo {
                 mode,
             )?;
         }
+        self.vethfp = Some(pairs);
+        Ok(())
+    }
+
+    /// Node ↔ container over the uplink: the client is a remote host on the node's uplink
+    /// (`up0`, 10.211.0.1/24), the server a vethfp container. Client → server takes the
+    /// uplink ingress program, server → client the `--egress fast` FIB path.
+    fn wire_vethfp_uplink(&mut self, v: &Vethfp) -> Result<()> {
+        let node = self.node();
+        // FIB lookups from BPF honour the node's forwarding switch.
+        node.sysctl("net.ipv4.ip_forward", "1")?;
+        self.client.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "up0", "netns", &node.name,
+        ])?;
+        node.ip(&["addr", "add", "10.211.0.1/24", "dev", "up0"])?;
+        node.ip(&["link", "set", "up0", "up"])?;
+        node.ip(&["route", "add", &format!("{CLIENT_IP}/32"), "dev", "up0"])?;
+        let c = &self.client;
+        c.ip(&["addr", "add", &format!("{CLIENT_IP}/32"), "dev", "eth0"])?;
+        c.ip(&["link", "set", "eth0", "up"])?;
+        c.ip(&["route", "add", "10.211.0.1", "dev", "eth0", "scope", "link"])?;
+        c.ip(&[
+            "route",
+            "add",
+            &format!("{SERVER_IP}/32"),
+            "via",
+            "10.211.0.1",
+        ])?;
+        let mut pairs = VethfpPairs::new(v, node);
+        pairs.add("vfhb", &self.server.name, &[&format!("{SERVER_IP}/24")])?;
+        pairs.uplink_attach("up0")?;
         self.vethfp = Some(pairs);
         Ok(())
     }
