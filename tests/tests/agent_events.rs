@@ -181,33 +181,40 @@ fn cli_writes_while_the_agent_reconciles_stay_consistent() {
     assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
 }
 
+/// Bridge `vbr0` in the node (made the way Docker does, with `ip`).
+fn bridge(node: &Node) {
+    node.ns.ip(&["link", "add", "vbr0", "type", "bridge"]);
+    node.ns.ip(&["link", "set", "vbr0", "up"]);
+}
+
+/// A container on `vbr0`: port `vbp{i}` in the node, `eth0` with `addr` in its namespace.
+fn plug(node: &Node, i: u32, addr: &str) -> (String, vethfp_tests::Netns) {
+    let ns = vethfp_tests::Netns::new("vfc");
+    let port = format!("vbp{i}");
+    node.ns.ip(&[
+        "link",
+        "add",
+        &port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ]);
+    node.ns.ip(&["link", "set", &port, "master", "vbr0", "up"]);
+    ns.ip(&["addr", "add", addr, "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    (port, ns)
+}
+
 #[test]
 fn bridge_ports_keep_their_l2_program() {
     use vethfp::datapath::{Datapath, HOOK_TC_INGRESS, PROG_L2_INGRESS};
     let node = Node::new();
-    node.ns.ip(&["link", "add", "vbr0", "type", "bridge"]);
-    node.ns.ip(&["link", "set", "vbr0", "up"]);
-    let mut ports = Vec::new();
-    for (i, addr) in [(1, "10.2.0.2/24"), (2, "10.2.0.3/24")] {
-        let ns = vethfp_tests::Netns::new("vfc");
-        let port = format!("vbp{i}");
-        node.ns.ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ]);
-        node.ns.ip(&["link", "set", &port, "master", "vbr0", "up"]);
-        ns.ip(&["addr", "add", addr, "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-        ports.push((port, ns));
-    }
+    bridge(&node);
+    let ports = [plug(&node, 1, "10.2.0.2/24"), plug(&node, 2, "10.2.0.3/24")];
     node.ok(&["bridge", "accelerate", "vbr0", "--force"]);
     let mut dp = Datapath::open(&node.bpffs_dir()).unwrap();
     let l2 = dp.program_id(PROG_L2_INGRESS).unwrap();
@@ -243,35 +250,14 @@ fn bridge_ports_keep_their_l2_program() {
 #[test]
 fn agent_accelerates_ports_added_to_a_bridge() {
     let node = Node::new();
-    node.ns.ip(&["link", "add", "vbr0", "type", "bridge"]);
-    node.ns.ip(&["link", "set", "vbr0", "up"]);
-    let plug = |i: u32, addr: &str| {
-        let ns = vethfp_tests::Netns::new("vfc");
-        let port = format!("vbp{i}");
-        node.ns.ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ]);
-        node.ns.ip(&["link", "set", &port, "master", "vbr0", "up"]);
-        ns.ip(&["addr", "add", addr, "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-        (port, ns)
-    };
-    let (_p1, c1) = plug(1, "10.2.0.2/24");
-    let (_p2, _c2) = plug(2, "10.2.0.3/24");
+    bridge(&node);
+    let (_p1, c1) = plug(&node, 1, "10.2.0.2/24");
+    let (_p2, _c2) = plug(&node, 2, "10.2.0.3/24");
     node.ok(&["bridge", "accelerate", "vbr0"]);
     assert_eq!(node.list_json().len(), 2);
 
     let agent = Agent::start(&node, &["--reconcile-interval", "1"]);
-    let (p3, _c3) = plug(3, "10.2.0.4/24");
+    let (p3, _c3) = plug(&node, 3, "10.2.0.4/24");
     poll("the agent to accelerate the new port", || {
         node.list_entry(&p3).is_some()
     });
