@@ -451,7 +451,7 @@ impl Datapath {
     ) -> Result<()> {
         let pin = self.link_pin(hook, ifindex);
         // A pin left by an earlier interface with the same ifindex is stale: drop it.
-        let _ = fs::remove_file(&pin);
+        let _ = unpin_and_detach(&pin);
         let mut prog = self.classifier(prog_name)?;
         let attach_err = |source| DatapathError::Attach {
             prog: prog_name,
@@ -482,17 +482,15 @@ impl Datapath {
 
     /// Detaches the uplink program of `ifindex`. True if it was attached.
     pub fn detach_uplink(&self, ifindex: u32) -> Result<bool> {
-        match fs::remove_file(self.link_pin(HOOK_UPLINK, ifindex)) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io(format!("removing uplink link pin of ifindex {ifindex}"))(e)),
-        }
+        unpin_and_detach(&self.link_pin(HOOK_UPLINK, ifindex)).map_err(io(format!(
+            "detaching the uplink link of ifindex {ifindex}"
+        )))
     }
 
     /// Attaches the XDP program (native mode) to host end `ifindex` and pins the link.
     pub fn attach_xdp(&mut self, iface: &str, ifindex: u32) -> Result<()> {
         let pin = self.link_pin(HOOK_XDP, ifindex);
-        let _ = fs::remove_file(&pin);
+        let _ = unpin_and_detach(&pin);
         let path = self.pinned_program(PROG_XDP)?;
         let mut prog = Xdp::from_pin(&path, XdpAttachType::Interface).map_err(|source| {
             DatapathError::Program {
@@ -518,11 +516,8 @@ impl Datapath {
 
     /// Detaches the XDP program of `ifindex` (removes its link pin). True if it was attached.
     pub fn detach_xdp(&self, ifindex: u32) -> Result<bool> {
-        match fs::remove_file(self.link_pin(HOOK_XDP, ifindex)) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io(format!("removing XDP link pin of ifindex {ifindex}"))(e)),
-        }
+        unpin_and_detach(&self.link_pin(HOOK_XDP, ifindex))
+            .map_err(io(format!("detaching the XDP link of ifindex {ifindex}")))
     }
 
     /// Removes every link pin of `ifindex` (detaching the programs if the interface still
@@ -530,10 +525,10 @@ impl Datapath {
     pub fn detach(&self, ifindex: u32) -> Result<usize> {
         let mut n = 0;
         for hook in [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP] {
-            match fs::remove_file(self.link_pin(hook, ifindex)) {
-                Ok(()) => n += 1,
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io(format!("removing link pin of ifindex {ifindex}"))(e)),
+            if unpin_and_detach(&self.link_pin(hook, ifindex)).map_err(io(format!(
+                "detaching the {hook} link of ifindex {ifindex}"
+            )))? {
+                n += 1;
             }
         }
         Ok(n)
@@ -547,6 +542,72 @@ impl Datapath {
             .filter(|p| p.exists())
             .collect()
     }
+}
+
+/// Detaches the link pinned at `path` now (BPF_LINK_DETACH) and removes the pin; Ok(false) if
+/// nothing is pinned there. Removing only the pin frees the link asynchronously, so attaching
+/// to the same hook right after (e.g. `pair mode … xdp` after `pair mode … tc`) could still
+/// find it busy (EBUSY).
+fn unpin_and_detach(path: &Path) -> std::io::Result<bool> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        pad: u32,
+    }
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+        pad: [u32; 3],
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let get = ObjGet {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        pad: 0,
+    };
+    // SAFETY: bpf(2) with a valid, fully initialised attr of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &get as *const ObjGet,
+            std::mem::size_of::<ObjGet>() as u32,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.kind() == ErrorKind::NotFound {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: a fresh fd returned by BPF_OBJ_GET, owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let detach = LinkDetach {
+        link_fd: fd.as_raw_fd() as u32,
+        pad: [0; 3],
+    };
+    // SAFETY: bpf(2) with a valid attr. Failure means already detached (its interface went
+    // away) or a link type without detach: removing the pin below still releases it.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &detach as *const LinkDetach,
+            std::mem::size_of::<LinkDetach>() as u32,
+        )
+    };
+    fs::remove_file(path)?;
+    Ok(true)
 }
 
 /// Pins an attached link at `pin`, 0600; on failure nothing stays attached.
