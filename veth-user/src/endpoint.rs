@@ -461,7 +461,9 @@ impl Registry {
     /// A host end vethfp created that has no registry entry: what an interrupted `pair add`
     /// (killed between creating the pair and registering it) leaves behind.
     fn is_leftover(&mut self, link: &netlink::Link) -> Result<bool> {
-        Ok(link.alias.as_deref() == Some(netlink::OWNER_ALIAS)
+        let ours = link.alias.as_deref() == Some(netlink::OWNER_ALIAS)
+            || (link.kind.as_deref() == Some("veth") && link.mac.is_some_and(|m| m.is_owned()));
+        Ok(ours
             && !self
                 .records()?
                 .iter()
@@ -546,7 +548,7 @@ impl Registry {
         undo: &mut Vec<Undo>,
     ) -> Result<EndpointView> {
         let container_mac = req.mac.unwrap_or_else(Mac::random);
-        let host_mac = Mac::random();
+        let host_mac = Mac::random_owned();
         let host_ifindex = netlink::create_veth(&VethRequest {
             host_name: req.host.as_str(),
             host_mac,

@@ -110,6 +110,23 @@ impl Mac {
         b[0] = (b[0] & 0xfe) | 0x02;
         Mac(b)
     }
+    /// Prefix of the host-end MACs vethfp makes: locally administered, unicast, "vf".
+    pub const OWNED_PREFIX: [u8; 3] = [0x02, 0x76, 0x66];
+
+    /// A random MAC for a host end vethfp creates: [`Mac::OWNED_PREFIX`] + 3 random bytes. The
+    /// MAC is set in the same request that creates the link, so even a `pair add` killed right
+    /// after that request leaves a link recognisable as vethfp's.
+    pub fn random_owned() -> Mac {
+        let mut m = Mac::random();
+        m.0[..3].copy_from_slice(&Mac::OWNED_PREFIX);
+        m
+    }
+
+    /// Made by [`Mac::random_owned`].
+    pub fn is_owned(&self) -> bool {
+        self.0[..3] == Mac::OWNED_PREFIX
+    }
+
     pub fn is_unicast(&self) -> bool {
         self.0[0] & 1 == 0 && self.0 != [0; 6]
     }
@@ -234,6 +251,9 @@ mod tests {
         }
         let r = Mac::random();
         assert!(r.is_unicast() && r.0[0] & 2 == 2);
+        let o = Mac::random_owned();
+        assert!(o.is_unicast() && o.is_owned() && o.to_string().starts_with("02:76:66:"));
+        assert!(!"02:aa:00:00:00:01".parse::<Mac>().unwrap().is_owned());
     }
 
     #[test]
