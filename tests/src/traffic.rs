@@ -275,14 +275,15 @@ fn pattern(i: usize) -> u8 {
     (i.wrapping_mul(31) ^ (i >> 9)) as u8
 }
 
-/// TCP: a server in `server_ns` on `server_ip` echoes everything; a client in `client_ns`
-/// sends `bytes` bytes and reads them back, checking each one. Data flows both ways.
-pub fn tcp_echo(
-    client_ns: &str,
+/// A TCP echo server on `server_ip` in `server_ns` (port from the kernel, sent on the
+/// channel once listening); the thread returns the number of bytes echoed.
+fn echo_server(
     server_ns: &str,
     server_ip: IpAddr,
-    bytes: usize,
-) -> Result<(), String> {
+) -> (
+    std::thread::JoinHandle<Result<usize, String>>,
+    mpsc::Receiver<SocketAddr>,
+) {
     let (tx, rx) = mpsc::channel();
     let server = in_netns(server_ns, move || -> Result<usize, String> {
         let l = TcpListener::bind(SocketAddr::new(server_ip, 0))
@@ -307,6 +308,18 @@ pub fn tcp_echo(
         s.shutdown(Shutdown::Write).ok();
         Ok(total)
     });
+    (server, rx)
+}
+
+/// TCP: a server in `server_ns` on `server_ip` echoes everything; a client in `client_ns`
+/// sends `bytes` bytes and reads them back, checking each one. Data flows both ways.
+pub fn tcp_echo(
+    client_ns: &str,
+    server_ns: &str,
+    server_ip: IpAddr,
+    bytes: usize,
+) -> Result<(), String> {
+    let (server, rx) = echo_server(server_ns, server_ip);
     let addr = rx
         .recv_timeout(TIMEOUT)
         .map_err(|_| "server did not start".to_string())?;
@@ -501,30 +514,7 @@ impl TcpFlow {
 
 /// Start a [`TcpFlow`] from `client_ns` to a server in `server_ns` on `server_ip`.
 pub fn tcp_flow(client_ns: &str, server_ns: &str, server_ip: IpAddr) -> TcpFlow {
-    let (tx, rx) = mpsc::channel();
-    let server = in_netns(server_ns, move || -> Result<usize, String> {
-        let l = TcpListener::bind(SocketAddr::new(server_ip, 0))
-            .map_err(|e| format!("server bind {server_ip}: {e}"))?;
-        tx.send(l.local_addr().unwrap()).unwrap();
-        socket::setsockopt(&l, socket::sockopt::ReceiveTimeout, &TimeVal::new(10, 0))
-            .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
-        let (mut s, _) = l.accept().map_err(|e| format!("server accept: {e}"))?;
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(TIMEOUT)).unwrap();
-        let mut buf = vec![0u8; 65536];
-        let mut total = 0;
-        loop {
-            let k = s.read(&mut buf).map_err(|e| format!("server read: {e}"))?;
-            if k == 0 {
-                break;
-            }
-            s.write_all(&buf[..k])
-                .map_err(|e| format!("server write: {e}"))?;
-            total += k;
-        }
-        s.shutdown(Shutdown::Write).ok();
-        Ok(total)
-    });
+    let (server, rx) = echo_server(server_ns, server_ip);
     let addr = rx
         .recv_timeout(TIMEOUT)
         .expect("tcp flow: server did not start");

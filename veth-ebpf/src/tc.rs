@@ -77,9 +77,10 @@ fn linearize(ctx: &TcContext, len: u32) {
 #[classifier]
 pub fn vfp_tc_ingress(ctx: TcContext) -> i32 {
     let (ifindex, len, routable) = skb_fields(&ctx);
-    let ret = ingress(&ctx, ifindex, len, routable);
+    let cfg = config_flags(); // read once per packet
+    let ret = ingress(&ctx, ifindex, len, routable, cfg);
     // Debug events only when `vethfp agent --bpf-log` asked for them: one bit test otherwise.
-    if config_flags() & CFG_BPF_LOG != 0 {
+    if cfg & CFG_BPF_LOG != 0 {
         let verdict = match ret {
             TC_ACT_REDIRECT => "redirect",
             TC_ACT_SHOT => "drop",
@@ -97,7 +98,7 @@ pub fn vfp_tc_ingress(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn ingress(ctx: &TcContext, ifindex: u32, len: u32, routable: bool) -> i32 {
+fn ingress(ctx: &TcContext, ifindex: u32, len: u32, routable: bool, cfg: u32) -> i32 {
     let Some(src) = VFP_ENDPOINTS.get_ptr(ifindex) else {
         return TCX_NEXT; // not (or no longer) an endpoint: nothing to count against
     };
@@ -116,7 +117,6 @@ fn ingress(ctx: &TcContext, ifindex: u32, len: u32, routable: bool) -> i32 {
             TCX_NEXT
         };
     }
-    let cfg = config_flags();
     if routable
         && cfg & CFG_FASTPATH_OFF == 0
         && let Some(ret) = forward(ctx, ifindex, slot, len, network, cfg)
