@@ -453,6 +453,41 @@ fn gc_removes_what_is_not_valid() {
         "CLI endpoint untouched: {names:?}"
     );
     assert!(!net.node_links().contains(&name(&r2)));
-    net.vethfp(&env, &conf)
-        .err_code(7, "GC without valid-attachments");
+}
+
+#[test]
+fn gc_without_valid_attachments_removes_nothing() {
+    // cnitool (and runtimes before CNI 1.1) send GC without the list of attachments to keep:
+    // that must succeed without touching a running container, and say so on stderr.
+    let net = CniNet::new();
+    let conf = net.conf("1.1.0");
+    let ns1 = container_ns();
+    let c1 = container_id();
+    let r1 = net
+        .vethfp(&CniEnv::full("ADD", &c1, ns1.name(), "eth0"), &conf)
+        .ok("ADD");
+    let host = r1["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let before = net.node.list_json();
+    let env = CniEnv {
+        command: Some("GC".into()),
+        path: Some(vethfp_tests::cni::CNI_PLUGIN_DIR.into()),
+        ..Default::default()
+    };
+    let out = net.vethfp(&env, &conf);
+    out.ok("GC without valid-attachments");
+    assert!(
+        out.stderr.contains("valid-attachments") && out.stderr.contains("nothing removed"),
+        "GC logs why it removed nothing: {:?}",
+        out.stderr
+    );
+    assert_eq!(net.node.list_json(), before, "no endpoint removed");
+    assert!(net.node_links().contains(&host), "{:?}", net.node_links());
+    assert_eq!(
+        net.allocated().len(),
+        2,
+        "leases kept: {:?}",
+        net.allocated()
+    );
+    net.vethfp(&CniEnv::full("DEL", &c1, ns1.name(), "eth0"), &conf)
+        .ok("DEL");
 }

@@ -961,12 +961,15 @@ impl Call<'_> {
     }
 
     fn gc(&self) -> Result<()> {
-        let valid = self.conf.valid_attachments.as_ref().ok_or_else(|| {
-            CniError::new(
-                ERR_INVALID_CONFIG,
-                "GC needs \"cni.dev/valid-attachments\" in the config",
-            )
-        })?;
+        // Without the list (cnitool and older runtimes send none) nothing is known to be
+        // garbage: removing every endpoint would cut off running containers.
+        let Some(valid) = self.conf.valid_attachments.as_ref() else {
+            log::warn!(
+                "GC without \"cni.dev/valid-attachments\" in the config: nothing removed \
+                 (the runtime must list the attachments to keep)"
+            );
+            return Ok(());
+        };
         let keep: BTreeSet<String> = valid
             .iter()
             .map(|a| host_name(&a.container_id, &a.ifname))
