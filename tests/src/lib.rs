@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod cni;
+pub mod cri;
 pub mod node;
 pub mod ns;
 pub mod raw;

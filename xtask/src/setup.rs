@@ -21,6 +21,10 @@ const DEB_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
+    // Kubernetes node end to end (tests/tests/cri_*.rs): containerd's CRI drives vethfp;
+    // protoc builds the CRI gRPC types (k8s-cri) of the test crate.
+    "containerd",
+    "protobuf-compiler",
 ];
 /// Installed if the archive has it; its absence only costs the perf-based CPU figures.
 const OPTIONAL_DEB_PACKAGES: &[&str] = &["linux-perf"];
