@@ -112,6 +112,8 @@ pub struct CriNode {
     pub node: Node,
     pub dir: TempDir,
     pub mode: NetMode,
+    /// Pod addresses from both pod CIDRs (else IPv4 only).
+    pub dual_stack: bool,
     pub network: String,
     cgroup_parent: String,
     holder: Option<Child>,
@@ -125,6 +127,11 @@ impl CriNode {
     /// A node running containerd with the conflist of `mode`, the image imported, the CRI
     /// network ready.
     pub fn start(mode: NetMode) -> CriNode {
+        CriNode::start_with(mode, true)
+    }
+
+    /// [`CriNode::start`], IPv4-only pods unless `dual_stack`.
+    pub fn start_with(mode: NetMode, dual_stack: bool) -> CriNode {
         let node = Node::new();
         let dir = TempDir::new("cri");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -135,6 +142,7 @@ impl CriNode {
             node,
             dir,
             mode,
+            dual_stack,
             network: unique_name("k8s"),
             cgroup_parent: format!("/vethfp-it-{}", unique_name("cg")),
             holder: None,
@@ -173,6 +181,7 @@ impl CriNode {
     pub fn conflist(&self) -> Value {
         conflist(
             self.mode,
+            self.dual_stack,
             &self.network,
             &self.node.bpffs_dir(),
             &self.ipam_dir(),
@@ -469,7 +478,7 @@ exec sleep 2147483647",
     }
 
     /// RunPodSandbox (with `port_mappings` as hostPort would give), then PodSandboxStatus for
-    /// its addresses; asserts it is dual-stack in the pod CIDRs.
+    /// its addresses; asserts it has one from each pod CIDR (`v6` is empty unless dual-stack).
     pub fn run_pod(&mut self, name: &str, port_mappings: &[(i32, i32)]) -> Pod {
         let config = self.sandbox_config(name, port_mappings);
         let mut rs = self.rs();
@@ -505,11 +514,11 @@ exec sleep 2147483647",
             .find(|i| i.starts_with("10.1.0."))
             .unwrap_or_else(|| panic!("{name}: no IPv4 in {POD_V4}: {ips:?}"))
             .clone();
-        let v6 = ips
-            .iter()
-            .find(|i| i.starts_with("fd00:1:"))
-            .unwrap_or_else(|| panic!("{name}: no IPv6 in {POD_V6}: {ips:?}"))
-            .clone();
+        let v6 = match ips.iter().find(|i| i.starts_with("fd00:1:")) {
+            Some(v6) => v6.clone(),
+            None if !self.dual_stack => String::new(),
+            None => panic!("{name}: no IPv6 in {POD_V6}: {ips:?}"),
+        };
         Pod {
             id,
             name: name.into(),
@@ -889,15 +898,28 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
 }
 
 /// The conflist of `mode` (cniVersion 1.0.0: containerd 1.6's libcni knows nothing newer).
-pub fn conflist(mode: NetMode, network: &str, bpffs: &Path, ipam_dir: &Path) -> Value {
+pub fn conflist(
+    mode: NetMode,
+    dual_stack: bool,
+    network: &str,
+    bpffs: &Path,
+    ipam_dir: &Path,
+) -> Value {
     let ipam = |routes: bool| {
         let mut v = json!({
             "type": "host-local",
-            "ranges": [[{"subnet": POD_V4}], [{"subnet": POD_V6}]],
+            "ranges": [[{"subnet": POD_V4}]],
             "dataDir": ipam_dir,
         });
+        if dual_stack {
+            v["ranges"] = json!([[{"subnet": POD_V4}], [{"subnet": POD_V6}]]);
+        }
         if routes {
-            v["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
+            v["routes"] = if dual_stack {
+                json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
+            } else {
+                json!([{"dst": "0.0.0.0/0"}])
+            };
         }
         v
     };

@@ -1,8 +1,9 @@
-//! Project automation: `cargo xtask setup | test | demo | bench`.
+//! Project automation: `cargo xtask setup | test | e2e | demo | bench`.
 
 mod bench;
 mod ci;
 mod demo;
+mod e2e;
 mod setup;
 mod util;
 
@@ -22,6 +23,8 @@ enum Cmd {
     Setup,
     /// fmt, clippy, build, tests and a quick bench: exactly what CI runs.
     Test,
+    /// Only the end-to-end tests: containerd (CRI) and podman driving vethfp as their CNI.
+    E2e,
     /// Three containers on a throwaway node, wired by vethfp; pings, a UDP burst, counters.
     Demo,
     /// Compare vethfp with direct veth, bridge, docker-like bridge and kernel routing.
@@ -42,6 +45,7 @@ fn main() {
     let res: Result<()> = match cli.cmd {
         Cmd::Setup => setup::setup(),
         Cmd::Test => ci::test(),
+        Cmd::E2e => e2e::e2e(),
         Cmd::Demo => demo::demo(),
         Cmd::Bench(args) => bench::bench(args),
         Cmd::UdpBurst { to, count } => demo::udp_burst(to, count),

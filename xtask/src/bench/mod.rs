@@ -3,6 +3,7 @@
 //! in one run with interleaved rounds.
 
 mod control;
+mod pods;
 mod report;
 mod topo;
 mod work;
@@ -241,6 +242,9 @@ pub fn bench(args: Args) -> Result<()> {
         }
     }
 
+    check_interrupted()?;
+    let pods = pods::bench(vethfp.as_ref().ok(), if quick { 5 } else { 20 })?;
+
     let results: Vec<TopoResult> = Kind::ALL
         .iter()
         .filter(|k| !skipped.contains_key(k.name()))
@@ -256,7 +260,7 @@ pub fn bench(args: Args) -> Result<()> {
         control_plane: cp,
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let md = report.markdown();
+    let md = report.markdown() + &pods.markdown();
     println!("\n{md}");
     std::fs::write(out.join("results.md"), &md)?;
     std::fs::write(
@@ -264,8 +268,9 @@ pub fn bench(args: Args) -> Result<()> {
         serde_json::to_string_pretty(&report)?,
     )?;
     std::fs::write(out.join("bench.svg"), report.svg())?;
+    pods.write(&out)?;
     println!(
-        "bench: wrote {}/results.md, results.json, bench.svg",
+        "bench: wrote {}/results.md, results.json, bench.svg, pods.json",
         out.display()
     );
     Ok(())
