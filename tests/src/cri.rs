@@ -90,6 +90,9 @@ pub enum NetMode {
 pub const POD_V4: &str = "10.1.0.0/24";
 pub const POD_V6: &str = "fd00:1::/64";
 
+/// The nameserver every pod's sandbox config names (a ClusterIP, as kubelet passes).
+pub const POD_DNS: &str = "10.96.0.10";
+
 /// A pod sandbox and its addresses (from PodSandboxStatus).
 #[derive(Debug, Clone)]
 pub struct Pod {
@@ -203,7 +206,15 @@ impl CriNode {
         }
         // Installed as docs/CNI.md says: the binary under its type name in the CNI bin dir
         // (containerd 1.6 takes one bin dir, so the reference plugins are linked in too).
-        std::os::unix::fs::symlink(vethfp_bin(), self.d("bin/vethfp")).unwrap();
+        // Absolute: VETHFP_BIN may be relative to the caller's working directory.
+        let bin = vethfp_bin();
+        let bin = std::fs::canonicalize(&bin).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (build it: cargo build -p veth-user)",
+                bin.display()
+            )
+        });
+        std::os::unix::fs::symlink(bin, self.d("bin/vethfp")).unwrap();
         for p in ["host-local", "portmap", "ptp", "loopback"] {
             let src = Path::new(CNI_PLUGIN_DIR).join(p);
             assert!(
@@ -536,6 +547,11 @@ exec sleep 2147483647",
                 attempt: 0,
             }),
             hostname: name.into(),
+            dns_config: Some(cri::DnsConfig {
+                servers: vec![POD_DNS.into()],
+                searches: vec!["svc.cluster.local".into()],
+                options: vec![],
+            }),
             log_directory: self.d("logs").join(name).display().to_string(),
             port_mappings: port_mappings
                 .iter()

@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use vethfp_tests::{
     Agent,
-    cri::{CriNode, NetMode, Pod, WEB_BODY, containerd_available},
+    cri::{CriNode, NetMode, POD_DNS, Pod, WEB_BODY, containerd_available},
     ping,
 };
 
@@ -88,6 +88,11 @@ fn pods_end_to_end(mode: NetMode, test: &str) {
         k.exec_ok(&p.web, &["hostname"]).trim(),
         "pod-b",
         "pod hostname"
+    );
+    let resolv = k.exec_ok(&p.client, &["cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains(&format!("nameserver {POD_DNS}")) && resolv.contains("svc.cluster.local"),
+        "pod DNS config: {resolv}"
     );
 
     // Pod to pod, v4 and v6. The first echo may wait for IPv6 DAD in the pods.
@@ -166,12 +171,12 @@ fn pods_end_to_end(mode: NetMode, test: &str) {
         &[
             "sh",
             "-c",
-            &format!("ping -c 20 -i 0.2 {} >/tmp/bg.log 2>&1 &", p.b.v4),
+            &format!("ping -c 50 -i 0.2 {} >/tmp/bg.log 2>&1 &", p.b.v4),
         ],
     );
-    let before = k.node.stats(&ha);
     k.stop_containerd();
     assert!(!k.containerd_running());
+    let before = k.node.stats(&ha);
     let s = k
         .node
         .wait_stats(&ha, |s| s.since(&before).from("fast").packets >= 3);
@@ -189,7 +194,7 @@ fn pods_end_to_end(mode: NetMode, test: &str) {
         &[
             "grep",
             "-q",
-            "20 packets transmitted, 20 packets received",
+            "50 packets transmitted, 50 packets received",
             "/tmp/bg.log",
         ],
     );
@@ -268,8 +273,18 @@ fn cri_chained_after_ptp_pods_over_the_fast_path() {
 /// path straight to pod-a. Passes once netfilter admission (issue 12) is in.
 #[test]
 fn cri_clusterip_to_a_backend_on_the_same_node() {
-    let test = "cri_clusterip_to_a_backend_on_the_same_node";
-    let Some(mut k) = node_or_skip(NetMode::Tc, test) else {
+    clusterip_same_node(NetMode::Tc, "cri_clusterip_to_a_backend_on_the_same_node");
+}
+
+/// The same ClusterIP setup with ptp alone (no vethfp): the kernel routes and conntrack
+/// un-NATs the reply. Proves the test's service setup is right, whatever vethfp does.
+#[test]
+fn cri_clusterip_control_without_vethfp() {
+    clusterip_same_node(NetMode::PtpOnly, "cri_clusterip_control_without_vethfp");
+}
+
+fn clusterip_same_node(mode: NetMode, test: &str) {
+    let Some(mut k) = node_or_skip(mode, test) else {
         return;
     };
     let p = two_pods(&mut k);

@@ -59,7 +59,7 @@ pub fn bench(vethfp: Option<&Vethfp>, sandboxes: usize) -> Result<PodBench> {
     let out = raw_output(
         Command::new(&bin)
             .arg(sandboxes.to_string())
-            .env("VETHFP_BIN", &v.bin),
+            .env("VETHFP_BIN", std::fs::canonicalize(&v.bin)?),
     )?;
     if !out.status.success() {
         bail!(
