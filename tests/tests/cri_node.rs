@@ -202,7 +202,34 @@ fn pods_end_to_end(mode: NetMode, test: &str) {
     assert_eq!(body, WEB_BODY, "after the restart");
 
     // Teardown as kubelet does it: nothing may be left.
+    // What teardown must remove is there now (so the checks below can fail).
+    let link_pins = |files: &std::collections::BTreeSet<String>| -> Vec<String> {
+        files
+            .iter()
+            .filter(|f| f.starts_with("vethfp/links/"))
+            .cloned()
+            .collect()
+    };
     let pins_with_pods = k.node.bpffs.files();
+    assert!(
+        link_pins(&pins_with_pods).len() >= 2,
+        "link pins of the pods: {pins_with_pods:?}"
+    );
+    assert_eq!(k.leases().len(), 4, "host-local leases: {:?}", k.leases());
+    let cache = k.cni_cache_files();
+    for id in [&p.a.id, &p.b.id] {
+        assert!(
+            cache.iter().any(|f| f.contains(id.as_str())),
+            "libcni cache has {id}: {cache:?}"
+        );
+    }
+    for tool in ["iptables-save", "ip6tables-save"] {
+        assert!(
+            k.in_node(tool, &["-t", "nat"]).contains(&k.network),
+            "{tool}: portmap rules of {} in the node",
+            k.network
+        );
+    }
     k.remove_pod(&p.a.id);
     k.remove_pod(&p.b.id);
     assert!(k.list_pods().is_empty(), "{:?}", k.list_pods());
@@ -226,20 +253,27 @@ fn pods_end_to_end(mode: NetMode, test: &str) {
     );
     let cache = k.cni_cache_files();
     assert!(cache.is_empty(), "libcni cache left: {cache:?}");
-    let pins = k.node.bpffs.files();
-    let left: Vec<&String> = pins
-        .iter()
-        .filter(|f| pod_hosts.iter().any(|h| f.contains(h.as_str())))
-        .collect();
+    let left = link_pins(&k.node.bpffs.files());
     assert!(
         left.is_empty(),
-        "per-pod pins left: {left:?} (with pods: {pins_with_pods:?})"
+        "per-pod link pins left: {left:?} (with pods: {pins_with_pods:?})"
     );
-    let nat = k.in_node("iptables-save", &["-t", "nat"]);
-    assert!(
-        !nat.contains(&p.b.v4) && !nat.contains(&HOST_PORT.to_string()),
-        "portmap rules left:\n{nat}"
-    );
+    for tool in ["iptables-save", "ip6tables-save"] {
+        let nat = k.in_node(tool, &["-t", "nat"]);
+        assert!(
+            !nat.contains(&k.network) && !nat.contains(&HOST_PORT.to_string()),
+            "{tool}: portmap rules left:\n{nat}"
+        );
+        // Nothing of this node ever reached the machine's own tables.
+        let root = std::process::Command::new(tool)
+            .args(["-t", "nat"])
+            .output()
+            .expect("run iptables-save");
+        assert!(
+            !String::from_utf8_lossy(&root.stdout).contains(&k.network),
+            "{tool}: this node's rules in the machine's namespace"
+        );
+    }
     let root_links = vethfp_tests::ip(&["-o", "link", "show"]);
     for h in &pod_hosts {
         assert!(
