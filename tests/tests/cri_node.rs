@@ -381,12 +381,27 @@ fn clusterip_same_node(mode: NetMode, test: &str) {
         Ok(WEB_BODY),
         "node → ClusterIP"
     );
+    // With vethfp: which path pod-b's replies took, for the failure message.
+    let hb = (mode != NetMode::PtpOnly).then(|| k.host_if_of(&p.b.v4));
     for (_, vip, _) in services {
+        let before = hb.as_ref().map(|h| k.node.stats(h));
         let r = k.exec(&p.client, &["wget", "-q", "-O", "-", &url(vip)], 20);
+        let replies = hb
+            .as_ref()
+            .zip(before)
+            .map(|(h, b)| {
+                let d = k.node.stats(h).since(&b);
+                format!(
+                    "pod-b sent {} packets on the fast path, {} to the stack",
+                    d.from("fast").packets,
+                    d.from("stack").packets
+                )
+            })
+            .unwrap_or_default();
         assert_eq!(
             (r.exit_code, r.stdout.as_str()),
             (0, WEB_BODY),
-            "pod-a → ClusterIP {vip} → pod-b on the same node: {}",
+            "pod-a → ClusterIP {vip} → pod-b on the same node: {} ({replies})",
             r.stderr
         );
     }
