@@ -304,7 +304,8 @@ fn cri_chained_after_ptp_pods_over_the_fast_path() {
 /// kube-proxy (iptables mode) style ClusterIP: DNAT in the node's PREROUTING to a backend pod
 /// on the same node. The request leaves pod-a for the node's stack (the service address is no
 /// endpoint), the reply from pod-b must be un-NATed by conntrack: it must not take the fast
-/// path straight to pod-a. Passes once netfilter admission (issue 12) is in.
+/// path straight to pod-a. The same for pod-b's hostPort reached from pod-a (portmap's DNAT).
+/// Passes once netfilter admission (issue 12) is in.
 #[test]
 fn cri_clusterip_to_a_backend_on_the_same_node() {
     clusterip_same_node(NetMode::Tc, "cri_clusterip_to_a_backend_on_the_same_node");
@@ -383,9 +384,13 @@ fn clusterip_same_node(mode: NetMode, test: &str) {
     );
     // With vethfp: which path pod-b's replies took, for the failure message.
     let hb = (mode != NetMode::PtpOnly).then(|| k.host_if_of(&p.b.v4));
-    for (_, vip, _) in services {
+    // The ClusterIPs, and pod-b's hostPort on the node's address (the same DNAT-then-reply
+    // path, made by portmap).
+    let mut urls: Vec<String> = services.iter().map(|(_, vip, _)| url(vip)).collect();
+    urls.push(format!("http://{}:{HOST_PORT}/", k.node.v4()));
+    for u in &urls {
         let before = hb.as_ref().map(|h| k.node.stats(h));
-        let r = k.exec(&p.client, &["wget", "-q", "-O", "-", &url(vip)], 20);
+        let r = k.exec(&p.client, &["wget", "-q", "-O", "-", u], 20);
         let replies = hb
             .as_ref()
             .zip(before)
@@ -401,7 +406,7 @@ fn clusterip_same_node(mode: NetMode, test: &str) {
         assert_eq!(
             (r.exit_code, r.stdout.as_str()),
             (0, WEB_BODY),
-            "pod-a → ClusterIP {vip} → pod-b on the same node: {} ({replies})",
+            "pod-a → {u} → pod-b on the same node: {} ({replies})",
             r.stderr
         );
     }
