@@ -858,3 +858,119 @@ pub fn routes_via(ifindex: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
         Ok(out)
     })
 }
+
+/// What [`repair_node`] restored.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NodeRepair {
+    pub routes: usize,
+    pub neighbours: usize,
+}
+
+/// In the node: re-adds what [`configure_node`] made for `host_ifindex` and is missing now —
+/// the /32 (/128) route per address and the permanent neighbour entry address ->
+/// `container_mac`. `ip link set … down` flushes both; the kernel never brings them back.
+/// Does nothing while the link is down (the kernel would flush them again).
+pub fn repair_node(
+    host_ifindex: u32,
+    addrs: &[Cidr],
+    container_mac: Mac,
+) -> Result<NodeRepair, NetlinkError> {
+    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+    if !container_mac.is_unicast() {
+        return Err(NetlinkError::InvalidMac(container_mac));
+    }
+    let routes: Vec<(IpAddr, u8)> = routes_via(host_ifindex)?;
+    run(|h| async move {
+        let mut done = NodeRepair::default();
+        let Some(link) = get_link(&h, None, host_ifindex).await? else {
+            return Ok(done);
+        };
+        if !link.up {
+            return Ok(done);
+        }
+        let neigh: Vec<_> = h
+            .neighbours()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_err("listing neighbours", e))?;
+        let permanent: Vec<(IpAddr, Vec<u8>)> = neigh
+            .into_iter()
+            .filter(|n| {
+                n.header.ifindex == host_ifindex && n.header.state == NeighbourState::Permanent
+            })
+            .filter_map(|n| {
+                let mut ip = None;
+                let mut ll = None;
+                for a in n.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                            ip = Some(IpAddr::V4(v4))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                            ip = Some(IpAddr::V6(v6))
+                        }
+                        NeighbourAttribute::LinkLayerAddress(m) => ll = Some(m),
+                        _ => {}
+                    }
+                }
+                Some((ip?, ll?))
+            })
+            .collect();
+        let what = format!("{} in the node", link.name);
+        for a in addrs {
+            let host = a.host_prefix();
+            if !routes.iter().any(|r| *r == (a.addr, host)) {
+                let msg = match a.addr {
+                    IpAddr::V4(v4) => vethfp_route(
+                        RouteMessageBuilder::<Ipv4Addr>::new()
+                            .destination_prefix(v4, 32)
+                            .scope(RouteScope::Link),
+                    )
+                    .output_interface(host_ifindex)
+                    .build(),
+                    IpAddr::V6(v6) => vethfp_route(
+                        RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(v6, 128),
+                    )
+                    .output_interface(host_ifindex)
+                    .build(),
+                };
+                match h.route().add(msg).execute().await {
+                    Ok(()) => done.routes += 1,
+                    // Someone else routes it now: not ours to replace.
+                    Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                    Err(e) => {
+                        return Err(nl_err(
+                            format!("restoring route {}/{host} dev {what}", a.addr),
+                            e,
+                        ));
+                    }
+                }
+            }
+            if !permanent
+                .iter()
+                .any(|(ip, ll)| *ip == a.addr && ll[..] == container_mac.0[..])
+            {
+                h.neighbours()
+                    .add(host_ifindex, a.addr)
+                    .state(NeighbourState::Permanent)
+                    .link_layer_address(&container_mac.0)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(|e| {
+                        nl_err(
+                            format!(
+                                "restoring neighbour {} -> {container_mac} on {what}",
+                                a.addr
+                            ),
+                            e,
+                        )
+                    })?;
+                done.neighbours += 1;
+            }
+        }
+        Ok(done)
+    })
+}
