@@ -921,7 +921,7 @@ pub fn repair_node(
         let what = format!("{} in the node", link.name);
         for a in addrs {
             let host = a.host_prefix();
-            if !routes.iter().any(|r| *r == (a.addr, host)) {
+            if !routes.contains(&(a.addr, host)) {
                 let msg = match a.addr {
                     IpAddr::V4(v4) => vethfp_route(
                         RouteMessageBuilder::<Ipv4Addr>::new()
