@@ -654,6 +654,16 @@ impl Registry {
     /// the record's target (L2 entry for bridge ports), the node's /32 and /128 routes and
     /// permanent neighbours. Returns the parts repaired (one name per repair).
     pub fn repair_endpoint(&mut self, rec: &EndpointRecord) -> Result<Vec<&'static str>> {
+        self.repair_endpoint_with(rec, None)
+    }
+
+    /// [`Registry::repair_endpoint`] with the node's routes and neighbours dumped once for a
+    /// whole pass.
+    pub fn repair_endpoint_with(
+        &mut self,
+        rec: &EndpointRecord,
+        view: Option<&netlink::NodeView>,
+    ) -> Result<Vec<&'static str>> {
         let mut parts = Vec::new();
         let ifindex = rec.target.ifindex;
         let name = get_str(&rec.host_name);
@@ -706,7 +716,7 @@ impl Registry {
             parts.push(if a.is_v4() { "addr_v4" } else { "addr_v6" });
         }
         if rec.flags & EP_ADOPTED == 0 {
-            let r = netlink::repair_node(ifindex, &addrs, Mac(rec.target.container_mac))?;
+            let r = netlink::repair_node(ifindex, &addrs, Mac(rec.target.container_mac), view)?;
             parts.extend(std::iter::repeat_n("route", r.routes));
             parts.extend(std::iter::repeat_n("neighbour", r.neighbours));
         }
@@ -899,6 +909,15 @@ impl Registry {
         let r = self.add_steps(req, &ns, host_mac, &mut undo);
         if r.is_err() {
             self.rollback(undo);
+            // A rollback that could not delete the link keeps the intent: the next write
+            // (or the agent) retries, and still knows the link is ours.
+            if netlink::link_by_name(name)
+                .ok()
+                .flatten()
+                .is_some_and(|l| l.mac == Some(host_mac))
+            {
+                return r;
+            }
         }
         self.done(name);
         r

@@ -815,6 +815,15 @@ pub fn addresses(ifindex: u32) -> Result<Vec<Cidr>, NetlinkError> {
 /// as (destination, prefix length); a default route shows as (0.0.0.0 or ::, 0). Includes
 /// routes the kernel adds itself (e.g. fe80::/64 on an up interface).
 pub fn routes_via(ifindex: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+    Ok(main_routes()?
+        .into_iter()
+        .filter(|(oif, _, _)| *oif == ifindex)
+        .map(|(_, dst, len)| (dst, len))
+        .collect())
+}
+
+/// Unicast routes of the main table in the node: (output ifindex, destination, prefix length).
+fn main_routes() -> Result<Vec<(u32, IpAddr, u8)>, NetlinkError> {
     run(|h| async move {
         let all: Vec<RouteMessage> = h
             .route()
@@ -845,7 +854,8 @@ pub fn routes_via(ifindex: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
                     _ => {}
                 }
             }
-            if table != u32::from(RouteHeader::RT_TABLE_MAIN) || oif != Some(ifindex) {
+            let Some(oif) = oif else { continue };
+            if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
                 continue;
             }
             let dst = dst.unwrap_or(if family == AddressFamily::Inet {
@@ -853,7 +863,7 @@ pub fn routes_via(ifindex: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
             } else {
                 IpAddr::V6(Ipv6Addr::UNSPECIFIED)
             });
-            out.push((dst, r.header.destination_prefix_length));
+            out.push((oif, dst, r.header.destination_prefix_length));
         }
         Ok(out)
     })
@@ -866,28 +876,27 @@ pub struct NodeRepair {
     pub neighbours: usize,
 }
 
-/// In the node: re-adds what [`configure_node`] made for `host_ifindex` and is missing now —
-/// the /32 (/128) route per address and the permanent neighbour entry address ->
-/// `container_mac`. `ip link set … down` flushes both; the kernel never brings them back.
-/// Does nothing while the link is down (the kernel would flush them again).
-pub fn repair_node(
-    host_ifindex: u32,
-    addrs: &[Cidr],
-    container_mac: Mac,
-) -> Result<NodeRepair, NetlinkError> {
-    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
-    if !container_mac.is_unicast() {
-        return Err(NetlinkError::InvalidMac(container_mac));
+/// The node's main-table routes and permanent neighbours, dumped once for a whole
+/// reconciliation pass (one dump per endpoint would be quadratic in the endpoint count).
+#[derive(Debug, Default, Clone)]
+pub struct NodeView {
+    routes: Vec<(u32, IpAddr, u8)>,
+    neighbours: Vec<(u32, IpAddr, Vec<u8>)>,
+}
+
+impl NodeView {
+    pub fn dump() -> Result<NodeView, NetlinkError> {
+        Ok(NodeView {
+            routes: main_routes()?,
+            neighbours: permanent_neighbours()?,
+        })
     }
-    let routes: Vec<(IpAddr, u8)> = routes_via(host_ifindex)?;
+}
+
+/// Permanent neighbour entries in the node: (ifindex, address, link-layer address).
+fn permanent_neighbours() -> Result<Vec<(u32, IpAddr, Vec<u8>)>, NetlinkError> {
+    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
     run(|h| async move {
-        let mut done = NodeRepair::default();
-        let Some(link) = get_link(&h, None, host_ifindex).await? else {
-            return Ok(done);
-        };
-        if !link.up {
-            return Ok(done);
-        }
         let neigh: Vec<_> = h
             .neighbours()
             .get()
@@ -895,12 +904,11 @@ pub fn repair_node(
             .try_collect()
             .await
             .map_err(|e| nl_err("listing neighbours", e))?;
-        let permanent: Vec<(IpAddr, Vec<u8>)> = neigh
+        Ok(neigh
             .into_iter()
-            .filter(|n| {
-                n.header.ifindex == host_ifindex && n.header.state == NeighbourState::Permanent
-            })
+            .filter(|n| n.header.state == NeighbourState::Permanent)
             .filter_map(|n| {
+                let ifindex = n.header.ifindex;
                 let mut ip = None;
                 let mut ll = None;
                 for a in n.attributes {
@@ -915,9 +923,54 @@ pub fn repair_node(
                         _ => {}
                     }
                 }
-                Some((ip?, ll?))
+                Some((ifindex, ip?, ll?))
             })
-            .collect();
+            .collect())
+    })
+}
+
+/// In the node: re-adds what [`configure_node`] made for `host_ifindex` and is missing now —
+/// the /32 (/128) route per address and the permanent neighbour entry address ->
+/// `container_mac`. `ip link set … down` flushes both; the kernel never brings them back.
+/// Does nothing while the link is down (the kernel would flush them again). `view`: the
+/// node's routes and neighbours dumped earlier in the same pass (None: dump now).
+pub fn repair_node(
+    host_ifindex: u32,
+    addrs: &[Cidr],
+    container_mac: Mac,
+    view: Option<&NodeView>,
+) -> Result<NodeRepair, NetlinkError> {
+    if !container_mac.is_unicast() {
+        return Err(NetlinkError::InvalidMac(container_mac));
+    }
+    let fresh;
+    let view = match view {
+        Some(v) => v,
+        None => {
+            fresh = NodeView::dump()?;
+            &fresh
+        }
+    };
+    let routes: Vec<(IpAddr, u8)> = view
+        .routes
+        .iter()
+        .filter(|(oif, _, _)| *oif == host_ifindex)
+        .map(|(_, d, l)| (*d, *l))
+        .collect();
+    let permanent: Vec<(IpAddr, Vec<u8>)> = view
+        .neighbours
+        .iter()
+        .filter(|(i, _, _)| *i == host_ifindex)
+        .map(|(_, ip, ll)| (*ip, ll.clone()))
+        .collect();
+    run(|h| async move {
+        let mut done = NodeRepair::default();
+        let Some(link) = get_link(&h, None, host_ifindex).await? else {
+            return Ok(done);
+        };
+        if !link.up {
+            return Ok(done);
+        }
         let what = format!("{} in the node", link.name);
         for a in addrs {
             let host = a.host_prefix();

@@ -284,6 +284,13 @@ impl Registry {
             .collect();
         let present = |ifindex: u32, name: &str| kernel.get(&ifindex).is_some_and(|n| n == name);
         let mut live = BTreeSet::new();
+        let view = match netlink::NodeView::dump() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                log::warn!("listing the node's routes and neighbours: {e}");
+                None
+            }
+        };
 
         for ep in self.list()? {
             if !present(ep.host_ifindex, &ep.host_if) {
@@ -309,7 +316,7 @@ impl Registry {
                 self.ensure(&ep.host_if, ep.host_ifindex, hook, prog, &mut report);
             }
             if let Some(rec) = self.record_by_ifindex(ep.host_ifindex)? {
-                match self.repair_endpoint(&rec) {
+                match self.repair_endpoint_with(&rec, view.as_ref()) {
                     Ok(parts) => report
                         .repaired
                         .extend(parts.into_iter().map(|p| (ep.host_if.clone(), p))),
