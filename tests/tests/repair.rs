@@ -104,6 +104,81 @@ fn agent_republishes_missing_address_map_entries() {
     assert!(ping(c2.name(), c1.v4()) && ping(c2.name(), c1.v6()));
 }
 
+/// Runs `vethfp --bpffs DIR ARGS` in the node and SIGKILLs it after `delay`.
+fn kill_after(node: &Node, args: &[&str], delay: Duration) {
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", node.name()))
+        .arg(vethfp_bin())
+        .arg("--bpffs")
+        .arg(node.bpffs_dir())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vethfp");
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    child.wait().unwrap();
+}
+
+/// (v4, v6) of vd1/vk1's addresses published in the address maps.
+fn published(node: &Node) -> (bool, bool) {
+    let mut dp = Datapath::open(&node.bpffs_dir()).unwrap();
+    let v4 = dp.ep4().unwrap().get(&[10, 1, 0, 2], 0).is_ok();
+    let v6 = dp
+        .ep6()
+        .unwrap()
+        .get(&"fd00:1::2".parse::<Ipv6Addr>().unwrap().octets(), 0)
+        .is_ok();
+    (v4, v6)
+}
+
+/// Case 3: `pair add` killed at points spread over its run; after the next write (the
+/// journal completes or rolls it back) an endpoint is either listed and complete — link and
+/// both addresses published — or gone without a trace.
+#[test]
+fn pair_add_killed_at_random_points_is_complete_or_gone() {
+    let node = Node::new();
+    let c = Netns::new("vfc");
+    let add = [
+        "pair",
+        "add",
+        "vk1",
+        "--netns",
+        c.name(),
+        "--addr",
+        "10.1.0.2/24",
+        "--addr",
+        "fd00:1::2/64",
+    ];
+    node.ok(&add);
+    node.ok(&["pair", "del", "vk1"]);
+    let t = Instant::now();
+    node.ok(&add);
+    let full = t.elapsed();
+    node.ok(&["pair", "del", "vk1"]);
+    let mut half_made = Vec::new();
+    for i in 0..12u32 {
+        kill_after(&node, &add, full * (i + 1) / 10);
+        let _ = node.vethfp(&["uplink", "detach", "nonexistent0"]);
+        let listed = node.list_entry("vk1").is_some();
+        let link = node.ns.link("vk1").is_some();
+        let p = published(&node);
+        if listed != link || p != (listed, listed) || (!listed && c.link("eth0").is_some()) {
+            half_made.push(format!(
+                "kill {i}: listed={listed} link={link} published={p:?}"
+            ));
+        }
+        if listed {
+            node.ok(&["pair", "del", "vk1"]);
+        } else if link {
+            node.ns.ip(&["link", "del", "vk1"]);
+        }
+    }
+    assert!(half_made.is_empty(), "{half_made:?}");
+}
+
 /// Case 3, the real thing: `pair del` killed at points spread over its run; the next write
 /// completes it (the journal), and nothing is left half-made.
 #[test]
@@ -129,34 +204,12 @@ fn pair_del_killed_at_random_points_is_completed() {
     let mut half_made = Vec::new();
     for i in 0..12u32 {
         node.ok(&add);
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", node.name()))
-            .arg(vethfp_bin())
-            .arg("--bpffs")
-            .arg(node.bpffs_dir())
-            .args(["pair", "del", "vd1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn vethfp");
-        std::thread::sleep(full * (i + 1) / 10);
-        let _ = child.kill();
-        child.wait().unwrap();
+        kill_after(&node, &["pair", "del", "vd1"], full * (i + 1) / 10);
         // The next write (any, even one that fails) completes what the journal says.
         let _ = node.vethfp(&["uplink", "detach", "nonexistent0"]);
         let listed = node.list_entry("vd1").is_some();
         let link = node.ns.link("vd1").is_some();
-        let published = {
-            let mut dp = Datapath::open(&node.bpffs_dir()).unwrap();
-            let v4 = dp.ep4().unwrap().get(&[10, 1, 0, 2], 0).is_ok();
-            let v6 = dp
-                .ep6()
-                .unwrap()
-                .get(&"fd00:1::2".parse::<Ipv6Addr>().unwrap().octets(), 0)
-                .is_ok();
-            (v4, v6)
-        };
+        let published = published(&node);
         if listed != link || published != (listed, listed) {
             half_made.push(format!(
                 "kill {i}: listed={listed} link={link} published={published:?}"
