@@ -19,8 +19,13 @@ pub const MAP_CONFIG: &str = "VFP_CONFIG";
 pub const MAP_DEVMAP: &str = "VFP_DEVMAP";
 pub const MAP_UPLINKS: &str = "VFP_UPLINKS";
 pub const MAP_L2: &str = "VFP_L2";
+/// Intents of this state (journal): host name → [`Intent`]. Written before a link is created
+/// or deleted, removed when the operation is complete (see docs/ARCHITECTURE.md, "Ownership").
+pub const MAP_JOURNAL: &str = "VFP_JOURNAL";
+/// Host ifindex → [`CniOwner`]: the CNI container ID and ifname an endpoint was added for.
+pub const MAP_CNI_OWNERS: &str = "VFP_CNI_OWNERS";
 /// Every map of the datapath: all are pinned by name.
-pub const MAPS: [&str; 8] = [
+pub const MAPS: [&str; 10] = [
     MAP_EP4,
     MAP_EP6,
     MAP_ENDPOINTS,
@@ -29,6 +34,8 @@ pub const MAPS: [&str; 8] = [
     MAP_DEVMAP,
     MAP_UPLINKS,
     MAP_L2,
+    MAP_JOURNAL,
+    MAP_CNI_OWNERS,
 ];
 
 /// Capacity of the endpoint maps.
@@ -41,6 +48,12 @@ pub const MAX_SLOTS: usize = 4096;
 pub const CONFIG_ABI: u32 = 0;
 /// Feature switches, see `CFG_*`.
 pub const CONFIG_FLAGS: u32 = 1;
+/// Identity of this state (random, made when the state is created): low and high 32 bits.
+pub const CONFIG_STATE_ID_LO: u32 = 4;
+pub const CONFIG_STATE_ID_HI: u32 = 5;
+/// Netns cookie (SO_NETNS_COOKIE) of the node namespace the state is bound to: low, high.
+pub const CONFIG_NETNS_COOKIE_LO: u32 = 6;
+pub const CONFIG_NETNS_COOKIE_HI: u32 = 7;
 pub const CONFIG_SLOTS: u32 = 8;
 /// When set, the fast path is off: every packet goes to the kernel stack (still counted).
 pub const CFG_FASTPATH_OFF: u32 = 1 << 0;
@@ -223,6 +236,53 @@ pub struct Uplink {
     pub name: [u8; NAME_LEN],
 }
 
+/// [`Intent::op`]: a `pair add` is creating this host end.
+pub const INTENT_ADD: u32 = 1;
+/// [`Intent::op`]: a `pair del` is removing this host end.
+pub const INTENT_DEL: u32 = 2;
+/// Capacity of the journal (operations in flight or interrupted).
+pub const MAX_INTENTS: usize = 1024;
+
+/// One journal entry (`VFP_JOURNAL`, key = host end name, NUL padded): written before the
+/// link is created (or deleted), removed once the operation is complete. Only a link whose
+/// name AND exact MAC match an intent (or a record) of this state is ever touched.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Intent {
+    /// `INTENT_*`.
+    pub op: u32,
+    /// Host ifindex once known (0 before the link exists).
+    pub ifindex: u32,
+    /// The exact MAC the host end has (or gets at creation).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Inode of the container netns.
+    pub netns_ino: u64,
+    /// Seconds since the epoch when the intent was written.
+    pub time: u64,
+}
+
+pub const CONTAINER_ID_LEN: usize = 128;
+
+/// `VFP_CNI_OWNERS` value: the CNI ADD an endpoint belongs to. DEL must match both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CniOwner {
+    /// CNI_CONTAINERID, NUL padded (longer IDs are refused by the plugin).
+    pub container_id: [u8; CONTAINER_ID_LEN],
+    /// CNI_IFNAME, NUL padded.
+    pub ifname: [u8; NAME_LEN],
+}
+
+impl Default for CniOwner {
+    fn default() -> Self {
+        Self {
+            container_id: [0; CONTAINER_ID_LEN],
+            ifname: [0; NAME_LEN],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -232,6 +292,8 @@ mod pod {
     unsafe impl aya::Pod for PacketBytes {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for Uplink {}
+    unsafe impl aya::Pod for Intent {}
+    unsafe impl aya::Pod for CniOwner {}
 }
 
 #[cfg(test)]
@@ -248,5 +310,7 @@ mod tests {
             size_of::<Target>() + 8 + 4 + 4 + 16 + 16 + 128 + 16 + 20 * MAX_ADDRS
         );
         assert_eq!(size_of::<Counters>(), DIRS * VERDICTS * 16);
+        assert_eq!(size_of::<Intent>(), 4 + 4 + 6 + 2 + 8 + 8);
+        assert_eq!(size_of::<CniOwner>(), CONTAINER_ID_LEN + NAME_LEN);
     }
 }

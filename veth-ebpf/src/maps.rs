@@ -7,7 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use veth_common::{
-    CONFIG_FLAGS, CONFIG_SLOTS, Counters, EndpointRecord, MAX_ENDPOINTS, MAX_SLOTS, Target, Uplink,
+    CONFIG_FLAGS, CONFIG_SLOTS, CniOwner, Counters, EndpointRecord, Intent, MAX_ENDPOINTS,
+    MAX_INTENTS, MAX_SLOTS, NAME_LEN, Target, Uplink,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -39,6 +40,15 @@ pub static VFP_L2: HashMap<[u8; 6], Target, MAX_ENDPOINTS, NO_PREALLOC> = HashMa
 /// Uplink ifindex → uplink: where `--egress fast` may send container traffic.
 #[btf_map]
 pub static VFP_UPLINKS: HashMap<u32, Uplink, 64> = HashMap::new();
+
+/// Host end name → intent of an operation in flight (control plane only: the ownership
+/// journal, see docs/ARCHITECTURE.md "Ownership").
+#[btf_map]
+pub static VFP_JOURNAL: HashMap<[u8; NAME_LEN], Intent, MAX_INTENTS, NO_PREALLOC> = HashMap::new();
+
+/// Host ifindex → the CNI container ID and ifname it was added for (control plane only).
+#[btf_map]
+pub static VFP_CNI_OWNERS: HashMap<u32, CniOwner, MAX_ENDPOINTS, NO_PREALLOC> = HashMap::new();
 
 /// Small config array: ABI version and feature switches.
 #[btf_map]

@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 use veth_common::CFG_BPF_LOG;
 
 use crate::{
-    datapath::{DatapathError, PROG_TC_INGRESS, StateLock, prepare_bpffs},
+    datapath::{Datapath, DatapathError, PROG_TC_INGRESS, StateLock, prepare_bpffs},
     endpoint::{EndpointError, Registry},
     events::{self, LinkEvent},
     metrics::{self, AgentMetrics},
@@ -74,8 +74,29 @@ pub enum AgentError {
 /// maps); writes through it are made under the state lock (see [`Shared::write`]).
 pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
-    reg: Mutex<Registry>,
+    reg: Mutex<Opened>,
     pub(crate) metrics: AgentMetrics,
+}
+
+/// The registry and the identity (device, inode) of the config map pin it was opened from:
+/// when the pin changes (the state dir was removed, or removed and made again), the map fds
+/// held here describe a state nobody else sees any more and must never be acted on.
+pub(crate) struct Opened {
+    reg: Registry,
+    ident: Option<(u64, u64)>,
+}
+
+impl std::ops::Deref for Opened {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
+        &self.reg
+    }
+}
+
+impl std::ops::DerefMut for Opened {
+    fn deref_mut(&mut self) -> &mut Registry {
+        &mut self.reg
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -85,13 +106,52 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// The registry for reading (no state lock).
-    pub(crate) fn read(&self) -> MutexGuard<'_, Registry> {
+    fn lock_inner(&self) -> MutexGuard<'_, Opened> {
         self.reg.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// True if the state dir still holds the state our map fds belong to.
+    fn current(&self, o: &Opened) -> bool {
+        o.ident.is_some() && Datapath::pin_identity(&self.dir) == o.ident
+    }
+
+    /// Opens the state dir anew (re-creating it if it was removed). The caller holds the
+    /// state lock.
+    fn reopen(&self, o: &mut Opened) -> Result<(), EndpointError> {
+        let reg = Registry::open_read(&self.dir)?;
+        let ident = Datapath::pin_identity(&self.dir);
+        warn!(
+            bpffs = %self.dir.display(),
+            "state directory was removed or replaced: re-opened it; the old map descriptors are dropped"
+        );
+        o.reg = reg;
+        o.ident = ident;
+        self.metrics.state_reopened.inc();
+        Ok(())
+    }
+
+    /// The registry for reading (no state lock), re-opened first if the state dir was
+    /// removed or replaced since.
+    pub(crate) fn read(&self) -> Result<MutexGuard<'_, Opened>, EndpointError> {
+        {
+            let g = self.lock_inner();
+            if self.current(&g) {
+                return Ok(g);
+            }
+        }
+        // Lock order is always state lock, then mutex (as in `write`).
+        prepare_bpffs(&self.dir)?;
+        let _lock = StateLock::acquire(&self.dir)?;
+        let mut g = self.lock_inner();
+        if !self.current(&g) {
+            self.reopen(&mut g)?;
+        }
+        Ok(g)
+    }
+
     /// Runs `f` on a blocking thread with the state lock held (waiting for a CLI write to
-    /// finish first, never the other way round).
+    /// finish first, never the other way round). The state is re-opened first if it was
+    /// removed or replaced, and bound to this node namespace (refused if another owns it).
     async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, AgentError>
     where
         T: Send + 'static,
@@ -99,9 +159,14 @@ impl Shared {
     {
         let sh = self.clone();
         tokio::task::spawn_blocking(move || {
+            prepare_bpffs(&sh.dir)?;
             let _lock = StateLock::acquire(&sh.dir)?;
-            let mut reg = sh.read();
-            Ok(f(&mut reg)?)
+            let mut g = sh.lock_inner();
+            if !sh.current(&g) {
+                sh.reopen(&mut g)?;
+            }
+            g.bind(true)?;
+            Ok(f(&mut g)?)
         })
         .await?
     }
@@ -113,9 +178,10 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     prepare_bpffs(&cfg.bpffs)?;
     let dir = cfg.bpffs.clone();
     let reg = tokio::task::spawn_blocking(move || Registry::open_read(&dir)).await??;
+    let ident = Datapath::pin_identity(&cfg.bpffs);
     let shared = Arc::new(Shared {
         dir: cfg.bpffs.clone(),
-        reg: Mutex::new(reg),
+        reg: Mutex::new(Opened { reg, ident }),
         metrics: AgentMetrics::default(),
     });
 
@@ -222,8 +288,12 @@ async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, Ag
     for name in &report.removed {
         info!(host_if = %name, why, "removed endpoint: host interface is gone");
     }
-    for name in &report.leftovers {
-        info!(host_if = %name, why, "deleted leftover of an interrupted pair add");
+    for (name, what) in &report.leftovers {
+        info!(host_if = %name, why, "journal: {what}");
+    }
+    for (name, part) in &report.repaired {
+        m.repaired(part);
+        info!(host_if = %name, part, why, "repaired endpoint");
     }
     for name in &report.removed_uplinks {
         info!(uplink = %name, why, "removed uplink: interface is gone");
@@ -270,13 +340,45 @@ async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<()
     let ours: BTreeSet<u32> = {
         let sh = shared.clone();
         tokio::task::spawn_blocking(move || -> Result<BTreeSet<u32>, EndpointError> {
-            let mut reg = sh.read();
+            let mut reg = sh.read()?;
             let mut s: BTreeSet<u32> = reg.list()?.iter().map(|e| e.host_ifindex).collect();
             s.extend(reg.uplinks()?.iter().map(|u| u.ifindex));
             Ok(s)
         })
         .await??
     };
+    // A host end set up again (`ip link set … down; up`): the kernel flushed its routes and
+    // neighbours on the way down; restore them now.
+    let up: BTreeSet<u32> = batch
+        .iter()
+        .filter_map(|e| match e {
+            LinkEvent::Up { ifindex } if ours.contains(ifindex) => Some(*ifindex),
+            _ => None,
+        })
+        .collect();
+    if !up.is_empty() {
+        let repaired = shared
+            .write(move |reg| {
+                let mut out = Vec::new();
+                for ifindex in up {
+                    if let Some(rec) = reg.record_by_ifindex(ifindex)? {
+                        let name = String::from_utf8_lossy(&rec.host_name)
+                            .trim_end_matches('\0')
+                            .to_string();
+                        match reg.repair_endpoint(&rec) {
+                            Ok(parts) => out.extend(parts.into_iter().map(|p| (name.clone(), p))),
+                            Err(e) => warn!(host_if = %name, "repairing after link up: {e}"),
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        for (name, part) in repaired {
+            shared.metrics.repaired(part);
+            info!(host_if = %name, part, "repaired endpoint after its link came up");
+        }
+    }
     let gone: Vec<(u32, String, Instant)> = batch
         .into_iter()
         .filter_map(|e| match e {
@@ -339,9 +441,10 @@ async fn set_flag(shared: &Arc<Shared>, bit: u32, on: bool) -> Result<(), AgentE
 /// returned task is dropped. The programs log into one pinned ring buffer (AYA_LOGS).
 async fn start_bpf_log(shared: &Arc<Shared>) -> Result<AbortOnDrop, AgentError> {
     let sh = shared.clone();
-    let prog_id =
-        tokio::task::spawn_blocking(move || sh.read().datapath().program_id(PROG_TC_INGRESS))
-            .await??;
+    let prog_id = tokio::task::spawn_blocking(move || -> Result<u32, AgentError> {
+        Ok(sh.read()?.datapath().program_id(PROG_TC_INGRESS)?)
+    })
+    .await??;
     let logger = aya_log::EbpfLogger::init_from_id(prog_id)
         .map_err(|e| AgentError::BpfLog(e.to_string()))?;
     // SAFETY: the logger owns its ring buffer fd and keeps it open, unchanged, until it is

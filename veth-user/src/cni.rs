@@ -344,6 +344,15 @@ pub fn host_name(container_id: &str, ifname: &str) -> String {
     format!("{HOST_PREFIX}{:012x}", h >> 16)
 }
 
+/// `s` cut to at most `max` bytes on a character boundary (as the owner map stores it).
+fn truncated(s: &str, max: usize) -> &str {
+    let mut n = s.len().min(max);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    &s[..n]
+}
+
 /// True for names [`host_name`] makes.
 pub fn is_plugin_host_name(name: &str) -> bool {
     name.len() == HOST_PREFIX.len() + 12
@@ -633,6 +642,7 @@ impl Call<'_> {
             spoof: self.conf.spoof()?,
             mode: self.conf.mode()?,
             flags: EP_CNI,
+            cni_owner: Some((self.container_id().to_string(), self.ifname().to_string())),
         };
         let view = reg.add(&req).map_err(|e| rollback(endpoint_err(e)))?;
         let dns = ipam_res
@@ -754,6 +764,7 @@ impl Call<'_> {
             addrs,
             network: self.conf.network_name(),
             flags: EP_CNI | self.conf.spoof()?,
+            cni_owner: Some((self.container_id().to_string(), ifname.to_string())),
         })
     }
 
@@ -773,12 +784,32 @@ impl Call<'_> {
         match Registry::open(&self.conf.bpffs_dir()) {
             Ok(mut reg) => {
                 let list = reg.list().map_err(endpoint_err)?;
-                let mine = list.iter().filter(|e| {
-                    e.host_if == derived
-                        || (e.ifname == ifname
-                            && (self.env.netns.as_deref() == Some(e.netns.as_str())
-                                || prev_hosts.contains(&e.host_if)))
-                });
+                // Only what this container ID (and ifname) was added with: a DEL of another
+                // container (a stale DEL whose /proc/PID/ns/net path was reused) leaves a
+                // live endpoint alone. Endpoints made before owners were recorded match by
+                // the name derived from the container ID, or prevResult's host interface.
+                let id = truncated(self.container_id(), veth_common::CONTAINER_ID_LEN - 1);
+                let mut mine = Vec::new();
+                for e in &list {
+                    let is_mine = match reg.cni_owner(e.host_ifindex).map_err(endpoint_err)? {
+                        Some((owner_id, owner_if)) => owner_id == id && owner_if == ifname,
+                        None => {
+                            e.host_if == derived
+                                || (e.ifname == ifname && prev_hosts.contains(&e.host_if))
+                        }
+                    };
+                    if is_mine {
+                        mine.push(e);
+                    } else if e.ifname == ifname
+                        && self.env.netns.as_deref() == Some(e.netns.as_str())
+                    {
+                        log::info!(
+                            "DEL of container {}: {} in the same netns belongs to another container; left alone",
+                            self.container_id(),
+                            e.host_if
+                        );
+                    }
+                }
                 for e in mine {
                     match reg.del(&e.host_if) {
                         Ok(()) | Err(EndpointError::NotFound(_)) => {}

@@ -31,8 +31,10 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use veth_common::{
-    ABI_VERSION, CONFIG_ABI, CONFIG_FLAGS, Counters, EndpointRecord, MAP_CONFIG, MAP_COUNTERS,
-    MAP_DEVMAP, MAP_ENDPOINTS, MAP_EP4, MAP_EP6, MAP_L2, MAP_UPLINKS, MAPS, Target, Uplink,
+    ABI_VERSION, CONFIG_ABI, CONFIG_FLAGS, CONFIG_NETNS_COOKIE_HI, CONFIG_NETNS_COOKIE_LO,
+    CONFIG_STATE_ID_HI, CONFIG_STATE_ID_LO, CniOwner, Counters, EndpointRecord, Intent,
+    MAP_CNI_OWNERS, MAP_CONFIG, MAP_COUNTERS, MAP_DEVMAP, MAP_ENDPOINTS, MAP_EP4, MAP_EP6,
+    MAP_JOURNAL, MAP_L2, MAP_UPLINKS, MAPS, NAME_LEN, Target, Uplink,
 };
 
 /// The BPF object built from `veth-ebpf` by build.rs.
@@ -356,6 +358,69 @@ impl Datapath {
         typed(&mut self.maps, MAP_CONFIG)
     }
 
+    pub fn journal(&mut self) -> Result<HashMap<&mut MapData, [u8; NAME_LEN], Intent>> {
+        typed(&mut self.maps, MAP_JOURNAL)
+    }
+    pub fn cni_owners(&mut self) -> Result<HashMap<&mut MapData, u32, CniOwner>> {
+        typed(&mut self.maps, MAP_CNI_OWNERS)
+    }
+
+    fn config_u64(&mut self, lo: u32, hi: u32) -> Result<u64> {
+        let cfg = self.config()?;
+        let l = cfg.get(&lo, 0).map_err(map_err(MAP_CONFIG))?;
+        let h = cfg.get(&hi, 0).map_err(map_err(MAP_CONFIG))?;
+        Ok((h as u64) << 32 | l as u64)
+    }
+
+    fn set_config_u64(&mut self, lo: u32, hi: u32, v: u64) -> Result<()> {
+        let mut cfg = self.config()?;
+        cfg.set(lo, v as u32, 0).map_err(map_err(MAP_CONFIG))?;
+        cfg.set(hi, (v >> 32) as u32, 0)
+            .map_err(map_err(MAP_CONFIG))
+    }
+
+    /// The identity of this state (config slots 4–5); 0 for a state made before it existed.
+    pub fn state_id(&mut self) -> Result<u64> {
+        self.config_u64(CONFIG_STATE_ID_LO, CONFIG_STATE_ID_HI)
+    }
+
+    /// Gives the state a new random identity.
+    pub fn new_state_id(&mut self) -> Result<u64> {
+        let id = random_u64().max(1);
+        self.set_config_u64(CONFIG_STATE_ID_LO, CONFIG_STATE_ID_HI, id)?;
+        Ok(id)
+    }
+
+    /// Netns cookie of the node namespace the state is bound to (config slots 6–7); 0: none.
+    pub fn netns_cookie(&mut self) -> Result<u64> {
+        self.config_u64(CONFIG_NETNS_COOKIE_LO, CONFIG_NETNS_COOKIE_HI)
+    }
+
+    pub fn set_netns_cookie(&mut self, cookie: u64) -> Result<()> {
+        self.set_config_u64(CONFIG_NETNS_COOKIE_LO, CONFIG_NETNS_COOKIE_HI, cookie)
+    }
+
+    /// Device and inode of the pinned config map: changes when the state dir is removed and
+    /// made again, so a long-running process can tell its map fds are stale.
+    pub fn pin_identity(dir: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(dir.join(MAP_CONFIG))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    }
+
+    /// Ifindexes the pinned links of this state are attached to right now, in whichever
+    /// namespace their device lives (0 entries are links whose device is gone).
+    pub fn attached_link_ifindexes(&self) -> Vec<u32> {
+        let Ok(rd) = fs::read_dir(self.dir.join("links")) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| pinned_link_ifindex(&e.path()).ok().flatten())
+            .filter(|i| *i != 0)
+            .collect()
+    }
+
     pub fn flags(&mut self) -> Result<u32> {
         self.config()?
             .get(&CONFIG_FLAGS, 0)
@@ -542,6 +607,120 @@ impl Datapath {
             .filter(|p| p.exists())
             .collect()
     }
+}
+
+/// 64 random bits from getrandom(2) (time as a fallback).
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: valid buffer of the length passed.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 8 {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        return t ^ ((std::process::id() as u64) << 32);
+    }
+    u64::from_ne_bytes(b)
+}
+
+/// The netns cookie (SO_NETNS_COOKIE) of the calling thread's network namespace: unique for
+/// the machine's uptime, never reused (unlike inode numbers).
+pub fn current_netns_cookie() -> std::io::Result<u64> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, out pointer and length.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// The ifindex a pinned tcx/XDP link is attached to (bpf_link_info; 0 once its device is
+/// gone); None if nothing is pinned at `path`. Raw bpf(2): aya 0.14 does not expose it.
+fn pinned_link_ifindex(path: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        pad: u32,
+    }
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let get = ObjGet {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        pad: 0,
+    };
+    // SAFETY: bpf(2) with a valid, fully initialised attr of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &get as *const ObjGet,
+            std::mem::size_of::<ObjGet>() as u32,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.kind() == ErrorKind::NotFound {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: a fresh fd returned by BPF_OBJ_GET, owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // struct bpf_link_info: type, id, prog_id, then a union aligned to 8 whose tcx and xdp
+    // members start with the ifindex (offset 16).
+    let mut info = [0u64; 32];
+    let attr = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: bpf(2) with a valid attr; the kernel writes at most info_len bytes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoByFd,
+            std::mem::size_of::<InfoByFd>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Some(info[2] as u32))
 }
 
 /// Detaches the link pinned at `path` now (BPF_LINK_DETACH) and removes the pin; Ok(false) if

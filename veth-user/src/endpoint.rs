@@ -8,14 +8,15 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use serde::Serialize;
 use veth_common::{
-    AF_V4, AF_V6, CFG_EGRESS_FAST, CFG_FASTPATH_OFF, Counters, DIR_FROM_CONTAINER, DIR_NAMES,
-    DIR_TO_CONTAINER, EP_ADOPTED, EP_BRIDGE_PORT, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, EndpointAddr,
-    EndpointRecord, MAX_ADDRS, MAX_SLOTS, MODE_XDP, NAME_LEN, NETNS_LEN, PacketBytes, Target,
-    Uplink, V_FAST_UPLINK, V_STACK, VERDICT_NAMES,
+    AF_V4, AF_V6, CFG_EGRESS_FAST, CFG_FASTPATH_OFF, CONTAINER_ID_LEN, CniOwner, Counters,
+    DIR_FROM_CONTAINER, DIR_NAMES, DIR_TO_CONTAINER, EP_ADOPTED, EP_BRIDGE_PORT, EP_SPOOF_AUDIT,
+    EP_SPOOF_ENFORCE, EndpointAddr, EndpointRecord, INTENT_ADD, INTENT_DEL, Intent, MAX_ADDRS,
+    MAX_SLOTS, MODE_XDP, NAME_LEN, NETNS_LEN, PacketBytes, Target, Uplink, V_FAST_UPLINK, V_STACK,
+    VERDICT_NAMES,
 };
 
 use crate::{
-    datapath::{Datapath, DatapathError, StateLock, prepare_bpffs},
+    datapath::{Datapath, DatapathError, StateLock, current_netns_cookie, prepare_bpffs},
     netlink::{self, NetlinkError, Netns, VethRequest},
     types::{Cidr, IfName, Mac},
 };
@@ -64,6 +65,33 @@ pub enum EndpointError {
     Devmap(String),
     #[error("netns '{0}' is longer than {max} bytes", max = NETNS_LEN - 1)]
     NetnsTooLong(String),
+    #[error(
+        "{name} was not made by this state ({dir}): {why}; vethfp only deletes or changes \
+         interfaces it created and recorded under the same --bpffs"
+    )]
+    NotOurs {
+        name: String,
+        dir: String,
+        why: String,
+    },
+    #[error(
+        "--netns {0} is the node's own network namespace (the one vethfp runs in): give the \
+         container's namespace"
+    )]
+    NodeNetns(String),
+    #[error(
+        "state {dir} belongs to another live network namespace (netns cookie {owner}, {live} \
+         interface(s) still attached there); this process runs in netns cookie {here}: use a \
+         separate --bpffs directory per node namespace"
+    )]
+    OtherNamespace {
+        dir: String,
+        owner: u64,
+        here: u64,
+        live: usize,
+    },
+    #[error("reading this network namespace's cookie (SO_NETNS_COOKIE): {0}")]
+    Cookie(std::io::Error),
     #[error("BPF map {what}: {source}")]
     Map {
         what: &'static str,
@@ -94,6 +122,8 @@ pub struct AddRequest {
     pub mode: u32,
     /// Extra `EP_*` record flags (e.g. `EP_CNI`).
     pub flags: u32,
+    /// CNI (container ID, ifname) this endpoint is added for; recorded in `VFP_CNI_OWNERS`.
+    pub cni_owner: Option<(String, String)>,
 }
 
 /// What `adopt` asks for: an existing veth pair made by someone else.
@@ -111,6 +141,8 @@ pub struct AdoptRequest {
     pub network: String,
     /// Extra `EP_*` record flags (e.g. `EP_CNI`, `EP_SPOOF_ENFORCE`).
     pub flags: u32,
+    /// CNI (container ID, ifname) this endpoint is added for; recorded in `VFP_CNI_OWNERS`.
+    pub cni_owner: Option<(String, String)>,
 }
 
 /// One endpoint as `pair list` shows it.
@@ -299,6 +331,12 @@ fn make_record(
     rec
 }
 
+fn name_key(name: &str) -> [u8; NAME_LEN] {
+    let mut k = [0; NAME_LEN];
+    put_str(&mut k, name);
+    k
+}
+
 fn put_str(dst: &mut [u8], s: &str) {
     let n = s.len().min(dst.len() - 1);
     dst[..n].copy_from_slice(&s.as_bytes()[..n]);
@@ -373,6 +411,7 @@ enum Undo {
     Uplink(u32),
     UplinkLink(u32),
     L2([u8; 6]),
+    CniOwner(u32),
 }
 
 /// The registry over the pinned state in one bpffs directory.
@@ -388,17 +427,343 @@ impl Registry {
         prepare_bpffs(dir)?;
         let lock = StateLock::acquire(dir)?;
         let dp = Datapath::open(dir)?;
-        Ok(Registry {
+        let mut reg = Registry {
             dp,
             _lock: Some(lock),
-        })
+        };
+        reg.bind(true)?;
+        for (name, what) in reg.recover()? {
+            log::warn!("{name}: {what}");
+        }
+        Ok(reg)
     }
 
     /// Opens for reading only (list, stats): no lock, so a long `stats --watch` never blocks
     /// writers. Each map read is atomic per entry.
     pub fn open_read(dir: &Path) -> Result<Registry> {
         let dp = Datapath::open(dir)?;
-        Ok(Registry { dp, _lock: None })
+        let mut reg = Registry { dp, _lock: None };
+        reg.bind(false)?;
+        Ok(reg)
+    }
+
+    /// Binds the state to the node namespace it is used from (netns cookie in config slots
+    /// 6–7). A call from another namespace is refused while the owner is alive (any pinned
+    /// link still attached to a device); once every recorded interface is gone, the first
+    /// write clears the stale state and binds it to the caller.
+    pub fn bind(&mut self, write: bool) -> Result<()> {
+        let here = current_netns_cookie().map_err(EndpointError::Cookie)?;
+        let bound = self.dp.netns_cookie()?;
+        if bound == here {
+            if write && self.dp.state_id()? == 0 {
+                self.dp.new_state_id()?;
+            }
+            return Ok(());
+        }
+        if bound == 0 {
+            if write {
+                // A state made before the binding existed: it is this node's from now on.
+                self.dp.set_netns_cookie(here)?;
+                if self.dp.state_id()? == 0 {
+                    self.dp.new_state_id()?;
+                }
+            }
+            return Ok(());
+        }
+        let live = self.dp.attached_link_ifindexes().len();
+        let dir = self.dp.dir().display().to_string();
+        if live > 0 {
+            return Err(EndpointError::OtherNamespace {
+                dir,
+                owner: bound,
+                here,
+                live,
+            });
+        }
+        if !write {
+            log::warn!(
+                "state {dir} was made in network namespace cookie {bound}, which has none of its \
+                 interfaces any more (this is cookie {here}): its records are stale; the next \
+                 write clears them"
+            );
+            return Ok(());
+        }
+        let n = self.clear_stale()?;
+        self.dp.set_netns_cookie(here)?;
+        let id = self.dp.new_state_id()?;
+        log::warn!(
+            "state {dir} belonged to network namespace cookie {bound}, whose interfaces are all \
+             gone: cleared its {n} stale endpoint record(s); now bound to this namespace \
+             (cookie {here}, state id {id:016x})"
+        );
+        Ok(())
+    }
+
+    /// Empties every map of a state whose node namespace is gone and removes its (detached)
+    /// link pins. Never touches a link: the ifindexes in there mean other devices here.
+    fn clear_stale(&mut self) -> Result<usize> {
+        let n = self.records()?.len();
+        macro_rules! clear {
+            ($m:ident, $what:literal) => {{
+                let keys: Vec<_> = self
+                    .dp
+                    .$m()?
+                    .keys()
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(map_err($what))?;
+                let mut m = self.dp.$m()?;
+                for k in keys {
+                    let _ = m.remove(&k);
+                }
+            }};
+        }
+        clear!(ep4, "VFP_EP4");
+        clear!(ep6, "VFP_EP6");
+        clear!(l2, "VFP_L2");
+        clear!(endpoints, "VFP_ENDPOINTS");
+        clear!(uplinks, "VFP_UPLINKS");
+        clear!(journal, "VFP_JOURNAL");
+        clear!(cni_owners, "VFP_CNI_OWNERS");
+        let keys: Vec<u32> = self
+            .dp
+            .devmap()?
+            .keys()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err("VFP_DEVMAP"))?;
+        for k in keys {
+            let _ = self.dp.devmap()?.remove(k);
+        }
+        let _ = self.dp.prune_pins(&Default::default());
+        Ok(n)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // The journal (see docs/ARCHITECTURE.md, "Ownership").
+
+    fn intend(
+        &mut self,
+        op: u32,
+        name: &str,
+        mac: Mac,
+        ifindex: u32,
+        netns_ino: u64,
+    ) -> Result<()> {
+        let intent = Intent {
+            op,
+            ifindex,
+            mac: mac.0,
+            _pad: [0; 2],
+            netns_ino,
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        self.dp
+            .journal()?
+            .insert(name_key(name), intent, 0)
+            .map_err(map_err("VFP_JOURNAL"))
+    }
+
+    fn done(&mut self, name: &str) {
+        match self.dp.journal() {
+            Ok(mut j) => {
+                let _ = j.remove(&name_key(name));
+            }
+            Err(e) => log::warn!("{name}: clearing its journal entry: {e}"),
+        }
+    }
+
+    /// Completes or rolls back every operation the journal holds (a process killed half-way;
+    /// live operations hold the state lock, so whatever is in there was interrupted):
+    /// - an add whose record exists is completed (links, devmap, addresses repaired);
+    /// - an add without record is rolled back: its link (same name AND exact MAC) is deleted;
+    /// - a del is completed.
+    ///
+    /// Returns (host name, what was done).
+    pub fn recover(&mut self) -> Result<Vec<(String, String)>> {
+        let entries: Vec<([u8; NAME_LEN], Intent)> = self
+            .dp
+            .journal()?
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err("VFP_JOURNAL"))?;
+        let mut out = Vec::new();
+        for (key, intent) in entries {
+            let name = get_str(&key);
+            let rec = self
+                .record_by_name(&name)?
+                .filter(|r| r.target.host_mac == intent.mac);
+            let link =
+                netlink::link_by_name(&name)?.filter(|l| l.mac.is_some_and(|m| m.0 == intent.mac));
+            let what = match (intent.op, rec) {
+                (INTENT_ADD, Some(rec)) => {
+                    let parts = self.repair_endpoint(&rec)?;
+                    self.ensure_links(&rec);
+                    format!("completed an interrupted pair add (repaired: {parts:?})")
+                }
+                (_, Some(rec)) => {
+                    self.remove_record(&rec)?;
+                    "completed an interrupted pair del".to_string()
+                }
+                (op, None) => {
+                    if let Some(link) = &link {
+                        self.remove_leftover(link)?;
+                    } else if intent.ifindex != 0 {
+                        self.dp.detach(intent.ifindex)?;
+                    }
+                    if op == INTENT_ADD {
+                        "rolled back an interrupted pair add".to_string()
+                    } else {
+                        "completed an interrupted pair del".to_string()
+                    }
+                }
+            };
+            self.done(&name);
+            out.push((name, what));
+        }
+        Ok(out)
+    }
+
+    /// Attaches whatever link of the endpoint is missing (see [`Datapath::ensure_link`]).
+    fn ensure_links(&mut self, rec: &EndpointRecord) {
+        use crate::datapath::{
+            HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP, PROG_L2_INGRESS, PROG_TC_EGRESS,
+            PROG_TC_INGRESS, PROG_XDP,
+        };
+        let name = get_str(&rec.host_name);
+        let ifindex = rec.target.ifindex;
+        let ingress = if rec.flags & EP_BRIDGE_PORT != 0 {
+            PROG_L2_INGRESS
+        } else {
+            PROG_TC_INGRESS
+        };
+        let mut hooks = vec![(HOOK_TC_INGRESS, ingress), (HOOK_TC_EGRESS, PROG_TC_EGRESS)];
+        if rec.target.mode == MODE_XDP {
+            hooks.push((HOOK_XDP, PROG_XDP));
+        }
+        for (hook, prog) in hooks {
+            if let Err(e) = self.dp.ensure_link(&name, ifindex, hook, prog) {
+                log::warn!("{name}: {hook} link: {e}");
+            }
+        }
+    }
+
+    /// Checks every map entry and node-side kernel object of a live endpoint and restores
+    /// what is missing or wrong: its devmap entry, each address in `VFP_EP4`/`VFP_EP6` with
+    /// the record's target (L2 entry for bridge ports), the node's /32 and /128 routes and
+    /// permanent neighbours. Returns the parts repaired (one name per repair).
+    pub fn repair_endpoint(&mut self, rec: &EndpointRecord) -> Result<Vec<&'static str>> {
+        self.repair_endpoint_with(rec, None)
+    }
+
+    /// [`Registry::repair_endpoint`] with the node's routes and neighbours dumped once for a
+    /// whole pass.
+    pub fn repair_endpoint_with(
+        &mut self,
+        rec: &EndpointRecord,
+        view: Option<&netlink::NodeView>,
+    ) -> Result<Vec<&'static str>> {
+        let mut parts = Vec::new();
+        let ifindex = rec.target.ifindex;
+        let name = get_str(&rec.host_name);
+        let Some(link) = netlink::link_by_index(ifindex)? else {
+            return Ok(parts);
+        };
+        if link.name != name {
+            return Ok(parts);
+        }
+        if self.dp.devmap()?.get(ifindex, 0).is_err() {
+            self.dp
+                .devmap()?
+                .insert(ifindex, ifindex, None, 0)
+                .map_err(|e| EndpointError::Devmap(e.to_string()))?;
+            parts.push("devmap");
+        }
+        if rec.flags & EP_BRIDGE_PORT != 0 {
+            let l2 = self.dp.l2()?.get(&rec.target.container_mac, 0).ok();
+            if l2 != Some(rec.target) {
+                self.dp
+                    .l2()?
+                    .insert(rec.target.container_mac, rec.target, 0)
+                    .map_err(map_err("VFP_L2"))?;
+                parts.push("l2");
+            }
+            return Ok(parts);
+        }
+        let records = self.records()?;
+        let addrs: Vec<Cidr> = record_addrs(rec).collect();
+        for a in &addrs {
+            let current = match a.addr {
+                IpAddr::V4(v4) => self.dp.ep4()?.get(&v4.octets(), 0).ok(),
+                IpAddr::V6(v6) => self.dp.ep6()?.get(&v6.octets(), 0).ok(),
+            };
+            if current == Some(rec.target) {
+                continue;
+            }
+            if let Some(t) = current
+                && t.ifindex != ifindex
+                && records.iter().any(|r| r.target.ifindex == t.ifindex)
+            {
+                log::warn!(
+                    "{name}: address {} is published for ifindex {} (another endpoint): left alone",
+                    a.addr,
+                    t.ifindex
+                );
+                continue;
+            }
+            self.publish(a.addr, rec.target)?;
+            parts.push(if a.is_v4() { "addr_v4" } else { "addr_v6" });
+        }
+        if rec.flags & EP_ADOPTED == 0 {
+            let r = netlink::repair_node(ifindex, &addrs, Mac(rec.target.container_mac), view)?;
+            parts.extend(std::iter::repeat_n("route", r.routes));
+            parts.extend(std::iter::repeat_n("neighbour", r.neighbours));
+        }
+        Ok(parts)
+    }
+
+    /// Every endpoint record (reconciliation).
+    pub fn endpoint_records(&mut self) -> Result<Vec<EndpointRecord>> {
+        self.records()
+    }
+
+    /// The record of host ifindex `ifindex`, if any.
+    pub fn record_by_ifindex(&mut self, ifindex: u32) -> Result<Option<EndpointRecord>> {
+        match self.dp.endpoints()?.get(&ifindex, 0) {
+            Ok(r) => Ok(Some(r)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("VFP_ENDPOINTS")(e)),
+        }
+    }
+
+    /// The CNI (container ID, ifname) recorded for host ifindex `ifindex`.
+    pub fn cni_owner(&mut self, ifindex: u32) -> Result<Option<(String, String)>> {
+        match self.dp.cni_owners()?.get(&ifindex, 0) {
+            Ok(o) => Ok(Some((get_str(&o.container_id), get_str(&o.ifname)))),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("VFP_CNI_OWNERS")(e)),
+        }
+    }
+
+    fn set_cni_owner(
+        &mut self,
+        ifindex: u32,
+        owner: &Option<(String, String)>,
+        undo: &mut Vec<Undo>,
+    ) -> Result<()> {
+        let Some((id, ifname)) = owner else {
+            return Ok(());
+        };
+        let mut o = CniOwner::default();
+        put_str(&mut o.container_id[..CONTAINER_ID_LEN], id);
+        put_str(&mut o.ifname, ifname);
+        self.dp
+            .cni_owners()?
+            .insert(ifindex, o, 0)
+            .map_err(map_err("VFP_CNI_OWNERS"))?;
+        undo.push(Undo::CniOwner(ifindex));
+        Ok(())
     }
 
     pub fn datapath(&mut self) -> &mut Datapath {
@@ -448,39 +813,40 @@ impl Registry {
             return Err(EndpointError::NetnsTooLong(req.netns.clone()));
         }
         self.check_addrs(&req.addrs)?;
-        if let Some(link) = netlink::link_by_name(req.host.as_str())? {
-            if !self.is_leftover(&link)? {
-                return Err(EndpointError::HostExists(req.host.to_string()));
-            }
-            log::warn!("removing {} left by an interrupted pair add", link.name);
-            self.remove_leftover(&link)?;
+        // Leftovers of interrupted operations were completed or rolled back when the
+        // registry was opened (the journal): whatever has this name now is not ours.
+        if netlink::link_by_name(req.host.as_str())?.is_some() {
+            return Err(EndpointError::HostExists(req.host.to_string()));
         }
         Ok(())
     }
 
-    /// A host end vethfp created that has no registry entry: what an interrupted `pair add`
-    /// (killed between creating the pair and registering it) leaves behind.
-    fn is_leftover(&mut self, link: &netlink::Link) -> Result<bool> {
-        let ours = link.alias.as_deref() == Some(netlink::OWNER_ALIAS)
-            || (link.kind.as_deref() == Some("veth") && link.mac.is_some_and(|m| m.is_owned()));
-        Ok(ours
-            && !self
-                .records()?
-                .iter()
-                .any(|r| r.target.ifindex == link.ifindex))
-    }
-
-    /// Removes every leftover of an interrupted `pair add` in the node (the agent's
-    /// reconciliation does this under the state lock). Returns their names.
-    pub fn remove_leftovers(&mut self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for link in netlink::links()? {
-            if self.is_leftover(&link)? {
-                self.remove_leftover(&link)?;
-                out.push(link.name);
-            }
+    /// Why `link` (no record, no intent of this state) is not ours, for the refusal.
+    fn not_ours(&self, link: &netlink::Link) -> EndpointError {
+        let marked = link.alias.as_deref() == Some(netlink::OWNER_ALIAS)
+            || link.mac.is_some_and(|m| m.is_owned());
+        let why = if marked {
+            format!(
+                "it looks like a vethfp host end (MAC {}) but no record or intent of this state \
+                 names it with that MAC: another state dir (--bpffs) or someone else owns it",
+                link.mac
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "none".into())
+            )
+        } else {
+            format!(
+                "this state has no record or intent for it (kind {}, MAC {})",
+                link.kind.as_deref().unwrap_or("unknown"),
+                link.mac
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "none".into())
+            )
+        };
+        EndpointError::NotOurs {
+            name: link.name.clone(),
+            dir: self.dp.dir().display().to_string(),
+            why,
         }
-        Ok(out)
     }
 
     fn remove_leftover(&mut self, link: &netlink::Link) -> Result<()> {
@@ -531,24 +897,40 @@ impl Registry {
     pub fn add(&mut self, req: &AddRequest) -> Result<EndpointView> {
         self.validate(req)?;
         let ns = Netns::open(&req.netns)?;
+        if ns.ino() == netlink::current_netns_ino()? {
+            return Err(EndpointError::NodeNetns(req.netns.clone()));
+        }
+        // Record before create: the exact MAC is chosen now and journaled with the name, so
+        // whoever finds this half-made (a later call, the agent) knows the link is ours.
+        let host_mac = Mac::random_owned();
+        let name = req.host.as_str();
+        self.intend(INTENT_ADD, name, host_mac, 0, ns.ino())?;
         let mut undo = Vec::new();
-        match self.add_steps(req, &ns, &mut undo) {
-            Ok(view) => Ok(view),
-            Err(e) => {
-                self.rollback(undo);
-                Err(e)
+        let r = self.add_steps(req, &ns, host_mac, &mut undo);
+        if r.is_err() {
+            self.rollback(undo);
+            // A rollback that could not delete the link keeps the intent: the next write
+            // (or the agent) retries, and still knows the link is ours.
+            if netlink::link_by_name(name)
+                .ok()
+                .flatten()
+                .is_some_and(|l| l.mac == Some(host_mac))
+            {
+                return r;
             }
         }
+        self.done(name);
+        r
     }
 
     fn add_steps(
         &mut self,
         req: &AddRequest,
         ns: &Netns,
+        host_mac: Mac,
         undo: &mut Vec<Undo>,
     ) -> Result<EndpointView> {
         let container_mac = req.mac.unwrap_or_else(Mac::random);
-        let host_mac = Mac::random_owned();
         let host_ifindex = netlink::create_veth(&VethRequest {
             host_name: req.host.as_str(),
             host_mac,
@@ -590,6 +972,7 @@ impl Registry {
             req.flags | req.spoof,
         );
         set_network(&mut rec, &req.network);
+        self.set_cni_owner(host_ifindex, &req.cni_owner, undo)?;
         self.register(&mut rec, &req.addrs, undo)?;
         Ok(EndpointView::from_record(&rec))
     }
@@ -741,7 +1124,10 @@ impl Registry {
             put_str(&mut rec.network_name, &br.name);
         }
         let mut undo = Vec::new();
-        match self.register(&mut rec, &req.addrs, &mut undo) {
+        let r = self
+            .set_cni_owner(link.ifindex, &req.cni_owner, &mut undo)
+            .and_then(|()| self.register(&mut rec, &req.addrs, &mut undo));
+        match r {
             Ok(()) => Ok(EndpointView::from_record(&rec)),
             Err(e) => {
                 self.rollback(undo);
@@ -778,6 +1164,9 @@ impl Registry {
                     Undo::Link(i) => {
                         netlink::delete_link(i)?;
                     }
+                    Undo::CniOwner(i) => {
+                        let _ = self.dp.cni_owners()?.remove(&i);
+                    }
                 }
                 Ok(())
             })();
@@ -792,15 +1181,23 @@ impl Registry {
     /// Works also when the interface was already deleted by someone else.
     pub fn del(&mut self, name: &str) -> Result<()> {
         let Some(rec) = self.record_by_name(name)? else {
-            // Not registered: it may be what an interrupted `pair add` left.
-            if let Some(link) = netlink::link_by_name(name)?
-                && self.is_leftover(&link)?
-            {
-                return self.remove_leftover(&link);
+            // Interrupted operations were completed or rolled back when the registry was
+            // opened; a link of this name without record is someone else's.
+            if let Some(link) = netlink::link_by_name(name)? {
+                return Err(self.not_ours(&link));
             }
             return Err(EndpointError::NotFound(name.into()));
         };
-        self.remove_record(&rec)
+        self.intend(
+            INTENT_DEL,
+            name,
+            Mac(rec.target.host_mac),
+            rec.target.ifindex,
+            rec.netns_ino,
+        )?;
+        self.remove_record(&rec)?;
+        self.done(name);
+        Ok(())
     }
 
     /// Removes the endpoint registered under host ifindex `ifindex` (the agent does this when
@@ -832,12 +1229,15 @@ impl Registry {
         }
         let _ = self.dp.devmap()?.remove(ifindex);
         self.dp.detach(ifindex)?;
+        // Only the link this record describes: same ifindex, name and host MAC.
         if rec.flags & EP_ADOPTED == 0
             && let Some(link) = netlink::link_by_index(ifindex)?
             && link.name == name
+            && link.mac.is_some_and(|m| m.0 == rec.target.host_mac)
         {
             netlink::delete_link(ifindex)?;
         }
+        let _ = self.dp.cni_owners()?.remove(&ifindex);
         let _ = self.dp.endpoints()?.remove(&ifindex);
         Ok(())
     }
@@ -979,7 +1379,14 @@ impl Registry {
     /// Accelerates an existing Linux bridge in place: every veth port whose peer lives in
     /// another namespace gets the L2 fast path; the bridge stays the slow path. Refuses (unless
     /// `force`) where the bridge enforces something the fast path would skip.
-    pub fn bridge_accelerate(&mut self, bridge: &str, force: bool) -> Result<Vec<EndpointView>> {
+    ///
+    /// Returns the ports accelerated by this call and those skipped, each with the reason.
+    #[allow(clippy::type_complexity)]
+    pub fn bridge_accelerate(
+        &mut self,
+        bridge: &str,
+        force: bool,
+    ) -> Result<(Vec<EndpointView>, Vec<(String, String)>)> {
         let br = netlink::link_by_name(bridge)?
             .filter(|l| l.kind.as_deref() == Some("bridge"))
             .ok_or_else(|| EndpointError::NoSuchBridge(bridge.into()))?;
@@ -1006,20 +1413,44 @@ impl Registry {
             crate::bridge::netfilter_check(bridge).map_err(EndpointError::BridgeRefused)?;
         }
         let namespaces = crate::bridge::namespaces_by_id()?;
-        let known: Vec<u32> = self.records()?.iter().map(|r| r.target.ifindex).collect();
-        let mut added = Vec::new();
-        let todo: Vec<&netlink::Link> = ports
+        let known: Vec<(u32, String)> = self
+            .records()?
             .iter()
-            .filter(|p| !known.contains(&p.ifindex))
+            .map(|r| (r.target.ifindex, get_str(&r.host_name)))
             .collect();
-        if let Err(e) = self.accelerate_ports(bridge, br.ifindex, &todo, &namespaces, &mut added) {
+        let mut added = Vec::new();
+        let mut skipped = Vec::new();
+        let mut todo: Vec<&netlink::Link> = Vec::new();
+        for p in &ports {
+            match known.iter().find(|(i, _)| *i == p.ifindex) {
+                Some((_, n)) if *n == p.name => {
+                    skipped.push((p.name.clone(), "already accelerated".to_string()))
+                }
+                Some((_, n)) => skipped.push((
+                    p.name.clone(),
+                    format!(
+                        "its ifindex {} is recorded for endpoint {n} of this state (stale record?)",
+                        p.ifindex
+                    ),
+                )),
+                None => todo.push(p),
+            }
+        }
+        if let Err(e) = self.accelerate_ports(
+            bridge,
+            br.ifindex,
+            &todo,
+            &namespaces,
+            &mut added,
+            &mut skipped,
+        ) {
             // All or nothing: ports accelerated by this call go back to the plain bridge.
             for v in &added {
                 let _ = self.del(&v.host_if);
             }
             return Err(e);
         }
-        Ok(added)
+        Ok((added, skipped))
     }
 
     fn accelerate_ports(
@@ -1029,16 +1460,18 @@ impl Registry {
         ports: &[&netlink::Link],
         namespaces: &std::collections::HashMap<i32, (String, Netns)>,
         added: &mut Vec<EndpointView>,
+        skipped: &mut Vec<(String, String)>,
     ) -> Result<()> {
         for port in ports {
             let (Some(nsid), Some(peer_index)) = (port.link_netnsid, port.peer_ifindex) else {
+                skipped.push((port.name.clone(), "its veth peer is unknown".into()));
                 continue;
             };
             let Some((spec, ns)) = namespaces.get(&nsid) else {
-                log::warn!(
-                    "{}: cannot find the namespace of its peer (nsid {nsid}); left on the bridge path",
-                    port.name
-                );
+                skipped.push((
+                    port.name.clone(),
+                    format!("cannot find the namespace of its peer (nsid {nsid})"),
+                ));
                 continue;
             };
             let (peer, mut addrs) = netlink::in_netns(ns, || {
@@ -1046,8 +1479,12 @@ impl Registry {
                 let addrs = netlink::addresses(peer_index)?;
                 Ok((peer, addrs))
             })?;
-            let Some(peer) = peer else { continue };
+            let Some(peer) = peer else {
+                skipped.push((port.name.clone(), "its veth peer vanished".into()));
+                continue;
+            };
             let (Some(container_mac), Some(host_mac)) = (peer.mac, port.mac) else {
+                skipped.push((port.name.clone(), "it or its peer has no MAC".into()));
                 continue;
             };
             addrs.truncate(MAX_ADDRS);

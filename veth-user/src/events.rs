@@ -25,6 +25,9 @@ pub enum LinkEvent {
         name: String,
         at: Instant,
     },
+    /// Interface `ifindex` is administratively up (RTM_NEWLINK with IFF_UP): sent for every
+    /// change of an up link, so handlers must be idempotent.
+    Up { ifindex: u32 },
     /// Notifications were lost: the state must be compared in full.
     Overrun,
 }
@@ -94,7 +97,21 @@ fn parse(mut data: &[u8], at: Instant) -> Vec<LinkEvent> {
         if len == 0 || len > data.len() {
             break;
         }
-        if let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len])
+        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len]).ok();
+        if let Some(NetlinkMessage {
+            payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)),
+            ..
+        }) = &msg
+            && link
+                .header
+                .flags
+                .contains(netlink_packet_route::link::LinkFlags::Up)
+        {
+            out.push(LinkEvent::Up {
+                ifindex: link.header.index,
+            });
+        }
+        if let Some(msg) = msg
             && let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) = msg.payload
         {
             let name = link

@@ -314,6 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 mode: a.mode.raw(),
                 flags: 0,
+                cni_owner: None,
             };
             let view = Registry::open(&dir)?
                 .add(&req)
@@ -373,9 +374,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("uplink {iface} detached");
         }
         Cmd::Bridge(BridgeCmd::Accelerate { bridge, force }) => {
-            let ports = Registry::open(&dir)?
+            let (ports, skipped) = Registry::open(&dir)?
                 .bridge_accelerate(&bridge, force)
                 .with_context(|| format!("bridge accelerate {bridge}"))?;
+            // Never report success for work skipped: name each port and why; fail when none
+            // of those that needed it was accelerated.
+            let failed: Vec<String> = skipped
+                .iter()
+                .filter(|(_, why)| why != "already accelerated")
+                .map(|(p, why)| format!("{p}: {why}"))
+                .collect();
+            if ports.is_empty() && !failed.is_empty() {
+                anyhow::bail!(
+                    "bridge accelerate {bridge}: no port accelerated; skipped {}",
+                    failed.join("; ")
+                );
+            }
+            for (port, why) in &skipped {
+                eprintln!("vethfp: {bridge}: skipped port {port}: {why}");
+            }
             println!(
                 "{bridge}: {} port(s) accelerated{}{}",
                 ports.len(),

@@ -31,6 +31,7 @@ use prometheus_client::{
     metrics::{
         MetricType,
         counter::{ConstCounter, Counter},
+        family::Family,
         gauge::{ConstGauge, Gauge},
         histogram::{Histogram, exponential_buckets},
         info::Info,
@@ -54,6 +55,18 @@ pub struct AgentMetrics {
     pub reattached: Counter,
     pub replaced: Counter,
     pub event_cleanup: Histogram,
+    /// Parts of live endpoints restored, by part ("addr_v4", "route", ...).
+    pub repairs: Family<Vec<(String, String)>, Counter>,
+    /// Times the state dir was found removed or replaced and opened anew.
+    pub state_reopened: Counter,
+}
+
+impl AgentMetrics {
+    pub fn repaired(&self, part: &str) {
+        self.repairs
+            .get_or_create(&vec![("part".to_string(), part.to_string())])
+            .inc();
+    }
 }
 
 impl Default for AgentMetrics {
@@ -64,6 +77,8 @@ impl Default for AgentMetrics {
             removed: Counter::default(),
             reattached: Counter::default(),
             replaced: Counter::default(),
+            repairs: Family::default(),
+            state_reopened: Counter::default(),
             // 100 µs .. ~3.3 s
             event_cleanup: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         }
@@ -103,6 +118,16 @@ pub(crate) fn registry(shared: Arc<Shared>) -> PromRegistry {
         "vethfp_agent_programs_replaced",
         "Links switched in place from another build's program to this build's",
         m.replaced.clone(),
+    );
+    r.register(
+        "vethfp_agent_repairs",
+        "Parts of live endpoints found missing or wrong and restored, by part",
+        m.repairs.clone(),
+    );
+    r.register(
+        "vethfp_agent_state_reopened",
+        "Times the state directory was found removed or replaced and opened anew",
+        m.state_reopened.clone(),
     );
     r.register(
         "vethfp_agent_event_cleanup_seconds",
@@ -148,7 +173,7 @@ fn family(
 impl Collector for DatapathCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let read = (|| {
-            let mut reg = self.shared.read();
+            let mut reg = self.shared.read()?;
             let list = reg.list()?;
             let stats = reg.stats(None)?;
             let status = reg.status()?;

@@ -815,6 +815,15 @@ pub fn addresses(ifindex: u32) -> Result<Vec<Cidr>, NetlinkError> {
 /// as (destination, prefix length); a default route shows as (0.0.0.0 or ::, 0). Includes
 /// routes the kernel adds itself (e.g. fe80::/64 on an up interface).
 pub fn routes_via(ifindex: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+    Ok(main_routes()?
+        .into_iter()
+        .filter(|(oif, _, _)| *oif == ifindex)
+        .map(|(_, dst, len)| (dst, len))
+        .collect())
+}
+
+/// Unicast routes of the main table in the node: (output ifindex, destination, prefix length).
+fn main_routes() -> Result<Vec<(u32, IpAddr, u8)>, NetlinkError> {
     run(|h| async move {
         let all: Vec<RouteMessage> = h
             .route()
@@ -845,7 +854,8 @@ pub fn routes_via(ifindex: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
                     _ => {}
                 }
             }
-            if table != u32::from(RouteHeader::RT_TABLE_MAIN) || oif != Some(ifindex) {
+            let Some(oif) = oif else { continue };
+            if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
                 continue;
             }
             let dst = dst.unwrap_or(if family == AddressFamily::Inet {
@@ -853,8 +863,167 @@ pub fn routes_via(ifindex: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
             } else {
                 IpAddr::V6(Ipv6Addr::UNSPECIFIED)
             });
-            out.push((dst, r.header.destination_prefix_length));
+            out.push((oif, dst, r.header.destination_prefix_length));
         }
         Ok(out)
+    })
+}
+
+/// What [`repair_node`] restored.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NodeRepair {
+    pub routes: usize,
+    pub neighbours: usize,
+}
+
+/// The node's main-table routes and permanent neighbours, dumped once for a whole
+/// reconciliation pass (one dump per endpoint would be quadratic in the endpoint count).
+#[derive(Debug, Default, Clone)]
+pub struct NodeView {
+    routes: Vec<(u32, IpAddr, u8)>,
+    neighbours: Vec<(u32, IpAddr, Vec<u8>)>,
+}
+
+impl NodeView {
+    pub fn dump() -> Result<NodeView, NetlinkError> {
+        Ok(NodeView {
+            routes: main_routes()?,
+            neighbours: permanent_neighbours()?,
+        })
+    }
+}
+
+/// Permanent neighbour entries in the node: (ifindex, address, link-layer address).
+fn permanent_neighbours() -> Result<Vec<(u32, IpAddr, Vec<u8>)>, NetlinkError> {
+    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+    run(|h| async move {
+        let neigh: Vec<_> = h
+            .neighbours()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_err("listing neighbours", e))?;
+        Ok(neigh
+            .into_iter()
+            .filter(|n| n.header.state == NeighbourState::Permanent)
+            .filter_map(|n| {
+                let ifindex = n.header.ifindex;
+                let mut ip = None;
+                let mut ll = None;
+                for a in n.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                            ip = Some(IpAddr::V4(v4))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                            ip = Some(IpAddr::V6(v6))
+                        }
+                        NeighbourAttribute::LinkLayerAddress(m) => ll = Some(m),
+                        _ => {}
+                    }
+                }
+                Some((ifindex, ip?, ll?))
+            })
+            .collect())
+    })
+}
+
+/// In the node: re-adds what [`configure_node`] made for `host_ifindex` and is missing now —
+/// the /32 (/128) route per address and the permanent neighbour entry address ->
+/// `container_mac`. `ip link set … down` flushes both; the kernel never brings them back.
+/// Does nothing while the link is down (the kernel would flush them again). `view`: the
+/// node's routes and neighbours dumped earlier in the same pass (None: dump now).
+pub fn repair_node(
+    host_ifindex: u32,
+    addrs: &[Cidr],
+    container_mac: Mac,
+    view: Option<&NodeView>,
+) -> Result<NodeRepair, NetlinkError> {
+    if !container_mac.is_unicast() {
+        return Err(NetlinkError::InvalidMac(container_mac));
+    }
+    let fresh;
+    let view = match view {
+        Some(v) => v,
+        None => {
+            fresh = NodeView::dump()?;
+            &fresh
+        }
+    };
+    let routes: Vec<(IpAddr, u8)> = view
+        .routes
+        .iter()
+        .filter(|(oif, _, _)| *oif == host_ifindex)
+        .map(|(_, d, l)| (*d, *l))
+        .collect();
+    let permanent: Vec<(IpAddr, Vec<u8>)> = view
+        .neighbours
+        .iter()
+        .filter(|(i, _, _)| *i == host_ifindex)
+        .map(|(_, ip, ll)| (*ip, ll.clone()))
+        .collect();
+    run(|h| async move {
+        let mut done = NodeRepair::default();
+        let Some(link) = get_link(&h, None, host_ifindex).await? else {
+            return Ok(done);
+        };
+        if !link.up {
+            return Ok(done);
+        }
+        let what = format!("{} in the node", link.name);
+        for a in addrs {
+            let host = a.host_prefix();
+            if !routes.contains(&(a.addr, host)) {
+                let msg = match a.addr {
+                    IpAddr::V4(v4) => vethfp_route(
+                        RouteMessageBuilder::<Ipv4Addr>::new()
+                            .destination_prefix(v4, 32)
+                            .scope(RouteScope::Link),
+                    )
+                    .output_interface(host_ifindex)
+                    .build(),
+                    IpAddr::V6(v6) => vethfp_route(
+                        RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(v6, 128),
+                    )
+                    .output_interface(host_ifindex)
+                    .build(),
+                };
+                match h.route().add(msg).execute().await {
+                    Ok(()) => done.routes += 1,
+                    // Someone else routes it now: not ours to replace.
+                    Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                    Err(e) => {
+                        return Err(nl_err(
+                            format!("restoring route {}/{host} dev {what}", a.addr),
+                            e,
+                        ));
+                    }
+                }
+            }
+            if !permanent
+                .iter()
+                .any(|(ip, ll)| *ip == a.addr && ll[..] == container_mac.0[..])
+            {
+                h.neighbours()
+                    .add(host_ifindex, a.addr)
+                    .state(NeighbourState::Permanent)
+                    .link_layer_address(&container_mac.0)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(|e| {
+                        nl_err(
+                            format!(
+                                "restoring neighbour {} -> {container_mac} on {what}",
+                                a.addr
+                            ),
+                            e,
+                        )
+                    })?;
+                done.neighbours += 1;
+            }
+        }
+        Ok(done)
     })
 }

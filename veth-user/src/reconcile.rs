@@ -7,8 +7,13 @@
 //! - A pinned link that runs a program other than this build's (an older `vethfp` made it) is
 //!   switched to this build's program in place with `BPF_LINK_UPDATE`: the link, its position
 //!   in the tcx chain, the maps and the counters stay; no packet sees a missing program.
-//! - Link pins no endpoint or uplink owns, program pins of other builds, and host ends an
-//!   interrupted `pair add` left behind are removed, so nothing accumulates.
+//! - Every part of a live endpoint is checked and restored if missing: each address in the
+//!   address maps with the record's target, devmap, L2 entry, the node's /32 and /128 routes
+//!   and permanent neighbours ([`Registry::repair_endpoint`]).
+//! - Interrupted operations in this state's journal are completed or rolled back
+//!   ([`Registry::recover`]); link pins no endpoint or uplink owns and program pins of other
+//!   builds are removed, so nothing accumulates. A link is never deleted unless a record or
+//!   an intent of this state names it with its exact MAC.
 //!
 //! Callers hold the state lock (see [`crate::datapath::StateLock`]).
 
@@ -227,8 +232,12 @@ pub struct Report {
     pub removed: Vec<String>,
     /// Uplinks removed because their interface is gone.
     pub removed_uplinks: Vec<String>,
-    /// Host ends an interrupted `pair add` left (made by vethfp, never registered): deleted.
-    pub leftovers: Vec<String>,
+    /// Interrupted operations of this state's journal, completed or rolled back:
+    /// (host end, what was done).
+    pub leftovers: Vec<(String, String)>,
+    /// (host end, part) restored on a live endpoint: "addr_v4", "addr_v6", "devmap", "l2",
+    /// "route", "neighbour".
+    pub repaired: Vec<(String, &'static str)>,
     /// Ports of accelerated bridges that appeared since (accelerated by this pass).
     pub bridge_ports_added: Vec<String>,
     /// (interface, hook) attached anew because the link pin was missing.
@@ -249,6 +258,7 @@ impl Report {
         !(self.removed.is_empty()
             && self.removed_uplinks.is_empty()
             && self.leftovers.is_empty()
+            && self.repaired.is_empty()
             && self.bridge_ports_added.is_empty()
             && self.attached.is_empty()
             && self.replaced.is_empty()
@@ -264,9 +274,9 @@ impl Registry {
     pub fn reconcile(&mut self) -> Result<Report, EndpointError> {
         let start = Instant::now();
         let mut report = Report::default();
-        match self.remove_leftovers() {
+        match self.recover() {
             Ok(l) => report.leftovers = l,
-            Err(e) => log::warn!("removing leftovers of interrupted `pair add`s: {e}"),
+            Err(e) => log::warn!("completing interrupted operations (journal): {e}"),
         }
         let kernel: BTreeMap<u32, String> = netlink::links()?
             .into_iter()
@@ -274,6 +284,13 @@ impl Registry {
             .collect();
         let present = |ifindex: u32, name: &str| kernel.get(&ifindex).is_some_and(|n| n == name);
         let mut live = BTreeSet::new();
+        let view = match netlink::NodeView::dump() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                log::warn!("listing the node's routes and neighbours: {e}");
+                None
+            }
+        };
 
         for ep in self.list()? {
             if !present(ep.host_ifindex, &ep.host_if) {
@@ -298,6 +315,14 @@ impl Registry {
                 live.insert((hook, ep.host_ifindex));
                 self.ensure(&ep.host_if, ep.host_ifindex, hook, prog, &mut report);
             }
+            if let Some(rec) = self.record_by_ifindex(ep.host_ifindex)? {
+                match self.repair_endpoint_with(&rec, view.as_ref()) {
+                    Ok(parts) => report
+                        .repaired
+                        .extend(parts.into_iter().map(|p| (ep.host_if.clone(), p))),
+                    Err(e) => log::warn!("{}: repairing: {e}", ep.host_if),
+                }
+            }
         }
         // Accelerated bridges: follow their changes (new ports, a container's MAC moving to a
         // new port). Bridges refused now (a rule added since, say) keep what they have.
@@ -311,7 +336,7 @@ impl Registry {
         bridges.dedup();
         for br in bridges {
             match self.bridge_accelerate(&br, false) {
-                Ok(added) => {
+                Ok((added, _skipped)) => {
                     for v in added {
                         live.insert((HOOK_TC_INGRESS, v.host_ifindex));
                         live.insert((HOOK_TC_EGRESS, v.host_ifindex));

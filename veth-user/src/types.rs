@@ -17,7 +17,8 @@ pub enum ParseError {
     )]
     Mac(String),
     #[error(
-        "invalid interface name '{0}': 1 to 15 bytes, no '/', ':', whitespace, and not '.' or '..'"
+        "invalid interface name '{0}': 1 to 15 bytes, no '/', ':', '%' (the kernel would expand \
+         '%d' to a number of its choice), whitespace, and not '.' or '..'"
     )]
     IfName(String),
 }
@@ -188,7 +189,7 @@ impl FromStr for IfName {
             && s != ".."
             && !s
                 .bytes()
-                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+                .any(|b| b == b'/' || b == b':' || b == b'%' || b.is_ascii_whitespace() || b == 0);
         if ok {
             Ok(IfName(s.into()))
         } else {
@@ -260,7 +261,17 @@ mod tests {
     fn ifname_limits() {
         assert!("eth0".parse::<IfName>().is_ok());
         assert!("a23456789012345".parse::<IfName>().is_ok());
-        for bad in ["", "a234567890123456", "a/b", "a b", "a:b", ".", ".."] {
+        for bad in [
+            "",
+            "a234567890123456",
+            "a/b",
+            "a b",
+            "a:b",
+            ".",
+            "..",
+            "vf%d",
+            "%",
+        ] {
             assert!(bad.parse::<IfName>().is_err(), "{bad} should be rejected");
         }
     }
