@@ -1,9 +1,313 @@
-//! Bridge bypass helpers: finding the namespaces behind a bridge's veth ports, and deciding
-//! whether netfilter would see (and could drop or change) traffic between the ports.
+//! Bridge bypass helpers: finding the namespaces behind a bridge's veth ports, deciding
+//! whether netfilter would see (and could drop or change) traffic between the ports, and
+//! keeping an accelerated bridge accelerated while its ports come and go (container churn).
+//!
+//! Which bridges are accelerated is state: a directory `bridges/NAME` in the state directory
+//! (bpffs holds only pins and directories), with a subdirectory `forced` when `--force` was
+//! given. `bridge accelerate` writes it, `bridge release` removes it; the agent follows link
+//! events of the ports of every bridge listed there.
 
-use std::{collections::HashMap, fs, process::Command};
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    time::Instant,
+};
 
-use crate::netlink::{self, NetlinkError, Netns};
+use serde::Serialize;
+
+use crate::{
+    endpoint::{EndpointError, EndpointView, Registry},
+    events::LinkEvent,
+    netlink::{self, NetlinkError, Netns},
+    types::Mac,
+};
+
+fn bridges_dir(state: &Path) -> PathBuf {
+    state.join("bridges")
+}
+
+/// The accelerated bridges recorded in `state`: (name, forced).
+pub fn accelerated(state: &Path) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = fs::read_dir(bridges_dir(state))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let forced = e.path().join("forced").is_dir();
+            (e.file_name().to_string_lossy().into_owned(), forced)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn remember(state: &Path, bridge: &str, forced: bool) -> Result<(), EndpointError> {
+    let dir = bridges_dir(state).join(bridge);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EndpointError::State { path, source }
+    };
+    fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let f = dir.join("forced");
+    if forced {
+        fs::create_dir_all(&f).map_err(io(&f))?;
+    } else if f.is_dir() {
+        fs::remove_dir(&f).map_err(io(&f))?;
+    }
+    Ok(())
+}
+
+/// Forgets that `bridge` is accelerated (after `bridge release`).
+pub fn forget(state: &Path, bridge: &str) {
+    let dir = bridges_dir(state).join(bridge);
+    let _ = fs::remove_dir(dir.join("forced"));
+    let _ = fs::remove_dir(&dir);
+    let _ = fs::remove_dir(bridges_dir(state));
+}
+
+/// What one `bridge accelerate` (or the agent, after a link event) changed.
+#[derive(Debug, Default, Serialize)]
+pub struct BridgeSync {
+    /// Ports accelerated now.
+    pub added: Vec<EndpointView>,
+    /// Endpoints removed because their port is not that port any more (gone, left the
+    /// bridge, its container end has another MAC).
+    pub removed: Vec<String>,
+}
+
+/// One port of a bridge as `bridge status` shows it.
+#[derive(Debug, Serialize)]
+pub struct PortStatus {
+    pub port: String,
+    pub ifindex: u32,
+    pub accelerated: bool,
+    /// The container MAC the fast path delivers to (accelerated ports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_mac: Option<Mac>,
+    /// Why the port is not accelerated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `bridge status BR`.
+#[derive(Debug, Serialize)]
+pub struct BridgeStatus {
+    pub bridge: String,
+    pub ifindex: u32,
+    /// Recorded as accelerated (`bridge accelerate` ran and was not released).
+    pub accelerated: bool,
+    pub forced: bool,
+    pub ports: Vec<PortStatus>,
+    /// Endpoints still registered for ports that are gone (pruned by the next `bridge
+    /// accelerate` or by the agent; the datapath never delivers to them).
+    pub stale: Vec<String>,
+}
+
+fn bridge_link(bridge: &str) -> Result<netlink::Link, EndpointError> {
+    netlink::link_by_name(bridge)?
+        .filter(|l| l.kind.as_deref() == Some("bridge"))
+        .ok_or_else(|| EndpointError::NoSuchBridge(bridge.into()))
+}
+
+/// The bridge-port endpoints registered for `br` (by ifindex, or by name for a bridge that
+/// was deleted and made again).
+fn port_endpoints(
+    reg: &mut Registry,
+    br: &netlink::Link,
+) -> Result<Vec<EndpointView>, EndpointError> {
+    Ok(reg
+        .list()?
+        .into_iter()
+        .filter(|v| v.mode == "bridge" && (v.network_id == br.ifindex || v.network == br.name))
+        .collect())
+}
+
+/// Is `v` still the port it was registered for: the same interface, on `br`, with its peer in
+/// a namespace that still has the container end with the registered MAC?
+fn still_the_port(v: &EndpointView, br: &netlink::Link, links: &[netlink::Link]) -> bool {
+    let Some(link) = links.iter().find(|l| l.ifindex == v.host_ifindex) else {
+        return false;
+    };
+    if link.name != v.host_if
+        || link.master != Some(br.ifindex)
+        || v.network_id != br.ifindex
+        || link.link_netnsid.is_none()
+    {
+        return false;
+    }
+    let (Some(peer), Ok(ns)) = (link.peer_ifindex, Netns::open(&v.netns)) else {
+        return false;
+    };
+    matches!(
+        netlink::in_netns(&ns, || netlink::link_by_index(peer)),
+        Ok(Some(p)) if p.mac == Some(v.container_mac)
+    )
+}
+
+impl Registry {
+    /// Removes the endpoints of `bridge`'s ports that are not that port any more. Returns their
+    /// host interface names.
+    pub fn bridge_prune(&mut self, bridge: &str) -> Result<Vec<String>, EndpointError> {
+        let br = bridge_link(bridge)?;
+        let links = netlink::links()?;
+        let mut removed = Vec::new();
+        for v in port_endpoints(self, &br)? {
+            if !still_the_port(&v, &br, &links) {
+                self.remove_by_ifindex(v.host_ifindex)?;
+                removed.push(v.host_if);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// `bridge accelerate`: prunes what is gone, accelerates the ports not yet accelerated and
+    /// records the bridge as accelerated, so the agent keeps it so. A refusal while ports of
+    /// the bridge are accelerated from before says that their fast path stays.
+    pub fn bridge_sync(&mut self, bridge: &str, force: bool) -> Result<BridgeSync, EndpointError> {
+        let removed = self.bridge_prune(bridge)?;
+        match self.bridge_accelerate(bridge, force) {
+            Ok(added) => {
+                remember(self.datapath().dir(), bridge, force)?;
+                Ok(BridgeSync { added, removed })
+            }
+            Err(EndpointError::BridgeRefused(reason)) => {
+                let br = bridge_link(bridge)?;
+                let kept: Vec<String> = port_endpoints(self, &br)?
+                    .into_iter()
+                    .map(|v| v.host_if)
+                    .collect();
+                if kept.is_empty() {
+                    Err(EndpointError::BridgeRefused(reason))
+                } else {
+                    Err(EndpointError::BridgeRefusedKept {
+                        bridge: bridge.into(),
+                        reason,
+                        kept: kept.join(", "),
+                    })
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `bridge release`: every port back on the bridge path, and the bridge no longer followed.
+    pub fn bridge_release_all(&mut self, bridge: &str) -> Result<Vec<String>, EndpointError> {
+        let names = self.bridge_release(bridge)?;
+        forget(self.datapath().dir(), bridge);
+        Ok(names)
+    }
+
+    /// `bridge status BR`: which ports are accelerated and which are not (yet), and why.
+    pub fn bridge_status(&mut self, bridge: &str) -> Result<BridgeStatus, EndpointError> {
+        let br = bridge_link(bridge)?;
+        let links = netlink::links()?;
+        let eps = port_endpoints(self, &br)?;
+        let state = accelerated(self.datapath().dir());
+        let recorded = state.iter().find(|(n, _)| n == bridge);
+        let mut ports = Vec::new();
+        for l in links.iter().filter(|l| l.master == Some(br.ifindex)) {
+            let ep = eps
+                .iter()
+                .find(|v| v.host_ifindex == l.ifindex && still_the_port(v, &br, &links));
+            let reason = if ep.is_some() {
+                None
+            } else if l.kind.as_deref() != Some("veth") {
+                Some("not a veth: always on the bridge path".to_string())
+            } else if l.link_netnsid.is_none() {
+                Some("its peer is in the node namespace: always on the bridge path".to_string())
+            } else if recorded.is_some() {
+                Some(format!(
+                    "not yet: the agent accelerates it, or run `vethfp bridge accelerate {bridge}`"
+                ))
+            } else {
+                Some(format!("run `vethfp bridge accelerate {bridge}`"))
+            };
+            ports.push(PortStatus {
+                port: l.name.clone(),
+                ifindex: l.ifindex,
+                accelerated: ep.is_some(),
+                container_mac: ep.map(|v| v.container_mac),
+                reason,
+            });
+        }
+        let stale = eps
+            .iter()
+            .filter(|v| !still_the_port(v, &br, &links))
+            .map(|v| v.host_if.clone())
+            .collect();
+        Ok(BridgeStatus {
+            bridge: bridge.into(),
+            ifindex: br.ifindex,
+            accelerated: recorded.is_some(),
+            forced: recorded.is_some_and(|(_, f)| *f),
+            ports,
+            stale,
+        })
+    }
+}
+
+/// The agent's part: keeps every recorded bridge accelerated. On a link event about a port of
+/// one of them (a new or changed port; deletions are handled by the agent's endpoint cleanup)
+/// or with `all` (start, periodic safety net), prunes and accelerates that bridge. A refusal
+/// (a netfilter rule appeared, a port became isolated) leaves the bridge as it is and is logged.
+pub(crate) async fn follow(
+    shared: &Arc<crate::agent::Shared>,
+    batch: &[LinkEvent],
+    all: bool,
+) -> Result<(), crate::agent::AgentError> {
+    let state = accelerated(&shared.dir);
+    if state.is_empty() {
+        return Ok(());
+    }
+    let masters: Vec<u32> = batch
+        .iter()
+        .filter_map(|e| match e {
+            LinkEvent::Changed {
+                master: Some(m), ..
+            } => Some(*m),
+            _ => None,
+        })
+        .collect();
+    if !all && masters.is_empty() {
+        return Ok(());
+    }
+    let at = batch.iter().find_map(|e| match e {
+        LinkEvent::Changed { at, .. } => Some(*at),
+        _ => None,
+    });
+    let results = shared
+        .write(move |reg| {
+            let mut out = Vec::new();
+            for (bridge, forced) in state {
+                let Some(br) = netlink::link_by_name(&bridge)? else {
+                    continue; // gone for now; a bridge made again under the name is followed
+                };
+                if !all && !masters.contains(&br.ifindex) {
+                    continue;
+                }
+                out.push((bridge.clone(), reg.bridge_sync(&bridge, forced)));
+            }
+            Ok(out)
+        })
+        .await?;
+    for (bridge, r) in results {
+        match r {
+            Ok(s) if s.added.is_empty() && s.removed.is_empty() => {}
+            Ok(s) => tracing::info!(
+                bridge = %bridge,
+                added = %s.added.iter().map(|v| v.host_if.as_str()).collect::<Vec<_>>().join(","),
+                removed = %s.removed.join(","),
+                latency_us = at.map(|t: Instant| t.elapsed().as_micros() as u64).unwrap_or(0),
+                "bridge ports followed"
+            ),
+            Err(e) => tracing::warn!(bridge = %bridge, "not following the bridge's new ports: {e}"),
+        }
+    }
+    Ok(())
+}
 
 /// Every network namespace we can open, keyed by the id the node gives it (`link-netnsid`),
 /// with the spec to show for it: names under /run/netns, Docker's /run/docker/netns, and

@@ -25,6 +25,13 @@ pub enum LinkEvent {
         name: String,
         at: Instant,
     },
+    /// Interface `ifindex` was made or changed (RTM_NEWLINK): `master` is the bridge it is a
+    /// port of, if any (the agent follows the ports of accelerated bridges).
+    Changed {
+        ifindex: u32,
+        master: Option<u32>,
+        at: Instant,
+    },
     /// Notifications were lost: the state must be compared in full.
     Overrun,
 }
@@ -94,7 +101,21 @@ fn parse(mut data: &[u8], at: Instant) -> Vec<LinkEvent> {
         if len == 0 || len > data.len() {
             break;
         }
-        if let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len])
+        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len]).ok();
+        if let Some(NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link))) =
+            msg.as_ref().map(|m| &m.payload)
+        {
+            let master = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Controller(m) => Some(*m),
+                _ => None,
+            });
+            out.push(LinkEvent::Changed {
+                ifindex: link.header.index,
+                master,
+                at,
+            });
+        }
+        if let Some(msg) = msg
             && let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) = msg.payload
         {
             let name = link
