@@ -21,6 +21,9 @@ const DEB_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
+    // Docker end to end (tests/tests/docker_e2e.rs): the daemon and client of Debian's
+    // docker.io (20.10), run as /usr/sbin/dockerd and /usr/bin/docker.
+    "docker.io",
 ];
 /// Installed if the archive has it; its absence only costs the perf-based CPU figures.
 const OPTIONAL_DEB_PACKAGES: &[&str] = &["linux-perf"];
