@@ -1189,3 +1189,46 @@ fn agent_keeps_an_accelerated_bridge_accelerated() {
     udp_exact(&d, 0, 1, false);
     udp_exact(&d, 2, 1, true);
 }
+
+/// Issue 16, 4: a refusal on re-running `accelerate` while ports are accelerated from before
+/// says plainly that their fast path stays (and how to remove it); nothing changes.
+#[test]
+fn refusal_on_rerun_says_the_earlier_fast_path_stays() {
+    let mut d = Docker::new(2);
+    d.accelerate(&[]);
+    d.add();
+    d.node.ns.ip(&[
+        "link",
+        "set",
+        "veth2",
+        "type",
+        "bridge_slave",
+        "isolated",
+        "on",
+    ]);
+    let msg = d.node.fails(&["bridge", "accelerate", BR]);
+    for w in [
+        "isolated",
+        "stays in place on veth0, veth1",
+        "vethfp bridge release br0",
+    ] {
+        assert!(msg.contains(w), "refusal should say {w:?}: {msg}");
+    }
+    let listed: Vec<String> = d
+        .node
+        .list_json()
+        .iter()
+        .map(|e| e["host_if"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, ["veth0", "veth1"], "nothing added or removed");
+    // And the earlier fast path indeed still carries their traffic.
+    let (a, b) = (&d.ctrs[0], &d.ctrs[1]);
+    assert!(ping(a.name(), b.v4));
+    d.quiesce();
+    let before = d.node.stats("veth0");
+    assert_eq!(udp_transfer(a.name(), None, b.name(), b.v4, N, PAYLOAD), N);
+    assert_eq!(
+        d.node.stats("veth0").since(&before).from("fast"),
+        Count::new(N, N * udp_frame_len(b.v4, PAYLOAD))
+    );
+}

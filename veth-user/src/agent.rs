@@ -212,7 +212,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
 
 async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, AgentError> {
     let report = shared.write(|reg| reg.reconcile()).await?;
-    crate::bridge::follow(shared, &[], true).await?;
+    crate::bridge::follow(shared, &[], true).await;
     let m = &shared.metrics;
     m.reconciles.inc();
     m.reconcile_seconds.set(report.took.as_secs_f64());
@@ -268,7 +268,7 @@ async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<()
         reconcile(shared, "event overrun").await?;
         return Ok(());
     }
-    crate::bridge::follow(shared, &batch, false).await?;
+    crate::bridge::follow(shared, &batch, false).await;
     let ours: BTreeSet<u32> = {
         let sh = shared.clone();
         tokio::task::spawn_blocking(move || -> Result<BTreeSet<u32>, EndpointError> {

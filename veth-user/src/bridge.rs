@@ -253,7 +253,14 @@ impl Registry {
 /// one of them (a new or changed port; deletions are handled by the agent's endpoint cleanup)
 /// or with `all` (start, periodic safety net), prunes and accelerates that bridge. A refusal
 /// (a netfilter rule appeared, a port became isolated) leaves the bridge as it is and is logged.
-pub(crate) async fn follow(
+/// Never fails: what goes wrong is logged, and the agent's other work goes on.
+pub(crate) async fn follow(shared: &Arc<crate::agent::Shared>, batch: &[LinkEvent], all: bool) {
+    if let Err(e) = follow_bridges(shared, batch, all).await {
+        tracing::warn!("following accelerated bridges failed: {e}");
+    }
+}
+
+async fn follow_bridges(
     shared: &Arc<crate::agent::Shared>,
     batch: &[LinkEvent],
     all: bool,
