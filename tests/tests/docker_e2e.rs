@@ -647,11 +647,11 @@ fn docker_user_drop_holds_after_accelerating() {
     udp_counted(&d, &node, &c1, &c2, true);
 }
 
-/// Needs netfilter admission (issue 12): with `--userland-proxy=false` a container reaches a
-/// published port through hairpin DNAT on the gateway address; the DNAT'd flow must never be
-/// fast-pathed (its replies would skip the reverse NAT).
+/// With `--userland-proxy=false` a container reaches a published port through hairpin DNAT
+/// on the gateway address; the DNAT'd flow must never be fast-pathed (its replies would skip
+/// the reverse NAT). Under `admission always` accelerate refuses (the nat table's DNAT);
+/// under netfilter admission it accelerates and the flow is never admitted.
 #[test]
-#[ignore = "needs netfilter admission (issue 12); run with --ignored once it is merged"]
 fn docker_hairpin_dnat_without_userland_proxy() {
     let _machine = MachineUntouched(machine_rules());
     let node = Node::new();
@@ -666,8 +666,13 @@ fn docker_hairpin_dnat_without_userland_proxy() {
     );
     let published = SocketAddr::new(srv.gw, 18080);
     echo_eventually(&c1.ns, published, 10_000).expect("plain bridge: hairpin DNAT works");
-    node.ok(&["bridge", "accelerate", "docker0"]);
-    echo_eventually(&c1.ns, published, 100_000).expect("accelerated: hairpin DNAT");
+    let out = node.vethfp(&["bridge", "accelerate", "docker0"]);
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        assert!(msg.contains("hairpin") && msg.contains("DNAT"), "{msg}");
+        assert_eq!(node.list_json(), Vec::<Value>::new());
+    }
+    echo_eventually(&c1.ns, published, 100_000).expect("hairpin DNAT after accelerate");
     echo_eventually(node.ns.name(), published, 100_000).expect("node -> published port");
     drop((c1, srv));
 }

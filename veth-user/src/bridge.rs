@@ -392,8 +392,43 @@ pub fn netfilter_check(bridge: &str) -> Result<(), String> {
                 "{sysctl}=1 and the netfilter rule `{rule}` can drop or change traffic between ports of {bridge}"
             ));
         }
+        // Hairpin NAT (Docker with --userland-proxy=false): a container's connection to a
+        // published port is DNAT'd to another port of the bridge, whose replies are bridged
+        // back and un-NAT'd by br_netfilter's conntrack. The fast path would hand the replies
+        // over untranslated.
+        let nat = Command::new(tool).args(["-t", "nat"]).output().map_err(|e| {
+            format!("{sysctl}=1 sends bridged traffic through netfilter and {tool} -t nat could not be run to check the rules ({e})")
+        })?;
+        if !nat.status.success() {
+            return Err(format!(
+                "{sysctl}=1 sends bridged traffic through netfilter and {tool} -t nat failed to list the rules"
+            ));
+        }
+        if let Some(rule) = hairpin_dnat_rule(&String::from_utf8_lossy(&nat.stdout), bridge) {
+            return Err(format!(
+                "{sysctl}=1 and the NAT rule `{rule}` can translate connections from ports of {bridge} to other ports of it (hairpin NAT; Docker's --userland-proxy=false), whose replies the fast path would deliver untranslated"
+            ));
+        }
     }
     Ok(())
+}
+
+/// A DNAT rule of the nat table that can take packets coming in from `bridge` (no `-i`, `-i`
+/// the bridge or a wildcard covering it, or `! -i` another interface).
+fn hairpin_dnat_rule<'a>(rules: &'a str, bridge: &str) -> Option<&'a str> {
+    rules.lines().find(|line| {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.first() != Some(&"-A") || !w.windows(2).any(|p| p == ["-j", "DNAT"]) {
+            return false;
+        }
+        w.iter().position(|x| *x == "-i").is_none_or(|i| {
+            let negated = i > 0 && w[i - 1] == "!";
+            let same = w.get(i + 1).is_some_and(|v| {
+                *v == bridge || v.ends_with('+') && bridge.starts_with(&v[..v.len() - 1])
+            });
+            same != negated
+        })
+    })
 }
 
 /// A rule that could drop traffic between two ports of `bridge`: walking the filter table
@@ -515,6 +550,21 @@ mod tests {
 -A DOCKER-USER -j RETURN
 COMMIT
 ";
+
+    #[test]
+    fn hairpin_dnat_only_without_the_userland_proxy() {
+        use super::hairpin_dnat_rule;
+        // Docker's published port with the userland proxy: not from docker0.
+        let proxy = "*nat\n-A DOCKER -i docker0 -j RETURN\n-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.3:80\nCOMMIT\n";
+        assert_eq!(hairpin_dnat_rule(proxy, "docker0"), None);
+        // Without it (--userland-proxy=false): from every interface, docker0 included.
+        let hairpin = "*nat\n-A DOCKER -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.3:80\nCOMMIT\n";
+        assert!(hairpin_dnat_rule(hairpin, "docker0").is_some());
+        // A DNAT for traffic from another bridge is irrelevant.
+        let other = "-A PREROUTING -i br-1 -j DNAT --to-destination 10.0.0.1\n";
+        assert_eq!(hairpin_dnat_rule(other, "docker0"), None);
+        assert!(hairpin_dnat_rule(other, "br-1").is_some());
+    }
 
     #[test]
     fn docker_default_allows_intra_bridge() {
