@@ -209,9 +209,19 @@ impl Registry {
         let recorded = state.iter().find(|(n, _)| n == bridge);
         let mut ports = Vec::new();
         for l in links.iter().filter(|l| l.master == Some(br.ifindex)) {
-            let ep = eps
-                .iter()
-                .find(|v| v.host_ifindex == l.ifindex && still_the_port(v, &br, &links));
+            // Accelerated = the datapath delivers to it: registered, still that port, and its
+            // MAC published in VFP_L2 (the last step of registering, so a port being
+            // registered right now is not shown as accelerated yet).
+            let ep = eps.iter().find(|v| {
+                v.host_ifindex == l.ifindex
+                    && still_the_port(v, &br, &links)
+                    && self
+                        .datapath()
+                        .l2()
+                        .ok()
+                        .and_then(|m| m.get(&v.container_mac.0, 0).ok())
+                        .is_some_and(|t| t.ifindex == v.host_ifindex)
+            });
             let reason = if ep.is_some() {
                 None
             } else if l.kind.as_deref() != Some("veth") {
