@@ -1232,3 +1232,32 @@ fn refusal_on_rerun_says_the_earlier_fast_path_stays() {
         Count::new(N, N * udp_frame_len(b.v4, PAYLOAD))
     );
 }
+
+/// A recorded bridge that was deleted (`docker network rm`) can still be released: its
+/// endpoints go and the record is forgotten, so the agent stops following the name.
+#[test]
+fn release_of_a_deleted_bridge_forgets_it() {
+    let d = Docker::new(2);
+    d.accelerate(&[]);
+    assert!(
+        d.node
+            .bpffs
+            .files()
+            .iter()
+            .any(|f| f.ends_with("bridges/br0")),
+        "recorded: {:?}",
+        d.node.bpffs.files()
+    );
+    d.node.ns.ip(&["link", "del", BR]);
+    let out = d.node.ok(&["bridge", "release", BR]);
+    assert!(out.contains("2 port(s) released"), "{out}");
+    assert_eq!(d.node.list_json(), Vec::<Value>::new());
+    let left: Vec<String> = d
+        .node
+        .bpffs
+        .files()
+        .into_iter()
+        .filter(|f| f.contains("bridges"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

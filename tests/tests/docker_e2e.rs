@@ -560,7 +560,7 @@ fn docker_icc_false_network_stays_isolated() {
 /// enforced); one added after accelerating must never be silently bypassed: re-running
 /// `accelerate` either says the earlier fast path stays, or (admission) the rule holds.
 #[test]
-fn docker_user_rule_after_accelerating_is_not_silently_bypassed() {
+fn docker_user_rules_before_and_after_accelerating() {
     let _machine = MachineUntouched(machine_rules());
     let node = Node::new();
     let Some(d) = Dockerd::start(&node, &[]) else {
@@ -568,32 +568,77 @@ fn docker_user_rule_after_accelerating_is_not_silently_bypassed() {
     };
     let c1 = d.run("c1", &[], &[]);
     let c2 = d.run("c2", &[], &[]);
-    node.ok(&["bridge", "accelerate", "docker0"]);
-    let rule = [
-        "-I",
-        "DOCKER-USER",
-        "-p",
-        "udp",
-        "--dport",
-        "9999",
-        "-j",
-        "DROP",
-    ];
-    let out = run_in_netns(node.ns.name(), move || {
-        Command::new("iptables").args(rule).output().unwrap()
-    });
-    assert!(out.status.success(), "iptables: {out:?}");
+    let rule = |op: &'static str| {
+        let out = run_in_netns(node.ns.name(), move || {
+            Command::new("iptables")
+                .args([
+                    op,
+                    "DOCKER-USER",
+                    "-p",
+                    "udp",
+                    "--dport",
+                    "9999",
+                    "-j",
+                    "DROP",
+                ])
+                .output()
+                .unwrap()
+        });
+        assert!(out.status.success(), "iptables {op}: {out:?}");
+    };
+    // Before.
+    rule("-I");
+    assert!(
+        udp_blocked(&c1, &c2, 9999),
+        "the rule holds on the plain bridge"
+    );
     let out = node.vethfp(&["bridge", "accelerate", "docker0"]);
-    if !out.status.success() {
+    if out.status.success() {
+        assert!(
+            udp_blocked(&c1, &c2, 9999),
+            "accelerated: the rule must still hold"
+        );
+    } else {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        assert!(msg.contains("DOCKER-USER") && msg.contains("9999"), "{msg}");
+        assert_eq!(node.list_json(), Vec::<Value>::new());
+        rule("-D");
+        node.ok(&["bridge", "accelerate", "docker0"]);
+        // After.
+        rule("-I");
+    }
+    assert_eq!(node.list_json().len(), 2);
+    let out = node.vethfp(&["bridge", "accelerate", "docker0"]);
+    if out.status.success() {
+        assert!(
+            udp_blocked(&c1, &c2, 9999),
+            "added after: the rule must hold"
+        );
+    } else {
         let msg = String::from_utf8_lossy(&out.stderr);
         assert!(
             msg.contains("stays in place") && msg.contains("bridge release docker0"),
             "a refusal must say the earlier fast path stays: {msg}"
         );
     }
-    // The other ports' traffic keeps flowing either way.
+    // The other traffic keeps flowing, on the fast path.
     udp_counted(&d, &node, &c1, &c2, true);
     drop((c1, c2));
+}
+
+/// True if nothing of 10 datagrams from `a` to `b`'s UDP `port` arrives within a second.
+fn udp_blocked(a: &Ctr, b: &Ctr, port: u16) -> bool {
+    let rx = SocketAddr::new(b.ip, port);
+    let sock = run_in_netns(&b.ns, move || std::net::UdpSocket::bind(rx).unwrap());
+    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    run_in_netns(&a.ns, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..10 {
+            s.send_to(b"x", rx).unwrap();
+        }
+    });
+    let mut buf = [0u8; 16];
+    sock.recv(&mut buf).is_err()
 }
 
 /// Needs netfilter admission (issue 12): a DOCKER-USER DROP added after accelerating holds
@@ -630,18 +675,8 @@ fn docker_user_drop_holds_after_accelerating() {
     block("9998");
     node.ok(&["bridge", "accelerate", "docker0"]);
     block("9999");
-    let rx = SocketAddr::new(c2.ip, 9999);
-    let got = run_in_netns(&c2.ns, move || std::net::UdpSocket::bind(rx).unwrap());
-    got.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    run_in_netns(&c1.ns, move || {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-        for _ in 0..10 {
-            s.send_to(b"x", rx).unwrap();
-        }
-    });
-    let mut buf = [0u8; 16];
     assert!(
-        got.recv(&mut buf).is_err(),
+        udp_blocked(&c1, &c2, 9999),
         "the DOCKER-USER DROP was bypassed"
     );
     udp_counted(&d, &node, &c1, &c2, true);

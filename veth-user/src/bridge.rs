@@ -194,8 +194,25 @@ impl Registry {
     }
 
     /// `bridge release`: every port back on the bridge path, and the bridge no longer followed.
+    /// A bridge that is gone (`docker network rm`) but recorded is released too: its
+    /// endpoints are removed and the record forgotten.
     pub fn bridge_release_all(&mut self, bridge: &str) -> Result<Vec<String>, EndpointError> {
-        let names = self.bridge_release(bridge)?;
+        let recorded = accelerated(self.datapath().dir())
+            .iter()
+            .any(|(n, _)| n == bridge);
+        let names = match self.bridge_release(bridge) {
+            Err(EndpointError::NoSuchBridge(_)) if recorded => {
+                let mut names = Vec::new();
+                for v in self.list()? {
+                    if v.mode == "bridge" && v.network == bridge {
+                        self.remove_by_ifindex(v.host_ifindex)?;
+                        names.push(v.host_if);
+                    }
+                }
+                names
+            }
+            r => r?,
+        };
         forget(self.datapath().dir(), bridge);
         Ok(names)
     }
