@@ -258,8 +258,16 @@ fn agent_accelerates_ports_added_to_a_bridge() {
 
     let agent = Agent::start(&node, &["--reconcile-interval", "1"]);
     let (p3, _c3) = plug(&node, 3, "10.2.0.4/24");
+    // Accelerated per `bridge status`: registered and published (`pair list` shows an endpoint
+    // from the first step of registering on).
     poll("the agent to accelerate the new port", || {
-        node.list_entry(&p3).is_some()
+        let st: serde_json::Value =
+            serde_json::from_str(&node.ok(&["bridge", "status", "vbr0", "--json"])).unwrap();
+        st["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["port"] == p3.as_str() && p["accelerated"] == true)
     });
     let e = node.list_entry(&p3).unwrap();
     assert_eq!(e["mode"], "bridge", "{e}");

@@ -980,3 +980,284 @@ fn refuses_forward_drop_policy_unless_the_bridge_is_accepted() {
     assert_accelerated(&d);
     udp_exact(&d, 0, 1, false);
 }
+
+impl Docker {
+    /// What `docker restart` (stop + start, or rm + run reusing the IP) does to container `i`:
+    /// its veth is deleted and a new one made under another host end name (new ifindex), with
+    /// the same container MAC (Docker derives it from the IP) and the same addresses. The
+    /// other containers' neighbour entries for it stay valid, as under Docker.
+    fn restart(&mut self, i: usize) {
+        let old = self.ctrs[i].port.clone();
+        self.node.ns.ip(&["link", "del", &old]);
+        let port = format!(
+            "vr{i}-{}",
+            self.node
+                .ns
+                .ip_json(&["link", "show"])
+                .as_array()
+                .unwrap()
+                .len()
+        );
+        let c = &self.ctrs[i];
+        let ns = &c.ns;
+        self.node.ns.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "address",
+            &c.mac,
+            "netns",
+            ns.name(),
+        ]);
+        for fam in ["ipv4", "ipv6"] {
+            ns.sysctl(
+                &format!("net.{fam}.neigh.eth0.base_reachable_time_ms"),
+                "3600000",
+            );
+        }
+        self.node.ns.ip(&["link", "set", &port, "master", BR, "up"]);
+        ns.ip(&["addr", "add", &format!("{}/24", c.v4), "dev", "eth0"]);
+        ns.ip(&["addr", "add", &format!("{}/64", c.v6), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", "default", "via", GW4]);
+        ns.ip(&["-6", "route", "add", "default", "via", GW6]);
+        ns.wait_addrs_ready(Duration::from_secs(10));
+        self.node.ns.wait_addrs_ready(Duration::from_secs(10));
+        self.ctrs[i].port = port;
+    }
+
+    fn status(&self) -> Value {
+        let out = self.node.ok(&["bridge", "status", BR, "--json"]);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("bridge status: bad JSON ({e}): {out}"))
+    }
+
+    /// Ports of `bridge status` that are accelerated / not, and the stale endpoints.
+    fn status_sets(&self) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let st = self.status();
+        let names = |accel: bool| {
+            let mut v: Vec<String> = st["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["accelerated"] == accel)
+                .map(|p| p["port"].as_str().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        let stale = st["stale"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect();
+        (names(true), names(false), stale)
+    }
+}
+
+/// Issue 16, 1: a restarted container (new veth, same MAC and IP) is reached through the
+/// bridge at once, without running `accelerate` again, and not one packet for it is counted
+/// fast: the stale entry names a gone port, and the datapath checks its targets.
+#[test]
+fn restarted_container_is_reached_and_never_counted_fast() {
+    let mut d = Docker::new(3);
+    d.accelerate(&[]);
+    udp_exact(&d, 0, 1, false);
+    d.restart(1);
+    for (a, b) in [(0, 1), (1, 0), (2, 1)] {
+        for ip in [d.ctrs[b].v4, d.ctrs[b].v6] {
+            assert!(
+                ping(d.ctrs[a].name(), ip),
+                "ping {ip} from container {a} after the restart"
+            );
+        }
+    }
+    for v6 in [false, true] {
+        d.quiesce();
+        let before = d.node.all_stats();
+        let dst = if v6 { d.ctrs[1].v6 } else { d.ctrs[1].v4 };
+        let got = udp_transfer(d.ctrs[0].name(), None, d.ctrs[1].name(), dst, N, PAYLOAD);
+        assert_eq!(got, N, "datagrams to the restarted container {dst}");
+        let dl = d.node.all_stats()[&d.ctrs[0].port].since(&before[&d.ctrs[0].port]);
+        assert_no_drops(&dl);
+        assert_eq!(dl.from("fast"), zero(), "{dst}: nothing counted fast");
+        assert_eq!(
+            dl.from("stack"),
+            Count::new(N, N * udp_frame_len(dst, PAYLOAD)),
+            "{dst}: every datagram counted on the bridge path"
+        );
+    }
+    // From the restarted (not yet accelerated) container: the bridge delivers.
+    assert_eq!(
+        udp_transfer(
+            d.ctrs[1].name(),
+            None,
+            d.ctrs[2].name(),
+            d.ctrs[2].v4,
+            N,
+            PAYLOAD
+        ),
+        N
+    );
+    // Issue 16, 2: accelerate again picks the new port up and prunes the gone one.
+    let out = d.accelerate(&[]);
+    assert!(
+        out.contains(&format!("1 port(s) accelerated: {}", d.ctrs[1].port)),
+        "{out}"
+    );
+    assert!(out.contains("1 gone port(s) removed: veth1"), "{out}");
+    assert_accelerated(&d);
+    assert_eq!(d.node.list_json().len(), 3, "no stale endpoint left");
+    udp_exact(&d, 0, 1, false);
+    udp_exact(&d, 1, 2, true);
+}
+
+/// Issue 16, 3 without the agent: `bridge status` tells accelerated ports from ports added
+/// later and from endpoints of gone ports; `accelerate` settles all of them.
+#[test]
+fn bridge_status_shows_ports_not_yet_accelerated_and_gone_ones() {
+    let mut d = Docker::new(2);
+    let st = d.status();
+    assert_eq!(st["accelerated"], false, "{st}");
+    d.accelerate(&[]);
+    d.restart(1);
+    d.add();
+    let st = d.status();
+    assert_eq!(st["accelerated"], true, "{st}");
+    let (fast, slow, stale) = d.status_sets();
+    assert_eq!(fast, ["veth0"], "{st}");
+    let mut want = vec![d.ctrs[1].port.clone(), d.ctrs[2].port.clone()];
+    want.sort();
+    assert_eq!(slow, want, "{st}");
+    assert_eq!(stale, ["veth1"], "{st}");
+    let reason = st["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == "veth2")
+        .unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("not yet"), "{reason}");
+    d.accelerate(&[]);
+    let (fast, slow, stale) = d.status_sets();
+    assert_eq!(
+        (fast.len(), slow.len(), stale.len()),
+        (3, 0, 0),
+        "{}",
+        d.status()
+    );
+    assert_accelerated(&d);
+    // Released: no longer recorded, nothing accelerated.
+    d.node.ok(&["bridge", "release", BR]);
+    let st = d.status();
+    assert_eq!(st["accelerated"], false, "{st}");
+    assert_not_accelerated(&d);
+}
+
+/// Issue 16, 3 with the agent: new ports of an accelerated bridge are accelerated and gone
+/// ones removed on the link events, without running `accelerate` again.
+#[test]
+fn agent_keeps_an_accelerated_bridge_accelerated() {
+    let mut d = Docker::new(2);
+    d.accelerate(&[]);
+    let _agent = vethfp_tests::Agent::start(&d.node, &["--reconcile-interval", "3600"]);
+    d.restart(1);
+    d.add();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (fast, slow, stale) = d.status_sets();
+        if fast.len() == 3 && slow.is_empty() && stale.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not follow the bridge: {}",
+            d.status()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_accelerated(&d);
+    assert_eq!(d.node.list_json().len(), 3);
+    udp_exact(&d, 0, 1, false);
+    udp_exact(&d, 2, 1, true);
+}
+
+/// Issue 16, 4: a refusal on re-running `accelerate` while ports are accelerated from before
+/// says plainly that their fast path stays (and how to remove it); nothing changes.
+#[test]
+fn refusal_on_rerun_says_the_earlier_fast_path_stays() {
+    let mut d = Docker::new(2);
+    d.accelerate(&[]);
+    d.add();
+    d.node.ns.ip(&[
+        "link",
+        "set",
+        "veth2",
+        "type",
+        "bridge_slave",
+        "isolated",
+        "on",
+    ]);
+    let msg = d.node.fails(&["bridge", "accelerate", BR]);
+    for w in [
+        "isolated",
+        "stays in place on veth0, veth1",
+        "vethfp bridge release br0",
+    ] {
+        assert!(msg.contains(w), "refusal should say {w:?}: {msg}");
+    }
+    let listed: Vec<String> = d
+        .node
+        .list_json()
+        .iter()
+        .map(|e| e["host_if"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, ["veth0", "veth1"], "nothing added or removed");
+    // And the earlier fast path indeed still carries their traffic.
+    let (a, b) = (&d.ctrs[0], &d.ctrs[1]);
+    assert!(ping(a.name(), b.v4));
+    d.quiesce();
+    let before = d.node.stats("veth0");
+    assert_eq!(udp_transfer(a.name(), None, b.name(), b.v4, N, PAYLOAD), N);
+    assert_eq!(
+        d.node.stats("veth0").since(&before).from("fast"),
+        Count::new(N, N * udp_frame_len(b.v4, PAYLOAD))
+    );
+}
+
+/// A recorded bridge that was deleted (`docker network rm`) can still be released: its
+/// endpoints go and the record is forgotten, so the agent stops following the name.
+#[test]
+fn release_of_a_deleted_bridge_forgets_it() {
+    let d = Docker::new(2);
+    d.accelerate(&[]);
+    assert!(
+        d.node
+            .bpffs
+            .files()
+            .iter()
+            .any(|f| f.ends_with("bridges/br0")),
+        "recorded: {:?}",
+        d.node.bpffs.files()
+    );
+    d.node.ns.ip(&["link", "del", BR]);
+    let out = d.node.ok(&["bridge", "release", BR]);
+    assert!(out.contains("2 port(s) released"), "{out}");
+    assert_eq!(d.node.list_json(), Vec::<Value>::new());
+    let left: Vec<String> = d
+        .node
+        .bpffs
+        .files()
+        .into_iter()
+        .filter(|f| f.contains("bridges"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

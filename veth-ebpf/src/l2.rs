@@ -10,6 +10,7 @@ use network_types::eth::EthHdr;
 use veth_common::{CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, Target, V_FAST, V_STACK};
 
 use crate::{
+    deliver,
     maps::{VFP_ENDPOINTS, VFP_L2, config_flags, count},
     route::ptr_at,
     tc::{TCX_NEXT, redirect_peer},
@@ -34,7 +35,11 @@ pub fn vfp_l2_ingress(ctx: TcContext) -> i32 {
         {
             // SAFETY: pointer from a successful lookup, copied once.
             let t = unsafe { *t };
-            if t.network == bridge && t.ifindex != ifindex && fits(&ctx, len, &t) {
+            if t.network == bridge
+                && t.ifindex != ifindex
+                && fits(&ctx, len, &t)
+                && deliver::tc_target_ok(&ctx, &t)
+            {
                 return redirect_peer(slot, DIR_FROM_CONTAINER, V_FAST, &t, len);
             }
         }

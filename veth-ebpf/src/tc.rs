@@ -30,6 +30,7 @@ use veth_common::{
 };
 
 use crate::{
+    deliver,
     maps::{VFP_ENDPOINTS, VFP_UPLINKS, config_flags, count},
     route::{self, L3, Pkt},
     spoof,
@@ -140,7 +141,11 @@ fn forward(
     let pkt = route::parse(ctx.data(), ctx.data_end(), len)?;
     if let Some(t) = pkt.local_target() {
         // Across networks, the node's routing and firewall decide.
-        if t.ifindex == ifindex || t.network != network || !fits(ctx, &pkt, len, &t) {
+        if t.ifindex == ifindex
+            || t.network != network
+            || !fits(ctx, &pkt, len, &t)
+            || !deliver::tc_target_ok(ctx, &t)
+        {
             return None;
         }
         pkt.rewrite(t.container_mac, t.host_mac);
@@ -313,6 +318,7 @@ pub fn vfp_uplink_ingress(ctx: TcContext) -> i32 {
         if let Some(pkt) = route::parse(ctx.data(), ctx.data_end(), len)
             && let Some(t) = pkt.local_target()
             && fits(&ctx, &pkt, len, &t)
+            && deliver::tc_target_ok(&ctx, &t)
         {
             pkt.rewrite(t.container_mac, t.host_mac);
             return redirect_peer(slot, DIR_TO_CONTAINER, V_FAST_UPLINK, &t, len);

@@ -17,6 +17,7 @@ use veth_common::{
 };
 
 use crate::{
+    deliver,
     maps::{VFP_DEVMAP, VFP_ENDPOINTS, config_flags, count},
     route, spoof,
 };
@@ -56,6 +57,7 @@ pub fn vfp_xdp(ctx: XdpContext) -> u32 {
         || t.network != network
         || hop.pkt.l3_len() > t.mtu
         || VFP_DEVMAP.get_ifindex(t.ifindex).is_none()
+        || !deliver::same_endpoint(&t)
     {
         return xdp_action::XDP_PASS;
     }

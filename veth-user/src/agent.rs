@@ -152,7 +152,7 @@ impl Shared {
     /// Runs `f` on a blocking thread with the state lock held (waiting for a CLI write to
     /// finish first, never the other way round). The state is re-opened first if it was
     /// removed or replaced, and bound to this node namespace (refused if another owns it).
-    async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, AgentError>
+    pub(crate) async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, AgentError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Registry) -> Result<T, EndpointError> + Send + 'static,
@@ -278,6 +278,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
 
 async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, AgentError> {
     let report = shared.write(|reg| reg.reconcile()).await?;
+    crate::bridge::follow(shared, &[], true).await;
     let m = &shared.metrics;
     m.reconciles.inc();
     m.reconcile_seconds.set(report.took.as_secs_f64());
@@ -337,6 +338,7 @@ async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<()
         reconcile(shared, "event overrun").await?;
         return Ok(());
     }
+    crate::bridge::follow(shared, &batch, false).await;
     let ours: BTreeSet<u32> = {
         let sh = shared.clone();
         tokio::task::spawn_blocking(move || -> Result<BTreeSet<u32>, EndpointError> {

@@ -1,9 +1,353 @@
-//! Bridge bypass helpers: finding the namespaces behind a bridge's veth ports, and deciding
-//! whether netfilter would see (and could drop or change) traffic between the ports.
+//! Bridge bypass helpers: finding the namespaces behind a bridge's veth ports, deciding
+//! whether netfilter would see (and could drop or change) traffic between the ports, and
+//! keeping an accelerated bridge accelerated while its ports come and go (container churn).
+//!
+//! Which bridges are accelerated is state: a directory `bridges/NAME` in the state directory
+//! (bpffs holds only pins and directories), with a subdirectory `forced` when `--force` was
+//! given. `bridge accelerate` writes it, `bridge release` removes it; the agent follows link
+//! events of the ports of every bridge listed there.
 
-use std::{collections::HashMap, fs, process::Command};
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    time::Instant,
+};
 
-use crate::netlink::{self, NetlinkError, Netns};
+use serde::Serialize;
+
+use crate::{
+    endpoint::{EndpointError, EndpointView, Registry},
+    events::LinkEvent,
+    netlink::{self, NetlinkError, Netns},
+    types::Mac,
+};
+
+fn bridges_dir(state: &Path) -> PathBuf {
+    state.join("bridges")
+}
+
+/// The accelerated bridges recorded in `state`: (name, forced).
+pub fn accelerated(state: &Path) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = fs::read_dir(bridges_dir(state))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let forced = e.path().join("forced").is_dir();
+            (e.file_name().to_string_lossy().into_owned(), forced)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn remember(state: &Path, bridge: &str, forced: bool) -> Result<(), EndpointError> {
+    let dir = bridges_dir(state).join(bridge);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EndpointError::State { path, source }
+    };
+    fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let f = dir.join("forced");
+    if forced {
+        fs::create_dir_all(&f).map_err(io(&f))?;
+    } else if f.is_dir() {
+        fs::remove_dir(&f).map_err(io(&f))?;
+    }
+    Ok(())
+}
+
+/// Forgets that `bridge` is accelerated (after `bridge release`).
+pub fn forget(state: &Path, bridge: &str) {
+    let dir = bridges_dir(state).join(bridge);
+    let _ = fs::remove_dir(dir.join("forced"));
+    let _ = fs::remove_dir(&dir);
+    let _ = fs::remove_dir(bridges_dir(state));
+}
+
+/// What one `bridge accelerate` (or the agent, after a link event) changed.
+#[derive(Debug, Default, Serialize)]
+pub struct BridgeSync {
+    /// Ports accelerated now.
+    pub added: Vec<EndpointView>,
+    /// Endpoints removed because their port is not that port any more (gone, left the
+    /// bridge, its container end has another MAC).
+    pub removed: Vec<String>,
+    /// Ports not accelerated, with the reason (never reported as success).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// One port of a bridge as `bridge status` shows it.
+#[derive(Debug, Serialize)]
+pub struct PortStatus {
+    pub port: String,
+    pub ifindex: u32,
+    pub accelerated: bool,
+    /// The container MAC the fast path delivers to (accelerated ports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_mac: Option<Mac>,
+    /// Why the port is not accelerated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `bridge status BR`.
+#[derive(Debug, Serialize)]
+pub struct BridgeStatus {
+    pub bridge: String,
+    pub ifindex: u32,
+    /// Recorded as accelerated (`bridge accelerate` ran and was not released).
+    pub accelerated: bool,
+    pub forced: bool,
+    pub ports: Vec<PortStatus>,
+    /// Endpoints still registered for ports that are gone (pruned by the next `bridge
+    /// accelerate` or by the agent; the datapath never delivers to them).
+    pub stale: Vec<String>,
+}
+
+fn bridge_link(bridge: &str) -> Result<netlink::Link, EndpointError> {
+    netlink::link_by_name(bridge)?
+        .filter(|l| l.kind.as_deref() == Some("bridge"))
+        .ok_or_else(|| EndpointError::NoSuchBridge(bridge.into()))
+}
+
+/// The bridge-port endpoints registered for `br` (by ifindex, or by name for a bridge that
+/// was deleted and made again).
+fn port_endpoints(
+    reg: &mut Registry,
+    br: &netlink::Link,
+) -> Result<Vec<EndpointView>, EndpointError> {
+    Ok(reg
+        .list()?
+        .into_iter()
+        .filter(|v| v.mode == "bridge" && (v.network_id == br.ifindex || v.network == br.name))
+        .collect())
+}
+
+/// Is `v` still the port it was registered for: the same interface, on `br`, with its peer in
+/// a namespace that still has the container end with the registered MAC?
+fn still_the_port(v: &EndpointView, br: &netlink::Link, links: &[netlink::Link]) -> bool {
+    let Some(link) = links.iter().find(|l| l.ifindex == v.host_ifindex) else {
+        return false;
+    };
+    if link.name != v.host_if
+        || link.master != Some(br.ifindex)
+        || v.network_id != br.ifindex
+        || link.link_netnsid.is_none()
+    {
+        return false;
+    }
+    let (Some(peer), Ok(ns)) = (link.peer_ifindex, Netns::open(&v.netns)) else {
+        return false;
+    };
+    matches!(
+        netlink::in_netns(&ns, || netlink::link_by_index(peer)),
+        Ok(Some(p)) if p.mac == Some(v.container_mac)
+    )
+}
+
+impl Registry {
+    /// Removes the endpoints of `bridge`'s ports that are not that port any more. Returns their
+    /// host interface names.
+    pub fn bridge_prune(&mut self, bridge: &str) -> Result<Vec<String>, EndpointError> {
+        let br = bridge_link(bridge)?;
+        let links = netlink::links()?;
+        let mut removed = Vec::new();
+        for v in port_endpoints(self, &br)? {
+            if !still_the_port(&v, &br, &links) {
+                self.remove_by_ifindex(v.host_ifindex)?;
+                removed.push(v.host_if);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// `bridge accelerate`: prunes what is gone, accelerates the ports not yet accelerated and
+    /// records the bridge as accelerated, so the agent keeps it so. A refusal while ports of
+    /// the bridge are accelerated from before says that their fast path stays.
+    pub fn bridge_sync(&mut self, bridge: &str, force: bool) -> Result<BridgeSync, EndpointError> {
+        let removed = self.bridge_prune(bridge)?;
+        match self.bridge_accelerate(bridge, force) {
+            Ok((added, skipped)) => {
+                remember(self.datapath().dir(), bridge, force)?;
+                Ok(BridgeSync {
+                    added,
+                    removed,
+                    skipped,
+                })
+            }
+            Err(EndpointError::BridgeRefused(reason)) => {
+                let br = bridge_link(bridge)?;
+                let kept: Vec<String> = port_endpoints(self, &br)?
+                    .into_iter()
+                    .map(|v| v.host_if)
+                    .collect();
+                if kept.is_empty() {
+                    Err(EndpointError::BridgeRefused(reason))
+                } else {
+                    Err(EndpointError::BridgeRefusedKept {
+                        bridge: bridge.into(),
+                        reason,
+                        kept: kept.join(", "),
+                    })
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `bridge release`: every port back on the bridge path, and the bridge no longer followed.
+    /// A bridge that is gone (`docker network rm`) but recorded is released too: its
+    /// endpoints are removed and the record forgotten.
+    pub fn bridge_release_all(&mut self, bridge: &str) -> Result<Vec<String>, EndpointError> {
+        let recorded = accelerated(self.datapath().dir())
+            .iter()
+            .any(|(n, _)| n == bridge);
+        let names = match self.bridge_release(bridge) {
+            Err(EndpointError::NoSuchBridge(_)) if recorded => {
+                let mut names = Vec::new();
+                for v in self.list()? {
+                    if v.mode == "bridge" && v.network == bridge {
+                        self.remove_by_ifindex(v.host_ifindex)?;
+                        names.push(v.host_if);
+                    }
+                }
+                names
+            }
+            r => r?,
+        };
+        forget(self.datapath().dir(), bridge);
+        Ok(names)
+    }
+
+    /// `bridge status BR`: which ports are accelerated and which are not (yet), and why.
+    pub fn bridge_status(&mut self, bridge: &str) -> Result<BridgeStatus, EndpointError> {
+        let br = bridge_link(bridge)?;
+        let links = netlink::links()?;
+        let eps = port_endpoints(self, &br)?;
+        let state = accelerated(self.datapath().dir());
+        let recorded = state.iter().find(|(n, _)| n == bridge);
+        let mut ports = Vec::new();
+        for l in links.iter().filter(|l| l.master == Some(br.ifindex)) {
+            // Accelerated = the datapath delivers to it: registered, still that port, and its
+            // MAC published in VFP_L2 (the last step of registering, so a port being
+            // registered right now is not shown as accelerated yet).
+            let ep = eps.iter().find(|v| {
+                v.host_ifindex == l.ifindex
+                    && still_the_port(v, &br, &links)
+                    && self
+                        .datapath()
+                        .l2()
+                        .ok()
+                        .and_then(|m| m.get(&v.container_mac.0, 0).ok())
+                        .is_some_and(|t| t.ifindex == v.host_ifindex)
+            });
+            let reason = if ep.is_some() {
+                None
+            } else if l.kind.as_deref() != Some("veth") {
+                Some("not a veth: always on the bridge path".to_string())
+            } else if l.link_netnsid.is_none() {
+                Some("its peer is in the node namespace: always on the bridge path".to_string())
+            } else if recorded.is_some() {
+                Some(format!(
+                    "not yet: the agent accelerates it, or run `vethfp bridge accelerate {bridge}`"
+                ))
+            } else {
+                Some(format!("run `vethfp bridge accelerate {bridge}`"))
+            };
+            ports.push(PortStatus {
+                port: l.name.clone(),
+                ifindex: l.ifindex,
+                accelerated: ep.is_some(),
+                container_mac: ep.map(|v| v.container_mac),
+                reason,
+            });
+        }
+        let stale = eps
+            .iter()
+            .filter(|v| !still_the_port(v, &br, &links))
+            .map(|v| v.host_if.clone())
+            .collect();
+        Ok(BridgeStatus {
+            bridge: bridge.into(),
+            ifindex: br.ifindex,
+            accelerated: recorded.is_some(),
+            forced: recorded.is_some_and(|(_, f)| *f),
+            ports,
+            stale,
+        })
+    }
+}
+
+/// The agent's part: keeps every recorded bridge accelerated. On a link event about a port of
+/// one of them (a new or changed port; deletions are handled by the agent's endpoint cleanup)
+/// or with `all` (start, periodic safety net), prunes and accelerates that bridge. A refusal
+/// (a netfilter rule appeared, a port became isolated) leaves the bridge as it is and is logged.
+/// Never fails: what goes wrong is logged, and the agent's other work goes on.
+pub(crate) async fn follow(shared: &Arc<crate::agent::Shared>, batch: &[LinkEvent], all: bool) {
+    if let Err(e) = follow_bridges(shared, batch, all).await {
+        tracing::warn!("following accelerated bridges failed: {e}");
+    }
+}
+
+async fn follow_bridges(
+    shared: &Arc<crate::agent::Shared>,
+    batch: &[LinkEvent],
+    all: bool,
+) -> Result<(), crate::agent::AgentError> {
+    let state = accelerated(&shared.dir);
+    if state.is_empty() {
+        return Ok(());
+    }
+    let masters: Vec<u32> = batch
+        .iter()
+        .filter_map(|e| match e {
+            LinkEvent::Changed {
+                master: Some(m), ..
+            } => Some(*m),
+            _ => None,
+        })
+        .collect();
+    if !all && masters.is_empty() {
+        return Ok(());
+    }
+    let at = batch.iter().find_map(|e| match e {
+        LinkEvent::Changed { at, .. } => Some(*at),
+        _ => None,
+    });
+    let results = shared
+        .write(move |reg| {
+            let mut out = Vec::new();
+            for (bridge, forced) in state {
+                let Some(br) = netlink::link_by_name(&bridge)? else {
+                    continue; // gone for now; a bridge made again under the name is followed
+                };
+                if !all && !masters.contains(&br.ifindex) {
+                    continue;
+                }
+                out.push((bridge.clone(), reg.bridge_sync(&bridge, forced)));
+            }
+            Ok(out)
+        })
+        .await?;
+    for (bridge, r) in results {
+        match r {
+            Ok(s) if s.added.is_empty() && s.removed.is_empty() => {}
+            Ok(s) => tracing::info!(
+                bridge = %bridge,
+                added = %s.added.iter().map(|v| v.host_if.as_str()).collect::<Vec<_>>().join(","),
+                removed = %s.removed.join(","),
+                latency_us = at.map(|t: Instant| t.elapsed().as_micros() as u64).unwrap_or(0),
+                "bridge ports followed"
+            ),
+            Err(e) => tracing::warn!(bridge = %bridge, "not following the bridge's new ports: {e}"),
+        }
+    }
+    Ok(())
+}
 
 /// Every network namespace we can open, keyed by the id the node gives it (`link-netnsid`),
 /// with the spec to show for it: names under /run/netns, Docker's /run/docker/netns, and
@@ -81,8 +425,43 @@ pub fn netfilter_check(bridge: &str) -> Result<(), String> {
                 "{sysctl}=1 and the netfilter rule `{rule}` can drop or change traffic between ports of {bridge}"
             ));
         }
+        // Hairpin NAT (Docker with --userland-proxy=false): a container's connection to a
+        // published port is DNAT'd to another port of the bridge, whose replies are bridged
+        // back and un-NAT'd by br_netfilter's conntrack. The fast path would hand the replies
+        // over untranslated.
+        let nat = Command::new(tool).args(["-t", "nat"]).output().map_err(|e| {
+            format!("{sysctl}=1 sends bridged traffic through netfilter and {tool} -t nat could not be run to check the rules ({e})")
+        })?;
+        if !nat.status.success() {
+            return Err(format!(
+                "{sysctl}=1 sends bridged traffic through netfilter and {tool} -t nat failed to list the rules"
+            ));
+        }
+        if let Some(rule) = hairpin_dnat_rule(&String::from_utf8_lossy(&nat.stdout), bridge) {
+            return Err(format!(
+                "{sysctl}=1 and the NAT rule `{rule}` can translate connections from ports of {bridge} to other ports of it (hairpin NAT; Docker's --userland-proxy=false), whose replies the fast path would deliver untranslated"
+            ));
+        }
     }
     Ok(())
+}
+
+/// A DNAT rule of the nat table that can take packets coming in from `bridge` (no `-i`, `-i`
+/// the bridge or a wildcard covering it, or `! -i` another interface).
+fn hairpin_dnat_rule<'a>(rules: &'a str, bridge: &str) -> Option<&'a str> {
+    rules.lines().find(|line| {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.first() != Some(&"-A") || !w.windows(2).any(|p| p == ["-j", "DNAT"]) {
+            return false;
+        }
+        w.iter().position(|x| *x == "-i").is_none_or(|i| {
+            let negated = i > 0 && w[i - 1] == "!";
+            let same = w.get(i + 1).is_some_and(|v| {
+                *v == bridge || v.ends_with('+') && bridge.starts_with(&v[..v.len() - 1])
+            });
+            same != negated
+        })
+    })
 }
 
 /// A rule that could drop traffic between two ports of `bridge`: walking the filter table
@@ -204,6 +583,21 @@ mod tests {
 -A DOCKER-USER -j RETURN
 COMMIT
 ";
+
+    #[test]
+    fn hairpin_dnat_only_without_the_userland_proxy() {
+        use super::hairpin_dnat_rule;
+        // Docker's published port with the userland proxy: not from docker0.
+        let proxy = "*nat\n-A DOCKER -i docker0 -j RETURN\n-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.3:80\nCOMMIT\n";
+        assert_eq!(hairpin_dnat_rule(proxy, "docker0"), None);
+        // Without it (--userland-proxy=false): from every interface, docker0 included.
+        let hairpin = "*nat\n-A DOCKER -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.3:80\nCOMMIT\n";
+        assert!(hairpin_dnat_rule(hairpin, "docker0").is_some());
+        // A DNAT for traffic from another bridge is irrelevant.
+        let other = "-A PREROUTING -i br-1 -j DNAT --to-destination 10.0.0.1\n";
+        assert_eq!(hairpin_dnat_rule(other, "docker0"), None);
+        assert!(hairpin_dnat_rule(other, "br-1").is_some());
+    }
 
     #[test]
     fn docker_default_allows_intra_bridge() {

@@ -59,6 +59,19 @@ pub enum EndpointError {
     NoSuchBridge(String),
     #[error("not accelerating: {0} (pass --force to accelerate anyway)")]
     BridgeRefused(String),
+    #[error(
+        "not accelerating the new ports of {bridge}: {reason}. The fast path set up earlier stays in place on {kept} and skips this; `vethfp bridge release {bridge}` puts them back on the bridge path (or pass --force to accelerate anyway)"
+    )]
+    BridgeRefusedKept {
+        bridge: String,
+        reason: String,
+        kept: String,
+    },
+    #[error("state directory entry {path}: {source}")]
+    State {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("all {0} counter slots are in use: remove endpoints or uplinks first")]
     Full(usize),
     #[error("XDP devmap update failed: {0}")]

@@ -28,6 +28,13 @@ pub enum LinkEvent {
     /// Interface `ifindex` is administratively up (RTM_NEWLINK with IFF_UP): sent for every
     /// change of an up link, so handlers must be idempotent.
     Up { ifindex: u32 },
+    /// Interface `ifindex` was made or changed (RTM_NEWLINK): `master` is the bridge it is a
+    /// port of, if any (the agent follows the ports of accelerated bridges).
+    Changed {
+        ifindex: u32,
+        master: Option<u32>,
+        at: Instant,
+    },
     /// Notifications were lost: the state must be compared in full.
     Overrun,
 }
@@ -98,18 +105,27 @@ fn parse(mut data: &[u8], at: Instant) -> Vec<LinkEvent> {
             break;
         }
         let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len]).ok();
-        if let Some(NetlinkMessage {
-            payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)),
-            ..
-        }) = &msg
-            && link
+        if let Some(NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link))) =
+            msg.as_ref().map(|m| &m.payload)
+        {
+            let master = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Controller(m) => Some(*m),
+                _ => None,
+            });
+            out.push(LinkEvent::Changed {
+                ifindex: link.header.index,
+                master,
+                at,
+            });
+            if link
                 .header
                 .flags
                 .contains(netlink_packet_route::link::LinkFlags::Up)
-        {
-            out.push(LinkEvent::Up {
-                ifindex: link.header.index,
-            });
+            {
+                out.push(LinkEvent::Up {
+                    ifindex: link.header.index,
+                });
+            }
         }
         if let Some(msg) = msg
             && let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) = msg.payload

@@ -114,6 +114,12 @@ enum BridgeCmd {
     },
     /// Remove the fast path from every port of the bridge.
     Release { bridge: String },
+    /// Which ports of the bridge are accelerated, which are not (yet) and why.
+    Status {
+        bridge: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -374,23 +380,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("uplink {iface} detached");
         }
         Cmd::Bridge(BridgeCmd::Accelerate { bridge, force }) => {
-            let (ports, skipped) = Registry::open(&dir)?
-                .bridge_accelerate(&bridge, force)
+            let sync = Registry::open(&dir)?
+                .bridge_sync(&bridge, force)
                 .with_context(|| format!("bridge accelerate {bridge}"))?;
             // Never report success for work skipped: name each port and why; fail when none
             // of those that needed it was accelerated.
+            let skipped = &sync.skipped;
             let failed: Vec<String> = skipped
                 .iter()
                 .filter(|(_, why)| why != "already accelerated")
                 .map(|(p, why)| format!("{p}: {why}"))
                 .collect();
+            let ports = &sync.added;
             if ports.is_empty() && !failed.is_empty() {
                 anyhow::bail!(
                     "bridge accelerate {bridge}: no port accelerated; skipped {}",
                     failed.join("; ")
                 );
             }
-            for (port, why) in &skipped {
+            for (port, why) in skipped {
                 eprintln!("vethfp: {bridge}: skipped port {port}: {why}");
             }
             println!(
@@ -403,12 +411,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            if !sync.removed.is_empty() {
+                println!(
+                    "{bridge}: {} gone port(s) removed: {}",
+                    sync.removed.len(),
+                    sync.removed.join(", ")
+                );
+            }
         }
         Cmd::Bridge(BridgeCmd::Release { bridge }) => {
             let ports = Registry::open(&dir)?
-                .bridge_release(&bridge)
+                .bridge_release_all(&bridge)
                 .with_context(|| format!("bridge release {bridge}"))?;
             println!("{bridge}: {} port(s) released", ports.len());
+        }
+        Cmd::Bridge(BridgeCmd::Status { bridge, json }) => {
+            let st = Registry::open_read(&dir)?
+                .bridge_status(&bridge)
+                .with_context(|| format!("bridge status {bridge}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                println!(
+                    "{}: {}",
+                    st.bridge,
+                    match (st.accelerated, st.forced) {
+                        (false, _) => "not accelerated",
+                        (true, false) => "accelerated",
+                        (true, true) => "accelerated (forced)",
+                    }
+                );
+                for p in &st.ports {
+                    match &p.reason {
+                        None => println!("  {:<16} accelerated", p.port),
+                        Some(r) => println!("  {:<16} bridge path: {r}", p.port),
+                    }
+                }
+                for s in &st.stale {
+                    println!("  {s:<16} gone (registered still; never delivered to)");
+                }
+            }
         }
         Cmd::Status { json } => {
             let st = Registry::open_read(&dir)?.status()?;

@@ -409,7 +409,7 @@ impl Registry {
             }
         }
         let dir = self.datapath().dir().to_path_buf();
-        for sub in ["links", "progs"] {
+        for sub in ["links", "progs", "bridges"] {
             let _ = fs::remove_dir_all(dir.join(sub));
         }
         for m in veth_common::MAPS {

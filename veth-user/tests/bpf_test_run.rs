@@ -3,6 +3,10 @@
 //!
 //! In BPF_PROG_TEST_RUN the skb arrives on the loopback device (ifindex 1, MAC 00:..:00), so the
 //! sending endpoint is ifindex 1 and frames addressed to MAC 00:..:00 are PACKET_HOST.
+//!
+//! The programs redirect only to devices that exist (deliver.rs), so each rig runs on a thread
+//! with a private network namespace (unshare) holding veth devices with the destinations'
+//! ifindexes (1000..=1002); the device of ifindex 1001 has the small MTU its target says.
 
 use aya::{
     Ebpf,
@@ -10,7 +14,9 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use veth_common::*;
-use vethfp::datapath::{Datapath, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_INGRESS};
+use vethfp::datapath::{
+    Datapath, PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_INGRESS,
+};
 
 const SRC_IF: u32 = 1; // loopback in BPF_PROG_TEST_RUN
 const DST_IF: u32 = 1000;
@@ -38,10 +44,50 @@ struct Rig {
     ebpf: Ebpf,
 }
 
+/// Moves the calling thread into a new network namespace holding a veth device with each of
+/// the destination ifindexes (peers at ifindex + 1000), so the programs find them.
+fn private_netns_with_destinations() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("private netns");
+    for (ifindex, mtu) in [(DST_IF, 1500), (1001, 100), (1002, 1500)] {
+        let ok = std::process::Command::new("ip")
+            .args([
+                "link",
+                "add",
+                &format!("d{ifindex}"),
+                "index",
+                &ifindex.to_string(),
+            ])
+            .args(["mtu", &mtu.to_string(), "type", "veth", "peer", "name"])
+            .args([
+                &format!("p{ifindex}"),
+                "index",
+                &(ifindex + 1000).to_string(),
+            ])
+            .status()
+            .expect("ip runs")
+            .success();
+        assert!(ok, "creating the veth with ifindex {ifindex}");
+    }
+}
+
+/// The record the control plane keeps for a destination endpoint.
+fn dst_record(t: Target) -> EndpointRecord {
+    EndpointRecord {
+        target: t,
+        ..Default::default()
+    }
+}
+
 impl Rig {
     fn new() -> Rig {
+        private_netns_with_destinations();
         let mut ebpf = Datapath::unpinned().expect("BPF object loads");
-        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_UPLINK_INGRESS] {
+        for name in [
+            PROG_TC_INGRESS,
+            PROG_TC_EGRESS,
+            PROG_UPLINK_INGRESS,
+            PROG_L2_INGRESS,
+        ] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load()
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
@@ -122,6 +168,21 @@ impl Rig {
                 0,
             )
             .unwrap();
+        }
+        {
+            // The destinations' own records (what deliver.rs checks each target against).
+            let mut eps: HashMap<_, u32, EndpointRecord> =
+                HashMap::try_from(rig.ebpf.map_mut(MAP_ENDPOINTS).unwrap()).unwrap();
+            for (ifindex, mtu) in [(DST_IF, 1500), (1001, 100), (1002, 1500)] {
+                let t = Target {
+                    ifindex,
+                    mtu,
+                    slot: slot_of(ifindex),
+                    network: if ifindex == 1002 { 7 } else { 0 },
+                    ..target
+                };
+                eps.insert(ifindex, dst_record(t), 0).unwrap();
+            }
         }
         rig.set_source_flags(0);
         {
@@ -760,10 +821,11 @@ fn xdp_redirects_known_destinations_and_passes_the_rest() {
             },
             ..Default::default()
         };
-        HashMap::<_, u32, EndpointRecord>::try_from(ebpf.map_mut(MAP_ENDPOINTS).unwrap())
-            .unwrap()
-            .insert(src, rec, 0)
-            .unwrap();
+        let mut eps =
+            HashMap::<_, u32, EndpointRecord>::try_from(ebpf.map_mut(MAP_ENDPOINTS).unwrap())
+                .unwrap();
+        eps.insert(src, rec, 0).unwrap();
+        eps.insert(dst, dst_record(target), 0).unwrap();
         DevMapHash::try_from(ebpf.map_mut(MAP_DEVMAP).unwrap())
             .unwrap()
             .insert(dst, dst, None, 0)
@@ -848,4 +910,157 @@ fn xdp_redirects_known_destinations_and_passes_the_rest() {
     })
     .join()
     .unwrap();
+}
+
+/// Gone and replaced destinations (a restarted container: its old entry names a gone ifindex,
+/// or an ifindex now registered as another endpoint) as the entries the rigs add below.
+const GONE_IF: u32 = 1003; // no such device in the rig's namespace
+const GONE_SLOT: u32 = 4;
+const STALE_SLOT: u32 = 5;
+const MAC_GONE: [u8; 6] = [0x02, 0xc0, 0, 0, 0, 0x03];
+const MAC_STALE: [u8; 6] = [0x02, 0xc0, 0, 0, 0, 0x04];
+
+impl Rig {
+    /// A leftover record for the gone port (its device is gone), like a container stopped
+    /// while nothing cleaned up; and the bridge's MAC table entries for all three cases.
+    fn add_gone_and_stale(&mut self) -> (Target, Target, Target) {
+        let live = Target {
+            ifindex: DST_IF,
+            mtu: 1500,
+            slot: slot_of(DST_IF),
+            container_mac: DST_MAC,
+            host_mac: DST_HOST_MAC,
+            ..Default::default()
+        };
+        let gone = Target {
+            ifindex: GONE_IF,
+            slot: GONE_SLOT,
+            container_mac: MAC_GONE,
+            ..live
+        };
+        // The entry still names ifindex 1000, which is now another endpoint (other slot/MAC).
+        let stale = Target {
+            slot: STALE_SLOT,
+            container_mac: MAC_STALE,
+            ..live
+        };
+        HashMap::<_, u32, EndpointRecord>::try_from(self.ebpf.map_mut(MAP_ENDPOINTS).unwrap())
+            .unwrap()
+            .insert(GONE_IF, dst_record(gone), 0)
+            .unwrap();
+        let mut l2: HashMap<_, [u8; 6], Target> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_L2).unwrap()).unwrap();
+        for t in [live, gone, stale] {
+            l2.insert(t.container_mac, t, 0).unwrap();
+        }
+        let mut ep4: HashMap<_, [u8; 4], Target> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_EP4).unwrap()).unwrap();
+        ep4.insert([10, 0, 0, 4], gone, 0).unwrap();
+        ep4.insert([10, 0, 0, 5], stale, 0).unwrap();
+        (live, gone, stale)
+    }
+
+    fn fast_to(&self, slot: u32) -> u64 {
+        self.slot_counters(slot).c[DIR_TO_CONTAINER][V_FAST].packets
+    }
+}
+
+fn l2_frame(dst_mac: [u8; 6]) -> Vec<u8> {
+    let mut f = v4_frame([10, 0, 0, 99], 64, &[], 50);
+    f[0..6].copy_from_slice(&dst_mac);
+    f
+}
+
+/// Bridge port program: a frame for a live port is redirected and counted fast on both ends;
+/// a frame for a port whose device is gone, or whose ifindex is now another endpoint, goes
+/// to the bridge unchanged, counted `stack`, and never `fast`.
+#[test]
+fn l2_redirects_only_to_a_live_registered_port() {
+    let mut rig = Rig::new();
+    rig.add_gone_and_stale();
+    let len = l2_frame(DST_MAC).len() as u64;
+
+    let (ret, out) = rig.run(PROG_L2_INGRESS, &l2_frame(DST_MAC));
+    assert_eq!(
+        (ret, out),
+        (TC_ACT_REDIRECT, l2_frame(DST_MAC)),
+        "live port"
+    );
+    assert_eq!(
+        rig.counters(SRC_IF).c[DIR_FROM_CONTAINER][V_FAST],
+        PacketBytes {
+            packets: 1,
+            bytes: len
+        }
+    );
+    assert_eq!(rig.fast_to(slot_of(DST_IF)), 1);
+
+    for (what, mac, slot) in [
+        ("device gone", MAC_GONE, GONE_SLOT),
+        ("ifindex now another endpoint", MAC_STALE, STALE_SLOT),
+    ] {
+        let f = l2_frame(mac);
+        let before = rig.counters(SRC_IF);
+        let (ret, out) = rig.run(PROG_L2_INGRESS, &f);
+        assert_eq!(
+            (ret, &out),
+            (TCX_NEXT, &f),
+            "{what}: to the bridge, unchanged"
+        );
+        let after = rig.counters(SRC_IF);
+        assert_eq!(
+            after.c[DIR_FROM_CONTAINER][V_FAST], before.c[DIR_FROM_CONTAINER][V_FAST],
+            "{what}: not counted fast"
+        );
+        assert_eq!(
+            after.c[DIR_FROM_CONTAINER][V_STACK].packets,
+            before.c[DIR_FROM_CONTAINER][V_STACK].packets + 1,
+            "{what}: counted stack"
+        );
+        assert_eq!(
+            rig.fast_to(slot),
+            0,
+            "{what}: nothing counted at the target"
+        );
+    }
+    assert_eq!(
+        rig.fast_to(slot_of(DST_IF)),
+        1,
+        "the live port got only its frame"
+    );
+}
+
+/// Routed programs (container tc ingress, uplink ingress): a gone or replaced destination is
+/// neither rewritten nor redirected; the kernel routes the frame as it is.
+#[test]
+fn routed_paths_leave_gone_destinations_to_the_kernel() {
+    let mut rig = Rig::new();
+    rig.add_gone_and_stale();
+    for dst in [[10, 0, 0, 4], [10, 0, 0, 5]] {
+        let f = v4_frame(dst, 64, &[], 20);
+        let before = rig.counters(SRC_IF);
+        let (ret, out) = rig.run(PROG_TC_INGRESS, &f);
+        assert_eq!((ret, &out), (TCX_NEXT, &f), "tc ingress to {dst:?}");
+        let after = rig.counters(SRC_IF);
+        assert_eq!(
+            after.c[DIR_FROM_CONTAINER][V_FAST],
+            before.c[DIR_FROM_CONTAINER][V_FAST]
+        );
+        assert_eq!(
+            after.c[DIR_FROM_CONTAINER][V_STACK].packets,
+            before.c[DIR_FROM_CONTAINER][V_STACK].packets + 1
+        );
+        let up = rig.slot_counters(UPLINK_SLOT);
+        let (ret, out) = rig.run(PROG_UPLINK_INGRESS, &f);
+        assert_eq!((ret, &out), (TCX_NEXT, &f), "uplink ingress to {dst:?}");
+        assert_eq!(
+            rig.slot_counters(UPLINK_SLOT).c[DIR_TO_CONTAINER][V_STACK].packets,
+            up.c[DIR_TO_CONTAINER][V_STACK].packets + 1
+        );
+    }
+    assert_eq!(rig.fast_to(GONE_SLOT), 0);
+    assert_eq!(rig.fast_to(STALE_SLOT), 0);
+    // The live destination still takes the fast path.
+    let (ret, _) = rig.run(PROG_TC_INGRESS, &v4_frame([10, 0, 0, 2], 64, &[], 20));
+    assert_eq!(ret, TC_ACT_REDIRECT);
 }

@@ -25,6 +25,9 @@ const DEB_PACKAGES: &[&str] = &[
     // protoc builds the CRI gRPC types (k8s-cri) of the test crate.
     "containerd",
     "protobuf-compiler",
+    // Docker end to end (tests/tests/docker_e2e.rs): the daemon and client of Debian's
+    // docker.io (20.10), run as /usr/sbin/dockerd and /usr/bin/docker.
+    "docker.io",
 ];
 /// Installed if the archive has it; its absence only costs the perf-based CPU figures.
 const OPTIONAL_DEB_PACKAGES: &[&str] = &["linux-perf"];
