@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use veth_common::{
-    CONFIG_FLAGS, CONFIG_SLOTS, Counters, EndpointRecord, MAX_ENDPOINTS, MAX_SLOTS, Target, Uplink,
+    CONFIG_FLAGS, CONFIG_SLOTS, Counters, DEFAULT_FLOW_TABLE_SIZE, EndpointRecord, FlowKey,
+    FlowState, FlowStats, MAX_ENDPOINTS, MAX_SLOTS, Target, Uplink,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -39,6 +40,16 @@ pub static VFP_L2: HashMap<[u8; 6], Target, MAX_ENDPOINTS, NO_PREALLOC> = HashMa
 /// Uplink ifindex → uplink: where `--egress fast` may send container traffic.
 #[btf_map]
 pub static VFP_UPLINKS: HashMap<u32, Uplink, 64> = HashMap::new();
+
+/// Admission flow table (both directions of a flow in one entry). The capacity is set by the
+/// control plane when the map is first created (`--flow-table-size`); LRU evicts the oldest.
+#[btf_map]
+pub static VFP_FLOWS: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
+    LruHashMap::new();
+
+/// Node-wide flow counters (one slot).
+#[btf_map]
+pub static VFP_FLOW_STATS: PerCpuArray<FlowStats, 1> = PerCpuArray::new();
 
 /// Small config array: ABI version and feature switches.
 #[btf_map]

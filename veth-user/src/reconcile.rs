@@ -30,9 +30,9 @@ use aya_obj::programs::XdpAttachType;
 
 use crate::{
     datapath::{
-        Datapath, DatapathError, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_UPLINK, HOOK_XDP,
-        PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_INGRESS, PROG_XDP,
-        object_hash,
+        Datapath, DatapathError, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_UPLINK, HOOK_UPLINK_EGRESS,
+        HOOK_XDP, PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_EGRESS,
+        PROG_UPLINK_INGRESS, PROG_XDP, object_hash,
     },
     endpoint::{EndpointError, Registry},
     netlink,
@@ -67,6 +67,7 @@ fn hook_program(hook: &str) -> Option<&'static str> {
         HOOK_TC_EGRESS => PROG_TC_EGRESS,
         HOOK_XDP => PROG_XDP,
         HOOK_UPLINK => PROG_UPLINK_INGRESS,
+        HOOK_UPLINK_EGRESS => PROG_UPLINK_EGRESS,
         _ => return None,
     })
 }
@@ -150,7 +151,14 @@ impl Datapath {
             None => {
                 match hook {
                     HOOK_XDP => self.attach_xdp(iface, ifindex)?,
-                    HOOK_UPLINK => self.attach_uplink(iface, ifindex)?,
+                    HOOK_UPLINK => self.attach_one(
+                        iface,
+                        ifindex,
+                        PROG_UPLINK_INGRESS,
+                        TcAttachType::Ingress,
+                        hook,
+                    )?,
+                    HOOK_UPLINK_EGRESS => self.attach_uplink_egress(iface, ifindex)?,
                     HOOK_TC_EGRESS => {
                         self.attach_one(iface, ifindex, name, TcAttachType::Egress, hook)?
                     }
@@ -190,7 +198,13 @@ impl Datapath {
             let e = e.map_err(io(&dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
             let keep = name.rsplit_once('-').is_some_and(|(hook, idx)| {
-                let hook = [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP, HOOK_UPLINK]
+                let hook = [
+                    HOOK_TC_INGRESS,
+                    HOOK_TC_EGRESS,
+                    HOOK_XDP,
+                    HOOK_UPLINK,
+                    HOOK_UPLINK_EGRESS,
+                ]
                     .into_iter()
                     .find(|h| *h == hook);
                 matches!((hook, idx.parse::<u32>()), (Some(h), Ok(i)) if live.contains(&(h, i)))
@@ -264,6 +278,7 @@ impl Registry {
     pub fn reconcile(&mut self) -> Result<Report, EndpointError> {
         let start = Instant::now();
         let mut report = Report::default();
+        crate::admission::sync_tcp(self.datapath())?;
         match self.remove_leftovers() {
             Ok(l) => report.leftovers = l,
             Err(e) => log::warn!("removing leftovers of interrupted `pair add`s: {e}"),
@@ -331,11 +346,19 @@ impl Registry {
             }
             report.uplinks += 1;
             live.insert((HOOK_UPLINK, up.ifindex));
+            live.insert((HOOK_UPLINK_EGRESS, up.ifindex));
             self.ensure(
                 &up.name,
                 up.ifindex,
                 HOOK_UPLINK,
                 PROG_UPLINK_INGRESS,
+                &mut report,
+            );
+            self.ensure(
+                &up.name,
+                up.ifindex,
+                HOOK_UPLINK_EGRESS,
+                PROG_UPLINK_EGRESS,
                 &mut report,
             );
         }

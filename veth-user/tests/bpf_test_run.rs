@@ -124,6 +124,8 @@ impl Rig {
             .unwrap();
         }
         rig.set_source_flags(0);
+        // These cases test the unconditional fast path; admission has its own below.
+        rig.set_flags(0);
         {
             let mut up: HashMap<_, u32, Uplink> =
                 HashMap::try_from(rig.ebpf.map_mut(MAP_UPLINKS).unwrap()).unwrap();
@@ -190,7 +192,12 @@ impl Rig {
         sum
     }
 
+    /// Sets the config flags, with admission `always` (the unconditional fast path).
     fn set_flags(&mut self, flags: u32) {
+        self.set_raw_flags(flags | CFG_ADMIT_ALWAYS);
+    }
+
+    fn set_raw_flags(&mut self, flags: u32) {
         let mut a: aya::maps::Array<_, u32> =
             aya::maps::Array::try_from(self.ebpf.map_mut(MAP_CONFIG).unwrap()).unwrap();
         a.set(CONFIG_FLAGS, flags, 0).unwrap();
@@ -737,6 +744,10 @@ fn xdp_redirects_known_destinations_and_passes_the_rest() {
         let mut ebpf = Datapath::unpinned().unwrap();
         let p: &mut Xdp = ebpf.program_mut(PROG_XDP).unwrap().try_into().unwrap();
         p.load().expect("verifier accepts the XDP program");
+        aya::maps::Array::<_, u32>::try_from(ebpf.map_mut(MAP_CONFIG).unwrap())
+            .unwrap()
+            .set(CONFIG_FLAGS, CFG_ADMIT_ALWAYS, 0)
+            .unwrap();
         let target = Target {
             ifindex: dst,
             mtu: 1500,
