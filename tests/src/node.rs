@@ -212,10 +212,20 @@ impl Node {
     /// Node X under the default admission (`netfilter`) with forwarding ON, as a real
     /// container host: the kernel forwards (and may NAT or filter) each flow first.
     pub fn netfilter(x: u8) -> Node {
+        Node::netfilter_with(x, None)
+    }
+
+    /// [`Node::netfilter`] whose state is made with `--flow-table-size N`.
+    pub fn netfilter_with(x: u8, flow_table_size: Option<u32>) -> Node {
         let node = Node::bare(x);
         node.ns.sysctl("net.ipv4.ip_forward", "1");
         node.ns.sysctl("net.ipv6.conf.all.forwarding", "1");
-        assert_eq!(node.ok(&["admission"]).trim(), "netfilter");
+        let size = flow_table_size.map(|n| n.to_string());
+        let mut args = vec!["admission"];
+        if let Some(n) = &size {
+            args = vec!["--flow-table-size", n, "admission"];
+        }
+        assert_eq!(node.ok(&args).trim(), "netfilter");
         node
     }
 

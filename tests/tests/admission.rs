@@ -1,0 +1,338 @@
+//! Netfilter admission end to end (issue 12): a node with forwarding ON, real iptables /
+//! ip6tables rules (kube-proxy-like NAT, a kube-router-like FORWARD policy), real sockets.
+//! The kernel admits every flow first; NAT'd and filtered flows keep their semantics, and
+//! flows the kernel forwarded unchanged take the fast path afterwards.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::Command,
+    time::Duration,
+};
+
+use vethfp_tests::{Container, Node, in_netns, join, run_in_netns, tcp_flow};
+
+const SHORT: Duration = Duration::from_secs(2);
+const LONG: Duration = Duration::from_secs(10);
+
+/// `iptables ARGS` (or ip6tables) inside namespace `ns`; panics with stderr on failure.
+fn ipt(ns: &str, v6: bool, args: &str) -> String {
+    let bin = if v6 { "ip6tables" } else { "iptables" };
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, bin, "-w"])
+        .args(args.split_whitespace())
+        .output()
+        .expect("run iptables");
+    assert!(
+        out.status.success(),
+        "{bin} {args} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Packets counted by the rule of `chain` (filter table) whose text contains `comment`.
+fn rule_packets(ns: &str, v6: bool, chain: &str, comment: &str) -> u64 {
+    let out = ipt(ns, v6, &format!("-t filter -L {chain} -v -x -n"));
+    let line = out
+        .lines()
+        .find(|l| l.contains(comment))
+        .unwrap_or_else(|| panic!("no rule {comment:?} in {chain}:\n{out}"));
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// A TCP server on `ip:port` in `ns` for `conns` connections: reads one line, answers
+/// "NAME\n", closes. Returns how many it served.
+fn tcp_server(ns: &str, ip: IpAddr, port: u16, name: &'static str) -> std::thread::JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = in_netns(ns, move || {
+        let l = TcpListener::bind(SocketAddr::new(ip, port)).expect("bind");
+        tx.send(()).unwrap();
+        l.set_nonblocking(false).unwrap();
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            s.set_read_timeout(Some(LONG)).unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap_or(0);
+            if &buf[..n] == b"quit\n" {
+                return;
+            }
+            let _ = s.write_all(format!("{name}\n").as_bytes());
+            let _ = s.shutdown(Shutdown::Write);
+            // Wait for the client's close: the whole close sequence crosses the node.
+            let _ = s.read(&mut buf);
+        }
+    });
+    rx.recv_timeout(LONG).expect("server started");
+    h
+}
+
+/// One request to `addr` from `ns`: connect, send a line, read the answer to EOF, close.
+fn tcp_request(ns: &str, addr: SocketAddr, timeout: Duration) -> Result<String, String> {
+    run_in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{e}"))?;
+        s.set_read_timeout(Some(LONG)).unwrap();
+        s.write_all(b"hello\n").map_err(|e| format!("{e}"))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| format!("read: {e}"))?;
+        Ok(out.trim().to_string())
+    })
+}
+
+fn stop_server(ns: &str, addr: SocketAddr, h: std::thread::JoinHandle<()>) {
+    let _ = run_in_netns(ns, move || {
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr, SHORT) {
+            let _ = s.write_all(b"quit\n");
+        }
+    });
+    join(h);
+}
+
+/// A UDP echo server on `ip:port` in `ns` that answers "NAME" to every datagram until "quit".
+fn udp_server(ns: &str, ip: IpAddr, port: u16, name: &'static str) -> std::thread::JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = in_netns(ns, move || {
+        let s = UdpSocket::bind(SocketAddr::new(ip, port)).expect("bind udp");
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        loop {
+            let (n, from) = s.recv_from(&mut buf).expect("udp recv");
+            if &buf[..n] == b"quit" {
+                return;
+            }
+            let _ = s.send_to(name.as_bytes(), from);
+        }
+    });
+    rx.recv_timeout(LONG).expect("udp server started");
+    h
+}
+
+/// `n` lock-step requests from one socket in `ns` to `dst`: (answers, the addresses they came
+/// from). Each waits for its answer, so the flow's packets alternate A→B, B→A.
+fn udp_requests(ns: &str, dst: SocketAddr, n: usize) -> Vec<(String, SocketAddr)> {
+    run_in_netns(ns, move || {
+        let bind: SocketAddr = if dst.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        let s = UdpSocket::bind(bind).unwrap();
+        s.set_read_timeout(Some(SHORT)).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        for i in 0..n {
+            s.send_to(format!("req {i}").as_bytes(), dst).unwrap();
+            match s.recv_from(&mut buf) {
+                Ok((k, from)) => out.push((String::from_utf8_lossy(&buf[..k]).into(), from)),
+                Err(_) => break,
+            }
+        }
+        out
+    })
+}
+
+fn udp_quit(ns: &str, dst: SocketAddr, h: std::thread::JoinHandle<()>) {
+    run_in_netns(ns, move || {
+        let bind: SocketAddr = if dst.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        UdpSocket::bind(bind).unwrap().send_to(b"quit", dst).unwrap();
+    });
+    join(h);
+}
+
+fn liberal(node: &Node, on: bool) {
+    node.ns.sysctl(
+        "net.netfilter.nf_conntrack_tcp_be_liberal",
+        if on { "1" } else { "0" },
+    );
+    // Any write operation re-reads the sysctl.
+    node.ok(&["admission", "netfilter"]);
+    assert_eq!(node.status_json()["tcp_admitted"], on);
+}
+
+fn node3(x: u8) -> (Node, Vec<Container>) {
+    let node = Node::netfilter(x);
+    let p = |i: u8| (format!("10.{x}.0.{i}/24"), format!("fd00:{x}::{i}/64"));
+    let cs = (2..5)
+        .map(|i| {
+            let (a, b) = p(i);
+            node.add_container(&vethfp_tests::unique_name("va"), &[&a, &b])
+        })
+        .collect();
+    // Conntrack and the nat table exist in the node before the first rule is needed.
+    ipt(node.name(), false, "-t nat -L -n");
+    ipt(node.name(), true, "-t nat -L -n");
+    (node, cs)
+}
+
+/// kube-proxy (iptables mode) for one service: KUBE-SERVICES → KUBE-SVC-x → KUBE-SEP-x with
+/// `statistic`, DNAT to the two backends.
+fn kube_service(ns: &str, v6: bool, svc: &str, proto: &str, port: u16, backends: [&str; 2], bport: u16) {
+    let n = |s: &str| format!("{s}-{proto}");
+    let _ = Command::new("ip")
+        .args(["netns", "exec", ns, if v6 { "ip6tables" } else { "iptables" }])
+        .args(["-w", "-t", "nat", "-N", "KUBE-SERVICES"])
+        .output();
+    let has_jump = ipt(ns, v6, "-t nat -S PREROUTING").contains("KUBE-SERVICES");
+    if !has_jump {
+        ipt(ns, v6, "-t nat -A PREROUTING -j KUBE-SERVICES");
+        ipt(ns, v6, "-t nat -A OUTPUT -j KUBE-SERVICES");
+    }
+    let (svc_chain, sep0, sep1) = (n("KUBE-SVC"), n("KUBE-SEP0"), n("KUBE-SEP1"));
+    for c in [&svc_chain, &sep0, &sep1] {
+        ipt(ns, v6, &format!("-t nat -N {c}"));
+    }
+    let dst = |b: &str| {
+        if v6 {
+            format!("[{b}]:{bport}")
+        } else {
+            format!("{b}:{bport}")
+        }
+    };
+    ipt(ns, v6, &format!("-t nat -A {sep0} -p {proto} -j DNAT --to-destination {}", dst(backends[0])));
+    ipt(ns, v6, &format!("-t nat -A {sep1} -p {proto} -j DNAT --to-destination {}", dst(backends[1])));
+    ipt(
+        ns,
+        v6,
+        &format!("-t nat -A {svc_chain} -m statistic --mode random --probability 0.5 -j {sep0}"),
+    );
+    ipt(ns, v6, &format!("-t nat -A {svc_chain} -j {sep1}"));
+    ipt(
+        ns,
+        v6,
+        &format!("-t nat -A KUBE-SERVICES -d {svc} -p {proto} --dport {port} -j {svc_chain}"),
+    );
+}
+
+fn clusterip(x: u8, v6: bool, tcp_liberal: bool) {
+    let (node, c) = node3(x);
+    liberal(&node, tcp_liberal);
+    let (vip, b, cc) = if v6 {
+        ("fd00:96::10".to_string(), c[1].v6(), c[2].v6())
+    } else {
+        ("10.96.0.10".to_string(), c[1].v4(), c[2].v4())
+    };
+    let (bs, cs) = (b.to_string(), cc.to_string());
+    kube_service(node.name(), v6, &vip, "tcp", 80, [&bs, &cs], 8080);
+    kube_service(node.name(), v6, &vip, "udp", 53, [&bs, &cs], 5353);
+    let vip: IpAddr = vip.parse().unwrap();
+    let ts = [
+        tcp_server(c[1].name(), b, 8080, "b"),
+        tcp_server(c[2].name(), cc, 8080, "c"),
+    ];
+    let us = [
+        udp_server(c[1].name(), b, 5353, "b"),
+        udp_server(c[2].name(), cc, 5353, "c"),
+    ];
+    let svc = SocketAddr::new(vip, 80);
+    let mut seen = std::collections::BTreeMap::new();
+    for i in 0..30 {
+        let r = tcp_request(c[0].name(), svc, SHORT)
+            .unwrap_or_else(|e| panic!("TCP connection {i} to the ClusterIP {svc}: {e}"));
+        *seen.entry(r).or_insert(0) += 1;
+    }
+    assert_eq!(seen.values().sum::<i32>(), 30);
+    assert_eq!(seen.len(), 2, "both backends answered: {seen:?}");
+    let dns = SocketAddr::new(vip, 53);
+    let replies = udp_requests(c[0].name(), dns, 20);
+    assert_eq!(replies.len(), 20, "every UDP request to {dns} answered");
+    for (_, from) in &replies {
+        assert_eq!(*from, dns, "UDP replies come from the service address");
+    }
+    // NAT'd flows are never admitted: nothing took the fast path.
+    let st = node.status_json();
+    assert_eq!(st["admission"], "netfilter");
+    assert_eq!(st["flow_table"]["admitted"], 0, "{st}");
+    assert_eq!(st["flow_table"]["counters"]["admitted"], 0, "{st}");
+    for ep in [&c[0], &c[1], &c[2]] {
+        let s = node.stats(&ep.host_if);
+        assert_eq!(s.from("fast").packets, 0, "{}: {s:?}", ep.host_if);
+        assert_eq!(s.to("fast").packets, 0, "{}: {s:?}", ep.host_if);
+    }
+    stop_server(c[1].name(), SocketAddr::new(b, 8080), ts.into_iter().next().unwrap());
+    // (the second TCP server ends with its namespace)
+    udp_quit(c[1].name(), SocketAddr::new(b, 5353), us.into_iter().next().unwrap());
+}
+
+#[test]
+fn clusterip_v4_tcp_udp_through_kube_proxy_nat() {
+    clusterip(11, false, true);
+}
+
+#[test]
+fn clusterip_v4_with_strict_conntrack() {
+    clusterip(12, false, false);
+}
+
+#[test]
+fn clusterip_v6_tcp_udp_through_kube_proxy_nat() {
+    clusterip(13, true, true);
+}
+
+/// kube-router-like FORWARD policy: DROP policy, INVALID dropped, ESTABLISHED accepted,
+/// per-port accepts. Allowed ports work (and are accelerated), others stay unreachable.
+fn firewall(x: u8, v6: bool) {
+    let (node, c) = node3(x);
+    liberal(&node, true);
+    let ns = node.name();
+    ipt(ns, v6, "-P FORWARD DROP");
+    ipt(ns, v6, "-A FORWARD -m conntrack --ctstate INVALID -j DROP");
+    ipt(ns, v6, "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT");
+    ipt(ns, v6, "-A FORWARD -p tcp --dport 8080 -j ACCEPT");
+    ipt(ns, v6, "-A FORWARD -p udp --dport 8080 -j ACCEPT");
+    let b = if v6 { c[1].v6() } else { c[1].v4() };
+    let allowed = SocketAddr::new(b, 8080);
+    let denied = SocketAddr::new(b, 9090);
+    let t1 = tcp_server(c[1].name(), b, 8080, "b");
+    let t2 = tcp_server(c[1].name(), b, 9090, "b");
+    for i in 0..5 {
+        assert_eq!(
+            tcp_request(c[0].name(), allowed, SHORT).unwrap_or_else(|e| panic!("#{i}: {e}")),
+            "b"
+        );
+    }
+    assert!(
+        tcp_request(c[0].name(), denied, SHORT).is_err(),
+        "port 9090 must stay unreachable through the FORWARD policy"
+    );
+    let u1 = udp_server(c[1].name(), b, 8080, "b");
+    let u2 = udp_server(c[1].name(), b, 9090, "b");
+    assert_eq!(udp_requests(c[0].name(), SocketAddr::new(b, 8080), 10).len(), 10);
+    assert!(udp_requests(c[0].name(), SocketAddr::new(b, 9090), 1).is_empty());
+    // The allowed flows were admitted (UDP, and TCP with a liberal conntrack); the denied
+    // ones never were.
+    let flows = node.ok(&["flows", "--json"]);
+    let flows: serde_json::Value = serde_json::from_str(&flows).unwrap();
+    let admitted: Vec<&serde_json::Value> = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["state"] == "admitted")
+        .collect();
+    assert!(
+        admitted.iter().any(|f| f["proto"] == "udp"),
+        "the allowed UDP flow is admitted: {flows}"
+    );
+    for f in &admitted {
+        let ends = format!("{} {}", f["a"], f["b"]);
+        assert!(!ends.contains(":9090"), "a denied flow was admitted: {f}");
+    }
+    // Servers are stopped from their own namespace (local delivery, no FORWARD).
+    stop_server(c[1].name(), allowed, t1);
+    stop_server(c[1].name(), denied, t2);
+    udp_quit(c[1].name(), SocketAddr::new(b, 8080), u1);
+    udp_quit(c[1].name(), denied, u2);
+}
+
+#[test]
+fn forward_drop_policy_v4() {
+    firewall(21, false);
+}
+
+#[test]
+fn forward_drop_policy_v6() {
+    firewall(22, true);
+}
