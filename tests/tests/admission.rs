@@ -74,7 +74,8 @@ fn tcp_request(ns: &str, addr: SocketAddr, timeout: Duration) -> Result<String, 
         s.set_read_timeout(Some(LONG)).unwrap();
         s.write_all(b"hello\n").map_err(|e| format!("{e}"))?;
         let mut out = String::new();
-        s.read_to_string(&mut out).map_err(|e| format!("read: {e}"))?;
+        s.read_to_string(&mut out)
+            .map_err(|e| format!("read: {e}"))?;
         Ok(out.trim().to_string())
     })
 }
@@ -138,7 +139,10 @@ fn udp_quit(ns: &str, dst: SocketAddr, h: std::thread::JoinHandle<()>) {
         } else {
             "[::]:0".parse().unwrap()
         };
-        UdpSocket::bind(bind).unwrap().send_to(b"quit", dst).unwrap();
+        UdpSocket::bind(bind)
+            .unwrap()
+            .send_to(b"quit", dst)
+            .unwrap();
     });
     join(h);
 }
@@ -170,10 +174,23 @@ fn node3(x: u8) -> (Node, Vec<Container>) {
 
 /// kube-proxy (iptables mode) for one service: KUBE-SERVICES → KUBE-SVC-x → KUBE-SEP-x with
 /// `statistic`, DNAT to the two backends.
-fn kube_service(ns: &str, v6: bool, svc: &str, proto: &str, port: u16, backends: [&str; 2], bport: u16) {
+fn kube_service(
+    ns: &str,
+    v6: bool,
+    svc: &str,
+    proto: &str,
+    port: u16,
+    backends: [&str; 2],
+    bport: u16,
+) {
     let n = |s: &str| format!("{s}-{proto}");
     let _ = Command::new("ip")
-        .args(["netns", "exec", ns, if v6 { "ip6tables" } else { "iptables" }])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            if v6 { "ip6tables" } else { "iptables" },
+        ])
         .args(["-w", "-t", "nat", "-N", "KUBE-SERVICES"])
         .output();
     let has_jump = ipt(ns, v6, "-t nat -S PREROUTING").contains("KUBE-SERVICES");
@@ -192,8 +209,22 @@ fn kube_service(ns: &str, v6: bool, svc: &str, proto: &str, port: u16, backends:
             format!("{b}:{bport}")
         }
     };
-    ipt(ns, v6, &format!("-t nat -A {sep0} -p {proto} -j DNAT --to-destination {}", dst(backends[0])));
-    ipt(ns, v6, &format!("-t nat -A {sep1} -p {proto} -j DNAT --to-destination {}", dst(backends[1])));
+    ipt(
+        ns,
+        v6,
+        &format!(
+            "-t nat -A {sep0} -p {proto} -j DNAT --to-destination {}",
+            dst(backends[0])
+        ),
+    );
+    ipt(
+        ns,
+        v6,
+        &format!(
+            "-t nat -A {sep1} -p {proto} -j DNAT --to-destination {}",
+            dst(backends[1])
+        ),
+    );
     ipt(
         ns,
         v6,
@@ -252,9 +283,17 @@ fn clusterip(x: u8, v6: bool, tcp_liberal: bool) {
         assert_eq!(s.from("fast").packets, 0, "{}: {s:?}", ep.host_if);
         assert_eq!(s.to("fast").packets, 0, "{}: {s:?}", ep.host_if);
     }
-    stop_server(c[1].name(), SocketAddr::new(b, 8080), ts.into_iter().next().unwrap());
+    stop_server(
+        c[1].name(),
+        SocketAddr::new(b, 8080),
+        ts.into_iter().next().unwrap(),
+    );
     // (the second TCP server ends with its namespace)
-    udp_quit(c[1].name(), SocketAddr::new(b, 5353), us.into_iter().next().unwrap());
+    udp_quit(
+        c[1].name(),
+        SocketAddr::new(b, 5353),
+        us.into_iter().next().unwrap(),
+    );
 }
 
 #[test]
@@ -280,7 +319,11 @@ fn firewall(x: u8, v6: bool) {
     let ns = node.name();
     ipt(ns, v6, "-P FORWARD DROP");
     ipt(ns, v6, "-A FORWARD -m conntrack --ctstate INVALID -j DROP");
-    ipt(ns, v6, "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT");
+    ipt(
+        ns,
+        v6,
+        "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+    );
     ipt(ns, v6, "-A FORWARD -p tcp --dport 8080 -j ACCEPT");
     ipt(ns, v6, "-A FORWARD -p udp --dport 8080 -j ACCEPT");
     let b = if v6 { c[1].v6() } else { c[1].v4() };
@@ -300,7 +343,10 @@ fn firewall(x: u8, v6: bool) {
     );
     let u1 = udp_server(c[1].name(), b, 8080, "b");
     let u2 = udp_server(c[1].name(), b, 9090, "b");
-    assert_eq!(udp_requests(c[0].name(), SocketAddr::new(b, 8080), 10).len(), 10);
+    assert_eq!(
+        udp_requests(c[0].name(), SocketAddr::new(b, 8080), 10).len(),
+        10
+    );
     assert!(udp_requests(c[0].name(), SocketAddr::new(b, 9090), 1).is_empty());
     // The allowed flows were admitted (UDP, and TCP with a liberal conntrack); the denied
     // ones never were.
@@ -335,4 +381,189 @@ fn forward_drop_policy_v4() {
 #[test]
 fn forward_drop_policy_v6() {
     firewall(22, true);
+}
+
+/// What `always` skips: the same ClusterIP under admission `always` fails (B's SYN-ACK is
+/// delivered with B's address, skipping conntrack's reverse NAT), which is why `netfilter` is
+/// the default. Also proves the ClusterIP tests above can fail.
+#[test]
+fn clusterip_breaks_under_admission_always() {
+    let (node, c) = node3(14);
+    node.ok(&["admission", "always"]);
+    let (b, cc) = (c[1].v4().to_string(), c[2].v4().to_string());
+    kube_service(node.name(), false, "10.96.0.10", "tcp", 80, [&b, &cc], 8080);
+    let _t1 = tcp_server(c[1].name(), c[1].v4(), 8080, "b");
+    let _t2 = tcp_server(c[2].name(), c[2].v4(), 8080, "c");
+    let r = tcp_request(c[0].name(), "10.96.0.10:80".parse().unwrap(), SHORT);
+    assert!(r.is_err(), "ClusterIP must not work under always: {r:?}");
+    node.ok(&["admission", "netfilter"]);
+    assert_eq!(
+        tcp_request(c[0].name(), "10.96.0.10:80".parse().unwrap(), SHORT).map(|_| ()),
+        Ok(())
+    );
+}
+
+/// Counting ACCEPT rules in FORWARD for both directions of A↔B, per protocol.
+fn counting_rules(ns: &str, a: IpAddr, b: IpAddr) {
+    for proto in ["udp", "tcp"] {
+        ipt(
+            ns,
+            false,
+            &format!(
+                "-A FORWARD -s {a} -d {b} -p {proto} -m comment --comment a2b-{proto} -j ACCEPT"
+            ),
+        );
+        ipt(
+            ns,
+            false,
+            &format!(
+                "-A FORWARD -s {b} -d {a} -p {proto} -m comment --comment b2a-{proto} -j ACCEPT"
+            ),
+        );
+    }
+}
+
+/// Acceleration: a long UDP flow and a long TCP flow cross FORWARD only for their first
+/// packets (the kernel admits them), the rest goes fast, exactly.
+#[test]
+fn admitted_flows_skip_forward_after_their_first_packets() {
+    let (node, c) = node3(31);
+    liberal(&node, true);
+    let ns = node.name();
+    let (a, b) = (c[0].v4(), c[1].v4());
+    counting_rules(ns, a, b);
+
+    // UDP: N lock-step requests; request 0 and reply 0 take the kernel path, the rest fast.
+    const N: u64 = 200;
+    let u = udp_server(c[1].name(), b, 7000, "b");
+    let before_a = node.stats(&c[0].host_if);
+    let before_b = node.stats(&c[1].host_if);
+    let replies = udp_requests(c[0].name(), SocketAddr::new(b, 7000), N as usize);
+    assert_eq!(replies.len() as u64, N);
+    assert_eq!(rule_packets(ns, false, "FORWARD", "a2b-udp"), 1);
+    assert_eq!(rule_packets(ns, false, "FORWARD", "b2a-udp"), 1);
+    let (da, db) = (
+        node.stats(&c[0].host_if).since(&before_a),
+        node.stats(&c[1].host_if).since(&before_b),
+    );
+    assert_eq!(
+        db.to("fast").packets,
+        N - 1,
+        "B received the rest fast: {db:?}"
+    );
+    assert_eq!(da.from("fast").packets, N - 1, "{da:?}");
+    assert_eq!(
+        da.to("fast").packets,
+        N - 1,
+        "A received the replies fast: {da:?}"
+    );
+    let flows: serde_json::Value = serde_json::from_str(&node.ok(&["flows", "--json"])).unwrap();
+    let f = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["proto"] == "udp")
+        .unwrap_or_else(|| panic!("the UDP flow is listed: {flows}"));
+    assert_eq!(f["state"], "admitted");
+    assert_eq!(f["packets"], 2 * (N - 1), "{f}");
+    let eps = [f["a_endpoint"].as_str(), f["b_endpoint"].as_str()];
+    assert!(
+        eps.contains(&Some(c[0].host_if.as_str())) && eps.contains(&Some(c[1].host_if.as_str())),
+        "{f}"
+    );
+    let st = node.status_json();
+    assert!(st["flow_table"]["admitted"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(st["flow_table"]["capacity"], 65536);
+
+    // flows flush: the next packets are admitted by the kernel again, and keep working.
+    let out = node.ok(&["flows", "flush"]);
+    assert!(out.starts_with("flushed "), "{out}");
+    assert_eq!(node.ok(&["flows", "--json"]).trim(), "[]");
+    assert_eq!(
+        udp_requests(c[0].name(), SocketAddr::new(b, 7000), 5).len(),
+        5
+    );
+    assert_eq!(
+        rule_packets(ns, false, "FORWARD", "a2b-udp"),
+        2,
+        "the new flow: first packet"
+    );
+    udp_quit(c[1].name(), SocketAddr::new(b, 7000), u);
+
+    // TCP (liberal conntrack): only SYN and SYN-ACK cross FORWARD while the data flows.
+    let before_a = node.stats(&c[0].host_if);
+    let before_b = node.stats(&c[1].host_if);
+    let flow = tcp_flow(c[0].name(), c[1].name(), b);
+    assert!(flow.wait_echoed(8 << 20, LONG), "8 MiB echoed");
+    assert_eq!(
+        rule_packets(ns, false, "FORWARD", "a2b-tcp"),
+        1,
+        "only the SYN"
+    );
+    assert_eq!(
+        rule_packets(ns, false, "FORWARD", "b2a-tcp"),
+        1,
+        "only the SYN-ACK"
+    );
+    let db = node.stats(&c[1].host_if).since(&before_b);
+    assert!(db.to("fast").bytes >= 8 << 20, "{db:?}");
+    // The close goes through the kernel (and conntrack), and completes.
+    flow.finish().expect("clean close");
+    assert!(
+        rule_packets(ns, false, "FORWARD", "a2b-tcp") > 1,
+        "FIN went through FORWARD"
+    );
+    let (da, db) = (
+        node.stats(&c[0].host_if).since(&before_a),
+        node.stats(&c[1].host_if).since(&before_b),
+    );
+    assert_eq!(da.from("fast"), db.to("fast"), "sent fast = received fast");
+}
+
+/// `vethfp admission always|netfilter` on a live connection: no reattach, no break.
+#[test]
+fn admission_switch_on_a_live_connection() {
+    let (node, c) = node3(32);
+    liberal(&node, true);
+    let flow = tcp_flow(c[0].name(), c[1].name(), c[1].v4());
+    let mut want = 1 << 20;
+    assert!(flow.wait_echoed(want, LONG));
+    for mode in ["always", "netfilter", "always", "netfilter"] {
+        node.ok(&["admission", mode]);
+        assert_eq!(node.ok(&["admission"]).trim(), mode);
+        want = flow.echoed() + (2 << 20);
+        assert!(flow.wait_echoed(want, LONG), "{mode}: flow keeps going");
+    }
+    flow.finish().expect("connection intact after the switches");
+}
+
+/// A flow table far smaller than the number of flows: evicted flows fall back to the kernel
+/// and are admitted again; every request is answered.
+#[test]
+fn small_flow_table_keeps_every_flow_working() {
+    let node = Node::netfilter_with(33, Some(16));
+    let a = node.add_container("vsa33", &["10.33.0.2/24"]);
+    let b = node.add_container("vsb33", &["10.33.0.3/24"]);
+    assert_eq!(node.status_json()["flow_table"]["capacity"], 16);
+    let u = udp_server(b.name(), b.v4(), 7000, "b");
+    let dst = SocketAddr::new(b.v4(), 7000);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let ns = a.name().to_string();
+            std::thread::spawn(move || {
+                (0..20)
+                    .map(|_| udp_requests(&ns, dst, 5).len())
+                    .sum::<usize>()
+            })
+        })
+        .collect();
+    let answered: usize = clients.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(answered, 4 * 20 * 5, "every request of 80 flows answered");
+    let st = node.status_json();
+    assert!(st["flow_table"]["entries"].as_u64().unwrap() <= 16, "{st}");
+    assert!(
+        st["flow_table"]["counters"]["created"].as_u64().unwrap() > 16,
+        "{st}"
+    );
+    udp_quit(b.name(), dst, u);
 }

@@ -331,7 +331,11 @@ pub fn confirm(f: &Flow, ifindex: u32) -> bool {
 
 #[inline(always)]
 fn pending(dir: usize) -> u64 {
-    if dir == 0 { FLOW_PENDING[0] } else { FLOW_PENDING[1] }
+    if dir == 0 {
+        FLOW_PENDING[0]
+    } else {
+        FLOW_PENDING[1]
+    }
 }
 
 #[inline(always)]

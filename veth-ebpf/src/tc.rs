@@ -216,14 +216,7 @@ fn fits(ctx: &TcContext, pkt: &Pkt, len: u32, t: &Target) -> bool {
 /// bpf_redirect_neigh resolve it. Anything the FIB cannot answer cleanly (no route, local
 /// delivery, blackhole/prohibit, fragmentation needed, forwarding disabled) goes to the stack.
 #[inline(always)]
-fn egress(
-    ctx: &TcContext,
-    pkt: &Pkt,
-    ifindex: u32,
-    slot: u32,
-    len: u32,
-    cfg: u32,
-) -> Option<i32> {
+fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, slot: u32, len: u32, cfg: u32) -> Option<i32> {
     // SAFETY: bpf_fib_lookup is plain data; zeroed is a valid value.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     // SAFETY: pkt's pointers were bounds-checked by `parse`; unions written as the uapi says.

@@ -13,12 +13,14 @@
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use veth_common::{
-    CFG_ADMIT_ALWAYS, CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, DIR_TO_CONTAINER, EP_SPOOF_ENFORCE, V_DROP_ERROR, V_FAST,
+    CFG_ADMIT_ALWAYS, CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, DIR_TO_CONTAINER, EP_SPOOF_ENFORCE,
+    V_DROP_ERROR, V_FAST,
 };
 
 use crate::{
+    flow,
     maps::{VFP_DEVMAP, VFP_ENDPOINTS, config_flags, count},
-    flow, route, spoof,
+    route, spoof,
 };
 
 #[xdp]

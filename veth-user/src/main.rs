@@ -330,10 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Admission { mode: None } => {
             let mut reg = Registry::open_read(&dir)?;
             let flags = reg.datapath().flags()?;
-            println!(
-                "{}",
-                vethfp::admission::Admission::of_flags(flags).name()
-            );
+            println!("{}", vethfp::admission::Admission::of_flags(flags).name());
         }
         Cmd::Admission { mode: Some(m) } => {
             let mut reg = Registry::open(&dir)?;
@@ -561,7 +558,9 @@ fn print_flows(flows: &[vethfp::admission::FlowView]) {
             f.a,
             f.b,
             f.state,
-            f.age_seconds.map(|a| format!("{a:.1}")).unwrap_or("-".into()),
+            f.age_seconds
+                .map(|a| format!("{a:.1}"))
+                .unwrap_or("-".into()),
             f.packets,
             f.a_endpoint.as_deref().unwrap_or("-"),
             f.b_endpoint.as_deref().unwrap_or("-")

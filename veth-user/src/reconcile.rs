@@ -205,8 +205,8 @@ impl Datapath {
                     HOOK_UPLINK,
                     HOOK_UPLINK_EGRESS,
                 ]
-                    .into_iter()
-                    .find(|h| *h == hook);
+                .into_iter()
+                .find(|h| *h == hook);
                 matches!((hook, idx.parse::<u32>()), (Some(h), Ok(i)) if live.contains(&(h, i)))
             });
             if !keep {

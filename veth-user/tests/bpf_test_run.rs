@@ -926,11 +926,18 @@ impl Rig {
     /// egress program (the reply direction noted as if its ingress had been seen).
     fn admit(&mut self, fwd: &[u8], reply: &[u8]) {
         let (ret, out) = self.run(PROG_TC_INGRESS, fwd);
-        assert_eq!((ret, &out[..]), (TCX_NEXT, fwd), "first packet: kernel, unchanged");
+        assert_eq!(
+            (ret, &out[..]),
+            (TCX_NEXT, fwd),
+            "first packet: kernel, unchanged"
+        );
         let (k, mut v) = self.flow();
         let d = (0..2).find(|d| v.flags & FLOW_PENDING[*d] != 0).unwrap();
         assert_eq!(v.flags, FLOW_PENDING[d]);
-        assert_eq!(v.egress_ifindex[d], DST_IF, "expected to leave on B's host end");
+        assert_eq!(
+            v.egress_ifindex[d], DST_IF,
+            "expected to leave on B's host end"
+        );
         v.egress_ifindex = [SRC_IF; 2];
         v.flags |= FLOW_PENDING[1 - d];
         self.put_flow(k, v);
@@ -951,7 +958,11 @@ fn admission_pending_then_confirmed_both_ways_then_fast() {
     let before = rig.counters(SRC_IF);
     let admitted = rig.flow_stat(FS_ADMITTED);
     rig.admit(&fwd, &reply);
-    assert_eq!(rig.flow_stat(FS_ADMITTED), admitted + 1, "admission counted once");
+    assert_eq!(
+        rig.flow_stat(FS_ADMITTED),
+        admitted + 1,
+        "admission counted once"
+    );
     assert_eq!(rig.flow_stat(FS_CREATED), 1);
     let mid = rig.counters(SRC_IF);
     // The two kernel-path packets of the admission: counted stack, once each.
@@ -959,7 +970,10 @@ fn admission_pending_then_confirmed_both_ways_then_fast() {
         mid.c[DIR_FROM_CONTAINER][V_STACK].packets,
         before.c[DIR_FROM_CONTAINER][V_STACK].packets + 2
     );
-    assert_eq!(mid.c[DIR_FROM_CONTAINER][V_FAST], before.c[DIR_FROM_CONTAINER][V_FAST]);
+    assert_eq!(
+        mid.c[DIR_FROM_CONTAINER][V_FAST],
+        before.c[DIR_FROM_CONTAINER][V_FAST]
+    );
     // Admitted: rewritten and redirected, counted fast, counted in the flow.
     for i in 1..=3u64 {
         let (ret, out) = rig.run(PROG_TC_INGRESS, &fwd);
@@ -976,7 +990,10 @@ fn admission_pending_then_confirmed_both_ways_then_fast() {
         after.c[DIR_FROM_CONTAINER][V_FAST].packets,
         mid.c[DIR_FROM_CONTAINER][V_FAST].packets + 3
     );
-    assert_eq!(after.c[DIR_FROM_CONTAINER][V_STACK], mid.c[DIR_FROM_CONTAINER][V_STACK]);
+    assert_eq!(
+        after.c[DIR_FROM_CONTAINER][V_STACK],
+        mid.c[DIR_FROM_CONTAINER][V_STACK]
+    );
 }
 
 #[test]
@@ -987,7 +1004,11 @@ fn admission_needs_the_expected_interface_and_the_same_tuple() {
     let (k, v) = rig.flow();
     // Leaving on another interface than the one the fast path would use: not confirmed.
     rig.run(PROG_TC_EGRESS, &fwd);
-    assert_eq!(rig.flow().1, v, "egress on ifindex 1, expected {DST_IF}: no change");
+    assert_eq!(
+        rig.flow().1,
+        v,
+        "egress on ifindex 1, expected {DST_IF}: no change"
+    );
     let mut v1 = v;
     v1.egress_ifindex = [SRC_IF; 2];
     rig.put_flow(k, v1);
@@ -1000,7 +1021,11 @@ fn admission_needs_the_expected_interface_and_the_same_tuple() {
     for f in [&snat, &dnat, &port] {
         rig.run(PROG_TC_EGRESS, f);
     }
-    assert_eq!(rig.flows(), vec![(k, v1)], "no translated tuple confirmed anything");
+    assert_eq!(
+        rig.flows(),
+        vec![(k, v1)],
+        "no translated tuple confirmed anything"
+    );
     assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TCX_NEXT);
     assert_eq!(rig.flow_stat(FS_ADMITTED), 0);
 }
@@ -1040,7 +1065,11 @@ fn admission_tcp_close_goes_to_the_kernel_and_tears_down() {
         rig.admit_again(&fwd, &reply);
         let fin = tcp_frame([10, 0, 0, 9], [10, 0, 0, 2], 40000, 80, close);
         let (ret, out) = rig.run(PROG_TC_INGRESS, &fin);
-        assert_eq!((ret, &out[..]), (TCX_NEXT, &fin[..]), "close: kernel, unchanged");
+        assert_eq!(
+            (ret, &out[..]),
+            (TCX_NEXT, &fin[..]),
+            "close: kernel, unchanged"
+        );
         assert!(rig.flows().is_empty(), "entry torn down");
         assert_eq!(rig.flow_stat(FS_TORN_DOWN), 1);
         // The rest of the close goes through the kernel too, and opens nothing.
@@ -1078,7 +1107,11 @@ fn admission_expires_and_must_be_confirmed_again() {
     assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TCX_NEXT);
     assert_eq!(rig.flow_stat(FS_EXPIRED), 1);
     let st = rig.flow().1;
-    assert_eq!(st.flags & FLOW_ADMITTED, 0, "both directions must be confirmed again");
+    assert_eq!(
+        st.flags & FLOW_ADMITTED,
+        0,
+        "both directions must be confirmed again"
+    );
     assert_ne!(st.flags & (FLOW_PENDING[0] | FLOW_PENDING[1]), 0);
     assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TCX_NEXT);
     // Evicted (gone from the table): the next packet starts over, through the kernel.
