@@ -567,3 +567,47 @@ fn small_flow_table_keeps_every_flow_working() {
     );
     udp_quit(b.name(), dst, u);
 }
+
+/// `agent --admission netfilter` applies the mode at start; /metrics shows the flow table and
+/// the node flow counters, equal to `status --json`.
+#[test]
+fn agent_applies_admission_and_exports_flow_metrics() {
+    let (node, c) = node3(34);
+    node.ok(&["admission", "always"]);
+    let agent = vethfp_tests::Agent::start(&node, &["--admission", "netfilter"]);
+    assert_eq!(node.ok(&["admission"]).trim(), "netfilter");
+    let u = udp_server(c[1].name(), c[1].v4(), 7000, "b");
+    let dst = SocketAddr::new(c[1].v4(), 7000);
+    assert_eq!(udp_requests(c[0].name(), dst, 10).len(), 10);
+    let m = agent.scrape();
+    let st = node.status_json();
+    let ft = &st["flow_table"];
+    assert_eq!(m.get("vethfp_admission_netfilter", &[]), Some(1.0));
+    assert_eq!(m.get("vethfp_flow_table_capacity", &[]), Some(65536.0));
+    assert_eq!(
+        m.get("vethfp_flow_table_entries", &[]),
+        ft["entries"].as_f64()
+    );
+    assert_eq!(m.get("vethfp_flow_table_admitted", &[]), Some(1.0));
+    assert_eq!(m.types["vethfp_flow_table_entries"], "gauge");
+    for ev in [
+        "created",
+        "admitted",
+        "torn_down",
+        "expired",
+        "insert_failed",
+    ] {
+        assert_eq!(
+            m.get("vethfp_flows_total", &[("event", ev)]),
+            ft["counters"][ev].as_f64(),
+            "{ev}"
+        );
+    }
+    assert_eq!(
+        m.get("vethfp_flows_total", &[("event", "admitted")]),
+        Some(1.0)
+    );
+    udp_quit(c[1].name(), dst, u);
+    let (stt, log) = agent.terminate();
+    assert!(stt.success(), "{log}");
+}
