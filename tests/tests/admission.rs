@@ -611,3 +611,150 @@ fn agent_applies_admission_and_exports_flow_metrics() {
     let (stt, log) = agent.terminate();
     assert!(stt.success(), "{log}");
 }
+
+/// Node X (netfilter admission) with container 10.X.0.2 and a remote host 192.168.X.2 behind
+/// the attached uplink `ul0` (node side 192.168.X.1), `--egress fast` (the default).
+fn uplink_node(x: u8) -> (Node, Container, vethfp_tests::Netns) {
+    let node = Node::netfilter(x);
+    let c = node.add_container("vuc", &[&format!("10.{x}.0.2/24")]);
+    let remote = vethfp_tests::Netns::new("vfr");
+    node.ns.ip(&[
+        "link",
+        "add",
+        "ul0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ul0",
+        "netns",
+        remote.name(),
+    ]);
+    node.ns
+        .ip(&["addr", "add", &format!("192.168.{x}.1/24"), "dev", "ul0"]);
+    node.ns.ip(&["link", "set", "ul0", "up"]);
+    remote.ip(&["addr", "add", &format!("192.168.{x}.2/24"), "dev", "ul0"]);
+    remote.ip(&["link", "set", "ul0", "up"]);
+    remote.ip(&["link", "set", "lo", "up"]);
+    node.ok(&["uplink", "attach", "ul0"]);
+    ipt(node.name(), false, "-t nat -L -n");
+    (node, c, remote)
+}
+
+/// A UDP server in `ns` that answers each datagram with the sender's address, until "quit".
+fn udp_who(ns: &str, at: SocketAddr) -> std::thread::JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = in_netns(ns, move || {
+        let s = UdpSocket::bind(at).expect("bind");
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            let (n, from) = s.recv_from(&mut buf).unwrap();
+            if &buf[..n] == b"quit" {
+                return;
+            }
+            let _ = s.send_to(from.ip().to_string().as_bytes(), from);
+        }
+    });
+    rx.recv_timeout(LONG).unwrap();
+    h
+}
+
+/// `uplink attach` with `--egress fast` under netfilter admission: MASQUERADE applies (the
+/// remote sees the node's address), the masqueraded flow is never admitted.
+#[test]
+fn uplink_masquerade_is_applied_and_never_admitted() {
+    let x = 41;
+    let (node, c, remote) = uplink_node(x);
+    ipt(
+        node.name(),
+        false,
+        &format!("-t nat -A POSTROUTING -s 10.{x}.0.0/24 -o ul0 -j MASQUERADE"),
+    );
+    let at: SocketAddr = format!("192.168.{x}.2:7000").parse().unwrap();
+    let h = udp_who(remote.name(), at);
+    let replies = udp_requests(c.name(), at, 20);
+    assert_eq!(replies.len(), 20, "every masqueraded request answered");
+    for (who, from) in &replies {
+        assert_eq!(
+            who,
+            &format!("192.168.{x}.1"),
+            "the remote saw the node's address"
+        );
+        assert_eq!(*from, at);
+    }
+    let st = node.status_json();
+    assert_eq!(st["flow_table"]["counters"]["admitted"], 0, "{st}");
+    let s = node.stats(&c.host_if);
+    assert_eq!(s.from("fast_uplink").packets, 0, "{s:?}");
+    assert_eq!(s.to("fast_uplink").packets, 0, "{s:?}");
+    udp_quit(remote.name(), at, h);
+}
+
+/// NodePort (DNAT on the node's address) over the attached uplink answers every request and
+/// is never admitted; a direct (routed, untranslated) flow over the same uplink is admitted
+/// and then takes the uplink fast path both ways.
+#[test]
+fn uplink_nodeport_works_and_direct_flows_are_accelerated() {
+    let x = 42;
+    let (node, c, remote) = uplink_node(x);
+    let ca = c.v4();
+    ipt(
+        node.name(),
+        false,
+        &format!(
+            "-t nat -A PREROUTING -d 192.168.{x}.1 -p udp --dport 30053 -j DNAT --to-destination {ca}:7000"
+        ),
+    );
+    ipt(
+        node.name(),
+        false,
+        &format!(
+            "-t nat -A PREROUTING -d 192.168.{x}.1 -p tcp --dport 30080 -j DNAT --to-destination {ca}:8080"
+        ),
+    );
+    let u = udp_who(c.name(), SocketAddr::new(ca, 7000));
+    let t = tcp_server(c.name(), ca, 8080, "c");
+    let np: SocketAddr = format!("192.168.{x}.1:30053").parse().unwrap();
+    let replies = udp_requests(remote.name(), np, 20);
+    assert_eq!(replies.len(), 20, "NodePort UDP answered 20 of 20");
+    assert!(
+        replies.iter().all(|(_, from)| *from == np),
+        "replies from the NodePort"
+    );
+    let tp: SocketAddr = format!("192.168.{x}.1:30080").parse().unwrap();
+    for i in 0..20 {
+        assert_eq!(
+            tcp_request(remote.name(), tp, SHORT).unwrap_or_else(|e| panic!("#{i}: {e}")),
+            "c"
+        );
+    }
+    assert_eq!(node.status_json()["flow_table"]["counters"]["admitted"], 0);
+    // Direct: the remote routes the container subnet via the node; no translation.
+    remote.ip(&[
+        "route",
+        "add",
+        &format!("10.{x}.0.0/24"),
+        "via",
+        &format!("192.168.{x}.1"),
+    ]);
+    let direct = SocketAddr::new(ca, 7000);
+    let before = node.stats(&c.host_if);
+    const N: u64 = 50;
+    let replies = udp_requests(remote.name(), direct, N as usize);
+    assert_eq!(replies.len() as u64, N);
+    let d = node.stats(&c.host_if).since(&before);
+    assert_eq!(node.status_json()["flow_table"]["counters"]["admitted"], 1);
+    assert_eq!(
+        d.to("fast_uplink").packets,
+        N - 1,
+        "requests after the first: uplink fast path {d:?}"
+    );
+    assert_eq!(
+        d.from("fast_uplink").packets,
+        N - 1,
+        "replies after the first: uplink fast path {d:?}"
+    );
+    udp_quit(c.name(), SocketAddr::new(ca, 7000), u);
+    stop_server(c.name(), SocketAddr::new(ca, 8080), t);
+}
