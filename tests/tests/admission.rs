@@ -758,3 +758,114 @@ fn uplink_nodeport_works_and_direct_flows_are_accelerated() {
     udp_quit(c.name(), SocketAddr::new(ca, 7000), u);
     stop_server(c.name(), SocketAddr::new(ca, 8080), t);
 }
+
+/// kube-proxy's nftables mode (numgen + vmap to the endpoints, dnat) and a FORWARD-hook
+/// policy in one `inet` table, v4 and v6: ClusterIPs work with replies from the service
+/// address, the allowed port works, the other stays unreachable.
+#[test]
+fn nftables_clusterip_and_firewall_v4_v6() {
+    let (node, c) = node3(51);
+    liberal(&node, true);
+    let (b4, c4, b6, c6) = (c[1].v4(), c[2].v4(), c[1].v6(), c[2].v6());
+    let rules = format!(
+        r#"table inet kube-proxy {{
+  chain nat-prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump services; }}
+  chain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}
+  chain services {{
+    ip daddr 10.96.0.10 meta l4proto {{ tcp, udp }} th dport 80 jump svc4
+    ip6 daddr fd00:96::10 meta l4proto {{ tcp, udp }} th dport 80 jump svc6
+  }}
+  chain svc4 {{ numgen random mod 2 vmap {{ 0 : jump sep4b, 1 : jump sep4c }}; }}
+  chain svc6 {{ numgen random mod 2 vmap {{ 0 : jump sep6b, 1 : jump sep6c }}; }}
+  chain sep4b {{ meta l4proto {{ tcp, udp }} dnat ip to {b4}:8080; }}
+  chain sep4c {{ meta l4proto {{ tcp, udp }} dnat ip to {c4}:8080; }}
+  chain sep6b {{ meta l4proto {{ tcp, udp }} dnat ip6 to [{b6}]:8080; }}
+  chain sep6c {{ meta l4proto {{ tcp, udp }} dnat ip6 to [{c6}]:8080; }}
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    ct state invalid drop
+    ct state established,related accept
+    meta l4proto {{ tcp, udp }} th dport 8080 accept
+    meta l4proto {{ icmp, ipv6-icmp }} accept
+  }}
+}}
+"#
+    );
+    let file = std::env::temp_dir().join(vethfp_tests::unique_name("nft"));
+    std::fs::write(&file, rules).unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", node.name(), "nft", "-f"])
+        .arg(&file)
+        .output()
+        .expect("run nft");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "nft -f: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut servers = Vec::new();
+    for (ep, ip, name) in [
+        (&c[1], b4, "b"),
+        (&c[2], c4, "c"),
+        (&c[1], b6, "b"),
+        (&c[2], c6, "c"),
+    ] {
+        servers.push((
+            ep.name().to_string(),
+            SocketAddr::new(ip, 8080),
+            tcp_server(ep.name(), ip, 8080, name),
+        ));
+        udp_server(ep.name(), ip, 8080, name); // ends with its namespace
+        servers.push((
+            ep.name().to_string(),
+            SocketAddr::new(ip, 9090),
+            tcp_server(ep.name(), ip, 9090, name),
+        ));
+    }
+    for vip in ["10.96.0.10", "fd00:96::10"] {
+        let vip: IpAddr = vip.parse().unwrap();
+        let svc = SocketAddr::new(vip, 80);
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..30 {
+            seen.insert(
+                tcp_request(c[0].name(), svc, SHORT).unwrap_or_else(|e| panic!("{svc} #{i}: {e}")),
+            );
+        }
+        assert_eq!(seen.len(), 2, "{svc}: both backends: {seen:?}");
+        let replies = udp_requests(c[0].name(), svc, 20);
+        assert_eq!(replies.len(), 20, "{svc} UDP");
+        assert!(
+            replies.iter().all(|(_, f)| *f == svc),
+            "UDP replies from {svc}"
+        );
+    }
+    assert_eq!(
+        node.status_json()["flow_table"]["counters"]["admitted"],
+        0,
+        "NAT'd: never admitted"
+    );
+    for b in [b4, b6] {
+        assert_eq!(
+            tcp_request(c[0].name(), SocketAddr::new(b, 8080), SHORT).as_deref(),
+            Ok("b")
+        );
+        assert!(
+            tcp_request(c[0].name(), SocketAddr::new(b, 9090), SHORT).is_err(),
+            "{b}:9090 must stay unreachable"
+        );
+        assert_eq!(
+            udp_requests(c[0].name(), SocketAddr::new(b, 8080), 10).len(),
+            10
+        );
+    }
+    // The direct flows to the allowed port were admitted (TCP and UDP, both families).
+    let st = node.status_json();
+    assert!(
+        st["flow_table"]["counters"]["admitted"].as_u64().unwrap() >= 2,
+        "{st}"
+    );
+    for (ns, at, h) in servers {
+        stop_server(&ns, at, h);
+    }
+}
