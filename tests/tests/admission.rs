@@ -81,7 +81,7 @@ fn tcp_request(ns: &str, addr: SocketAddr, timeout: Duration) -> Result<String, 
 }
 
 fn stop_server(ns: &str, addr: SocketAddr, h: std::thread::JoinHandle<()>) {
-    let _ = run_in_netns(ns, move || {
+    run_in_netns(ns, move || {
         if let Ok(mut s) = TcpStream::connect_timeout(&addr, SHORT) {
             let _ = s.write_all(b"quit\n");
         }

@@ -10,6 +10,10 @@
 //! Admitted flows fall back to pending after `CONFIG_REVERIFY` seconds, or `CONFIG_IDLE`
 //! seconds without a packet, so conntrack keeps seeing them and rule changes take effect.
 
+// Keys and values are passed to the map helpers by reference on purpose: by value they would be
+// copied onto the 512-byte BPF stack once more per call site.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use network_types::{
     eth::{EthHdr, EtherType},
