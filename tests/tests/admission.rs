@@ -869,3 +869,70 @@ fn nftables_clusterip_and_firewall_v4_v6() {
         stop_server(&ns, at, h);
     }
 }
+
+/// Strict conntrack (nf_conntrack_tcp_be_liberal = 0, the kernel default): TCP is never
+/// admitted, so it stays correct under an INVALID-drop rule (the close included) and is
+/// counted `stack`; `status` says why.
+#[test]
+fn tcp_stays_on_the_kernel_path_with_strict_conntrack() {
+    let (node, c) = node3(61);
+    liberal(&node, false);
+    let ns = node.name();
+    ipt(
+        ns,
+        false,
+        "-A FORWARD -m conntrack --ctstate INVALID -m comment --comment invalid -j DROP",
+    );
+    let text = node.ok(&["status"]);
+    assert!(
+        text.contains("nf_conntrack_tcp_be_liberal"),
+        "status explains: {text}"
+    );
+    assert_eq!(node.status_json()["tcp_conntrack"], "strict");
+    let before = node.stats(&c[1].host_if);
+    let flow = tcp_flow(c[0].name(), c[1].name(), c[1].v4());
+    assert!(flow.wait_echoed(4 << 20, LONG));
+    flow.finish().expect("clean close through the kernel");
+    let d = node.stats(&c[1].host_if).since(&before);
+    assert_eq!(d.to("fast").packets, 0, "{d:?}");
+    assert!(d.to("stack").bytes >= 4 << 20, "{d:?}");
+    assert_eq!(rule_packets(ns, false, "FORWARD", "invalid"), 0);
+    let flows: serde_json::Value = serde_json::from_str(&node.ok(&["flows", "--json"])).unwrap();
+    assert!(
+        flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["proto"] != "tcp"),
+        "{flows}"
+    );
+}
+
+/// Why TCP needs a liberal conntrack (the measurement behind the rule): a TCP flow admitted
+/// while conntrack was liberal, whose conntrack then checks windows again, has a stale window
+/// state; its mid-stream packets after a re-verification and its close are INVALID.
+#[test]
+fn stale_conntrack_window_makes_tcp_invalid_when_not_liberal() {
+    let (node, c) = node3(62);
+    liberal(&node, true);
+    let ns = node.name();
+    ipt(
+        ns,
+        false,
+        "-A FORWARD -m conntrack --ctstate INVALID -m comment --comment invalid -j DROP",
+    );
+    let flow = tcp_flow(c[0].name(), c[1].name(), c[1].v4());
+    assert!(
+        flow.wait_echoed(16 << 20, LONG),
+        "admitted flow carries data"
+    );
+    // The sysctl changes behind vethfp's back (no write operation re-reads it yet).
+    node.ns
+        .sysctl("net.netfilter.nf_conntrack_tcp_be_liberal", "0");
+    let r = flow.finish();
+    let invalid = rule_packets(ns, false, "FORWARD", "invalid");
+    assert!(
+        r.is_err() && invalid > 0,
+        "close must fail as INVALID: {r:?}, invalid drops {invalid}"
+    );
+}
