@@ -110,6 +110,16 @@ impl VethfpPairs {
         }
     }
 
+    /// `vethfp admission MODE` in the node. The existing vethfp topologies measure the
+    /// unconditional fast path (forwarding off in the node), so they run under `always`.
+    pub fn admission(&mut self, mode: &str) -> Result<()> {
+        let mut c = setns_cmd(&self.node_path, &self.vethfp.bin)?;
+        c.arg("--bpffs").arg(&self.vethfp.bpffs);
+        c.args(["admission", mode]);
+        output(&mut c).with_context(|| format!("vethfp admission {mode} failed"))?;
+        Ok(())
+    }
+
     /// `vethfp uplink attach IFACE` in the node (removed with the node namespace).
     pub fn uplink_attach(&mut self, iface: &str) -> Result<()> {
         let mut c = setns_cmd(&self.node_path, &self.vethfp.bin)?;
@@ -237,6 +247,7 @@ impl Topo {
                 let v = vethfp.context("bridge+vethfp needs a vethfp binary")?;
                 topo.wire_bridge(false)?;
                 let mut pairs = VethfpPairs::new(v, topo.node());
+                pairs.admission("always")?;
                 pairs.accelerate("br0")?;
                 topo.vethfp = Some(pairs);
             }
@@ -392,6 +403,7 @@ impl Topo {
         // Forwarding stays off in the node: only the fast path can carry the traffic.
         node.sysctl("net.ipv4.ip_forward", "0")?;
         let mut pairs = VethfpPairs::new(v, node);
+        pairs.admission("always")?;
         for (c, host, addr) in self.containers() {
             let mode: &[&str] = if xdp { &["--mode", "xdp"] } else { &[] };
             pairs.add_with(
@@ -430,6 +442,7 @@ impl Topo {
             "10.211.0.1",
         ])?;
         let mut pairs = VethfpPairs::new(v, node);
+        pairs.admission("always")?;
         pairs.add("vfhb", &self.server.name, &[&format!("{SERVER_IP}/24")])?;
         pairs.uplink_attach("up0")?;
         self.vethfp = Some(pairs);
