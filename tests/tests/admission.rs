@@ -936,3 +936,101 @@ fn stale_conntrack_window_makes_tcp_invalid_when_not_liberal() {
         "close must fail as INVALID: {r:?}, invalid drops {invalid}"
     );
 }
+
+/// Bridge bypass under netfilter admission: br_netfilter rules that drop some traffic between
+/// the bridge's ports no longer make `bridge accelerate` refuse (they do under `always`); the
+/// rules stay in force, and allowed flows are accelerated after their first packets.
+#[test]
+fn bridge_accelerate_with_br_netfilter_rules_under_netfilter_admission() {
+    if !std::path::Path::new("/proc/sys/net/bridge").exists() {
+        let out = Command::new("modprobe")
+            .arg("br_netfilter")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "modprobe br_netfilter: {out:?}");
+    }
+    let node = Node::netfilter(71);
+    let ns = node.name();
+    node.ns.ip(&["link", "add", "br0", "type", "bridge"]);
+    node.ns.ip(&["addr", "add", "10.71.0.1/24", "dev", "br0"]);
+    node.ns.ip(&["link", "set", "br0", "up"]);
+    let mut ctrs = Vec::new();
+    for k in 0..2 {
+        let c = vethfp_tests::Netns::new("vbc");
+        c.quiet_ipv6();
+        let port = format!("brp{k}");
+        node.ns.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            c.name(),
+        ]);
+        node.ns.ip(&["link", "set", &port, "master", "br0", "up"]);
+        c.ip(&[
+            "addr",
+            "add",
+            &format!("10.71.0.{}/24", k + 2),
+            "dev",
+            "eth0",
+        ]);
+        c.ip(&["link", "set", "eth0", "up"]);
+        c.ip(&["link", "set", "lo", "up"]);
+        ctrs.push((c, port));
+    }
+    node.ns.sysctl("net.bridge.bridge-nf-call-iptables", "1");
+    ipt(
+        ns,
+        false,
+        "-A FORWARD -i br0 -o br0 -p udp --dport 9090 -j DROP",
+    );
+    ipt(
+        ns,
+        false,
+        "-A FORWARD -i br0 -o br0 -p udp --dport 7000 -m comment --comment br-a2b -j ACCEPT",
+    );
+    ipt(
+        ns,
+        false,
+        "-A FORWARD -i br0 -o br0 -p udp --sport 7000 -m comment --comment br-b2a -j ACCEPT",
+    );
+    // Under `always` the DROP rule would be skipped: refused.
+    node.ok(&["admission", "always"]);
+    let err = node.fails(&["bridge", "accelerate", "br0"]);
+    assert!(err.contains("DROP"), "{err}");
+    node.ok(&["admission", "netfilter"]);
+    let out = node.ok(&["bridge", "accelerate", "br0"]);
+    assert!(out.contains("2 port(s) accelerated"), "{out}");
+    let (a, b) = (&ctrs[0].0, &ctrs[1].0);
+    let bip: IpAddr = "10.71.0.3".parse().unwrap();
+    let u = udp_server(b.name(), bip, 7000, "b");
+    let u2 = udp_server(b.name(), bip, 9090, "b");
+    assert!(
+        udp_requests(a.name(), SocketAddr::new(bip, 9090), 1).is_empty(),
+        "the br_netfilter DROP rule stays in force"
+    );
+    const N: u64 = 100;
+    let before = node.stats(&ctrs[1].1);
+    let replies = udp_requests(a.name(), SocketAddr::new(bip, 7000), N as usize);
+    assert_eq!(replies.len() as u64, N);
+    let d = node.stats(&ctrs[1].1).since(&before);
+    assert_eq!(
+        rule_packets(ns, false, "FORWARD", "br-a2b"),
+        1,
+        "only the first request crossed the bridge"
+    );
+    assert_eq!(
+        rule_packets(ns, false, "FORWARD", "br-b2a"),
+        1,
+        "only the first reply"
+    );
+    assert_eq!(d.to("fast").packets, N - 1, "{d:?}");
+    assert_eq!(d.from("fast").packets, N - 1, "{d:?}");
+    udp_quit(b.name(), SocketAddr::new(bip, 7000), u);
+    udp_quit(b.name(), SocketAddr::new(bip, 9090), u2);
+}
