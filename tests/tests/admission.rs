@@ -1034,3 +1034,39 @@ fn bridge_accelerate_with_br_netfilter_rules_under_netfilter_admission() {
     udp_quit(b.name(), SocketAddr::new(bip, 7000), u);
     udp_quit(b.name(), SocketAddr::new(bip, 9090), u2);
 }
+
+/// XDP endpoints and IPv6 under netfilter admission: XDP only looks flows up; the first
+/// request and reply take the kernel (counted stack once, by tcx), the rest goes fast.
+#[test]
+fn xdp_and_v6_flows_are_admitted_then_fast() {
+    let node = Node::netfilter(72);
+    let a = node.add_container_with(
+        "vxa72",
+        &["10.72.0.2/24", "fd00:72::2/64"],
+        &["--mode", "xdp"],
+    );
+    let b = node.add_container_with(
+        "vxb72",
+        &["10.72.0.3/24", "fd00:72::3/64"],
+        &["--mode", "xdp"],
+    );
+    const N: u64 = 100;
+    for (port, ip) in [(7000u16, b.v4()), (7001, b.v6())] {
+        let u = udp_server(b.name(), ip, port, "b");
+        let (ba, bb) = (node.stats(&a.host_if), node.stats(&b.host_if));
+        let replies = udp_requests(a.name(), SocketAddr::new(ip, port), N as usize);
+        assert_eq!(replies.len() as u64, N, "{ip}");
+        let (da, db) = (
+            node.stats(&a.host_if).since(&ba),
+            node.stats(&b.host_if).since(&bb),
+        );
+        assert_eq!(db.to("fast").packets, N - 1, "{ip}: {db:?}");
+        assert_eq!(da.to("fast").packets, N - 1, "{ip}: {da:?}");
+        assert_eq!(da.from("fast").packets, N - 1, "{ip}: {da:?}");
+        udp_quit(b.name(), SocketAddr::new(ip, port), u);
+    }
+    // ICMP echo is admitted too (identifier as port): a flow entry appears.
+    assert!(vethfp_tests::ping(a.name(), b.v4()));
+    let flows = node.ok(&["flows", "--json"]);
+    assert!(flows.contains("\"icmp\""), "{flows}");
+}
