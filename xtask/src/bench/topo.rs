@@ -24,10 +24,15 @@ pub enum Kind {
     VethfpTc,
     VethfpXdp,
     VethfpUplink,
+    /// Kernel routing through ~1000 docker/kube-proxy-style FORWARD rules and conntrack.
+    RoutedRules,
+    /// vethfp under netfilter admission on the same node ruleset: the kernel (rules,
+    /// conntrack) sees each flow's first packets, established flows go fast.
+    VethfpNetfilter,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Direct,
         Kind::Bridge,
         Kind::BridgeVethfp,
@@ -36,6 +41,8 @@ impl Kind {
         Kind::VethfpTc,
         Kind::VethfpXdp,
         Kind::VethfpUplink,
+        Kind::RoutedRules,
+        Kind::VethfpNetfilter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +55,8 @@ impl Kind {
             Kind::VethfpTc => "vethfp-tc",
             Kind::VethfpXdp => "vethfp-xdp",
             Kind::VethfpUplink => "vethfp-uplink",
+            Kind::RoutedRules => "routed+rules",
+            Kind::VethfpNetfilter => "vethfp-netfilter",
         }
     }
 
@@ -61,11 +70,16 @@ impl Kind {
             Kind::VethfpTc => "vtc",
             Kind::VethfpXdp => "vxd",
             Kind::VethfpUplink => "vup",
+            Kind::RoutedRules => "rtr",
+            Kind::VethfpNetfilter => "vnf",
         }
     }
 
     pub fn needs_vethfp(self) -> bool {
-        matches!(self, Kind::VethfpTc | Kind::VethfpXdp | Kind::BridgeVethfp)
+        matches!(
+            self,
+            Kind::VethfpTc | Kind::VethfpXdp | Kind::BridgeVethfp | Kind::VethfpNetfilter
+        )
     }
 }
 
@@ -253,6 +267,14 @@ impl Topo {
             }
             Kind::BridgeDockerLike => topo.wire_bridge(true)?,
             Kind::Routed => topo.wire_routed()?,
+            Kind::RoutedRules => {
+                topo.wire_routed()?;
+                node_ruleset(topo.node(), "-A FORWARD -j ACCEPT\n")?;
+            }
+            Kind::VethfpNetfilter => {
+                let v = vethfp.context("vethfp topologies need a vethfp binary")?;
+                topo.wire_vethfp_netfilter(v)?
+            }
             Kind::VethfpUplink => {
                 let v = vethfp.context("vethfp topologies need a vethfp binary")?;
                 topo.wire_vethfp_uplink(v)?
@@ -417,6 +439,23 @@ impl Topo {
         Ok(())
     }
 
+    /// vethfp (TC) under netfilter admission: forwarding on, the ~1000-rule ruleset, TCP
+    /// admitted (nf_conntrack_tcp_be_liberal = 1, as kube-proxy --conntrack-tcp-be-liberal).
+    fn wire_vethfp_netfilter(&mut self, v: &Vethfp) -> Result<()> {
+        let node = self.node();
+        node.ip(&["addr", "add", "10.210.255.1/32", "dev", "lo"])?;
+        node.sysctl("net.ipv4.ip_forward", "1")?;
+        node_ruleset(node, "-A FORWARD -j ACCEPT\n")?;
+        node.sysctl("net.netfilter.nf_conntrack_tcp_be_liberal", "1")?;
+        let mut pairs = VethfpPairs::new(v, node);
+        pairs.admission("netfilter")?;
+        for (c, host, addr) in self.containers() {
+            pairs.add(&format!("vf{host}"), &c.name, &[&format!("{addr}/24")])?;
+        }
+        self.vethfp = Some(pairs);
+        Ok(())
+    }
+
     /// Node ↔ container over the uplink: the client is a remote host on the node's uplink
     /// (`up0`, 10.211.0.1/24), the server a vethfp container. Client → server takes the
     /// uplink ingress program, server → client the `--egress fast` FIB path.
@@ -529,6 +568,12 @@ fn docker_like_filtering(node: &Netns) -> Result<()> {
             .context("`modprobe br_netfilter` failed: the kernel needs CONFIG_BRIDGE_NETFILTER")?;
     }
     node.sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
+    node_ruleset(node, "-A FORWARD -i br0 -o br0 -j ACCEPT\n")
+}
+
+/// ~1000 docker/kube-proxy-style FORWARD rules that match nothing of the bench's traffic
+/// (walked by every packet the kernel forwards), conntrack (ESTABLISHED accept), then `last`.
+fn node_ruleset(node: &Netns, last: &str) -> Result<()> {
     let mut rules =
         String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
     for i in 0..1000u32 {
@@ -542,7 +587,7 @@ fn docker_like_filtering(node: &Netns) -> Result<()> {
         ));
     }
     rules.push_str("-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
-    rules.push_str("-A FORWARD -i br0 -o br0 -j ACCEPT\n");
+    rules.push_str(last);
     rules.push_str("COMMIT\n");
     let mut child = node
         .cmd("iptables-restore")
