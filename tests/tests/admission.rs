@@ -1070,3 +1070,45 @@ fn xdp_and_v6_flows_are_admitted_then_fast() {
     let flows = node.ok(&["flows", "--json"]);
     assert!(flows.contains("\"icmp\""), "{flows}");
 }
+
+/// Removing an endpoint removes its flows: a later endpoint with the same address is admitted
+/// by the kernel afresh, never inherits an admitted flow.
+#[test]
+fn pair_del_forgets_the_endpoints_flows() {
+    let (node, c) = node3(73);
+    let dst = SocketAddr::new(c[1].v4(), 7000);
+    let u = udp_server(c[1].name(), c[1].v4(), 7000, "b");
+    assert_eq!(udp_requests(c[0].name(), dst, 5).len(), 5);
+    let u2 = udp_server(c[2].name(), c[2].v4(), 7000, "c");
+    assert_eq!(
+        udp_requests(c[0].name(), SocketAddr::new(c[2].v4(), 7000), 5).len(),
+        5
+    );
+    let flows = |node: &Node| -> Vec<serde_json::Value> {
+        serde_json::from_str::<serde_json::Value>(&node.ok(&["flows", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let has = |fs: &[serde_json::Value], ip: IpAddr| {
+        fs.iter().any(|f| {
+            f["a"].as_str().unwrap().starts_with(&format!("{ip}:"))
+                || f["b"].as_str().unwrap().starts_with(&format!("{ip}:"))
+        })
+    };
+    let before = flows(&node);
+    assert!(
+        has(&before, c[1].v4()) && has(&before, c[2].v4()),
+        "{before:?}"
+    );
+    udp_quit(c[1].name(), dst, u);
+    node.ok(&["pair", "del", &c[1].host_if]);
+    let after = flows(&node);
+    assert!(
+        !has(&after, c[1].v4()),
+        "flows of the removed endpoint are gone: {after:?}"
+    );
+    assert!(has(&after, c[2].v4()), "other flows stay: {after:?}");
+    udp_quit(c[2].name(), SocketAddr::new(c[2].v4(), 7000), u2);
+}

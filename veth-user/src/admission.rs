@@ -115,6 +115,31 @@ pub fn flush(dp: &mut Datapath) -> Result<usize, DatapathError> {
     Ok(n)
 }
 
+/// Removes every flow with an end at one of `addrs` (an endpoint going away: a later endpoint
+/// with the same address must be admitted by the kernel afresh). Returns how many.
+pub fn forget(dp: &mut Datapath, addrs: &[IpAddr]) -> Result<usize, DatapathError> {
+    if addrs.is_empty() {
+        return Ok(0);
+    }
+    let mut flows = dp.flows()?;
+    let doomed: Vec<FlowKey> = flows
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| {
+            addrs
+                .iter()
+                .any(|a| *a == addr_of(k, &k.addr_lo) || *a == addr_of(k, &k.addr_hi))
+        })
+        .collect();
+    let mut n = 0;
+    for k in doomed {
+        if flows.remove(&k).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Flow table fill and node flow counters (`status`, /metrics).
 #[derive(Debug, Clone, Serialize)]
 pub struct FlowTable {

@@ -841,6 +841,11 @@ impl Registry {
         }
         let _ = self.dp.devmap()?.remove(ifindex);
         self.dp.detach(ifindex)?;
+        // Its flows go too: a later endpoint with one of these addresses starts unadmitted.
+        let addrs: Vec<IpAddr> = record_addrs(rec).map(|a| a.addr).collect();
+        if let Err(e) = crate::admission::forget(&mut self.dp, &addrs) {
+            log::warn!("removing the flows of {name}: {e}");
+        }
         if rec.flags & EP_ADOPTED == 0
             && let Some(link) = netlink::link_by_index(ifindex)?
             && link.name == name
