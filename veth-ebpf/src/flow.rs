@@ -241,8 +241,12 @@ pub fn admitted(f: &Flow) -> bool {
         return false;
     }
     // SAFETY: map value pointer; a lost update of these statistics between CPUs is harmless.
+    // last_seen moves once per jiffy (coarse clock): written only then, so the two directions'
+    // CPUs do not bounce the cache line on it for every packet.
     unsafe {
-        (*st).last_seen = t;
+        if (*st).last_seen != t {
+            (*st).last_seen = t;
+        }
         (*st).packets += 1;
     }
     true
