@@ -1112,3 +1112,109 @@ fn pair_del_forgets_the_endpoints_flows() {
     assert!(has(&after, c[2].v4()), "other flows stay: {after:?}");
     udp_quit(c[2].name(), SocketAddr::new(c[2].v4(), 7000), u2);
 }
+
+/// hostPort via the CNI chain: vethfp, then the reference `portmap` plugin (its DNAT rules
+/// in the node). Under netfilter admission the DNAT'd flow keeps working (never admitted),
+/// and a direct flow between the same pods is accelerated.
+#[test]
+fn cni_portmap_hostport_works_under_netfilter_admission() {
+    use vethfp_tests::cni::{
+        CniEnv, CniNet, TempDir, cni_plugin, container_id, container_ns, with_prev,
+    };
+    cni_plugin("portmap");
+    let net = CniNet {
+        node: Node::netfilter(1),
+        ipam_dir: TempDir::new("i"),
+        name: vethfp_tests::unique_name("net"),
+    };
+    let conf = net.conf("1.0.0");
+    let mut pods = Vec::new();
+    for _ in 0..2 {
+        let ns = container_ns();
+        let cid = container_id();
+        let res = net
+            .vethfp(&CniEnv::full("ADD", &cid, ns.name(), "eth0"), &conf)
+            .ok("ADD");
+        ns.wait_addrs_ready(LONG);
+        pods.push((ns, cid, res));
+    }
+    let ip_of = |res: &serde_json::Value| -> IpAddr {
+        res["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                i["address"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .parse::<IpAddr>()
+                    .unwrap()
+            })
+            .find(|a| a.is_ipv4())
+            .unwrap()
+    };
+    let (a, b) = (&pods[0], &pods[1]);
+    let bip = ip_of(&b.2);
+    let pm = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": net.name,
+        "type": "portmap",
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [
+            {"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"},
+            {"hostPort": 18053, "containerPort": 7000, "protocol": "udp"}
+        ]},
+    });
+    net.plugin(
+        "portmap",
+        &CniEnv::full("ADD", &b.1, b.0.name(), "eth0"),
+        &with_prev(&pm, &b.2),
+    )
+    .ok("portmap ADD");
+    let t = tcp_server(b.0.name(), bip, 8080, "b");
+    let u = udp_server(b.0.name(), bip, 7000, "b");
+    let node_ip = net.node.v4();
+    for i in 0..10 {
+        let r = tcp_request(a.0.name(), SocketAddr::new(node_ip, 18080), SHORT);
+        assert_eq!(r.as_deref(), Ok("b"), "hostPort TCP #{i}");
+    }
+    let hp = SocketAddr::new(node_ip, 18053);
+    let replies = udp_requests(a.0.name(), hp, 10);
+    assert_eq!(replies.len(), 10, "hostPort UDP");
+    assert!(
+        replies.iter().all(|(_, f)| *f == hp),
+        "replies from the hostPort address"
+    );
+    assert_eq!(
+        net.node.status_json()["flow_table"]["counters"]["admitted"],
+        0
+    );
+    // The same pods directly: admitted, then fast.
+    let before = net
+        .node
+        .stats(b.2["interfaces"][0]["name"].as_str().unwrap());
+    assert_eq!(
+        udp_requests(a.0.name(), SocketAddr::new(bip, 7000), 20).len(),
+        20
+    );
+    let d = net
+        .node
+        .stats(b.2["interfaces"][0]["name"].as_str().unwrap())
+        .since(&before);
+    assert_eq!(d.to("fast").packets, 19, "{d:?}");
+    stop_server(b.0.name(), SocketAddr::new(bip, 8080), t);
+    udp_quit(b.0.name(), SocketAddr::new(bip, 7000), u);
+    net.plugin(
+        "portmap",
+        &CniEnv::full("DEL", &b.1, b.0.name(), "eth0"),
+        &with_prev(&pm, &b.2),
+    )
+    .ok("portmap DEL");
+    for (ns, cid, _) in &pods {
+        net.vethfp(&CniEnv::full("DEL", cid, ns.name(), "eth0"), &conf)
+            .ok("DEL");
+    }
+}
