@@ -475,6 +475,23 @@ fn admitted_flows_skip_forward_after_their_first_packets() {
     assert!(st["flow_table"]["admitted"].as_u64().unwrap() >= 1, "{st}");
     assert_eq!(st["flow_table"]["capacity"], 65536);
 
+    let text = node.ok(&["flows"]);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("udp "))
+        .unwrap_or_else(|| panic!("flows table lists the UDP flow:\n{text}"));
+    assert!(text.starts_with("PROTO"), "{text}");
+    assert!(
+        line.contains("admitted") && line.contains(&c[1].host_if),
+        "{line}"
+    );
+    assert!(line.contains(&format!("{}", 2 * (N - 1))), "{line}");
+    let status = node.ok(&["status"]);
+    assert!(status.contains("admission: netfilter"), "{status}");
+    assert!(status.contains("tcp:       admitted"), "{status}");
+    assert!(status.contains("of 65536"), "{status}");
+    let err = node.fails(&["admission", "sometimes"]);
+    assert!(err.contains("sometimes"), "{err}");
     // flows flush: the next packets are admitted by the kernel again, and keep working.
     let out = node.ok(&["flows", "flush"]);
     assert!(out.starts_with("flushed "), "{out}");
