@@ -12,6 +12,8 @@ pub const SERVER_IP: &str = "10.210.0.3";
 pub const SOCKPERF_UDP_PORT: u16 = 11111;
 pub const SOCKPERF_TCP_PORT: u16 = 11112;
 pub const IPERF_PORT: u16 = 5201;
+/// The connection-rate workload's server (a thread of the bench itself).
+pub const CRR_PORT: u16 = 11200;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
