@@ -201,7 +201,35 @@ impl Node {
         Node::with_x(1)
     }
 
+    /// Node X with admission `always`: the forwarding-off proofs of the fast path (with
+    /// forwarding off, `netfilter` admission would never admit anything: the kernel drops).
     pub fn with_x(x: u8) -> Node {
+        let node = Node::bare(x);
+        node.ok(&["admission", "always"]);
+        node
+    }
+
+    /// Node X under the default admission (`netfilter`) with forwarding ON, as a real
+    /// container host: the kernel forwards (and may NAT or filter) each flow first.
+    pub fn netfilter(x: u8) -> Node {
+        Node::netfilter_with(x, None)
+    }
+
+    /// [`Node::netfilter`] whose state is made with `--flow-table-size N`.
+    pub fn netfilter_with(x: u8, flow_table_size: Option<u32>) -> Node {
+        let node = Node::bare(x);
+        node.ns.sysctl("net.ipv4.ip_forward", "1");
+        node.ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+        let size = flow_table_size.map(|n| n.to_string());
+        let mut args = vec!["admission"];
+        if let Some(n) = &size {
+            args = vec!["--flow-table-size", n, "admission"];
+        }
+        assert_eq!(node.ok(&args).trim(), "netfilter");
+        node
+    }
+
+    fn bare(x: u8) -> Node {
         let node = Node {
             ns: Netns::new("vfn"),
             bpffs: Bpffs::new(),

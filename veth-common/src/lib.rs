@@ -8,7 +8,7 @@
 #![cfg_attr(not(test), no_std)]
 
 /// Version of the layouts below. Stored in [`CONFIG_ABI`] of the config map.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Map names (also the pin file names under `--bpffs DIR`).
 pub const MAP_EP4: &str = "VFP_EP4";
@@ -24,8 +24,10 @@ pub const MAP_L2: &str = "VFP_L2";
 pub const MAP_JOURNAL: &str = "VFP_JOURNAL";
 /// Host ifindex → [`CniOwner`]: the CNI container ID and ifname an endpoint was added for.
 pub const MAP_CNI_OWNERS: &str = "VFP_CNI_OWNERS";
+pub const MAP_FLOWS: &str = "VFP_FLOWS";
+pub const MAP_FLOW_STATS: &str = "VFP_FLOW_STATS";
 /// Every map of the datapath: all are pinned by name.
-pub const MAPS: [&str; 10] = [
+pub const MAPS: [&str; 12] = [
     MAP_EP4,
     MAP_EP6,
     MAP_ENDPOINTS,
@@ -36,6 +38,8 @@ pub const MAPS: [&str; 10] = [
     MAP_L2,
     MAP_JOURNAL,
     MAP_CNI_OWNERS,
+    MAP_FLOWS,
+    MAP_FLOW_STATS,
 ];
 
 /// Capacity of the endpoint maps.
@@ -64,6 +68,26 @@ pub const CFG_EGRESS_FAST: u32 = 1 << 1;
 /// When set, the programs emit debug events through aya-log (`vethfp agent --bpf-log`).
 /// Checked before any logging, so it costs one bit test when off.
 pub const CFG_BPF_LOG: u32 = 1 << 2;
+/// Admission `always`: every candidate packet takes the fast path (no flow table). Clear =
+/// admission `netfilter` (the default of a fresh state): a flow takes the fast path only after
+/// the kernel forwarded it unchanged in both directions (see [`FlowKey`]).
+pub const CFG_ADMIT_ALWAYS: u32 = 1 << 3;
+/// Under `netfilter` admission, TCP flows may be admitted too. Set by the control plane only
+/// while the node's conntrack is liberal about TCP windows
+/// (`net.netfilter.nf_conntrack_tcp_be_liberal = 1`) or absent; otherwise TCP stays on the
+/// kernel path (conntrack would see the close out of window and mark it INVALID).
+pub const CFG_ADMIT_TCP: u32 = 1 << 4;
+/// Config slot: seconds after which an admitted flow must be confirmed by the kernel again
+/// (0 = [`DEFAULT_REVERIFY_S`]).
+pub const CONFIG_REVERIFY: u32 = 2;
+/// Config slot: seconds without a fast-path packet after which an admitted flow is verified
+/// again (0 = [`DEFAULT_IDLE_S`]).
+pub const CONFIG_IDLE: u32 = 3;
+/// Below conntrack's UDP timeout (30 s): the kernel sees every fast flow at least this often.
+pub const DEFAULT_REVERIFY_S: u32 = 20;
+pub const DEFAULT_IDLE_S: u32 = 20;
+/// Default capacity of `VFP_FLOWS` (`--flow-table-size`).
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 65_536;
 
 /// Counter directions.
 pub const DIR_FROM_CONTAINER: usize = 0;
@@ -283,6 +307,83 @@ impl Default for CniOwner {
     }
 }
 
+/// `FlowKey::network` of flows between an endpoint and an attached uplink.
+pub const FLOW_NET_UPLINK: u32 = 0;
+
+/// Key of `VFP_FLOWS`: one entry for both directions of a flow. The two ends (address, port)
+/// are ordered (`lo` is the smaller by address bytes, then port), so a packet from `lo` to `hi`
+/// is direction 0 and its reply direction 1. ICMP echo: the identifier is both ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// `AF_V4` or `AF_V6`.
+    pub family: u8,
+    /// IP protocol: 6, 17, 1 or 58.
+    pub proto: u8,
+    pub _pad: [u8; 2],
+    /// The endpoints' network id, the bridge ifindex for bridge ports, or [`FLOW_NET_UPLINK`].
+    pub network: u32,
+    /// v4 in the first 4 bytes, network order.
+    pub addr_lo: [u8; 16],
+    pub addr_hi: [u8; 16],
+    /// Ports in network order (as in the packet).
+    pub port_lo: [u8; 2],
+    pub port_hi: [u8; 2],
+}
+
+/// `FlowState::flags`: direction d (0 = lo→hi, 1 = hi→lo) went to the kernel and is waiting
+/// to be seen leaving on `egress_ifindex[d]` with the same tuple.
+pub const FLOW_PENDING: [u64; 2] = [1 << 0, 1 << 1];
+/// `FlowState::flags`: the kernel forwarded direction d unchanged.
+pub const FLOW_CONFIRMED: [u64; 2] = [1 << 2, 1 << 3];
+/// Both directions confirmed: the flow is admitted to the fast path.
+pub const FLOW_ADMITTED: u64 = FLOW_CONFIRMED[0] | FLOW_CONFIRMED[1];
+
+/// Value of `VFP_FLOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// `FLOW_*` bits, changed with atomic or / and (64-bit: the BPF target's atomic width).
+    pub flags: u64,
+    /// Where the kernel is expected to send each direction (host end or uplink ifindex).
+    pub egress_ifindex: [u32; 2],
+    /// CLOCK_MONOTONIC_COARSE ns: when the flow was (last) admitted.
+    pub admitted_at: u64,
+    /// CLOCK_MONOTONIC_COARSE ns: last fast-path packet (or admission).
+    pub last_seen: u64,
+    /// Fast-path packets since admission.
+    pub packets: u64,
+}
+
+/// Node-wide flow counters (`VFP_FLOW_STATS`, per-CPU array, one slot), indexed by `FS_*`.
+pub const FS_CREATED: usize = 0;
+pub const FS_ADMITTED: usize = 1;
+pub const FS_TORN_DOWN: usize = 2;
+pub const FS_EXPIRED: usize = 3;
+pub const FS_INSERT_FAILED: usize = 4;
+pub const FLOW_STATS: usize = 8;
+pub const FLOW_STAT_NAMES: [&str; 5] = [
+    "created",
+    "admitted",
+    "torn_down",
+    "expired",
+    "insert_failed",
+];
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub c: [u64; FLOW_STATS],
+}
+
+impl FlowStats {
+    pub fn add(&mut self, other: &FlowStats) {
+        for i in 0..FLOW_STATS {
+            self.c[i] = self.c[i].wrapping_add(other.c[i]);
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -294,6 +395,9 @@ mod pod {
     unsafe impl aya::Pod for Uplink {}
     unsafe impl aya::Pod for Intent {}
     unsafe impl aya::Pod for CniOwner {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for FlowStats {}
 }
 
 #[cfg(test)]
@@ -312,5 +416,9 @@ mod tests {
         assert_eq!(size_of::<Counters>(), DIRS * VERDICTS * 16);
         assert_eq!(size_of::<Intent>(), 4 + 4 + 6 + 2 + 8 + 8);
         assert_eq!(size_of::<CniOwner>(), CONTAINER_ID_LEN + NAME_LEN);
+        assert_eq!(size_of::<FlowKey>(), 1 + 1 + 2 + 4 + 16 + 16 + 2 + 2);
+        assert_eq!(size_of::<FlowState>(), 8 + 8 + 3 * 8);
+        assert_eq!(size_of::<FlowStats>(), FLOW_STATS * 8);
+        assert_eq!(FLOW_CONFIRMED[0] & (FLOW_PENDING[0] | FLOW_PENDING[1]), 0);
     }
 }

@@ -13,7 +13,7 @@ use crate::{
     deliver,
     maps::{VFP_ENDPOINTS, VFP_L2, config_flags, count},
     route::ptr_at,
-    tc::{TCX_NEXT, redirect_peer},
+    tc::{TCX_NEXT, admit, redirect_peer},
 };
 
 #[classifier]
@@ -25,7 +25,8 @@ pub fn vfp_l2_ingress(ctx: TcContext) -> i32 {
     };
     // SAFETY: pointer from a successful lookup. For bridge ports, network = bridge ifindex.
     let (bridge, slot) = unsafe { ((*src).target.network, (*src).target.slot) };
-    if config_flags() & CFG_FASTPATH_OFF == 0
+    let cfg = config_flags();
+    if cfg & CFG_FASTPATH_OFF == 0
         && let Some(eth) = ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0)
     {
         // SAFETY: `eth` is bounds-checked (the Ethernet header is always linear at tc ingress).
@@ -35,10 +36,12 @@ pub fn vfp_l2_ingress(ctx: TcContext) -> i32 {
         {
             // SAFETY: pointer from a successful lookup, copied once.
             let t = unsafe { *t };
+            // Under netfilter admission the bridge (and br_netfilter) forward a flow first.
             if t.network == bridge
                 && t.ifindex != ifindex
                 && fits(&ctx, len, &t)
                 && deliver::tc_target_ok(&ctx, &t)
+                && admit(&ctx, bridge, t.ifindex, cfg)
             {
                 return redirect_peer(slot, DIR_FROM_CONTAINER, V_FAST, &t, len);
             }

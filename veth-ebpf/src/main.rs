@@ -6,6 +6,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod deliver;
+mod flow;
 mod l2;
 mod maps;
 mod route;

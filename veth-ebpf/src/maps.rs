@@ -3,12 +3,13 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use veth_common::{
-    CONFIG_FLAGS, CONFIG_SLOTS, CniOwner, Counters, EndpointRecord, Intent, MAX_ENDPOINTS,
-    MAX_INTENTS, MAX_SLOTS, NAME_LEN, Target, Uplink,
+    CONFIG_FLAGS, CONFIG_SLOTS, CniOwner, Counters, DEFAULT_FLOW_TABLE_SIZE, EndpointRecord,
+    FlowKey, FlowState, FlowStats, Intent, MAX_ENDPOINTS, MAX_INTENTS, MAX_SLOTS, NAME_LEN, Target,
+    Uplink,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -49,6 +50,15 @@ pub static VFP_JOURNAL: HashMap<[u8; NAME_LEN], Intent, MAX_INTENTS, NO_PREALLOC
 /// Host ifindex → the CNI container ID and ifname it was added for (control plane only).
 #[btf_map]
 pub static VFP_CNI_OWNERS: HashMap<u32, CniOwner, MAX_ENDPOINTS, NO_PREALLOC> = HashMap::new();
+/// Admission flow table (both directions of a flow in one entry). The capacity is set by the
+/// control plane when the map is first created (`--flow-table-size`); LRU evicts the oldest.
+#[btf_map]
+pub static VFP_FLOWS: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
+    LruHashMap::new();
+
+/// Node-wide flow counters (one slot).
+#[btf_map]
+pub static VFP_FLOW_STATS: PerCpuArray<FlowStats, 1> = PerCpuArray::new();
 
 /// Small config array: ABI version and feature switches.
 #[btf_map]

@@ -25,12 +25,13 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 use veth_common::{
-    CFG_BPF_LOG, CFG_EGRESS_FAST, CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, DIR_TO_CONTAINER,
-    EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, Target, V_DROP_ERROR, V_FAST, V_FAST_UPLINK, V_STACK,
+    CFG_ADMIT_ALWAYS, CFG_BPF_LOG, CFG_EGRESS_FAST, CFG_FASTPATH_OFF, DIR_FROM_CONTAINER,
+    DIR_TO_CONTAINER, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, FLOW_NET_UPLINK, Target, V_DROP_ERROR,
+    V_FAST, V_FAST_UPLINK, V_STACK,
 };
 
 use crate::{
-    deliver,
+    deliver, flow,
     maps::{VFP_ENDPOINTS, VFP_UPLINKS, config_flags, count},
     route::{self, L3, Pkt},
     spoof,
@@ -42,8 +43,8 @@ const TC_ACT_REDIRECT: i32 = 7;
 /// tcx: continue with the next program in the chain, or the stack if this is the last one.
 pub const TCX_NEXT: i32 = -1;
 const PACKET_HOST: u32 = 0;
-/// Enough linear bytes for Ethernet + the fixed IPv6 header.
-const HEADERS: u32 = (EthHdr::LEN + Ipv6Hdr::LEN) as u32;
+/// Enough linear bytes for Ethernet + the fixed IPv6 header + a TCP header (admission).
+const HEADERS: u32 = (EthHdr::LEN + Ipv6Hdr::LEN + 20) as u32;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const FIB_SUCCESS: c_long = 0;
@@ -148,13 +149,30 @@ fn forward(
         {
             return None;
         }
+        if !admit(ctx, network, t.ifindex, cfg) {
+            return None;
+        }
         pkt.rewrite(t.container_mac, t.host_mac);
         return Some(redirect_peer(slot, DIR_FROM_CONTAINER, V_FAST, &t, len));
     }
     if cfg & CFG_EGRESS_FAST == 0 {
         return None;
     }
-    egress(ctx, &pkt, ifindex, slot, len)
+    egress(ctx, &pkt, ifindex, slot, len, cfg)
+}
+
+/// Admission (see `flow`): may this candidate, whose kernel path would leave on
+/// `egress_ifindex`, take the fast path? Always under `CFG_ADMIT_ALWAYS`; under `netfilter`
+/// only a tracked, admitted flow (untracked protocols always take the kernel path).
+#[inline(always)]
+pub fn admit(ctx: &TcContext, network: u32, egress_ifindex: u32, cfg: u32) -> bool {
+    if cfg & CFG_ADMIT_ALWAYS != 0 {
+        return true;
+    }
+    match flow::parse(ctx.data(), ctx.data_end(), network, cfg) {
+        Some(f) => flow::admit(&f, egress_ifindex),
+        None => false,
+    }
 }
 
 /// Hands a rewritten frame to the container behind `t` and counts it on both ends (`from` is
@@ -202,7 +220,7 @@ fn fits(ctx: &TcContext, pkt: &Pkt, len: u32, t: &Target) -> bool {
 /// bpf_redirect_neigh resolve it. Anything the FIB cannot answer cleanly (no route, local
 /// delivery, blackhole/prohibit, fragmentation needed, forwarding disabled) goes to the stack.
 #[inline(always)]
-fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, slot: u32, len: u32) -> Option<i32> {
+fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, slot: u32, len: u32, cfg: u32) -> Option<i32> {
     // SAFETY: bpf_fib_lookup is plain data; zeroed is a valid value.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     // SAFETY: pkt's pointers were bounds-checked by `parse`; unions written as the uapi says.
@@ -261,6 +279,11 @@ fn egress(ctx: &TcContext, pkt: &Pkt, ifindex: u32, slot: u32, len: u32) -> Opti
     {
         return None; // the stack sends "fragmentation needed" / "packet too big"
     }
+    // Under netfilter admission a masqueraded flow leaves the uplink with another tuple: it is
+    // never confirmed, so it keeps taking the kernel path (and its NAT).
+    if !admit(ctx, FLOW_NET_UPLINK, out, cfg) {
+        return None;
+    }
     let ret = if rc == FIB_SUCCESS {
         pkt.rewrite(p.dmac, p.smac);
         // SAFETY: plain helper call.
@@ -294,12 +317,40 @@ pub fn vfp_tc_egress(ctx: TcContext) -> i32 {
     let (ifindex, len, _) = skb_fields(&ctx);
     if let Some(rec) = VFP_ENDPOINTS.get_ptr(ifindex) {
         // SAFETY: pointer from a successful lookup.
-        count(
-            unsafe { (*rec).target.slot },
-            DIR_TO_CONTAINER,
-            V_STACK,
-            len,
-        );
+        let (slot, network) = unsafe { ((*rec).target.slot, (*rec).target.network) };
+        count(slot, DIR_TO_CONTAINER, V_STACK, len);
+        let cfg = config_flags();
+        if cfg & (CFG_ADMIT_ALWAYS | CFG_FASTPATH_OFF) == 0 {
+            // What the kernel forwarded into this container: confirm its flow's direction. A
+            // flow from another endpoint is keyed by their network, one from outside by the
+            // uplink pseudo-network.
+            linearize(&ctx, len);
+            if let Some(mut f) = flow::parse(ctx.data(), ctx.data_end(), network, cfg)
+                && !flow::confirm(&f, ifindex)
+            {
+                f.key.network = FLOW_NET_UPLINK;
+                flow::confirm(&f, ifindex);
+            }
+        }
+    }
+    TCX_NEXT
+}
+
+/// Uplink egress: what the kernel sends out of an attached uplink. Confirms the direction of a
+/// container → outside flow that left unchanged (a masqueraded one does not match). Counts
+/// nothing: the sender's host end already counted the packet as `stack`.
+#[classifier]
+pub fn vfp_uplink_egress(ctx: TcContext) -> i32 {
+    let (ifindex, len, _) = skb_fields(&ctx);
+    if VFP_UPLINKS.get_ptr(ifindex).is_none() {
+        return TCX_NEXT;
+    }
+    let cfg = config_flags();
+    if cfg & (CFG_ADMIT_ALWAYS | CFG_FASTPATH_OFF | CFG_EGRESS_FAST) == CFG_EGRESS_FAST {
+        linearize(&ctx, len);
+        if let Some(f) = flow::parse(ctx.data(), ctx.data_end(), FLOW_NET_UPLINK, cfg) {
+            flow::confirm(&f, ifindex);
+        }
     }
     TCX_NEXT
 }
@@ -313,12 +364,14 @@ pub fn vfp_uplink_ingress(ctx: TcContext) -> i32 {
     };
     // SAFETY: pointer from a successful lookup.
     let slot = unsafe { (*up).slot };
-    if routable && config_flags() & CFG_FASTPATH_OFF == 0 {
+    let cfg = config_flags();
+    if routable && cfg & CFG_FASTPATH_OFF == 0 {
         linearize(&ctx, len);
         if let Some(pkt) = route::parse(ctx.data(), ctx.data_end(), len)
             && let Some(t) = pkt.local_target()
             && fits(&ctx, &pkt, len, &t)
             && deliver::tc_target_ok(&ctx, &t)
+            && admit(&ctx, FLOW_NET_UPLINK, t.ifindex, cfg)
         {
             pkt.rewrite(t.container_mac, t.host_mac);
             return redirect_peer(slot, DIR_TO_CONTAINER, V_FAST_UPLINK, &t, len);

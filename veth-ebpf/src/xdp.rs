@@ -13,11 +13,12 @@
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use veth_common::{
-    CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, DIR_TO_CONTAINER, EP_SPOOF_ENFORCE, V_DROP_ERROR, V_FAST,
+    CFG_ADMIT_ALWAYS, CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, DIR_TO_CONTAINER, EP_SPOOF_ENFORCE,
+    V_DROP_ERROR, V_FAST,
 };
 
 use crate::{
-    deliver,
+    deliver, flow,
     maps::{VFP_DEVMAP, VFP_ENDPOINTS, config_flags, count},
     route, spoof,
 };
@@ -41,7 +42,8 @@ pub fn vfp_xdp(ctx: XdpContext) -> u32 {
         count(slot, DIR_FROM_CONTAINER, reason, len);
         return xdp_action::XDP_DROP;
     }
-    if config_flags() & CFG_FASTPATH_OFF != 0 {
+    let cfg = config_flags();
+    if cfg & CFG_FASTPATH_OFF != 0 {
         return xdp_action::XDP_PASS;
     }
     let Some(hop) = route::lookup(data, data_end, ifindex) else {
@@ -58,6 +60,12 @@ pub fn vfp_xdp(ctx: XdpContext) -> u32 {
         || hop.pkt.l3_len() > t.mtu
         || VFP_DEVMAP.get_ifindex(t.ifindex).is_none()
         || !deliver::same_endpoint(&t)
+    {
+        return xdp_action::XDP_PASS;
+    }
+    // Netfilter admission: look up only; tcx ingress notes and counts everything else.
+    if cfg & CFG_ADMIT_ALWAYS == 0
+        && !flow::parse(data, data_end, network, cfg).is_some_and(|f| flow::admitted(&f))
     {
         return xdp_action::XDP_PASS;
     }

@@ -32,8 +32,9 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use veth_common::{
     ABI_VERSION, CONFIG_ABI, CONFIG_FLAGS, CONFIG_NETNS_COOKIE_HI, CONFIG_NETNS_COOKIE_LO,
-    CONFIG_STATE_ID_HI, CONFIG_STATE_ID_LO, CniOwner, Counters, EndpointRecord, Intent,
-    MAP_CNI_OWNERS, MAP_CONFIG, MAP_COUNTERS, MAP_DEVMAP, MAP_ENDPOINTS, MAP_EP4, MAP_EP6,
+    CONFIG_STATE_ID_HI, CONFIG_STATE_ID_LO, CniOwner, Counters, DEFAULT_FLOW_TABLE_SIZE,
+    EndpointRecord, FlowKey, FlowState, FlowStats, Intent, MAP_CNI_OWNERS, MAP_CONFIG,
+    MAP_COUNTERS, MAP_DEVMAP, MAP_ENDPOINTS, MAP_EP4, MAP_EP6, MAP_FLOW_STATS, MAP_FLOWS,
     MAP_JOURNAL, MAP_L2, MAP_UPLINKS, MAPS, NAME_LEN, Target, Uplink,
 };
 
@@ -49,10 +50,12 @@ pub const PROG_TC_EGRESS: &str = "vfp_tc_egress";
 pub const PROG_XDP: &str = "vfp_xdp";
 pub const PROG_UPLINK_INGRESS: &str = "vfp_uplink_ingress";
 pub const PROG_L2_INGRESS: &str = "vfp_l2_ingress";
+pub const PROG_UPLINK_EGRESS: &str = "vfp_uplink_egress";
 pub const HOOK_TC_INGRESS: &str = "tcx-ingress";
 pub const HOOK_TC_EGRESS: &str = "tcx-egress";
 pub const HOOK_XDP: &str = "xdp";
 pub const HOOK_UPLINK: &str = "uplink-ingress";
+pub const HOOK_UPLINK_EGRESS: &str = "uplink-egress";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -205,13 +208,23 @@ pub fn object_hash() -> u64 {
 }
 
 /// Every program of the datapath; all are loaded and pinned together, once per build.
-pub const PROGRAMS: [&str; 5] = [
+pub const PROGRAMS: [&str; 6] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
     PROG_XDP,
     PROG_UPLINK_INGRESS,
     PROG_L2_INGRESS,
+    PROG_UPLINK_EGRESS,
 ];
+
+static FLOW_TABLE_SIZE: std::sync::atomic::AtomicU32 =
+    std::sync::atomic::AtomicU32::new(DEFAULT_FLOW_TABLE_SIZE);
+
+/// Capacity of `VFP_FLOWS` used when this process creates the maps of a new state (the global
+/// `--flow-table-size`). An existing state keeps the size it was made with.
+pub fn set_flow_table_size(n: u32) {
+    FLOW_TABLE_SIZE.store(n, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// The opened datapath: maps (pinned, shared by every process) and the means to attach.
 pub struct Datapath {
@@ -229,7 +242,8 @@ fn map_from_pin(dir: &Path, name: &'static str) -> Result<aya::maps::Map> {
     use aya::maps::Map;
     let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
     Ok(match name {
-        MAP_COUNTERS => Map::PerCpuArray(data),
+        MAP_COUNTERS | MAP_FLOW_STATS => Map::PerCpuArray(data),
+        MAP_FLOWS => Map::LruHashMap(data),
         MAP_CONFIG => Map::Array(data),
         MAP_DEVMAP => Map::DevMapHash(data),
         _ => Map::HashMap(data),
@@ -264,6 +278,10 @@ impl Datapath {
     fn load_and_pin(dir: &Path) -> Result<std::collections::HashMap<&'static str, aya::maps::Map>> {
         let mut loader = EbpfLoader::new();
         loader.btf(None); // no CO-RE relocations in our programs
+        loader.map_max_entries(
+            MAP_FLOWS,
+            FLOW_TABLE_SIZE.load(std::sync::atomic::Ordering::Relaxed),
+        );
         for name in MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
@@ -356,6 +374,33 @@ impl Datapath {
     }
     pub fn config(&mut self) -> Result<Array<&mut MapData, u32>> {
         typed(&mut self.maps, MAP_CONFIG)
+    }
+    pub fn flows(&mut self) -> Result<HashMap<&mut MapData, FlowKey, FlowState>> {
+        typed(&mut self.maps, MAP_FLOWS)
+    }
+
+    /// Capacity of the flow table of this state.
+    pub fn flow_table_size(&self) -> u32 {
+        match self.maps.get(MAP_FLOWS) {
+            Some(aya::maps::Map::LruHashMap(d)) => d.info().map(|i| i.max_entries()).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Node flow counters, summed over CPUs.
+    pub fn flow_stats(&mut self) -> Result<FlowStats> {
+        let m: PerCpuArray<&mut MapData, FlowStats> = typed(&mut self.maps, MAP_FLOW_STATS)?;
+        let per_cpu = m.get(&0, 0).map_err(map_err(MAP_FLOW_STATS))?;
+        let mut sum = FlowStats::default();
+        for c in per_cpu.iter() {
+            sum.add(c);
+        }
+        Ok(sum)
+    }
+
+    /// Config slot `slot` (u32).
+    pub fn config_slot(&mut self, slot: u32) -> Result<u32> {
+        self.config()?.get(&slot, 0).map_err(map_err(MAP_CONFIG))
     }
 
     pub fn journal(&mut self) -> Result<HashMap<&mut MapData, [u8; NAME_LEN], Intent>> {
@@ -534,7 +579,8 @@ impl Datapath {
         pin_link(fd_link, &pin)
     }
 
-    /// Attaches the uplink ingress program to `iface` (tcx) and pins the link.
+    /// Attaches the uplink ingress and egress programs to `iface` (tcx) and pins the links.
+    /// On failure nothing stays attached.
     pub fn attach_uplink(&mut self, iface: &str, ifindex: u32) -> Result<()> {
         self.attach_one(
             iface,
@@ -542,11 +588,30 @@ impl Datapath {
             PROG_UPLINK_INGRESS,
             TcAttachType::Ingress,
             HOOK_UPLINK,
+        )?;
+        if let Err(e) = self.attach_uplink_egress(iface, ifindex) {
+            let _ = unpin_and_detach(&self.link_pin(HOOK_UPLINK, ifindex));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Attaches the uplink egress program (admission confirmation) to `iface`.
+    pub fn attach_uplink_egress(&mut self, iface: &str, ifindex: u32) -> Result<()> {
+        self.attach_one(
+            iface,
+            ifindex,
+            PROG_UPLINK_EGRESS,
+            TcAttachType::Egress,
+            HOOK_UPLINK_EGRESS,
         )
     }
 
-    /// Detaches the uplink program of `ifindex`. True if it was attached.
+    /// Detaches the uplink programs of `ifindex`. True if the ingress one was attached.
     pub fn detach_uplink(&self, ifindex: u32) -> Result<bool> {
+        unpin_and_detach(&self.link_pin(HOOK_UPLINK_EGRESS, ifindex)).map_err(io(format!(
+            "detaching the uplink egress link of ifindex {ifindex}"
+        )))?;
         unpin_and_detach(&self.link_pin(HOOK_UPLINK, ifindex)).map_err(io(format!(
             "detaching the uplink link of ifindex {ifindex}"
         )))

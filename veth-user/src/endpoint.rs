@@ -225,6 +225,13 @@ pub struct Status {
     pub fast_path: bool,
     /// "fast" or "kernel".
     pub egress: &'static str,
+    /// "netfilter" or "always".
+    pub admission: &'static str,
+    /// Whether TCP flows may be admitted under `netfilter` (in the flags now).
+    pub tcp_admitted: bool,
+    /// The node's conntrack TCP policy as read now.
+    pub tcp_conntrack: crate::admission::TcpAdmission,
+    pub flow_table: crate::admission::FlowTable,
     pub uplinks: Vec<UplinkStatus>,
 }
 
@@ -439,7 +446,9 @@ impl Registry {
     pub fn open(dir: &Path) -> Result<Registry> {
         prepare_bpffs(dir)?;
         let lock = StateLock::acquire(dir)?;
-        let dp = Datapath::open(dir)?;
+        let mut dp = Datapath::open(dir)?;
+        // Every write operation re-reads the node's conntrack TCP policy (see admission.rs).
+        crate::admission::sync_tcp(&mut dp)?;
         let mut reg = Registry {
             dp,
             _lock: Some(lock),
@@ -1242,6 +1251,11 @@ impl Registry {
         }
         let _ = self.dp.devmap()?.remove(ifindex);
         self.dp.detach(ifindex)?;
+        // Its flows go too: a later endpoint with one of these addresses starts unadmitted.
+        let addrs: Vec<IpAddr> = record_addrs(rec).map(|a| a.addr).collect();
+        if let Err(e) = crate::admission::forget(&mut self.dp, &addrs) {
+            log::warn!("removing the flows of {name}: {e}");
+        }
         // Only the link this record describes: same ifindex, name and host MAC.
         if rec.flags & EP_ADOPTED == 0
             && let Some(link) = netlink::link_by_index(ifindex)?
@@ -1385,6 +1399,10 @@ impl Registry {
             } else {
                 "kernel"
             },
+            admission: crate::admission::Admission::of_flags(flags).name(),
+            tcp_admitted: flags & veth_common::CFG_ADMIT_TCP != 0,
+            tcp_conntrack: crate::admission::tcp_admissible(),
+            flow_table: crate::admission::table(&mut self.dp)?,
             uplinks,
         })
     }
@@ -1423,7 +1441,11 @@ impl Registry {
                     p.name
                 )));
             }
-            crate::bridge::netfilter_check(bridge).map_err(EndpointError::BridgeRefused)?;
+            // Under netfilter admission the bridge's own path (br_netfilter included) admits
+            // every flow first: its rules are not skipped, so they are no reason to refuse.
+            if self.dp.flags()? & veth_common::CFG_ADMIT_ALWAYS != 0 {
+                crate::bridge::netfilter_check(bridge).map_err(EndpointError::BridgeRefused)?;
+            }
         }
         let namespaces = crate::bridge::namespaces_by_id()?;
         let known: Vec<(u32, String)> = self

@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: front end → [`endpoint`] registry → ([`netlink`], [`datapath`]) → kernel.
 
+pub mod admission;
 pub mod agent;
 pub mod bridge;
 pub mod cni;

@@ -25,6 +25,11 @@ struct Cli {
     /// Directory inside a mounted bpffs where maps, programs and links are pinned.
     #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_BPFFS)]
     bpffs: PathBuf,
+    /// Capacity of the admission flow table, used when the state's maps are first created
+    /// (an existing state keeps its size: remove every endpoint and the state dir to change it).
+    #[arg(long, global = true, value_name = "N", default_value_t = veth_common::DEFAULT_FLOW_TABLE_SIZE,
+          value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
+    flow_table_size: u32,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -40,6 +45,20 @@ enum Cmd {
     /// Accelerate an existing Linux bridge (docker0, cni0) in place, or release it.
     #[command(subcommand)]
     Bridge(BridgeCmd),
+    /// Print (no argument) or set the node-wide admission mode: `netfilter` (default: the kernel
+    /// forwards each flow first; NAT'd or dropped flows never take the fast path) or `always`
+    /// (every packet between endpoints of one network, skipping netfilter).
+    Admission {
+        mode: Option<vethfp::admission::Admission>,
+    },
+    /// List the admission flow table, or `flows flush` to empty it.
+    Flows {
+        #[command(subcommand)]
+        cmd: Option<FlowsCmd>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Node-wide view: uplinks and their counters, switches, number of endpoints.
     Status {
         /// Print JSON.
@@ -69,8 +88,17 @@ enum Cmd {
     Agent(AgentArgs),
 }
 
+#[derive(Subcommand)]
+enum FlowsCmd {
+    /// Remove every flow: each is admitted by the kernel again (e.g. after a policy change).
+    Flush,
+}
+
 #[derive(Args)]
 struct AgentArgs {
+    /// Admission mode applied at start (default: leave the state's mode as it is).
+    #[arg(long, value_enum)]
+    admission: Option<vethfp::admission::Admission>,
     /// Address of the /metrics HTTP listener (in the node's network namespace).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9750")]
     metrics_addr: std::net::SocketAddr,
@@ -303,7 +331,34 @@ fn check_privileges() -> anyhow::Result<()> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     check_privileges()?;
     let dir = cli.bpffs;
+    vethfp::datapath::set_flow_table_size(cli.flow_table_size);
     match cli.cmd {
+        Cmd::Admission { mode: None } => {
+            let mut reg = Registry::open_read(&dir)?;
+            let flags = reg.datapath().flags()?;
+            println!("{}", vethfp::admission::Admission::of_flags(flags).name());
+        }
+        Cmd::Admission { mode: Some(m) } => {
+            let mut reg = Registry::open(&dir)?;
+            vethfp::admission::set(reg.datapath(), m).context("admission")?;
+            println!("admission {}", m.name());
+        }
+        Cmd::Flows {
+            cmd: Some(FlowsCmd::Flush),
+            ..
+        } => {
+            let mut reg = Registry::open(&dir)?;
+            let n = vethfp::admission::flush(reg.datapath()).context("flows flush")?;
+            println!("flushed {n} flow(s)");
+        }
+        Cmd::Flows { cmd: None, json } => {
+            let flows = vethfp::admission::list(&mut Registry::open_read(&dir)?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&flows)?);
+            } else {
+                print_flows(&flows);
+            }
+        }
         Cmd::Pair(PairCmd::Add(a)) => {
             let req = AddRequest {
                 host: a.host_if,
@@ -487,6 +542,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     a.reconcile_interval
                 );
             }
+            if let Some(m) = a.admission {
+                let mut reg = Registry::open(&dir)?;
+                vethfp::admission::set(reg.datapath(), m).context("--admission")?;
+            }
             let cfg = vethfp::agent::Config {
                 bpffs: dir,
                 metrics_addr: a.metrics_addr,
@@ -546,11 +605,57 @@ fn print_list(list: &[EndpointView]) {
     }
 }
 
+fn print_flows(flows: &[vethfp::admission::FlowView]) {
+    println!(
+        "{:<6} {:<44} {:<44} {:<8} {:>8} {:>10} ENDPOINTS",
+        "PROTO", "A", "B", "STATE", "AGE_S", "PACKETS"
+    );
+    for f in flows {
+        println!(
+            "{:<6} {:<44} {:<44} {:<8} {:>8} {:>10} {},{}",
+            f.proto,
+            f.a,
+            f.b,
+            f.state,
+            f.age_seconds
+                .map(|a| format!("{a:.1}"))
+                .unwrap_or("-".into()),
+            f.packets,
+            f.a_endpoint.as_deref().unwrap_or("-"),
+            f.b_endpoint.as_deref().unwrap_or("-")
+        );
+    }
+}
+
 fn print_status(st: &Status) {
     println!("state:     {}", st.bpffs);
     println!("endpoints: {}", st.endpoints);
     println!("fast path: {}", if st.fast_path { "on" } else { "off" });
     println!("egress:    {}", st.egress);
+    println!("admission: {}", st.admission);
+    if st.admission == "netfilter" {
+        if st.tcp_admitted {
+            println!("tcp:       admitted (conntrack: {:?})", st.tcp_conntrack);
+        } else {
+            println!(
+                "tcp:       NOT accelerated: net.netfilter.nf_conntrack_tcp_be_liberal is 0, so \
+                 TCP stays on the kernel path (correct, slower). To accelerate TCP set it to 1 \
+                 (kube-proxy --conntrack-tcp-be-liberal, or sysctl -w)"
+            );
+        }
+    }
+    let t = &st.flow_table;
+    println!(
+        "flows:     {} of {} ({} admitted); created {} admitted {} torn_down {} expired {} insert_failed {}",
+        t.entries,
+        t.capacity,
+        t.admitted,
+        t.counters["created"],
+        t.counters["admitted"],
+        t.counters["torn_down"],
+        t.counters["expired"],
+        t.counters["insert_failed"]
+    );
     if st.uplinks.is_empty() {
         println!("uplinks:   none");
         return;

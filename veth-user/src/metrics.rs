@@ -261,6 +261,47 @@ impl Collector for DatapathCollector {
             MetricType::Gauge,
             &[(vec![], status.fast_path as u64)],
         )?;
+        let ft = &status.flow_table;
+        family(
+            &mut enc,
+            "vethfp_admission_netfilter",
+            "1 if admission is `netfilter` (the kernel admits each flow), 0 if `always`",
+            MetricType::Gauge,
+            &[(vec![], (status.admission == "netfilter") as u64)],
+        )?;
+        family(
+            &mut enc,
+            "vethfp_flow_table_entries",
+            "Entries in the admission flow table (pending and admitted)",
+            MetricType::Gauge,
+            &[(vec![], ft.entries as u64)],
+        )?;
+        family(
+            &mut enc,
+            "vethfp_flow_table_admitted",
+            "Admitted flows in the flow table",
+            MetricType::Gauge,
+            &[(vec![], ft.admitted as u64)],
+        )?;
+        family(
+            &mut enc,
+            "vethfp_flow_table_capacity",
+            "Capacity of the admission flow table (LRU: full means the oldest are evicted)",
+            MetricType::Gauge,
+            &[(vec![], ft.capacity as u64)],
+        )?;
+        let rows: Vec<(Labels, u64)> = ft
+            .counters
+            .iter()
+            .map(|(k, v)| (vec![("event", k.to_string())], *v))
+            .collect();
+        family(
+            &mut enc,
+            "vethfp_flows",
+            "Node flow events: created, admitted, torn_down (TCP FIN/RST), expired (re-verify), insert_failed",
+            MetricType::Counter,
+            &rows,
+        )?;
         let mut up_p = Vec::new();
         let mut up_b = Vec::new();
         for u in &status.uplinks {

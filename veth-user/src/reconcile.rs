@@ -35,9 +35,9 @@ use aya_obj::programs::XdpAttachType;
 
 use crate::{
     datapath::{
-        Datapath, DatapathError, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_UPLINK, HOOK_XDP,
-        PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_INGRESS, PROG_XDP,
-        object_hash,
+        Datapath, DatapathError, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_UPLINK, HOOK_UPLINK_EGRESS,
+        HOOK_XDP, PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_EGRESS,
+        PROG_UPLINK_INGRESS, PROG_XDP, object_hash,
     },
     endpoint::{EndpointError, Registry},
     netlink,
@@ -72,6 +72,7 @@ fn hook_program(hook: &str) -> Option<&'static str> {
         HOOK_TC_EGRESS => PROG_TC_EGRESS,
         HOOK_XDP => PROG_XDP,
         HOOK_UPLINK => PROG_UPLINK_INGRESS,
+        HOOK_UPLINK_EGRESS => PROG_UPLINK_EGRESS,
         _ => return None,
     })
 }
@@ -155,7 +156,14 @@ impl Datapath {
             None => {
                 match hook {
                     HOOK_XDP => self.attach_xdp(iface, ifindex)?,
-                    HOOK_UPLINK => self.attach_uplink(iface, ifindex)?,
+                    HOOK_UPLINK => self.attach_one(
+                        iface,
+                        ifindex,
+                        PROG_UPLINK_INGRESS,
+                        TcAttachType::Ingress,
+                        hook,
+                    )?,
+                    HOOK_UPLINK_EGRESS => self.attach_uplink_egress(iface, ifindex)?,
                     HOOK_TC_EGRESS => {
                         self.attach_one(iface, ifindex, name, TcAttachType::Egress, hook)?
                     }
@@ -195,9 +203,15 @@ impl Datapath {
             let e = e.map_err(io(&dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
             let keep = name.rsplit_once('-').is_some_and(|(hook, idx)| {
-                let hook = [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP, HOOK_UPLINK]
-                    .into_iter()
-                    .find(|h| *h == hook);
+                let hook = [
+                    HOOK_TC_INGRESS,
+                    HOOK_TC_EGRESS,
+                    HOOK_XDP,
+                    HOOK_UPLINK,
+                    HOOK_UPLINK_EGRESS,
+                ]
+                .into_iter()
+                .find(|h| *h == hook);
                 matches!((hook, idx.parse::<u32>()), (Some(h), Ok(i)) if live.contains(&(h, i)))
             });
             if !keep {
@@ -274,6 +288,7 @@ impl Registry {
     pub fn reconcile(&mut self) -> Result<Report, EndpointError> {
         let start = Instant::now();
         let mut report = Report::default();
+        crate::admission::sync_tcp(self.datapath())?;
         match self.recover() {
             Ok(l) => report.leftovers = l,
             Err(e) => log::warn!("completing interrupted operations (journal): {e}"),
@@ -356,11 +371,19 @@ impl Registry {
             }
             report.uplinks += 1;
             live.insert((HOOK_UPLINK, up.ifindex));
+            live.insert((HOOK_UPLINK_EGRESS, up.ifindex));
             self.ensure(
                 &up.name,
                 up.ifindex,
                 HOOK_UPLINK,
                 PROG_UPLINK_INGRESS,
+                &mut report,
+            );
+            self.ensure(
+                &up.name,
+                up.ifindex,
+                HOOK_UPLINK_EGRESS,
+                PROG_UPLINK_EGRESS,
                 &mut report,
             );
         }

@@ -185,6 +185,8 @@ impl Rig {
             }
         }
         rig.set_source_flags(0);
+        // These cases test the unconditional fast path; admission has its own below.
+        rig.set_flags(0);
         {
             let mut up: HashMap<_, u32, Uplink> =
                 HashMap::try_from(rig.ebpf.map_mut(MAP_UPLINKS).unwrap()).unwrap();
@@ -251,7 +253,12 @@ impl Rig {
         sum
     }
 
+    /// Sets the config flags, with admission `always` (the unconditional fast path).
     fn set_flags(&mut self, flags: u32) {
+        self.set_raw_flags(flags | CFG_ADMIT_ALWAYS);
+    }
+
+    fn set_raw_flags(&mut self, flags: u32) {
         let mut a: aya::maps::Array<_, u32> =
             aya::maps::Array::try_from(self.ebpf.map_mut(MAP_CONFIG).unwrap()).unwrap();
         a.set(CONFIG_FLAGS, flags, 0).unwrap();
@@ -798,6 +805,10 @@ fn xdp_redirects_known_destinations_and_passes_the_rest() {
         let mut ebpf = Datapath::unpinned().unwrap();
         let p: &mut Xdp = ebpf.program_mut(PROG_XDP).unwrap().try_into().unwrap();
         p.load().expect("verifier accepts the XDP program");
+        aya::maps::Array::<_, u32>::try_from(ebpf.map_mut(MAP_CONFIG).unwrap())
+            .unwrap()
+            .set(CONFIG_FLAGS, CFG_ADMIT_ALWAYS, 0)
+            .unwrap();
         let target = Target {
             ifindex: dst,
             mtu: 1500,
@@ -1063,4 +1074,274 @@ fn routed_paths_leave_gone_destinations_to_the_kernel() {
     // The live destination still takes the fast path.
     let (ret, _) = rig.run(PROG_TC_INGRESS, &v4_frame([10, 0, 0, 2], 64, &[], 20));
     assert_eq!(ret, TC_ACT_REDIRECT);
+}
+
+// ---- Netfilter admission (no CFG_ADMIT_ALWAYS) ----
+//
+// In BPF_PROG_TEST_RUN every skb is on ifindex 1, so the egress program always runs "on"
+// ifindex 1: where a test needs the kernel to have sent a direction out of the expected
+// interface, it first points that direction's expected egress at ifindex 1 (what a real
+// confirmation needs: same tuple, expected interface).
+
+/// Ethernet + IPv4 + TCP with `flags`, from `src:sport` to `dst:dport`.
+fn tcp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = eth([0; 6], 0x0800);
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&40u16.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, 6, 0, 0]);
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    f
+}
+
+const ACK: u8 = 0x10;
+const FIN: u8 = 0x01;
+const RST: u8 = 0x04;
+const SYN: u8 = 0x02;
+
+impl Rig {
+    fn netfilter(tcp: bool) -> Rig {
+        let mut rig = Rig::new();
+        rig.set_raw_flags(if tcp { CFG_ADMIT_TCP } else { 0 });
+        rig
+    }
+
+    fn flows(&self) -> Vec<(FlowKey, FlowState)> {
+        let m: HashMap<_, FlowKey, FlowState> =
+            HashMap::try_from(self.ebpf.map(MAP_FLOWS).unwrap()).unwrap();
+        m.iter().map(|r| r.unwrap()).collect()
+    }
+
+    /// The only flow entry.
+    fn flow(&self) -> (FlowKey, FlowState) {
+        let f = self.flows();
+        assert_eq!(f.len(), 1, "exactly one flow entry: {f:?}");
+        f[0]
+    }
+
+    fn put_flow(&mut self, k: FlowKey, v: FlowState) {
+        let mut m: HashMap<_, FlowKey, FlowState> =
+            HashMap::try_from(self.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
+        m.insert(k, v, 0).unwrap();
+    }
+
+    fn flow_stat(&self, i: usize) -> u64 {
+        let c: PerCpuArray<_, FlowStats> =
+            PerCpuArray::try_from(self.ebpf.map(MAP_FLOW_STATS).unwrap()).unwrap();
+        c.get(&0, 0).unwrap().iter().map(|s| s.c[i]).sum()
+    }
+
+    /// Ingress of `fwd` notes it pending; both directions are then confirmed through the
+    /// egress program (the reply direction noted as if its ingress had been seen).
+    fn admit(&mut self, fwd: &[u8], reply: &[u8]) {
+        let (ret, out) = self.run(PROG_TC_INGRESS, fwd);
+        assert_eq!(
+            (ret, &out[..]),
+            (TCX_NEXT, fwd),
+            "first packet: kernel, unchanged"
+        );
+        let (k, mut v) = self.flow();
+        let d = (0..2).find(|d| v.flags & FLOW_PENDING[*d] != 0).unwrap();
+        assert_eq!(v.flags, FLOW_PENDING[d]);
+        assert_eq!(
+            v.egress_ifindex[d], DST_IF,
+            "expected to leave on B's host end"
+        );
+        v.egress_ifindex = [SRC_IF; 2];
+        v.flags |= FLOW_PENDING[1 - d];
+        self.put_flow(k, v);
+        self.run(PROG_TC_EGRESS, fwd);
+        assert_eq!(self.flow().1.flags & FLOW_ADMITTED, FLOW_CONFIRMED[d]);
+        // Still not admitted: the reply has not been seen leaving.
+        assert_eq!(self.run(PROG_TC_INGRESS, fwd).0, TCX_NEXT);
+        self.run(PROG_TC_EGRESS, reply);
+        assert_eq!(self.flow().1.flags & FLOW_ADMITTED, FLOW_ADMITTED);
+    }
+}
+
+#[test]
+fn admission_pending_then_confirmed_both_ways_then_fast() {
+    let mut rig = Rig::netfilter(false);
+    let fwd = v4_frame([10, 0, 0, 2], 64, &[], 40);
+    let reply = with_src_v4(v4_frame([10, 0, 0, 9], 64, &[], 40), [10, 0, 0, 2]);
+    let before = rig.counters(SRC_IF);
+    let admitted = rig.flow_stat(FS_ADMITTED);
+    rig.admit(&fwd, &reply);
+    assert_eq!(
+        rig.flow_stat(FS_ADMITTED),
+        admitted + 1,
+        "admission counted once"
+    );
+    assert_eq!(rig.flow_stat(FS_CREATED), 1);
+    let mid = rig.counters(SRC_IF);
+    // The two kernel-path packets of the admission: counted stack, once each.
+    assert_eq!(
+        mid.c[DIR_FROM_CONTAINER][V_STACK].packets,
+        before.c[DIR_FROM_CONTAINER][V_STACK].packets + 2
+    );
+    assert_eq!(
+        mid.c[DIR_FROM_CONTAINER][V_FAST],
+        before.c[DIR_FROM_CONTAINER][V_FAST]
+    );
+    // Admitted: rewritten and redirected, counted fast, counted in the flow.
+    for i in 1..=3u64 {
+        let (ret, out) = rig.run(PROG_TC_INGRESS, &fwd);
+        assert_eq!(ret, TC_ACT_REDIRECT);
+        assert_eq!(&out[0..6], &DST_MAC);
+        assert_eq!(&out[6..12], &DST_HOST_MAC);
+        assert_eq!(out[14 + 8], 63, "TTL decremented");
+        assert_eq!(csum(&out[14..34]), 0);
+        assert_eq!(&out[26..], &fwd[26..]);
+        assert_eq!(rig.flow().1.packets, i);
+    }
+    let after = rig.counters(SRC_IF);
+    assert_eq!(
+        after.c[DIR_FROM_CONTAINER][V_FAST].packets,
+        mid.c[DIR_FROM_CONTAINER][V_FAST].packets + 3
+    );
+    assert_eq!(
+        after.c[DIR_FROM_CONTAINER][V_STACK],
+        mid.c[DIR_FROM_CONTAINER][V_STACK]
+    );
+}
+
+#[test]
+fn admission_needs_the_expected_interface_and_the_same_tuple() {
+    let mut rig = Rig::netfilter(false);
+    let fwd = v4_frame([10, 0, 0, 2], 64, &[], 40);
+    assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TCX_NEXT);
+    let (k, v) = rig.flow();
+    // Leaving on another interface than the one the fast path would use: not confirmed.
+    rig.run(PROG_TC_EGRESS, &fwd);
+    assert_eq!(
+        rig.flow().1,
+        v,
+        "egress on ifindex 1, expected {DST_IF}: no change"
+    );
+    let mut v1 = v;
+    v1.egress_ifindex = [SRC_IF; 2];
+    rig.put_flow(k, v1);
+    // SNAT'd (another source) and DNAT'd (another destination / port) versions of the packet
+    // leave with another tuple: never confirmed.
+    let snat = with_src_v4(fwd.clone(), [10, 0, 0, 5]);
+    let dnat = v4_frame([10, 0, 0, 3], 64, &[], 40);
+    let mut port = fwd.clone();
+    port[36..38].copy_from_slice(&8080u16.to_be_bytes());
+    for f in [&snat, &dnat, &port] {
+        rig.run(PROG_TC_EGRESS, f);
+    }
+    assert_eq!(
+        rig.flows(),
+        vec![(k, v1)],
+        "no translated tuple confirmed anything"
+    );
+    assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TCX_NEXT);
+    assert_eq!(rig.flow_stat(FS_ADMITTED), 0);
+}
+
+#[test]
+fn admission_untracked_traffic_always_takes_the_kernel_path() {
+    let rig = Rig::netfilter(false);
+    // TCP without CFG_ADMIT_TCP (conntrack not liberal), fragments, IPv6 extension headers.
+    let tcp = tcp_frame([10, 0, 0, 9], [10, 0, 0, 2], 1000, 80, ACK);
+    let mut frag = v4_frame([10, 0, 0, 2], 64, &[], 40);
+    frag[14 + 6] = 0x20; // MF
+    let c = {
+        frag[24] = 0;
+        frag[25] = 0;
+        csum(&frag[14..34])
+    };
+    frag[24..26].copy_from_slice(&c.to_be_bytes());
+    let ext = v6_frame(v6(9), v6(2), 64, 60, 40); // destination options header
+    for f in [&tcp, &frag, &ext] {
+        let (ret, out) = rig.run(PROG_TC_INGRESS, f);
+        assert_eq!((ret, &out[..]), (TCX_NEXT, &f[..]));
+    }
+    assert!(rig.flows().is_empty(), "nothing tracked: {:?}", rig.flows());
+}
+
+#[test]
+fn admission_tcp_close_goes_to_the_kernel_and_tears_down() {
+    for close in [FIN | ACK, RST] {
+        let mut rig = Rig::netfilter(true);
+        let fwd = tcp_frame([10, 0, 0, 9], [10, 0, 0, 2], 40000, 80, ACK);
+        let reply = tcp_frame([10, 0, 0, 2], [10, 0, 0, 9], 80, 40000, ACK);
+        rig.admit(&fwd, &reply);
+        assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TC_ACT_REDIRECT);
+        // A SYN on the admitted tuple is the kernel's (a new connection): not fast.
+        let syn = tcp_frame([10, 0, 0, 9], [10, 0, 0, 2], 40000, 80, SYN);
+        assert_eq!(rig.run(PROG_TC_INGRESS, &syn).0, TCX_NEXT);
+        rig.admit_again(&fwd, &reply);
+        let fin = tcp_frame([10, 0, 0, 9], [10, 0, 0, 2], 40000, 80, close);
+        let (ret, out) = rig.run(PROG_TC_INGRESS, &fin);
+        assert_eq!(
+            (ret, &out[..]),
+            (TCX_NEXT, &fin[..]),
+            "close: kernel, unchanged"
+        );
+        assert!(rig.flows().is_empty(), "entry torn down");
+        assert_eq!(rig.flow_stat(FS_TORN_DOWN), 1);
+        // The rest of the close goes through the kernel too, and opens nothing.
+        assert_eq!(rig.run(PROG_TC_INGRESS, &fin).0, TCX_NEXT);
+        assert!(rig.flows().is_empty());
+    }
+}
+
+impl Rig {
+    /// Marks the only flow admitted again (after a test made it fall back).
+    fn admit_again(&mut self, fwd: &[u8], reply: &[u8]) {
+        let (k, mut v) = self.flow();
+        v.flags = FLOW_PENDING[0] | FLOW_PENDING[1];
+        v.egress_ifindex = [SRC_IF; 2];
+        self.put_flow(k, v);
+        self.run(PROG_TC_EGRESS, fwd);
+        self.run(PROG_TC_EGRESS, reply);
+        assert_eq!(self.flow().1.flags & FLOW_ADMITTED, FLOW_ADMITTED);
+        assert_eq!(self.run(PROG_TC_INGRESS, fwd).0, TC_ACT_REDIRECT);
+    }
+}
+
+#[test]
+fn admission_expires_and_must_be_confirmed_again() {
+    let mut rig = Rig::netfilter(false);
+    let fwd = v4_frame([10, 0, 0, 2], 64, &[], 40);
+    let reply = with_src_v4(v4_frame([10, 0, 0, 9], 64, &[], 40), [10, 0, 0, 2]);
+    rig.admit(&fwd, &reply);
+    assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TC_ACT_REDIRECT);
+    // Admitted longer ago than the re-verify interval (and idle): back to the kernel.
+    let (k, mut v) = rig.flow();
+    v.admitted_at = 0;
+    v.last_seen = 0;
+    rig.put_flow(k, v);
+    assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TCX_NEXT);
+    assert_eq!(rig.flow_stat(FS_EXPIRED), 1);
+    let st = rig.flow().1;
+    assert_eq!(
+        st.flags & FLOW_ADMITTED,
+        0,
+        "both directions must be confirmed again"
+    );
+    assert_ne!(st.flags & (FLOW_PENDING[0] | FLOW_PENDING[1]), 0);
+    assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TCX_NEXT);
+    // Evicted (gone from the table): the next packet starts over, through the kernel.
+    let mut m: HashMap<_, FlowKey, FlowState> =
+        HashMap::try_from(rig.ebpf.map_mut(MAP_FLOWS).unwrap()).unwrap();
+    m.remove(&k).unwrap();
+    assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TCX_NEXT);
+    assert_eq!(rig.flow().1.flags & FLOW_ADMITTED, 0);
+}
+
+#[test]
+fn admission_always_ignores_the_flow_table() {
+    let mut rig = Rig::netfilter(false);
+    rig.set_raw_flags(CFG_ADMIT_ALWAYS);
+    let fwd = v4_frame([10, 0, 0, 2], 64, &[], 40);
+    assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TC_ACT_REDIRECT);
+    assert!(rig.flows().is_empty());
 }

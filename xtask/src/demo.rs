@@ -50,6 +50,10 @@ pub fn demo() -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let _pins = DirGuard(v.bpffs.clone());
     let mut pairs = VethfpPairs::new(&v, &node);
+    // Forwarding is off in the demo node: only the unconditional fast path can carry the
+    // traffic, which is what the demo shows (the default, `netfilter`, needs forwarding on).
+    step("vethfp admission always");
+    pairs.admission("always")?;
 
     for (i, c) in cs.iter().enumerate() {
         let n = i + 1;

@@ -15,6 +15,8 @@ const DEB_PACKAGES: &[&str] = &[
     "bpftool",
     "tcpdump",
     "iptables",
+    // Netfilter admission tests (tests/tests/admission.rs): kube-proxy's nftables mode.
+    "nftables",
     "containernetworking-plugins",
     // CNI end to end (tests/tests/cni_podman.rs): podman with the CNI backend, runc (crun
     // fails on this kind of machine's cgroups), and a static busybox for the image.

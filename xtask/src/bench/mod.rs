@@ -20,7 +20,7 @@ use report::{Metric, Report, TopoResult};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-use topo::{IPERF_PORT, Kind, SOCKPERF_TCP_PORT, SOCKPERF_UDP_PORT, Topo};
+use topo::{CRR_PORT, IPERF_PORT, Kind, SOCKPERF_TCP_PORT, SOCKPERF_UDP_PORT, Topo};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -176,6 +176,10 @@ pub fn bench(args: Args) -> Result<()> {
             let (p50, p99) = work::pingpong(&t.client, ip, SOCKPERF_TCP_PORT, true, secs)?;
             add(Metric::TcpRrP50, p50);
             add(Metric::TcpRrP99, p99);
+            add(
+                Metric::TcpCrr,
+                work::tcp_crr(&t.client, &t.server, ip, CRR_PORT, secs)?,
+            );
             add(
                 Metric::Tcp1Gbps,
                 work::iperf_tcp(&t.client, ip, IPERF_PORT, 1, secs)?,

@@ -17,10 +17,11 @@ pub enum Metric {
     CpuNsPerPkt,
     CpuIperfNsPerPkt,
     BpfNsPerRun,
+    TcpCrr,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 11] = [
         Metric::UdpRrP50,
         Metric::UdpRrP99,
         Metric::TcpRrP50,
@@ -31,6 +32,7 @@ impl Metric {
         Metric::CpuNsPerPkt,
         Metric::CpuIperfNsPerPkt,
         Metric::BpfNsPerRun,
+        Metric::TcpCrr,
     ];
 
     pub fn key(self) -> &'static str {
@@ -45,6 +47,7 @@ impl Metric {
             Metric::CpuNsPerPkt => "cpu_ns_per_udp_pkt",
             Metric::CpuIperfNsPerPkt => "iperf3_cpu_ns_per_udp_pkt",
             Metric::BpfNsPerRun => "bpf_ns_per_prog_run",
+            Metric::TcpCrr => "tcp_crr_per_s",
         }
     }
 
@@ -60,13 +63,14 @@ impl Metric {
             Metric::CpuNsPerPkt => "CPU per UDP packet, whole machine (ns)",
             Metric::CpuIperfNsPerPkt => "CPU per UDP packet, iperf3 processes (ns)",
             Metric::BpfNsPerRun => "BPF program cost per run (ns)",
+            Metric::TcpCrr => "TCP connect/request/close (conn/s)",
         }
     }
 
     pub fn higher_is_better(self) -> bool {
         matches!(
             self,
-            Metric::Tcp1Gbps | Metric::Tcp2Gbps | Metric::Udp64Kpps
+            Metric::Tcp1Gbps | Metric::Tcp2Gbps | Metric::Udp64Kpps | Metric::TcpCrr
         )
     }
 }

@@ -12,6 +12,8 @@ pub const SERVER_IP: &str = "10.210.0.3";
 pub const SOCKPERF_UDP_PORT: u16 = 11111;
 pub const SOCKPERF_TCP_PORT: u16 = 11112;
 pub const IPERF_PORT: u16 = 5201;
+/// The connection-rate workload's server (a thread of the bench itself).
+pub const CRR_PORT: u16 = 11200;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -24,10 +26,15 @@ pub enum Kind {
     VethfpTc,
     VethfpXdp,
     VethfpUplink,
+    /// Kernel routing through ~1000 docker/kube-proxy-style FORWARD rules and conntrack.
+    RoutedRules,
+    /// vethfp under netfilter admission on the same node ruleset: the kernel (rules,
+    /// conntrack) sees each flow's first packets, established flows go fast.
+    VethfpNetfilter,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Direct,
         Kind::Bridge,
         Kind::BridgeVethfp,
@@ -36,6 +43,8 @@ impl Kind {
         Kind::VethfpTc,
         Kind::VethfpXdp,
         Kind::VethfpUplink,
+        Kind::RoutedRules,
+        Kind::VethfpNetfilter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +57,8 @@ impl Kind {
             Kind::VethfpTc => "vethfp-tc",
             Kind::VethfpXdp => "vethfp-xdp",
             Kind::VethfpUplink => "vethfp-uplink",
+            Kind::RoutedRules => "routed+rules",
+            Kind::VethfpNetfilter => "vethfp-netfilter",
         }
     }
 
@@ -61,11 +72,16 @@ impl Kind {
             Kind::VethfpTc => "vtc",
             Kind::VethfpXdp => "vxd",
             Kind::VethfpUplink => "vup",
+            Kind::RoutedRules => "rtr",
+            Kind::VethfpNetfilter => "vnf",
         }
     }
 
     pub fn needs_vethfp(self) -> bool {
-        matches!(self, Kind::VethfpTc | Kind::VethfpXdp | Kind::BridgeVethfp)
+        matches!(
+            self,
+            Kind::VethfpTc | Kind::VethfpXdp | Kind::BridgeVethfp | Kind::VethfpNetfilter
+        )
     }
 }
 
@@ -108,6 +124,16 @@ impl VethfpPairs {
             host_ifs: Vec::new(),
             bridges: Vec::new(),
         }
+    }
+
+    /// `vethfp admission MODE` in the node. The existing vethfp topologies measure the
+    /// unconditional fast path (forwarding off in the node), so they run under `always`.
+    pub fn admission(&mut self, mode: &str) -> Result<()> {
+        let mut c = setns_cmd(&self.node_path, &self.vethfp.bin)?;
+        c.arg("--bpffs").arg(&self.vethfp.bpffs);
+        c.args(["admission", mode]);
+        output(&mut c).with_context(|| format!("vethfp admission {mode} failed"))?;
+        Ok(())
     }
 
     /// `vethfp uplink attach IFACE` in the node (removed with the node namespace).
@@ -237,11 +263,20 @@ impl Topo {
                 let v = vethfp.context("bridge+vethfp needs a vethfp binary")?;
                 topo.wire_bridge(false)?;
                 let mut pairs = VethfpPairs::new(v, topo.node());
+                pairs.admission("always")?;
                 pairs.accelerate("br0")?;
                 topo.vethfp = Some(pairs);
             }
             Kind::BridgeDockerLike => topo.wire_bridge(true)?,
             Kind::Routed => topo.wire_routed()?,
+            Kind::RoutedRules => {
+                topo.wire_routed()?;
+                node_ruleset(topo.node(), "-A FORWARD -j ACCEPT\n")?;
+            }
+            Kind::VethfpNetfilter => {
+                let v = vethfp.context("vethfp topologies need a vethfp binary")?;
+                topo.wire_vethfp_netfilter(v)?
+            }
             Kind::VethfpUplink => {
                 let v = vethfp.context("vethfp topologies need a vethfp binary")?;
                 topo.wire_vethfp_uplink(v)?
@@ -392,6 +427,7 @@ impl Topo {
         // Forwarding stays off in the node: only the fast path can carry the traffic.
         node.sysctl("net.ipv4.ip_forward", "0")?;
         let mut pairs = VethfpPairs::new(v, node);
+        pairs.admission("always")?;
         for (c, host, addr) in self.containers() {
             let mode: &[&str] = if xdp { &["--mode", "xdp"] } else { &[] };
             pairs.add_with(
@@ -400,6 +436,23 @@ impl Topo {
                 &[&format!("{addr}/24")],
                 mode,
             )?;
+        }
+        self.vethfp = Some(pairs);
+        Ok(())
+    }
+
+    /// vethfp (TC) under netfilter admission: forwarding on, the ~1000-rule ruleset, TCP
+    /// admitted (nf_conntrack_tcp_be_liberal = 1, as kube-proxy --conntrack-tcp-be-liberal).
+    fn wire_vethfp_netfilter(&mut self, v: &Vethfp) -> Result<()> {
+        let node = self.node();
+        node.ip(&["addr", "add", "10.210.255.1/32", "dev", "lo"])?;
+        node.sysctl("net.ipv4.ip_forward", "1")?;
+        node_ruleset(node, "-A FORWARD -j ACCEPT\n")?;
+        node.sysctl("net.netfilter.nf_conntrack_tcp_be_liberal", "1")?;
+        let mut pairs = VethfpPairs::new(v, node);
+        pairs.admission("netfilter")?;
+        for (c, host, addr) in self.containers() {
+            pairs.add(&format!("vf{host}"), &c.name, &[&format!("{addr}/24")])?;
         }
         self.vethfp = Some(pairs);
         Ok(())
@@ -430,6 +483,7 @@ impl Topo {
             "10.211.0.1",
         ])?;
         let mut pairs = VethfpPairs::new(v, node);
+        pairs.admission("always")?;
         pairs.add("vfhb", &self.server.name, &[&format!("{SERVER_IP}/24")])?;
         pairs.uplink_attach("up0")?;
         self.vethfp = Some(pairs);
@@ -516,6 +570,12 @@ fn docker_like_filtering(node: &Netns) -> Result<()> {
             .context("`modprobe br_netfilter` failed: the kernel needs CONFIG_BRIDGE_NETFILTER")?;
     }
     node.sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
+    node_ruleset(node, "-A FORWARD -i br0 -o br0 -j ACCEPT\n")
+}
+
+/// ~1000 docker/kube-proxy-style FORWARD rules that match nothing of the bench's traffic
+/// (walked by every packet the kernel forwards), conntrack (ESTABLISHED accept), then `last`.
+fn node_ruleset(node: &Netns, last: &str) -> Result<()> {
     let mut rules =
         String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
     for i in 0..1000u32 {
@@ -529,7 +589,7 @@ fn docker_like_filtering(node: &Netns) -> Result<()> {
         ));
     }
     rules.push_str("-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
-    rules.push_str("-A FORWARD -i br0 -o br0 -j ACCEPT\n");
+    rules.push_str(last);
     rules.push_str("COMMIT\n");
     let mut child = node
         .cmd("iptables-restore")

@@ -213,3 +213,75 @@ mod tests {
         assert_eq!(parse_iperf_udp(&v), Some((100.0, 2.0)));
     }
 }
+
+/// Enters the network namespace at `path` (this thread only).
+fn enter_netns(path: &std::path::Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: setns(2) on a valid namespace fd; affects only the calling thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "setns {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Connection rate: one client thread connects, sends a 1-byte request, reads the 1-byte
+/// answer and the server's close, for `secs` seconds; returns connections per second. The
+/// server closes first (its side keeps TIME_WAIT, so client ports never run out).
+pub fn tcp_crr(client: &Netns, server: &Netns, ip: &str, port: u16, secs: u32) -> Result<f64> {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::time::Duration;
+    let addr: SocketAddr = format!("{ip}:{port}").parse().context("server address")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spath = server.path();
+    let srv = std::thread::spawn(move || -> Result<()> {
+        enter_netns(&spath)?;
+        let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+        tx.send(()).ok();
+        for s in l.incoming() {
+            let mut s = s.context("accept")?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut b = [0u8; 1];
+            if s.read_exact(&mut b).is_err() {
+                continue;
+            }
+            if b[0] == b'q' {
+                return Ok(());
+            }
+            let _ = s.write_all(&b);
+        }
+        Ok(())
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .context("connection-rate server did not start")?;
+    let cpath = client.path();
+    let cli = std::thread::spawn(move || -> Result<u64> {
+        enter_netns(&cpath)?;
+        let deadline = Instant::now() + Duration::from_secs(secs as u64);
+        let mut n = 0u64;
+        let mut buf = [0u8; 8];
+        while Instant::now() < deadline {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .with_context(|| format!("connect {addr} after {n} connections"))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"x")?;
+            s.read_exact(&mut buf[..1]).context("answer")?;
+            while s.read(&mut buf)? != 0 {}
+            n += 1;
+        }
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.write_all(b"q")?;
+        Ok(n)
+    });
+    let n = cli
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    srv.join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    Ok(n as f64 / secs as f64)
+}

@@ -1,0 +1,368 @@
+//! Netfilter admission: the kernel admits, vethfp accelerates.
+//!
+//! Under admission `netfilter` (no `CFG_ADMIT_ALWAYS`), a fast-path candidate takes the fast
+//! path only once its flow is admitted: the kernel forwarded each direction *unchanged* (same
+//! tuple, out of the expected interface). Ingress hooks note a direction as pending
+//! ([`admit`]); the egress hooks that see what the kernel forwarded confirm it ([`confirm`]).
+//! A flow the kernel translates (DNAT, SNAT) leaves with another tuple and a flow it drops
+//! never leaves: neither is ever admitted. TCP SYN/FIN/RST always take the kernel path (an
+//! admitted flow's FIN/RST tears its entry down), so conntrack sees every open and close.
+//! Admitted flows fall back to pending after `CONFIG_REVERIFY` seconds, or `CONFIG_IDLE`
+//! seconds without a packet, so conntrack keeps seeing them and rule changes take effect.
+
+// Keys and values are passed to the map helpers by reference on purpose: by value they would be
+// copied onto the 512-byte BPF stack once more per call site.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
+use veth_common::{
+    AF_V4, AF_V6, CFG_ADMIT_TCP, CONFIG_IDLE, CONFIG_REVERIFY, DEFAULT_IDLE_S, DEFAULT_REVERIFY_S,
+    FLOW_ADMITTED, FLOW_CONFIRMED, FLOW_PENDING, FS_ADMITTED, FS_CREATED, FS_EXPIRED,
+    FS_INSERT_FAILED, FS_TORN_DOWN, FlowKey, FlowState,
+};
+
+use crate::{
+    maps::{VFP_CONFIG, VFP_FLOW_STATS, VFP_FLOWS},
+    route::ptr_at,
+};
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const BPF_NOEXIST: u64 = 1;
+const NS: u64 = 1_000_000_000;
+
+/// One packet's flow: the canonical key, its direction in it, and its TCP control bits.
+pub struct Flow {
+    pub key: FlowKey,
+    /// 0: from `key.addr_lo`, 1: from `key.addr_hi`.
+    pub dir: usize,
+    /// TCP SYN, FIN or RST: never the fast path.
+    pub ctl: bool,
+    /// TCP FIN or RST: tears an admitted flow down.
+    pub close: bool,
+}
+
+/// The flow of the IP frame in `[data, data_end)`, if admission tracks it: TCP (with
+/// `CFG_ADMIT_TCP`), UDP, ICMP/ICMPv6 echo; not fragments, IPv6 extension headers, ICMP errors
+/// or anything else (those always take the kernel path under admission `netfilter`).
+#[inline(always)]
+pub fn parse(data: usize, data_end: usize, network: u32, cfg: u32) -> Option<Flow> {
+    let mut f = Flow {
+        key: FlowKey {
+            network,
+            ..FlowKey::default()
+        },
+        dir: 0,
+        ctl: false,
+        close: false,
+    };
+    if parse_into(&mut f, data, data_end, cfg) {
+        Some(f)
+    } else {
+        None
+    }
+}
+
+/// A BPF subprogram of its own (not inlined): keeps the callers' stack frames small.
+#[inline(never)]
+fn parse_into(f: &mut Flow, data: usize, data_end: usize, cfg: u32) -> bool {
+    parse_inner(f, data, data_end, cfg).is_some()
+}
+
+#[inline(always)]
+fn parse_inner(f: &mut Flow, data: usize, data_end: usize, cfg: u32) -> Option<()> {
+    let eth: *const EthHdr = ptr_at(data, data_end, 0)?;
+    let l4off;
+    // SAFETY: every pointer below is bounds-checked by ptr_at.
+    unsafe {
+        let et = (*eth).ether_type;
+        if et == EtherType::Ipv4 as u16 {
+            let ip: *const Ipv4Hdr = ptr_at(data, data_end, EthHdr::LEN)?;
+            // Options or fragments (MF set or an offset): the kernel's.
+            if (*ip).vihl != 0x45 || u16::from_be_bytes((*ip).frags) & 0x3fff != 0 {
+                return None;
+            }
+            f.key.family = AF_V4;
+            f.key.proto = (*ip).proto;
+            // Provisionally lo = source, hi = destination; swapped below if needed.
+            f.key.addr_lo[..4].copy_from_slice(&(*ip).src_addr);
+            f.key.addr_hi[..4].copy_from_slice(&(*ip).dst_addr);
+            l4off = EthHdr::LEN + Ipv4Hdr::LEN;
+        } else if et == EtherType::Ipv6 as u16 {
+            let ip: *const Ipv6Hdr = ptr_at(data, data_end, EthHdr::LEN)?;
+            f.key.family = AF_V6;
+            f.key.proto = (*ip).next_hdr; // extension headers fall out below
+            f.key.addr_lo = (*ip).src_addr;
+            f.key.addr_hi = (*ip).dst_addr;
+            l4off = EthHdr::LEN + Ipv6Hdr::LEN;
+        } else {
+            return None;
+        }
+    }
+    let h: *const [u8; 8] = ptr_at(data, data_end, l4off)?;
+    // SAFETY: bounds-checked.
+    let h = unsafe { &*h };
+    match f.key.proto {
+        IPPROTO_TCP => {
+            if cfg & CFG_ADMIT_TCP == 0 {
+                return None;
+            }
+            let t: *const [u8; 20] = ptr_at(data, data_end, l4off)?;
+            // SAFETY: bounds-checked.
+            let bits = unsafe { (*t)[13] };
+            f.ctl = bits & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
+            f.close = bits & (TCP_FIN | TCP_RST) != 0;
+            f.key.port_lo = [h[0], h[1]];
+            f.key.port_hi = [h[2], h[3]];
+        }
+        IPPROTO_UDP => {
+            f.key.port_lo = [h[0], h[1]];
+            f.key.port_hi = [h[2], h[3]];
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let echo = if f.key.proto == IPPROTO_ICMP {
+                (h[0] == 8 || h[0] == 0) && f.key.family == AF_V4
+            } else {
+                (h[0] == 128 || h[0] == 129) && f.key.family == AF_V6
+            };
+            if !echo {
+                return None; // errors, ND, router messages: the kernel's
+            }
+            f.key.port_lo = [h[4], h[5]];
+            f.key.port_hi = [h[4], h[5]];
+        }
+        _ => return None,
+    }
+    if !lower(&f.key) {
+        core::mem::swap(&mut f.key.addr_lo, &mut f.key.addr_hi);
+        core::mem::swap(&mut f.key.port_lo, &mut f.key.port_hi);
+        f.dir = 1;
+    }
+    Some(())
+}
+
+/// (addr_lo, port_lo) <= (addr_hi, port_hi): by address bytes, then port bytes.
+#[inline(always)]
+fn lower(k: &FlowKey) -> bool {
+    for i in 0..16 {
+        if k.addr_lo[i] != k.addr_hi[i] {
+            return k.addr_lo[i] < k.addr_hi[i];
+        }
+    }
+    u16::from_be_bytes(k.port_lo) <= u16::from_be_bytes(k.port_hi)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+fn stat(i: usize) {
+    if let Some(s) = VFP_FLOW_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value; programs on one CPU do not nest.
+        unsafe { (*s).c[i] += 1 };
+    }
+}
+
+#[inline(always)]
+fn seconds(slot: u32, default: u32) -> u64 {
+    let v = match VFP_CONFIG.get(slot) {
+        Some(v) => *v,
+        None => 0,
+    };
+    (if v == 0 { default } else { v }) as u64 * NS
+}
+
+/// The flags word of a flow. The BPF target's `core` has no atomic read-modify-write
+/// (aya-ebpf/bpf-linker give no `fetch_or`), so updates are plain volatile stores: two CPUs
+/// racing on one flow can at worst lose a bit (admission one packet later) or count an
+/// admission twice; docs/ARCHITECTURE.md says so.
+struct Flags(*mut u64);
+
+impl Flags {
+    #[inline(always)]
+    fn load(&self) -> u64 {
+        // SAFETY: points into a map value, valid for the program's run.
+        unsafe { core::ptr::read_volatile(self.0) }
+    }
+    #[inline(always)]
+    fn or(&self, bits: u64) -> u64 {
+        let old = self.load();
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(self.0, old | bits) };
+        old
+    }
+    #[inline(always)]
+    fn clear(&self, bits: u64) {
+        let old = self.load();
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(self.0, old & !bits) };
+    }
+}
+
+#[inline(always)]
+fn flags_of(st: *mut FlowState) -> Flags {
+    // SAFETY: `st` points into a map value.
+    Flags(unsafe { &raw mut (*st).flags })
+}
+
+/// Is the admitted flow in `st` still valid at `now`?
+#[inline(always)]
+fn fresh(st: *mut FlowState, now: u64) -> bool {
+    // SAFETY: map value pointer.
+    let (at, seen) = unsafe { ((*st).admitted_at, (*st).last_seen) };
+    now.wrapping_sub(at) < seconds(CONFIG_REVERIFY, DEFAULT_REVERIFY_S)
+        && now.wrapping_sub(seen) < seconds(CONFIG_IDLE, DEFAULT_IDLE_S)
+}
+
+/// Lookup only (XDP): true if the packet's flow is admitted and it may take the fast path now
+/// (its packet is counted in the flow). Anything else is left to [`admit`] in tcx ingress.
+#[inline(always)]
+pub fn admitted(f: &Flow) -> bool {
+    if f.ctl {
+        return false;
+    }
+    let Some(st) = VFP_FLOWS.get_ptr_mut(&f.key) else {
+        return false;
+    };
+    let t = now();
+    if flags_of(st).load() & FLOW_ADMITTED != FLOW_ADMITTED || !fresh(st, t) {
+        return false;
+    }
+    // SAFETY: map value pointer; a lost update of these statistics between CPUs is harmless.
+    // last_seen moves once per jiffy (coarse clock): written only then, so the two directions'
+    // CPUs do not bounce the cache line on it for every packet.
+    unsafe {
+        if (*st).last_seen != t {
+            (*st).last_seen = t;
+        }
+        (*st).packets += 1;
+    }
+    true
+}
+
+/// The ingress decision for a fast-path candidate whose kernel path would leave on
+/// `egress_ifindex`: true = fast path. Otherwise the packet goes to the kernel and this
+/// direction is noted as pending (or, for a FIN/RST of an admitted flow, the flow is torn down).
+#[inline(always)]
+pub fn admit(f: &Flow, egress_ifindex: u32) -> bool {
+    if admitted(f) {
+        return true;
+    }
+    let Some(st) = VFP_FLOWS.get_ptr_mut(&f.key) else {
+        if f.close {
+            return false; // nothing to tear down; a close never opens an entry
+        }
+        let mut v = FlowState {
+            flags: pending(f.dir),
+            ..FlowState::default()
+        };
+        v.egress_ifindex = if f.dir == 0 {
+            [egress_ifindex, 0]
+        } else {
+            [0, egress_ifindex]
+        };
+        match VFP_FLOWS.insert(&f.key, &v, BPF_NOEXIST) {
+            Ok(()) => stat(FS_CREATED),
+            Err(_) => stat(FS_INSERT_FAILED), // a race with another CPU, or no memory
+        }
+        return false;
+    };
+    let flags = flags_of(st);
+    let cur = flags.load();
+    if cur & FLOW_ADMITTED == FLOW_ADMITTED {
+        if f.close {
+            let _ = VFP_FLOWS.remove(&f.key);
+            stat(FS_TORN_DOWN);
+            return false;
+        }
+        // Expired (or a SYN on an admitted tuple): the kernel must confirm the flow again.
+        flags.clear(FLOW_ADMITTED);
+        stat(FS_EXPIRED);
+    }
+    if !f.close {
+        // SAFETY: map value pointer.
+        unsafe { *egress_slot(st, f.dir) = egress_ifindex };
+        flags.or(pending(f.dir));
+    }
+    false
+}
+
+/// An egress hook saw the kernel send this packet out of `ifindex`: if its direction is
+/// pending there with the same tuple, it is confirmed; both directions confirmed = admitted
+/// (counted once, by whichever CPU set the second bit). False if the flow has no entry.
+#[inline(always)]
+pub fn confirm(f: &Flow, ifindex: u32) -> bool {
+    let Some(st) = VFP_FLOWS.get_ptr_mut(&f.key) else {
+        return false;
+    };
+    if f.close {
+        return true;
+    }
+    let flags = flags_of(st);
+    let cur = flags.load();
+    // SAFETY: map value pointer.
+    let expected = unsafe { *egress_slot(st, f.dir) };
+    if cur & pending(f.dir) == 0 || cur & confirmed(f.dir) != 0 || expected != ifindex {
+        return true;
+    }
+    let other = confirmed(1 - f.dir);
+    if cur & other != 0 {
+        // This bit completes the flow: make its timestamps valid before anyone can see it.
+        let t = now();
+        // SAFETY: map value pointer.
+        unsafe {
+            (*st).admitted_at = t;
+            (*st).last_seen = t;
+            (*st).packets = 0;
+        }
+    }
+    let old = flags.or(confirmed(f.dir));
+    if old & FLOW_ADMITTED != FLOW_ADMITTED
+        && (old | confirmed(f.dir)) & FLOW_ADMITTED == FLOW_ADMITTED
+    {
+        stat(FS_ADMITTED);
+    }
+    true
+}
+
+#[inline(always)]
+fn pending(dir: usize) -> u64 {
+    if dir == 0 {
+        FLOW_PENDING[0]
+    } else {
+        FLOW_PENDING[1]
+    }
+}
+
+#[inline(always)]
+fn confirmed(dir: usize) -> u64 {
+    if dir == 0 {
+        FLOW_CONFIRMED[0]
+    } else {
+        FLOW_CONFIRMED[1]
+    }
+}
+
+#[inline(always)]
+fn egress_slot(st: *mut FlowState, dir: usize) -> *mut u32 {
+    // SAFETY: map value pointer; both fields exist.
+    unsafe {
+        if dir == 0 {
+            &raw mut (*st).egress_ifindex[0]
+        } else {
+            &raw mut (*st).egress_ifindex[1]
+        }
+    }
+}

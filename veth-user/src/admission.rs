@@ -1,0 +1,271 @@
+//! Admission: which flows the fast path may carry (see docs/ARCHITECTURE.md, "Admission").
+//!
+//! - `netfilter` (default): a flow takes the fast path once the kernel forwarded it unchanged
+//!   in both directions; NAT'd or dropped flows never do. TCP only while the node's conntrack
+//!   is liberal about TCP windows (or absent): [`tcp_admissible`].
+//! - `always`: every packet between endpoints of one network (no NAT, no firewall).
+
+use std::{
+    collections::HashMap as StdHashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use serde::Serialize;
+use veth_common::{
+    AF_V4, CFG_ADMIT_ALWAYS, CFG_ADMIT_TCP, CONFIG_IDLE, CONFIG_REVERIFY, DEFAULT_IDLE_S,
+    DEFAULT_REVERIFY_S, FLOW_ADMITTED, FLOW_STAT_NAMES, FlowKey, FlowState, FlowStats,
+};
+
+use crate::{
+    datapath::{Datapath, DatapathError},
+    endpoint::{EndpointError, Registry},
+};
+
+/// The sysctl that decides whether TCP flows may be admitted (read in the node namespace).
+pub const TCP_BE_LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Admission {
+    /// The kernel admits each flow (netfilter, conntrack, NAT decide); then vethfp accelerates.
+    Netfilter,
+    /// Every packet between endpoints of one network takes the fast path.
+    Always,
+}
+
+impl Admission {
+    pub fn of_flags(flags: u32) -> Admission {
+        if flags & CFG_ADMIT_ALWAYS != 0 {
+            Admission::Always
+        } else {
+            Admission::Netfilter
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Admission::Netfilter => "netfilter",
+            Admission::Always => "always",
+        }
+    }
+}
+
+/// Why TCP is or is not admitted, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpAdmission {
+    /// nf_conntrack_tcp_be_liberal = 1.
+    Liberal,
+    /// No conntrack in the node namespace.
+    NoConntrack,
+    /// nf_conntrack_tcp_be_liberal = 0: TCP stays on the kernel path.
+    Strict,
+}
+
+/// TCP flows may be admitted only while conntrack does not check TCP windows: it does not see
+/// an admitted flow's packets, so its window state goes stale and the FIN/RST would be INVALID
+/// (and dropped by the usual `--ctstate INVALID -j DROP`). vethfp never sets the sysctl.
+pub fn tcp_admissible() -> TcpAdmission {
+    match std::fs::read_to_string(TCP_BE_LIBERAL) {
+        Ok(v) if v.trim() == "0" => TcpAdmission::Strict,
+        Ok(_) => TcpAdmission::Liberal,
+        Err(_) => TcpAdmission::NoConntrack,
+    }
+}
+
+/// Sets `CFG_ADMIT_TCP` from the node's conntrack (every write operation, every reconcile).
+pub fn sync_tcp(dp: &mut Datapath) -> Result<(), DatapathError> {
+    let flags = dp.flags()?;
+    let want = if tcp_admissible() == TcpAdmission::Strict {
+        flags & !CFG_ADMIT_TCP
+    } else {
+        flags | CFG_ADMIT_TCP
+    };
+    if want != flags {
+        dp.set_flags(want)?;
+    }
+    Ok(())
+}
+
+/// Sets the node-wide admission mode. Takes effect with the next packet; nothing is
+/// reattached. Switching to `netfilter` starts with an empty flow table.
+pub fn set(dp: &mut Datapath, mode: Admission) -> Result<(), DatapathError> {
+    let flags = dp.flags()?;
+    let flags = match mode {
+        Admission::Always => flags | CFG_ADMIT_ALWAYS,
+        Admission::Netfilter => flags & !CFG_ADMIT_ALWAYS,
+    };
+    dp.set_flags(flags)?;
+    sync_tcp(dp)?;
+    if mode == Admission::Netfilter {
+        flush(dp)?;
+    }
+    Ok(())
+}
+
+/// Empties the flow table: every flow is admitted by the kernel again. Returns how many
+/// entries were removed.
+pub fn flush(dp: &mut Datapath) -> Result<usize, DatapathError> {
+    let mut flows = dp.flows()?;
+    let keys: Vec<FlowKey> = flows.keys().filter_map(|k| k.ok()).collect();
+    let mut n = 0;
+    for k in keys {
+        if flows.remove(&k).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Removes every flow with an end at one of `addrs` (an endpoint going away: a later endpoint
+/// with the same address must be admitted by the kernel afresh). Returns how many.
+pub fn forget(dp: &mut Datapath, addrs: &[IpAddr]) -> Result<usize, DatapathError> {
+    if addrs.is_empty() {
+        return Ok(0);
+    }
+    let mut flows = dp.flows()?;
+    let doomed: Vec<FlowKey> = flows
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| {
+            addrs
+                .iter()
+                .any(|a| *a == addr_of(k, &k.addr_lo) || *a == addr_of(k, &k.addr_hi))
+        })
+        .collect();
+    let mut n = 0;
+    for k in doomed {
+        if flows.remove(&k).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Flow table fill and node flow counters (`status`, /metrics).
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowTable {
+    pub entries: usize,
+    pub admitted: usize,
+    pub capacity: u32,
+    pub reverify_seconds: u32,
+    pub idle_seconds: u32,
+    /// Node counters since the state was made: created, admitted, torn_down, expired,
+    /// insert_failed. LRU evictions are not visible to BPF (see docs/ARCHITECTURE.md).
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
+}
+
+pub fn table(dp: &mut Datapath) -> Result<FlowTable, DatapathError> {
+    let stats: FlowStats = dp.flow_stats()?;
+    let (mut entries, mut admitted) = (0, 0);
+    for item in dp.flows()?.iter() {
+        let Ok((_, v)) = item else { continue };
+        entries += 1;
+        if v.flags & FLOW_ADMITTED == FLOW_ADMITTED {
+            admitted += 1;
+        }
+    }
+    let slot = |dp: &mut Datapath, s: u32, d: u32| -> Result<u32, DatapathError> {
+        let v = dp.config_slot(s)?;
+        Ok(if v == 0 { d } else { v })
+    };
+    Ok(FlowTable {
+        entries,
+        admitted,
+        capacity: dp.flow_table_size(),
+        reverify_seconds: slot(dp, CONFIG_REVERIFY, DEFAULT_REVERIFY_S)?,
+        idle_seconds: slot(dp, CONFIG_IDLE, DEFAULT_IDLE_S)?,
+        counters: FLOW_STAT_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, stats.c[i]))
+            .collect(),
+    })
+}
+
+/// One flow as `vethfp flows` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowView {
+    pub proto: &'static str,
+    /// "addr:port" of the lower end (`[v6]:port`; ICMP: the echo id as port).
+    pub a: String,
+    pub b: String,
+    /// Host interface of the endpoint owning each end, if it is local.
+    pub a_endpoint: Option<String>,
+    pub b_endpoint: Option<String>,
+    pub network: u32,
+    /// "admitted" or "pending".
+    pub state: &'static str,
+    /// Seconds since admission (admitted flows).
+    pub age_seconds: Option<f64>,
+    /// Fast-path packets since admission.
+    pub packets: u64,
+}
+
+fn addr_of(k: &FlowKey, b: &[u8; 16]) -> IpAddr {
+    if k.family == AF_V4 {
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*b))
+    }
+}
+
+fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Every entry of the flow table, admitted first.
+pub fn list(reg: &mut Registry) -> Result<Vec<FlowView>, EndpointError> {
+    let owners: StdHashMap<IpAddr, String> = reg
+        .list()?
+        .into_iter()
+        .flat_map(|e| {
+            let name = e.host_if.clone();
+            e.addrs
+                .into_iter()
+                .map(move |a| (a.addr, name.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let now = monotonic_coarse_ns();
+    let mut out = Vec::new();
+    let entries: Vec<(FlowKey, FlowState)> = reg
+        .datapath()
+        .flows()?
+        .iter()
+        .filter_map(|i| i.ok())
+        .collect();
+    for (k, v) in entries {
+        let (a, b) = (addr_of(&k, &k.addr_lo), addr_of(&k, &k.addr_hi));
+        let end = |ip: IpAddr, port: [u8; 2]| match ip {
+            IpAddr::V4(_) => format!("{ip}:{}", u16::from_be_bytes(port)),
+            IpAddr::V6(_) => format!("[{ip}]:{}", u16::from_be_bytes(port)),
+        };
+        let admitted = v.flags & FLOW_ADMITTED == FLOW_ADMITTED;
+        out.push(FlowView {
+            proto: match k.proto {
+                6 => "tcp",
+                17 => "udp",
+                1 => "icmp",
+                58 => "icmpv6",
+                _ => "other",
+            },
+            a: end(a, k.port_lo),
+            b: end(b, k.port_hi),
+            a_endpoint: owners.get(&a).cloned(),
+            b_endpoint: owners.get(&b).cloned(),
+            network: k.network,
+            state: if admitted { "admitted" } else { "pending" },
+            age_seconds: admitted
+                .then(|| now.saturating_sub(v.admitted_at) as f64 / 1e9)
+                .map(|s| (s * 10.0).round() / 10.0),
+            packets: v.packets,
+        });
+    }
+    out.sort_by(|x, y| (x.state, &x.a, &x.b).cmp(&(y.state, &y.a, &y.b)));
+    Ok(out)
+}
