@@ -194,26 +194,6 @@ pub fn timed(cmd: &mut std::process::Command) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sockperf_percentiles() {
-        let text = "sockperf: ---> percentile 99.000 =   15.929\n\
-                    sockperf: ---> percentile 90.000 =   10.464\n\
-                    sockperf: ---> percentile 50.000 =    8.530\n";
-        assert_eq!(parse_sockperf(text), Some((8.53, 15.929)));
-        assert_eq!(parse_sockperf("nothing"), None);
-    }
-
-    #[test]
-    fn iperf_udp_counts_bytes() {
-        let v = serde_json::json!({"end":{"sum_received":{"bytes":6400.0,"seconds":2.0}}});
-        assert_eq!(parse_iperf_udp(&v), Some((100.0, 2.0)));
-    }
-}
-
 /// Enters the network namespace at `path` (this thread only).
 fn enter_netns(path: &std::path::Path) -> Result<()> {
     use std::os::fd::AsRawFd;
@@ -284,4 +264,24 @@ pub fn tcp_crr(client: &Netns, server: &Netns, ip: &str, port: u16, secs: u32) -
     srv.join()
         .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
     Ok(n as f64 / secs as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockperf_percentiles() {
+        let text = "sockperf: ---> percentile 99.000 =   15.929\n\
+                    sockperf: ---> percentile 90.000 =   10.464\n\
+                    sockperf: ---> percentile 50.000 =    8.530\n";
+        assert_eq!(parse_sockperf(text), Some((8.53, 15.929)));
+        assert_eq!(parse_sockperf("nothing"), None);
+    }
+
+    #[test]
+    fn iperf_udp_counts_bytes() {
+        let v = serde_json::json!({"end":{"sum_received":{"bytes":6400.0,"seconds":2.0}}});
+        assert_eq!(parse_iperf_udp(&v), Some((100.0, 2.0)));
+    }
 }
