@@ -305,7 +305,6 @@ fn cri_chained_after_ptp_pods_over_the_fast_path() {
 /// on the same node. The request leaves pod-a for the node's stack (the service address is no
 /// endpoint), the reply from pod-b must be un-NATed by conntrack: it must not take the fast
 /// path straight to pod-a. The same for pod-b's hostPort reached from pod-a (portmap's DNAT).
-/// Passes once netfilter admission (issue 12) is in.
 #[test]
 fn cri_clusterip_to_a_backend_on_the_same_node() {
     clusterip_same_node(NetMode::Tc, "cri_clusterip_to_a_backend_on_the_same_node");
@@ -326,6 +325,9 @@ fn clusterip_same_node(mode: NetMode, test: &str) {
     // Kubernetes nodes forward (kube-proxy and hostPort need it).
     k.node.ns.sysctl("net.ipv4.ip_forward", "1");
     k.node.ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+    // The harness node starts under `admission always` (its forwarding-off proofs); a real
+    // node runs the default, `netfilter`, which is what keeps Services working.
+    assert_eq!(k.node.ok(&["admission", "netfilter"]).trim(), "netfilter");
     let services: [(&str, &str, &str); 2] = [
         ("iptables", "10.96.0.10", &p.b.v4),
         ("ip6tables", "fd00:96::10", &p.b.v6),
