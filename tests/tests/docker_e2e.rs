@@ -4,6 +4,12 @@
 //! rm + run), with and without the agent, published ports, an `enable_icc=false` network,
 //! DOCKER-USER rules and `bridge release` (issue 16).
 //!
+//! The rule and NAT tests run under netfilter admission, as a Docker host has it (the node's
+//! forwarding is left off for dockerd to turn on, with its FORWARD policy DROP): `accelerate`
+//! succeeds and the kernel's verdict still holds, exactly. Exchanges are lock-step UDP
+//! request/reply (a one-way flow is never admitted). The churn test runs under both
+//! admission modes; one test asserts the refusals of admission `always`.
+//!
 //! dockerd runs in a node namespace made by the harness, inside a private mount namespace of
 //! its own (`nsenter --net` + `unshare --mount`) with a fresh sysfs (for the node's links; the
 //! cgroup mounts are bound back in), a tmpfs over /run, its own /etc/docker (the daemon writes
@@ -681,6 +687,18 @@ fn churn_proxy_and_release(node: &Node, fast: Via) {
     let Some(d) = Dockerd::start(node, &[]) else {
         return;
     };
+    if fast == Via::Admitted {
+        // What a Docker host has: dockerd turned forwarding on, with the FORWARD policy DROP.
+        assert_eq!(node.ns.read_sysctl("net.ipv4.ip_forward"), "1");
+        let rules = run_in_netns(node.ns.name(), || {
+            Command::new("iptables")
+                .args(["-S", "FORWARD"])
+                .output()
+                .unwrap()
+        });
+        let rules = String::from_utf8_lossy(&rules.stdout);
+        assert!(rules.starts_with("-P FORWARD DROP"), "{rules}");
+    }
     let c1 = d.run("c1", &[], &[]);
     let c2 = d.run("c2", &[], &[]);
     let c3 = d.run("c3", &[], &[]);
@@ -725,9 +743,15 @@ fn churn_proxy_and_release(node: &Node, fast: Via) {
     let s = node.stats(&p1).since(&before);
     assert_eq!(s.from("fast"), zero(), "to the stopped c3: {s:?}");
     assert_eq!(s.from("stack").packets, 10, "to the stopped c3: {s:?}");
+    let port3 = srv3.addr.port();
     drop(srv3);
     d.ok(&["start", "c3"]);
     let c3 = d.ctr("c3");
+    // The same flow (same tuple, same MAC, new veth): delivered through the bridge, not one
+    // packet counted fast, though it was on the fast path (admitted) before.
+    let srv3 = UdpEcho::start(&c3, port3);
+    udp_counted_on(&d, node, &c1, &c3, &cl1, &srv3, Via::Bridge);
+    drop(srv3);
     udp_counted(&d, node, &c3, &c2, Via::Bridge);
     udp_counted(&d, node, &c1, &c3, Via::Bridge);
     d.ok(&["rm", "-f", "c2"]);
