@@ -772,6 +772,11 @@ fn churn_proxy_and_release(node: &Node, fast: Via) {
     assert_eq!(node.list_json().len(), 3, "no stale endpoint left");
     udp_counted(&d, node, &c1, &c4, fast);
     udp_counted(&d, node, &c4, &c3, fast);
+    // The flow admitted to c3's old port: its entry went with that port, so on c3's new one it
+    // is admitted afresh (first request and reply through the bridge), then fast.
+    let srv3 = UdpEcho::start(&c3, port3);
+    udp_counted_on(&d, node, &c1, &c3, &cl1, &srv3, fast);
+    drop(srv3);
 
     // With the agent: followed on the link events, no `accelerate`.
     let agent = Agent::start(node, &["--reconcile-interval", "3600"]);
@@ -969,8 +974,8 @@ fn udp_blocked(a: &Ctr, b: &Ctr, port: u16) -> bool {
     sock.recv(&mut buf).is_err()
 }
 
-/// Netfilter admission, items 4 and 6: DOCKER-USER DROPs for another port and another subnet
-/// do not stop docker0's acceleration; a DROP added after accelerating holds at once for new
+/// Netfilter admission, items 4 and 6: DOCKER-USER DROPs for another port, another subnet and
+/// `--ctstate INVALID` do not stop docker0's acceleration; a DROP added after accelerating holds at once for new
 /// flows, and for a flow admitted before it after `vethfp flows flush` (without the flush,
 /// within the re-verify interval of 20 s, not waited for here).
 #[test]
@@ -988,6 +993,19 @@ fn docker_user_drop_holds_after_accelerating() {
     iptables(
         &node,
         &["-I", "DOCKER-USER", "-s", "10.99.0.0/16", "-j", "DROP"],
+    );
+    iptables(
+        &node,
+        &[
+            "-I",
+            "DOCKER-USER",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "INVALID",
+            "-j",
+            "DROP",
+        ],
     );
     let out = node.ok(&["bridge", "accelerate", "docker0"]);
     assert!(out.contains("2 port(s) accelerated"), "{out}");
