@@ -56,17 +56,13 @@ pub struct Flow {
 /// or anything else (those always take the kernel path under admission `netfilter`).
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize, network: u32, cfg: u32) -> Option<Flow> {
-    let mut f = Flow {
-        key: FlowKey {
-            network,
-            ..FlowKey::default()
-        },
-        dir: 0,
-        ctl: false,
-        close: false,
-    };
-    if parse_into(&mut f, data, data_end, cfg) {
-        Some(f)
+    // Not `..Default::default()`: the BPF target lowers zeroing a 44-byte struct to a call of
+    // a byte-at-a-time memset loop (~40 ns per packet measured); `parse_into` writes every
+    // byte of the key itself, with word stores.
+    let mut f = core::mem::MaybeUninit::<Flow>::uninit();
+    if parse_into(f.as_mut_ptr(), data, data_end, network, cfg) {
+        // SAFETY: parse_into initialized every field when it returns true.
+        Some(unsafe { f.assume_init() })
     } else {
         None
     }
@@ -74,16 +70,48 @@ pub fn parse(data: usize, data_end: usize, network: u32, cfg: u32) -> Option<Flo
 
 /// A BPF subprogram of its own (not inlined): keeps the callers' stack frames small.
 #[inline(never)]
-fn parse_into(f: &mut Flow, data: usize, data_end: usize, cfg: u32) -> bool {
-    parse_inner(f, data, data_end, cfg).is_some()
+fn parse_into(f: *mut Flow, data: usize, data_end: usize, network: u32, cfg: u32) -> bool {
+    // SAFETY: `f` is valid for writes; parse_inner initializes it completely or fails.
+    unsafe { parse_inner(f, data, data_end, network, cfg).is_some() }
+}
+
+/// Zeroes the key with eleven word stores (volatile, so they are not merged back into a
+/// memset call).
+#[inline(always)]
+unsafe fn zero_key(k: *mut FlowKey) {
+    const WORDS: usize = core::mem::size_of::<FlowKey>() / 4;
+    let w = k as *mut u32;
+    for i in 0..WORDS {
+        // SAFETY: FlowKey is 4-aligned and WORDS * 4 bytes long.
+        unsafe { core::ptr::write_volatile(w.add(i), 0) };
+    }
+}
+
+/// Copies an IPv6 address out of the packet as two 8-byte loads (no memmove call).
+#[inline(always)]
+unsafe fn read_v6(src: *const [u8; 16], dst: *mut [u8; 16]) {
+    // SAFETY: the caller bounds-checked `src`; `dst` is a field of a FlowKey.
+    unsafe {
+        let s = src as *const u64;
+        let d = dst as *mut u64;
+        core::ptr::write_unaligned(d, core::ptr::read_unaligned(s));
+        core::ptr::write_unaligned(d.add(1), core::ptr::read_unaligned(s.add(1)));
+    }
 }
 
 #[inline(always)]
-fn parse_inner(f: &mut Flow, data: usize, data_end: usize, cfg: u32) -> Option<()> {
+unsafe fn parse_inner(
+    f: *mut Flow,
+    data: usize,
+    data_end: usize,
+    network: u32,
+    cfg: u32,
+) -> Option<()> {
     let eth: *const EthHdr = ptr_at(data, data_end, 0)?;
     let l4off;
-    // SAFETY: every pointer below is bounds-checked by ptr_at.
-    unsafe {
+    // SAFETY: every packet pointer below is bounds-checked by ptr_at; `f` is valid for writes.
+    let k = unsafe {
+        let k = &raw mut (*f).key;
         let et = (*eth).ether_type;
         if et == EtherType::Ipv4 as u16 {
             let ip: *const Ipv4Hdr = ptr_at(data, data_end, EthHdr::LEN)?;
@@ -91,71 +119,94 @@ fn parse_inner(f: &mut Flow, data: usize, data_end: usize, cfg: u32) -> Option<(
             if (*ip).vihl != 0x45 || u16::from_be_bytes((*ip).frags) & 0x3fff != 0 {
                 return None;
             }
-            f.key.family = AF_V4;
-            f.key.proto = (*ip).proto;
+            zero_key(k);
+            (*k).family = AF_V4;
+            (*k).proto = (*ip).proto;
             // Provisionally lo = source, hi = destination; swapped below if needed.
-            f.key.addr_lo[..4].copy_from_slice(&(*ip).src_addr);
-            f.key.addr_hi[..4].copy_from_slice(&(*ip).dst_addr);
+            ((&raw mut (*k).addr_lo) as *mut [u8; 4]).write((*ip).src_addr);
+            ((&raw mut (*k).addr_hi) as *mut [u8; 4]).write((*ip).dst_addr);
             l4off = EthHdr::LEN + Ipv4Hdr::LEN;
         } else if et == EtherType::Ipv6 as u16 {
             let ip: *const Ipv6Hdr = ptr_at(data, data_end, EthHdr::LEN)?;
-            f.key.family = AF_V6;
-            f.key.proto = (*ip).next_hdr; // extension headers fall out below
-            f.key.addr_lo = (*ip).src_addr;
-            f.key.addr_hi = (*ip).dst_addr;
+            zero_key(k);
+            (*k).family = AF_V6;
+            (*k).proto = (*ip).next_hdr; // extension headers fall out below
+            read_v6(&raw const (*ip).src_addr, &raw mut (*k).addr_lo);
+            read_v6(&raw const (*ip).dst_addr, &raw mut (*k).addr_hi);
             l4off = EthHdr::LEN + Ipv6Hdr::LEN;
         } else {
             return None;
         }
-    }
+        (*k).network = network;
+        (*f).dir = 0;
+        (*f).ctl = false;
+        (*f).close = false;
+        &mut *k
+    };
     let h: *const [u8; 8] = ptr_at(data, data_end, l4off)?;
     // SAFETY: bounds-checked.
     let h = unsafe { &*h };
-    match f.key.proto {
+    match k.proto {
         IPPROTO_TCP => {
             if cfg & CFG_ADMIT_TCP == 0 {
                 return None;
             }
             let t: *const [u8; 20] = ptr_at(data, data_end, l4off)?;
-            // SAFETY: bounds-checked.
-            let bits = unsafe { (*t)[13] };
-            f.ctl = bits & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
-            f.close = bits & (TCP_FIN | TCP_RST) != 0;
-            f.key.port_lo = [h[0], h[1]];
-            f.key.port_hi = [h[2], h[3]];
+            // SAFETY: bounds-checked; `f` initialized above.
+            unsafe {
+                let bits = (*t)[13];
+                (*f).ctl = bits & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
+                (*f).close = bits & (TCP_FIN | TCP_RST) != 0;
+            }
+            k.port_lo = [h[0], h[1]];
+            k.port_hi = [h[2], h[3]];
         }
         IPPROTO_UDP => {
-            f.key.port_lo = [h[0], h[1]];
-            f.key.port_hi = [h[2], h[3]];
+            k.port_lo = [h[0], h[1]];
+            k.port_hi = [h[2], h[3]];
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let echo = if f.key.proto == IPPROTO_ICMP {
-                (h[0] == 8 || h[0] == 0) && f.key.family == AF_V4
+            let echo = if k.proto == IPPROTO_ICMP {
+                (h[0] == 8 || h[0] == 0) && k.family == AF_V4
             } else {
-                (h[0] == 128 || h[0] == 129) && f.key.family == AF_V6
+                (h[0] == 128 || h[0] == 129) && k.family == AF_V6
             };
             if !echo {
                 return None; // errors, ND, router messages: the kernel's
             }
-            f.key.port_lo = [h[4], h[5]];
-            f.key.port_hi = [h[4], h[5]];
+            k.port_lo = [h[4], h[5]];
+            k.port_hi = [h[4], h[5]];
         }
         _ => return None,
     }
-    if !lower(&f.key) {
-        core::mem::swap(&mut f.key.addr_lo, &mut f.key.addr_hi);
-        core::mem::swap(&mut f.key.port_lo, &mut f.key.port_hi);
-        f.dir = 1;
+    if !lower(k) {
+        core::mem::swap(&mut k.addr_lo, &mut k.addr_hi);
+        core::mem::swap(&mut k.port_lo, &mut k.port_hi);
+        // SAFETY: `f` initialized above.
+        unsafe { (*f).dir = 1 };
     }
     Some(())
 }
 
-/// (addr_lo, port_lo) <= (addr_hi, port_hi): by address bytes, then port bytes.
+/// (addr_lo, port_lo) <= (addr_hi, port_hi): by address bytes, then port bytes. Compared as
+/// big-endian words (a byte loop is up to 48 instructions more per packet).
 #[inline(always)]
 fn lower(k: &FlowKey) -> bool {
-    for i in 0..16 {
-        if k.addr_lo[i] != k.addr_hi[i] {
-            return k.addr_lo[i] < k.addr_hi[i];
+    for i in 0..4 {
+        let a = u32::from_be_bytes([
+            k.addr_lo[4 * i],
+            k.addr_lo[4 * i + 1],
+            k.addr_lo[4 * i + 2],
+            k.addr_lo[4 * i + 3],
+        ]);
+        let b = u32::from_be_bytes([
+            k.addr_hi[4 * i],
+            k.addr_hi[4 * i + 1],
+            k.addr_hi[4 * i + 2],
+            k.addr_hi[4 * i + 3],
+        ]);
+        if a != b {
+            return a < b;
         }
     }
     u16::from_be_bytes(k.port_lo) <= u16::from_be_bytes(k.port_hi)
