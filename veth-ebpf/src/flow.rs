@@ -56,17 +56,13 @@ pub struct Flow {
 /// or anything else (those always take the kernel path under admission `netfilter`).
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize, network: u32, cfg: u32) -> Option<Flow> {
-    let mut f = Flow {
-        key: FlowKey {
-            network,
-            ..FlowKey::default()
-        },
-        dir: 0,
-        ctl: false,
-        close: false,
-    };
-    if parse_into(&mut f, data, data_end, cfg) {
-        Some(f)
+    // Not `..Default::default()`: the BPF target lowers zeroing a 44-byte struct to a call of
+    // a byte-at-a-time memset loop (~40 ns per packet measured); `parse_into` writes every
+    // byte of the key itself, with word stores.
+    let mut f = core::mem::MaybeUninit::<Flow>::uninit();
+    if parse_into(f.as_mut_ptr(), data, data_end, network, cfg) {
+        // SAFETY: parse_into initialized every field when it returns true.
+        Some(unsafe { f.assume_init() })
     } else {
         None
     }
@@ -74,15 +70,64 @@ pub fn parse(data: usize, data_end: usize, network: u32, cfg: u32) -> Option<Flo
 
 /// A BPF subprogram of its own (not inlined): keeps the callers' stack frames small.
 #[inline(never)]
-fn parse_into(f: &mut Flow, data: usize, data_end: usize, cfg: u32) -> bool {
-    parse_inner(f, data, data_end, cfg).is_some()
+fn parse_into(f: *mut Flow, data: usize, data_end: usize, network: u32, cfg: u32) -> bool {
+    // SAFETY: `f` is valid for writes; parse_inner initializes it completely or fails.
+    unsafe { parse_inner(f, data, data_end, network, cfg).is_some() }
+}
+
+/// An IP address as four words, each as loaded from the packet (network byte order).
+type Words = [u32; 4];
+
+/// A 4-byte load from `p`, which may be unaligned (the BPF target makes byte loads of it).
+#[inline(always)]
+unsafe fn word(p: *const u8) -> u32 {
+    // SAFETY: the caller bounds-checked 4 bytes at `p`.
+    unsafe { core::ptr::read_unaligned(p as *const u32) }
 }
 
 #[inline(always)]
-fn parse_inner(f: &mut Flow, data: usize, data_end: usize, cfg: u32) -> Option<()> {
+unsafe fn v6_words(p: *const [u8; 16]) -> Words {
+    let p = p as *const u8;
+    // SAFETY: the caller bounds-checked 16 bytes at `p`.
+    unsafe { [word(p), word(p.add(4)), word(p.add(8)), word(p.add(12))] }
+}
+
+/// (a, pa) < (b, pb) or equal: by address (big-endian words), then port (network order).
+#[inline(always)]
+fn lower(a: &Words, pa: u16, b: &Words, pb: u16) -> bool {
+    for i in 0..4 {
+        if a[i] != b[i] {
+            return u32::from_be(a[i]) < u32::from_be(b[i]);
+        }
+    }
+    u16::from_be(pa) <= u16::from_be(pb)
+}
+
+/// Writes an address into a key field with word stores (volatile: not merged into a memset
+/// call, which the BPF target lowers to a byte-at-a-time loop).
+#[inline(always)]
+unsafe fn put_addr(dst: *mut [u8; 16], w: &Words) {
+    let d = dst as *mut u32;
+    for (i, v) in w.iter().enumerate() {
+        // SAFETY: the address fields of FlowKey are 4-aligned (offsets 8 and 24).
+        unsafe { core::ptr::write_volatile(d.add(i), *v) };
+    }
+}
+
+/// Builds the flow without building the key twice: the ends are compared as loaded from the
+/// packet and written in canonical order once (a byte-wise swap of a written key, and
+/// zeroing it first, cost ~40 ns per packet as the BPF target compiles them).
+#[inline(always)]
+unsafe fn parse_inner(
+    f: *mut Flow,
+    data: usize,
+    data_end: usize,
+    network: u32,
+    cfg: u32,
+) -> Option<()> {
     let eth: *const EthHdr = ptr_at(data, data_end, 0)?;
-    let l4off;
-    // SAFETY: every pointer below is bounds-checked by ptr_at.
+    let (family, proto, src, dst, l4off);
+    // SAFETY: every packet pointer below is bounds-checked by ptr_at.
     unsafe {
         let et = (*eth).ether_type;
         if et == EtherType::Ipv4 as u16 {
@@ -91,18 +136,17 @@ fn parse_inner(f: &mut Flow, data: usize, data_end: usize, cfg: u32) -> Option<(
             if (*ip).vihl != 0x45 || u16::from_be_bytes((*ip).frags) & 0x3fff != 0 {
                 return None;
             }
-            f.key.family = AF_V4;
-            f.key.proto = (*ip).proto;
-            // Provisionally lo = source, hi = destination; swapped below if needed.
-            f.key.addr_lo[..4].copy_from_slice(&(*ip).src_addr);
-            f.key.addr_hi[..4].copy_from_slice(&(*ip).dst_addr);
+            family = AF_V4;
+            proto = (*ip).proto;
+            src = [word((&raw const (*ip).src_addr).cast()), 0, 0, 0];
+            dst = [word((&raw const (*ip).dst_addr).cast()), 0, 0, 0];
             l4off = EthHdr::LEN + Ipv4Hdr::LEN;
         } else if et == EtherType::Ipv6 as u16 {
             let ip: *const Ipv6Hdr = ptr_at(data, data_end, EthHdr::LEN)?;
-            f.key.family = AF_V6;
-            f.key.proto = (*ip).next_hdr; // extension headers fall out below
-            f.key.addr_lo = (*ip).src_addr;
-            f.key.addr_hi = (*ip).dst_addr;
+            family = AF_V6;
+            proto = (*ip).next_hdr; // extension headers fall out below
+            src = v6_words(&raw const (*ip).src_addr);
+            dst = v6_words(&raw const (*ip).dst_addr);
             l4off = EthHdr::LEN + Ipv6Hdr::LEN;
         } else {
             return None;
@@ -111,7 +155,8 @@ fn parse_inner(f: &mut Flow, data: usize, data_end: usize, cfg: u32) -> Option<(
     let h: *const [u8; 8] = ptr_at(data, data_end, l4off)?;
     // SAFETY: bounds-checked.
     let h = unsafe { &*h };
-    match f.key.proto {
+    let (sport, dport, ctl, close);
+    match proto {
         IPPROTO_TCP => {
             if cfg & CFG_ADMIT_TCP == 0 {
                 return None;
@@ -119,46 +164,53 @@ fn parse_inner(f: &mut Flow, data: usize, data_end: usize, cfg: u32) -> Option<(
             let t: *const [u8; 20] = ptr_at(data, data_end, l4off)?;
             // SAFETY: bounds-checked.
             let bits = unsafe { (*t)[13] };
-            f.ctl = bits & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
-            f.close = bits & (TCP_FIN | TCP_RST) != 0;
-            f.key.port_lo = [h[0], h[1]];
-            f.key.port_hi = [h[2], h[3]];
+            ctl = bits & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
+            close = bits & (TCP_FIN | TCP_RST) != 0;
+            sport = u16::from_ne_bytes([h[0], h[1]]);
+            dport = u16::from_ne_bytes([h[2], h[3]]);
         }
         IPPROTO_UDP => {
-            f.key.port_lo = [h[0], h[1]];
-            f.key.port_hi = [h[2], h[3]];
+            (ctl, close) = (false, false);
+            sport = u16::from_ne_bytes([h[0], h[1]]);
+            dport = u16::from_ne_bytes([h[2], h[3]]);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let echo = if f.key.proto == IPPROTO_ICMP {
-                (h[0] == 8 || h[0] == 0) && f.key.family == AF_V4
+            let echo = if proto == IPPROTO_ICMP {
+                (h[0] == 8 || h[0] == 0) && family == AF_V4
             } else {
-                (h[0] == 128 || h[0] == 129) && f.key.family == AF_V6
+                (h[0] == 128 || h[0] == 129) && family == AF_V6
             };
             if !echo {
                 return None; // errors, ND, router messages: the kernel's
             }
-            f.key.port_lo = [h[4], h[5]];
-            f.key.port_hi = [h[4], h[5]];
+            (ctl, close) = (false, false);
+            sport = u16::from_ne_bytes([h[4], h[5]]);
+            dport = sport;
         }
         _ => return None,
     }
-    if !lower(&f.key) {
-        core::mem::swap(&mut f.key.addr_lo, &mut f.key.addr_hi);
-        core::mem::swap(&mut f.key.port_lo, &mut f.key.port_hi);
-        f.dir = 1;
+    let fwd = lower(&src, sport, &dst, dport);
+    let (lo, hi, plo, phi) = if fwd {
+        (&src, &dst, sport, dport)
+    } else {
+        (&dst, &src, dport, sport)
+    };
+    // SAFETY: `f` is valid for writes; every byte of the key is written (it is a map key).
+    unsafe {
+        let k = &raw mut (*f).key;
+        (*k).family = family;
+        (*k).proto = proto;
+        (*k)._pad = [0; 2];
+        (*k).network = network;
+        put_addr(&raw mut (*k).addr_lo, lo);
+        put_addr(&raw mut (*k).addr_hi, hi);
+        (*k).port_lo = plo.to_ne_bytes();
+        (*k).port_hi = phi.to_ne_bytes();
+        (*f).dir = if fwd { 0 } else { 1 };
+        (*f).ctl = ctl;
+        (*f).close = close;
     }
     Some(())
-}
-
-/// (addr_lo, port_lo) <= (addr_hi, port_hi): by address bytes, then port bytes.
-#[inline(always)]
-fn lower(k: &FlowKey) -> bool {
-    for i in 0..16 {
-        if k.addr_lo[i] != k.addr_hi[i] {
-            return k.addr_lo[i] < k.addr_hi[i];
-        }
-    }
-    u16::from_be_bytes(k.port_lo) <= u16::from_be_bytes(k.port_hi)
 }
 
 #[inline(always)]

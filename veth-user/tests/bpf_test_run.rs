@@ -1345,3 +1345,46 @@ fn admission_always_ignores_the_flow_table() {
     assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TC_ACT_REDIRECT);
     assert!(rig.flows().is_empty());
 }
+
+/// The per-packet cost of admission (docs/ARCHITECTURE.md "Cost"): `vfp_tc_ingress` on an
+/// admitted UDP flow under `netfilter`, next to the same frame under `always`. Prints ns per
+/// run (best of 50 runs of 200 repeats); asserts only the verdicts, never a time. The kernel
+/// runs the program `repeat` times on one skb, so each fast run decrements the TTL again: the
+/// frame starts at TTL 255 to stay routable for all 200. Run with
+/// `cargo test -p veth-user --test bpf_test_run -- --ignored --nocapture admission_cost`.
+#[test]
+#[ignore = "measurement: prints timings, run on demand"]
+fn admission_cost_per_run() {
+    let mut rig = Rig::netfilter(false);
+    let reply = with_src_v4(v4_frame([10, 0, 0, 9], 64, &[], 40), [10, 0, 0, 2]);
+    let fwd = v4_frame([10, 0, 0, 2], 255, &[], 40);
+    rig.admit(&fwd, &reply);
+    let best = |rig: &Rig| {
+        let p: &SchedClassifier = rig
+            .ebpf
+            .program(PROG_TC_INGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut best = u128::MAX;
+        for _ in 0..50 {
+            let r = p
+                .test_run(TestRunOptions {
+                    data_in: Some(&fwd),
+                    repeat: 200,
+                    ..Default::default()
+                })
+                .expect("test_run");
+            assert_eq!(
+                r.return_value, TC_ACT_REDIRECT,
+                "still fast at the last repeat"
+            );
+            best = best.min(r.duration.as_nanos());
+        }
+        best
+    };
+    let netfilter = best(&rig);
+    rig.set_raw_flags(CFG_ADMIT_ALWAYS);
+    let always = best(&rig);
+    println!("vfp_tc_ingress ns per run: netfilter {netfilter}, always {always}");
+}
