@@ -48,6 +48,12 @@ fn host_mac(ns: &Netns, ifname: &str) -> String {
 fn another_state_dirs_endpoints_and_foreign_veths_are_never_touched() {
     let node = Node::new();
     let dir_b = node.bpffs.mount_point().join("other");
+    // Forwarding is off in the node: B's traffic can only be carried by the unconditional
+    // fast path (the harness sets it for the node's own state, not for B's).
+    check_ok(
+        &with_dir(&node, &dir_b, &["admission", "always"]),
+        &["admission always under B"],
+    );
     let cb = Netns::new("vfc");
     cb.quiet_ipv6();
     check_ok(
