@@ -718,12 +718,12 @@ pub fn current_netns_cookie() -> std::io::Result<u64> {
     Ok(cookie)
 }
 
-/// The ifindex a pinned tcx/XDP link is attached to (bpf_link_info; 0 once its device is
-/// gone); None if nothing is pinned at `path`. Raw bpf(2): aya 0.14 does not expose it.
-fn pinned_link_ifindex(path: &Path) -> std::io::Result<Option<u32>> {
+/// Opens the BPF object pinned at `path` (raw BPF_OBJ_GET: aya 0.14 opens pins only as typed
+/// maps, programs or links, and we need a plain fd for bpf_link_info and BPF_LINK_DETACH);
+/// None if nothing is pinned there.
+fn pinned_fd(path: &Path) -> std::io::Result<Option<OwnedFd>> {
     use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
     const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     #[repr(C)]
     struct ObjGet {
         pathname: u64,
@@ -731,12 +731,6 @@ fn pinned_link_ifindex(path: &Path) -> std::io::Result<Option<u32>> {
         file_flags: u32,
         path_fd: i32,
         pad: u32,
-    }
-    #[repr(C)]
-    struct InfoByFd {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
     }
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     let get = ObjGet {
@@ -764,7 +758,22 @@ fn pinned_link_ifindex(path: &Path) -> std::io::Result<Option<u32>> {
         };
     }
     // SAFETY: a fresh fd returned by BPF_OBJ_GET, owned here.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+}
+
+/// The ifindex a pinned tcx/XDP link is attached to (bpf_link_info; 0 once its device is
+/// gone); None if nothing is pinned at `path`. Raw bpf(2): aya 0.14 does not expose it.
+fn pinned_link_ifindex(path: &Path) -> std::io::Result<Option<u32>> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let Some(fd) = pinned_fd(path)? else {
+        return Ok(None);
+    };
     // struct bpf_link_info: type, id, prog_id, then a union aligned to 8 whose tcx and xdp
     // members start with the ifindex (offset 16).
     let mut info = [0u64; 32];
@@ -793,49 +802,15 @@ fn pinned_link_ifindex(path: &Path) -> std::io::Result<Option<u32>> {
 /// to the same hook right after (e.g. `pair mode … xdp` after `pair mode … tc`) could still
 /// find it busy (EBUSY).
 fn unpin_and_detach(path: &Path) -> std::io::Result<bool> {
-    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
-    const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_LINK_DETACH: libc::c_long = 34;
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        pad: u32,
-    }
     #[repr(C)]
     struct LinkDetach {
         link_fd: u32,
         pad: [u32; 3],
     }
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let get = ObjGet {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-        pad: 0,
+    let Some(fd) = pinned_fd(path)? else {
+        return Ok(false);
     };
-    // SAFETY: bpf(2) with a valid, fully initialised attr of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &get as *const ObjGet,
-            std::mem::size_of::<ObjGet>() as u32,
-        )
-    };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.kind() == ErrorKind::NotFound {
-            Ok(false)
-        } else {
-            Err(e)
-        };
-    }
-    // SAFETY: a fresh fd returned by BPF_OBJ_GET, owned here.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let detach = LinkDetach {
         link_fd: fd.as_raw_fd() as u32,
         pad: [0; 3],
