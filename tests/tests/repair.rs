@@ -34,6 +34,9 @@ fn agent_reopens_a_replaced_state_dir_and_never_deletes_new_endpoints() {
     let _c0 = node.add_container("vs0", &["10.1.0.2/24"]);
     let agent = Agent::start(&node, &["--reconcile-interval", "0.2"]);
     std::fs::remove_dir_all(node.bpffs_dir()).expect("wipe the state dir");
+    // The new state starts under the default admission (netfilter); forwarding is off here,
+    // so the proof below needs the unconditional fast path, as the harness node had.
+    node.ok(&["admission", "always"]);
     let c1 = node.add_container("vs1", &["10.1.0.3/24"]);
     let c2 = node.add_container("vs2", &["10.1.0.4/24"]);
     // Two periodic passes after the new state exists.
