@@ -290,3 +290,73 @@ fn bounced_host_end_gets_its_routes_and_neighbours_back() {
     assert!(has_route_and_neigh(&node, "vb1", "fd00:1::2"));
     assert!(ping(c.name(), node.v4()));
 }
+
+fn container_has(c: &vethfp_tests::Container, args: &[&str], needle: &str) -> bool {
+    c.ns.ip(args).lines().any(|l| l.starts_with(needle))
+}
+
+/// The container side (issue 15, "container config"): someone deletes a container's default
+/// routes and its gateway neighbour; the agent restores them (and counts it), traffic flows
+/// again, and what the user added in the container stays.
+#[test]
+fn agent_restores_a_containers_default_routes_and_gateway_neighbour() {
+    let node = Node::new();
+    let c1 = node.add_container("vr1", &["10.1.0.2/24", "fd00:1::2/64"]);
+    let c2 = node.add_container("vr2", &["10.1.0.3/24", "fd00:1::3/64"]);
+    let eth = c1.ifname.as_str();
+    assert!(ping(c1.name(), c2.v4()), "works before");
+    let agent = Agent::start(&node, &["--reconcile-interval", "0.2"]);
+    // Something the user added in the container: must survive the repair.
+    c1.ns.ip(&["addr", "add", "192.0.2.9/32", "dev", eth]);
+    c1.ns.ip(&["route", "del", "default"]);
+    c1.ns.ip(&["-6", "route", "del", "default"]);
+    c1.ns.ip(&["neigh", "del", "169.254.1.1", "dev", eth]);
+    let restored = || {
+        container_has(
+            &c1,
+            &["-4", "route", "show", "dev", eth],
+            "default via 169.254.1.1",
+        ) && container_has(
+            &c1,
+            &["-6", "route", "show", "dev", eth],
+            "default via fe80::1",
+        ) && container_has(
+            &c1,
+            &["neigh", "show", "dev", eth, "nud", "permanent"],
+            "169.254.1.1 ",
+        )
+    };
+    let start = Instant::now();
+    while !restored() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "container config not restored: routes {} {} neigh {}; agent log:\n{}",
+            c1.ns.ip(&["route", "show"]),
+            c1.ns.ip(&["-6", "route", "show"]),
+            c1.ns.ip(&["neigh", "show"]),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    poll("the container repairs counted", || {
+        metric(
+            &agent,
+            "vethfp_agent_repairs_total",
+            &[("part", "container")],
+        ) >= 3.0
+    });
+    assert!(
+        ping(c1.name(), c2.v4()),
+        "container -> container (v4) again"
+    );
+    assert!(
+        ping(c1.name(), c2.v6()),
+        "container -> container (v6) again"
+    );
+    assert!(
+        c1.ns
+            .ip(&["addr", "show", "dev", eth])
+            .contains("192.0.2.9/32"),
+        "the user's address is kept"
+    );
+}

@@ -674,7 +674,8 @@ impl Registry {
     /// Checks every map entry and node-side kernel object of a live endpoint and restores
     /// what is missing or wrong: its devmap entry, each address in `VFP_EP4`/`VFP_EP6` with
     /// the record's target (L2 entry for bridge ports), the node's /32 and /128 routes and
-    /// permanent neighbours. Returns the parts repaired (one name per repair).
+    /// permanent neighbours, and (pairs vethfp made) the container side
+    /// ([`netlink::repair_container`]). Returns the parts repaired (one name per repair).
     pub fn repair_endpoint(&mut self, rec: &EndpointRecord) -> Result<Vec<&'static str>> {
         self.repair_endpoint_with(rec, None)
     }
@@ -741,8 +742,36 @@ impl Registry {
             let r = netlink::repair_node(ifindex, &addrs, Mac(rec.target.container_mac), view)?;
             parts.extend(std::iter::repeat_n("route", r.routes));
             parts.extend(std::iter::repeat_n("neighbour", r.neighbours));
+            if let Some(mac) = link.mac {
+                let n = self.repair_container(rec, &addrs, mac)?;
+                parts.extend(std::iter::repeat_n("container", n));
+            }
         }
         Ok(parts)
+    }
+
+    /// The container side of an endpoint vethfp made: restores its container end's
+    /// addresses, gateway neighbours and routes ([`netlink::repair_container`]). Skipped when
+    /// the namespace is gone or is not the one the endpoint was made in (its inode differs).
+    fn repair_container(
+        &mut self,
+        rec: &EndpointRecord,
+        addrs: &[Cidr],
+        host_mac: Mac,
+    ) -> Result<usize> {
+        let spec = get_str(&rec.netns);
+        let Ok(ns) = Netns::open(&spec) else {
+            return Ok(0);
+        };
+        if ns.ino() != rec.netns_ino {
+            return Ok(0);
+        }
+        Ok(netlink::repair_container(
+            &ns,
+            &get_str(&rec.peer_name),
+            addrs,
+            host_mac,
+        )?)
     }
 
     /// Every endpoint record (reconciliation).

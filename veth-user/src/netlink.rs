@@ -1027,3 +1027,139 @@ pub fn repair_node(
         Ok(done)
     })
 }
+
+/// Inside `ns`: re-adds what [`configure_container`] made on `ifname` and is missing now —
+/// its addresses (no prefix route; v6 without DAD), the permanent neighbours 169.254.1.1 /
+/// fe80::1 -> `gateway_mac`, the on-link route to 169.254.1.1 and the default routes via the
+/// gateways. Never removes or replaces anything else: a route the user put in the same place
+/// (EEXIST) is left as it is. Does nothing while the interface is down or gone (the user's
+/// doing, or the container is going away). Returns how many objects were restored.
+pub fn repair_container(
+    ns: &Netns,
+    ifname: &str,
+    addrs: &[Cidr],
+    gateway_mac: Mac,
+) -> Result<usize, NetlinkError> {
+    check_ifname(ifname)?;
+    if !gateway_mac.is_unicast() {
+        return Err(NetlinkError::InvalidMac(gateway_mac));
+    }
+    let place = ns.place();
+    in_netns(ns, || {
+        let routes = main_routes()?;
+        let neighbours = permanent_neighbours()?;
+        run(|h| async move {
+            let mut done = 0;
+            let Some(link) = get_link(&h, Some(ifname), 0).await? else {
+                return Ok(done);
+            };
+            if !link.up {
+                return Ok(done);
+            }
+            let idx = link.ifindex;
+            let what = format!("'{ifname}' in {place}");
+            let mut have: Vec<IpAddr> = Vec::new();
+            let mut s = pin!(h.address().get().set_link_index_filter(idx).execute());
+            while let Some(m) = s
+                .try_next()
+                .await
+                .map_err(|e| nl_err(format!("listing addresses of {what}"), e))?
+            {
+                if m.header.index != idx {
+                    continue;
+                }
+                for a in m.attributes {
+                    if let AddressAttribute::Address(addr) = a {
+                        have.push(addr);
+                    }
+                }
+            }
+            for a in addrs.iter().filter(|a| !have.contains(&a.addr)) {
+                let mut flags = AddressFlags::Noprefixroute;
+                if !a.is_v4() {
+                    flags |= AddressFlags::Nodad;
+                }
+                let mut add = h.address().add(idx, a.addr, a.prefix);
+                add.message_mut()
+                    .attributes
+                    .push(AddressAttribute::Flags(flags));
+                match add.execute().await {
+                    Ok(()) => done += 1,
+                    Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                    Err(e) => {
+                        return Err(nl_err(format!("restoring address {a} on {what}"), e));
+                    }
+                }
+            }
+            let has_route = |dst: IpAddr, len: u8| routes.contains(&(idx, dst, len));
+            let mut want: Vec<(RouteMessage, String)> = Vec::new();
+            let mut gateways: Vec<IpAddr> = Vec::new();
+            if addrs.iter().any(Cidr::is_v4) {
+                gateways.push(GATEWAY_V4.into());
+                if !has_route(GATEWAY_V4.into(), 32) {
+                    let r = RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(GATEWAY_V4, 32)
+                        .output_interface(idx)
+                        .scope(RouteScope::Link);
+                    want.push((
+                        vethfp_route(r).build(),
+                        format!("{GATEWAY_V4}/32 dev {what}"),
+                    ));
+                }
+                if !has_route(Ipv4Addr::UNSPECIFIED.into(), 0) {
+                    let r = RouteMessageBuilder::<Ipv4Addr>::new()
+                        .gateway(GATEWAY_V4)
+                        .output_interface(idx);
+                    want.push((
+                        vethfp_route(r).build(),
+                        format!("default via {GATEWAY_V4} dev {what}"),
+                    ));
+                }
+            }
+            if addrs.iter().any(|a| !a.is_v4()) {
+                gateways.push(GATEWAY_V6.into());
+                if !has_route(Ipv6Addr::UNSPECIFIED.into(), 0) {
+                    let r = RouteMessageBuilder::<Ipv6Addr>::new()
+                        .gateway(GATEWAY_V6)
+                        .output_interface(idx);
+                    want.push((
+                        vethfp_route(r).build(),
+                        format!("default via {GATEWAY_V6} dev {what}"),
+                    ));
+                }
+            }
+            for gw in gateways {
+                if neighbours
+                    .iter()
+                    .any(|(i, ip, ll)| *i == idx && *ip == gw && ll[..] == gateway_mac.0[..])
+                {
+                    continue;
+                }
+                h.neighbours()
+                    .add(idx, gw)
+                    .state(NeighbourState::Permanent)
+                    .link_layer_address(&gateway_mac.0)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(|e| {
+                        nl_err(
+                            format!("restoring neighbour {gw} -> {gateway_mac} on {what}"),
+                            e,
+                        )
+                    })?;
+                done += 1;
+            }
+            // The on-link gateway route first: the default routes resolve through it.
+            for (msg, desc) in want {
+                match h.route().add(msg).execute().await {
+                    Ok(()) => done += 1,
+                    // Someone else routes it now: not ours to replace.
+                    Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(nl_err(format!("restoring route {desc}"), e)),
+                }
+            }
+            Ok(done)
+        })
+    })
+}

@@ -9,7 +9,8 @@
 //!   in the tcx chain, the maps and the counters stay; no packet sees a missing program.
 //! - Every part of a live endpoint is checked and restored if missing: each address in the
 //!   address maps with the record's target, devmap, L2 entry, the node's /32 and /128 routes
-//!   and permanent neighbours ([`Registry::repair_endpoint`]).
+//!   and permanent neighbours, and for pairs vethfp made the container end's addresses,
+//!   gateway neighbours and routes ([`Registry::repair_endpoint`]).
 //! - Interrupted operations in this state's journal are completed or rolled back
 //!   ([`Registry::recover`]); link pins no endpoint or uplink owns and program pins of other
 //!   builds are removed, so nothing accumulates. A link is never deleted unless a record or
@@ -250,7 +251,7 @@ pub struct Report {
     /// (host end, what was done).
     pub leftovers: Vec<(String, String)>,
     /// (host end, part) restored on a live endpoint: "addr_v4", "addr_v6", "devmap", "l2",
-    /// "route", "neighbour".
+    /// "route", "neighbour", "container" (one per object restored inside the container).
     pub repaired: Vec<(String, &'static str)>,
     /// Ports of accelerated bridges that appeared since (accelerated by this pass).
     pub bridge_ports_added: Vec<String>,
