@@ -779,34 +779,38 @@ pub fn netns_id(ns: &Netns) -> Result<Option<i32>, NetlinkError> {
     })
 }
 
+/// Every address (with prefix) on `ifindex` in the handle's netns.
+async fn link_addrs(h: &Handle, ifindex: u32, what: &str) -> Result<Vec<Cidr>, NetlinkError> {
+    let mut out = Vec::new();
+    let mut s = pin!(h.address().get().set_link_index_filter(ifindex).execute());
+    while let Some(m) = s
+        .try_next()
+        .await
+        .map_err(|e| nl_err(format!("listing addresses of {what}"), e))?
+    {
+        if m.header.index != ifindex {
+            continue;
+        }
+        for a in m.attributes {
+            if let AddressAttribute::Address(addr) = a {
+                out.push(Cidr {
+                    addr,
+                    prefix: m.header.prefix_len,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Addresses (with prefix) on `ifindex` in the current netns, link-local excluded.
 pub fn addresses(ifindex: u32) -> Result<Vec<Cidr>, NetlinkError> {
     run(|h| async move {
-        let mut out = Vec::new();
-        let mut s = pin!(h.address().get().set_link_index_filter(ifindex).execute());
-        while let Some(m) = s
-            .try_next()
-            .await
-            .map_err(|e| nl_err(format!("listing addresses of ifindex {ifindex}"), e))?
-        {
-            if m.header.index != ifindex {
-                continue;
-            }
-            for a in m.attributes {
-                if let AddressAttribute::Address(addr) = a {
-                    let ll = match addr {
-                        IpAddr::V4(v4) => v4.is_link_local(),
-                        IpAddr::V6(v6) => v6.is_unicast_link_local(),
-                    };
-                    if !ll {
-                        out.push(Cidr {
-                            addr,
-                            prefix: m.header.prefix_len,
-                        });
-                    }
-                }
-            }
-        }
+        let mut out = link_addrs(&h, ifindex, &format!("ifindex {ifindex}")).await?;
+        out.retain(|c| match c.addr {
+            IpAddr::V4(v4) => !v4.is_link_local(),
+            IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+        });
         Ok(out)
     })
 }
@@ -1058,22 +1062,11 @@ pub fn repair_container(
             }
             let idx = link.ifindex;
             let what = format!("'{ifname}' in {place}");
-            let mut have: Vec<IpAddr> = Vec::new();
-            let mut s = pin!(h.address().get().set_link_index_filter(idx).execute());
-            while let Some(m) = s
-                .try_next()
-                .await
-                .map_err(|e| nl_err(format!("listing addresses of {what}"), e))?
-            {
-                if m.header.index != idx {
-                    continue;
-                }
-                for a in m.attributes {
-                    if let AddressAttribute::Address(addr) = a {
-                        have.push(addr);
-                    }
-                }
-            }
+            let have: Vec<IpAddr> = link_addrs(&h, idx, &what)
+                .await?
+                .into_iter()
+                .map(|c| c.addr)
+                .collect();
             for a in addrs.iter().filter(|a| !have.contains(&a.addr)) {
                 let mut flags = AddressFlags::Noprefixroute;
                 if !a.is_v4() {
