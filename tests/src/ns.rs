@@ -364,14 +364,14 @@ impl Netns {
     /// module: no `ethtool` binary needed).
     pub fn set_gro(&self, ifname: &str, on: bool) {
         let ifn = ifname.to_string();
-        run_in_netns(&self.name, move || vethfp::ethtool::set_gro(&ifn, on))
+        run_in_netns(&self.name, move || vethfp::sys::ethtool::set_gro(&ifn, on))
             .unwrap_or_else(|e| panic!("set GRO {on} on {ifname} in {}: {e}", self.name));
     }
 
     /// Whether GRO is on for `ifname` in this namespace.
     pub fn gro(&self, ifname: &str) -> bool {
         let ifn = ifname.to_string();
-        run_in_netns(&self.name, move || vethfp::ethtool::gro(&ifn))
+        run_in_netns(&self.name, move || vethfp::sys::ethtool::gro(&ifn))
             .unwrap_or_else(|e| panic!("read GRO of {ifname} in {}: {e}", self.name))
     }
 }

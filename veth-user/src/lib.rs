@@ -1,18 +1,48 @@
-//! vethfp: an eBPF veth fast path. Library behind the `vethfp` CLI, agent and CNI plugin.
+//! vethfp: an eBPF veth fast path. The library behind the `vethfp` CLI, agent and CNI plugin,
+//! and the API a node agent embeds.
 //!
-//! Data flows one way: front end → [`endpoint`] registry → ([`netlink`], [`datapath`]) → kernel.
+//! Data flows one way: front end ([`cni`], [`agent`], the CLI) → [`Registry`] → datapath
+//! (BPF objects, pins, links, typed maps) and sys (netlink, namespaces, ethtool) → kernel.
+//! Only the registry is API: open a state directory, add and remove endpoints, read their
+//! counters and the admission flow table.
+//!
+//! ```no_run
+//! use vethfp::{AddRequest, Registry};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = std::path::Path::new("/sys/fs/bpf/my-agent");
+//! let mut reg = Registry::open(dir)?; // holds the state lock while it lives
+//! let req = AddRequest::new("vfa0".parse()?, "/run/netns/pod-a", vec!["10.0.0.2/24".parse()?]);
+//! let ep = reg.add(&req)?;
+//! println!("{} has ifindex {}", ep.host_if, ep.host_ifindex);
+//! for s in reg.stats(Some("vfa0"))? {
+//!     println!("{}: {}", s.host_if, serde_json::to_string(&s)?);
+//! }
+//! reg.del("vfa0")?;
+//! # Ok(()) }
+//! ```
 
-pub mod admission;
 pub mod agent;
-pub mod bridge;
 pub mod cni;
+#[cfg(feature = "internals")]
 pub mod datapath;
-pub mod endpoint;
-pub mod ethtool;
-pub mod events;
-pub mod inspect;
-pub mod metrics;
-pub mod netlink;
-pub mod reconcile;
-pub mod types;
-pub mod watch;
+#[cfg(not(feature = "internals"))]
+mod datapath;
+mod registry;
+#[cfg(feature = "internals")]
+pub mod sys;
+#[cfg(not(feature = "internals"))]
+mod sys;
+mod types;
+
+pub use datapath::{DEFAULT_BPFFS, DatapathError};
+pub use registry::{
+    AddRequest, AdoptRequest, EndpointError, EndpointStats, EndpointView, OpenOptions, Registry,
+    Status, UplinkStatus, UplinkView,
+    bridges::{BridgeStatus, BridgeSync, PortStatus},
+    flows::{Admission, FlowTable, FlowView, TcpAdmission},
+    reconcile::Report,
+};
+pub use sys::netlink::NetlinkError;
+pub use types::{Cidr, IfName, Mac, Mode, ParseError, Spoof};
+pub use veth_common::{Counters, PacketBytes};

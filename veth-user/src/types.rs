@@ -276,3 +276,63 @@ mod tests {
         }
     }
 }
+
+/// How an endpoint's host end is accelerated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// tcx programs, `bpf_redirect_peer` (the default).
+    Tc,
+    /// Native XDP with devmap redirect; tcx stays attached for everything XDP passes.
+    Xdp,
+    /// A port of an accelerated Linux bridge (L2 fast path); set by `bridge accelerate`, not
+    /// by a request.
+    Bridge,
+}
+
+impl Mode {
+    /// The name the CLI and JSON use: `tc`, `xdp` or `bridge`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Tc => "tc",
+            Mode::Xdp => "xdp",
+            Mode::Bridge => "bridge",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Anti-spoofing of a container's source MAC and IP addresses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spoof {
+    /// Drop frames whose source MAC or IP is not the endpoint's own (the default).
+    #[default]
+    Enforce,
+    /// Count such frames under their drop reason but let them through the kernel path.
+    Audit,
+    /// No check.
+    Off,
+}
+
+impl Spoof {
+    /// `enforce`, `audit` or `off`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Spoof::Enforce => "enforce",
+            Spoof::Audit => "audit",
+            Spoof::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for Spoof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

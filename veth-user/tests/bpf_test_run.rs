@@ -779,9 +779,9 @@ fn uplink_ingress_delivers_to_local_endpoints() {
 fn xdp_redirects_known_destinations_and_passes_the_rest() {
     use aya::{maps::DevMapHash, programs::Xdp};
     use vethfp::{
+        Mac,
         datapath::PROG_XDP,
-        netlink::{self, Netns, VethRequest},
-        types::Mac,
+        sys::netlink::{self, Netns, VethRequest},
     };
     const XDP_PASS: u32 = 2;
     const XDP_REDIRECT: u32 = 4;

@@ -13,12 +13,12 @@ use std::{
 
 use serde_json::Value;
 use vethfp::{
-    netlink::{
+    Cidr, Mac,
+    sys::netlink::{
         Link, NetlinkError, Netns, Place, VethRequest, configure_container, configure_node,
         create_veth, current_netns_ino, delete_link, in_netns, link_by_index, link_by_name, links,
         routes_via,
     },
-    types::{Cidr, Mac},
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ use std::{
 };
 
 use proptest::prelude::*;
-use vethfp::types::{Cidr, IfName, Mac};
+use vethfp::{Cidr, IfName, Mac};
 
 fn acceptable(ip: IpAddr) -> bool {
     !(ip.is_unspecified()

@@ -18,10 +18,11 @@ use std::{
 
 use serde::Serialize;
 
+use crate::types::Mode;
 use crate::{
-    endpoint::{EndpointError, EndpointView, Registry},
-    events::LinkEvent,
-    netlink::{self, NetlinkError, Netns},
+    registry::{EndpointError, EndpointView, Registry},
+    sys::events::LinkEvent,
+    sys::netlink::{self, NetlinkError, Netns},
     types::Mac,
 };
 
@@ -123,7 +124,7 @@ fn port_endpoints(
     Ok(reg
         .list()?
         .into_iter()
-        .filter(|v| v.mode == "bridge" && (v.network_id == br.ifindex || v.network == br.name))
+        .filter(|v| v.mode == Mode::Bridge && (v.network_id == br.ifindex || v.network == br.name))
         .collect())
 }
 
@@ -210,7 +211,7 @@ impl Registry {
             Err(EndpointError::NoSuchBridge(_)) if recorded => {
                 let mut names = Vec::new();
                 for v in self.list()? {
-                    if v.mode == "bridge" && v.network == bridge {
+                    if v.mode == Mode::Bridge && v.network == bridge {
                         self.remove_by_ifindex(v.host_ifindex)?;
                         names.push(v.host_if);
                     }

@@ -10,6 +10,8 @@
 //! Programs are pinned per object hash: a CLI call reuses the programs an earlier call loaded
 //! from the same binary (no verification per endpoint), and a new binary loads its own.
 
+pub mod inspect;
+
 use std::{
     fs,
     io::ErrorKind,
@@ -327,6 +329,7 @@ impl Datapath {
     }
 
     /// Loads the object without pins: private maps, for BPF_PROG_TEST_RUN unit tests.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn unpinned() -> Result<Ebpf> {
         Ok(EbpfLoader::new().btf(None).load(EBPF_OBJECT)?)
     }

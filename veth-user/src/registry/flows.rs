@@ -18,13 +18,13 @@ use veth_common::{
 
 use crate::{
     datapath::{Datapath, DatapathError},
-    endpoint::{EndpointError, Registry},
+    registry::{EndpointError, Registry},
 };
 
 /// The sysctl that decides whether TCP flows may be admitted (read in the node namespace).
 pub const TCP_BE_LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
     /// The kernel admits each flow (netfilter, conntrack, NAT decide); then vethfp accelerates.
     Netfilter,
@@ -32,8 +32,49 @@ pub enum Admission {
     Always,
 }
 
+impl std::str::FromStr for Admission {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "netfilter" => Ok(Admission::Netfilter),
+            "always" => Ok(Admission::Always),
+            _ => Err(format!("admission mode {s:?}: use netfilter or always")),
+        }
+    }
+}
+
+impl std::fmt::Display for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Registry {
+    /// The node-wide admission mode of this state.
+    pub fn admission(&mut self) -> Result<Admission, EndpointError> {
+        Ok(Admission::of_flags(self.dp.flags()?))
+    }
+
+    /// Sets the node-wide admission mode (see [`Admission`]); takes effect with the next
+    /// packet. Switching to `netfilter` starts with an empty flow table.
+    pub fn set_admission(&mut self, mode: Admission) -> Result<(), EndpointError> {
+        Ok(set(&mut self.dp, mode)?)
+    }
+
+    /// Every entry of the admission flow table, admitted first.
+    pub fn flows(&mut self) -> Result<Vec<FlowView>, EndpointError> {
+        list(self)
+    }
+
+    /// Empties the flow table (every flow is admitted by the kernel again); returns how many
+    /// entries were removed.
+    pub fn flush_flows(&mut self) -> Result<usize, EndpointError> {
+        Ok(flush(&mut self.dp)?)
+    }
+}
+
 impl Admission {
-    pub fn of_flags(flags: u32) -> Admission {
+    pub(crate) fn of_flags(flags: u32) -> Admission {
         if flags & CFG_ADMIT_ALWAYS != 0 {
             Admission::Always
         } else {

@@ -18,7 +18,7 @@ use veth_common::{
     V_FAST, V_FAST_UPLINK, V_STACK, VERDICTS,
 };
 
-use crate::endpoint::{EndpointError, EndpointStats, Registry};
+use vethfp::{EndpointError, EndpointStats, Registry};
 
 /// Rates of one endpoint and direction over the last interval (None on the first sample or
 /// for an endpoint that just appeared), plus the totals.

@@ -177,7 +177,7 @@ impl Collector for DatapathCollector {
             let list = reg.list()?;
             let stats = reg.stats(None)?;
             let status = reg.status()?;
-            Ok::<_, crate::endpoint::EndpointError>((list, stats, status))
+            Ok::<_, crate::registry::EndpointError>((list, stats, status))
         })();
         let (list, stats, status) = match read {
             Ok(v) => v,

@@ -21,13 +21,14 @@ use std::{
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use veth_common::{EP_CNI, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, MODE_TC, MODE_XDP};
+use veth_common::EP_CNI;
 
+use crate::types::{Mode, Spoof};
 use crate::{
+    datapath::inspect,
     datapath::{DEFAULT_BPFFS, Datapath, DatapathError, prepare_bpffs},
-    endpoint::{self, AddRequest, AdoptRequest, EndpointError, EndpointView, Registry},
-    inspect,
-    netlink::{self, GATEWAY_V4, GATEWAY_V6, NetlinkError, Netns},
+    registry::{self, AddRequest, AdoptRequest, EndpointError, EndpointView, Registry},
+    sys::netlink::{self, GATEWAY_V4, GATEWAY_V6, NetlinkError, Netns},
     types::{Cidr, IfName},
 };
 
@@ -137,6 +138,28 @@ impl Reply {
 }
 
 /// Runs one plugin call.
+/// The CNI plugin's process entry point (see docs/CNI.md): config on stdin, the result or the
+/// spec's error object on stdout, non-zero exit on error. Logs go to stderr only.
+pub fn main() -> std::process::ExitCode {
+    use std::io::Read as _;
+    let mut stdin = Vec::new();
+    let reply = match std::io::stdin().read_to_end(&mut stdin) {
+        Ok(_) => handle(&CniEnv::from_process(), &stdin),
+        Err(e) => Reply::error(
+            CURRENT_VERSION,
+            &CniError::new(ERR_IO, format!("reading the config from stdin: {e}")),
+        ),
+    };
+    if let Some(json) = &reply.json {
+        println!("{json}");
+    }
+    if reply.ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
 pub fn handle(env: &CniEnv, stdin: &[u8]) -> Reply {
     // Errors carry the config's version when it is one we speak.
     let version = serde_json::from_slice::<Value>(stdin)
@@ -208,10 +231,10 @@ impl NetConf {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS))
     }
 
-    fn mode(&self) -> Result<u32> {
+    fn mode(&self) -> Result<Mode> {
         match self.mode.as_deref() {
-            None | Some("tc") => Ok(MODE_TC),
-            Some("xdp") => Ok(MODE_XDP),
+            None | Some("tc") => Ok(Mode::Tc),
+            Some("xdp") => Ok(Mode::Xdp),
             Some(m) => Err(CniError::new(
                 ERR_INVALID_CONFIG,
                 format!("invalid \"mode\": \"{m}\": use \"tc\" or \"xdp\""),
@@ -219,11 +242,11 @@ impl NetConf {
         }
     }
 
-    fn spoof(&self) -> Result<u32> {
+    fn spoof(&self) -> Result<Spoof> {
         match self.spoof.as_deref() {
-            None | Some("enforce") => Ok(EP_SPOOF_ENFORCE),
-            Some("audit") => Ok(EP_SPOOF_AUDIT),
-            Some("off") => Ok(0),
+            None | Some("enforce") => Ok(Spoof::Enforce),
+            Some("audit") => Ok(Spoof::Audit),
+            Some("off") => Ok(Spoof::Off),
             Some(m) => Err(CniError::new(
                 ERR_INVALID_CONFIG,
                 format!("invalid \"spoof\": \"{m}\": use \"enforce\", \"audit\" or \"off\""),
@@ -763,7 +786,8 @@ impl Call<'_> {
             container_mac,
             addrs,
             network: self.conf.network_name(),
-            flags: EP_CNI | self.conf.spoof()?,
+            spoof: self.conf.spoof()?,
+            flags: EP_CNI,
             cni_owner: Some((self.container_id().to_string(), ifname.to_string())),
         })
     }
@@ -947,7 +971,7 @@ impl Call<'_> {
                 ep.host_if
             )));
         }
-        if ep.mode == "xdp" && !pins.iter().any(|p| inspect::is_xdp_link(p)) {
+        if ep.mode == Mode::Xdp && !pins.iter().any(|p| inspect::is_xdp_link(p)) {
             return Err(fail(format!(
                 "{} is in xdp mode but has no XDP link",
                 ep.host_if
@@ -1005,7 +1029,7 @@ impl Call<'_> {
             .iter()
             .map(|a| host_name(&a.container_id, &a.ifname))
             .collect();
-        let net = endpoint::network_id(&self.conf.network_name());
+        let net = registry::network_id(&self.conf.network_name());
         match Registry::open(&self.conf.bpffs_dir()) {
             Ok(mut reg) => {
                 let list = reg.list().map_err(endpoint_err)?;
@@ -1362,10 +1386,10 @@ mod tests {
                 "fd00::2/64".parse().unwrap(),
             ],
             mtu: 1500,
-            mode: "tc",
+            mode: Mode::Tc,
             network: "n".into(),
             network_id: 1,
-            spoof: "enforce",
+            spoof: Spoof::Enforce,
             adopted: false,
         };
         let r = standalone_result("0.4.0", &view, "/run/netns/x", None);

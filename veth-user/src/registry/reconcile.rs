@@ -34,14 +34,15 @@ use aya::programs::{
 };
 use aya_obj::programs::XdpAttachType;
 
+use crate::types::Mode;
 use crate::{
     datapath::{
         Datapath, DatapathError, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_UPLINK, HOOK_UPLINK_EGRESS,
         HOOK_XDP, PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_EGRESS,
         PROG_UPLINK_INGRESS, PROG_XDP, object_hash,
     },
-    endpoint::{EndpointError, Registry},
-    netlink,
+    registry::{EndpointError, Registry},
+    sys::netlink,
 };
 
 /// A pinned link as the kernel sees it.
@@ -289,7 +290,7 @@ impl Registry {
     pub fn reconcile(&mut self) -> Result<Report, EndpointError> {
         let start = Instant::now();
         let mut report = Report::default();
-        crate::admission::sync_tcp(self.datapath())?;
+        crate::registry::flows::sync_tcp(self.datapath())?;
         match self.recover() {
             Ok(l) => report.leftovers = l,
             Err(e) => log::warn!("completing interrupted operations (journal): {e}"),
@@ -318,13 +319,13 @@ impl Registry {
             }
             report.endpoints += 1;
             // Bridge ports run the L2 program at tcx ingress, routed endpoints the L3 one.
-            let ingress = if ep.mode == "bridge" {
+            let ingress = if ep.mode == Mode::Bridge {
                 PROG_L2_INGRESS
             } else {
                 PROG_TC_INGRESS
             };
             let mut hooks = vec![(HOOK_TC_INGRESS, ingress), (HOOK_TC_EGRESS, PROG_TC_EGRESS)];
-            if ep.mode == "xdp" {
+            if ep.mode == Mode::Xdp {
                 hooks.push((HOOK_XDP, PROG_XDP));
             }
             for (hook, prog) in hooks {
@@ -345,7 +346,7 @@ impl Registry {
         let mut bridges: Vec<String> = self
             .list()?
             .into_iter()
-            .filter(|e| e.mode == "bridge")
+            .filter(|e| e.mode == Mode::Bridge)
             .map(|e| e.network)
             .collect();
         bridges.sort();

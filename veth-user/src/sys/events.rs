@@ -13,7 +13,7 @@ use netlink_packet_route::{RouteNetlinkMessage, link::LinkAttribute};
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 use tokio::sync::mpsc;
 
-use crate::netlink::NetlinkError;
+use crate::sys::netlink::NetlinkError;
 
 /// Something happened to the node's links.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,16 +3,18 @@
 //! The datapath never depends on the agent: everything is pinned, so the agent may crash, be
 //! killed or upgraded while traffic flows. What the agent adds:
 //! - on start, and every `reconcile_interval` as a safety net, a reconciliation pass
-//!   ([`crate::reconcile`]): vanished endpoints removed, missing links re-attached, links of
+//!   ([`crate::registry::reconcile`]): vanished endpoints removed, missing links re-attached, links of
 //!   an older build switched in place to this build's programs;
-//! - a netlink link watch ([`crate::events`]): a host end deleted by someone else, or gone
+//! - a netlink link watch ([`crate::sys::events`]): a host end deleted by someone else, or gone
 //!   with its container's namespace, is cleaned up right away;
-//! - Prometheus metrics over HTTP ([`crate::metrics`]);
+//! - Prometheus metrics over HTTP ([`crate::agent::metrics`]);
 //! - optionally, BPF debug events through aya-log (`--bpf-log`).
 //!
 //! Concurrency with the CLI: every change the agent makes happens under the same state lock
 //! (flock on the state directory) that CLI writes take, so the two never interleave. Reads
 //! (metrics) take no lock. See docs/ARCHITECTURE.md, "Agent and CLI concurrency".
+
+pub mod metrics;
 
 use std::{
     collections::BTreeSet,
@@ -30,12 +32,12 @@ use tracing::{debug, error, info, warn};
 use veth_common::CFG_BPF_LOG;
 
 use crate::{
+    agent::metrics::AgentMetrics,
     datapath::{Datapath, DatapathError, PROG_TC_INGRESS, StateLock, prepare_bpffs},
-    endpoint::{EndpointError, Registry},
-    events::{self, LinkEvent},
-    metrics::{self, AgentMetrics},
-    netlink::{self, NetlinkError},
-    reconcile::Report,
+    registry::reconcile::Report,
+    registry::{EndpointError, Registry},
+    sys::events::{self, LinkEvent},
+    sys::netlink::{self, NetlinkError},
 };
 
 /// How the agent runs.
@@ -278,7 +280,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
 
 async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, AgentError> {
     let report = shared.write(|reg| reg.reconcile()).await?;
-    crate::bridge::follow(shared, &[], true).await;
+    crate::registry::bridges::follow(shared, &[], true).await;
     let m = &shared.metrics;
     m.reconciles.inc();
     m.reconcile_seconds.set(report.took.as_secs_f64());
@@ -338,7 +340,7 @@ async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<()
         reconcile(shared, "event overrun").await?;
         return Ok(());
     }
-    crate::bridge::follow(shared, &batch, false).await;
+    crate::registry::bridges::follow(shared, &batch, false).await;
     let ours: BTreeSet<u32> = {
         let sh = shared.clone();
         tokio::task::spawn_blocking(move || -> Result<BTreeSet<u32>, EndpointError> {

@@ -190,6 +190,7 @@ impl Netns {
         })
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn spec(&self) -> &str {
         &self.spec
     }

@@ -4,6 +4,10 @@
 //! The registry itself is the `VFP_ENDPOINTS` map (host ifindex → [`EndpointRecord`]), pinned
 //! next to the datapath, so every process sees the same state and nothing lives in files.
 
+pub mod bridges;
+pub mod flows;
+pub mod reconcile;
+
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use serde::Serialize;
@@ -17,8 +21,8 @@ use veth_common::{
 
 use crate::{
     datapath::{Datapath, DatapathError, StateLock, current_netns_cookie, prepare_bpffs},
-    netlink::{self, NetlinkError, Netns, VethRequest},
-    types::{Cidr, IfName, Mac},
+    sys::netlink::{self, NetlinkError, Netns, VethRequest},
+    types::{Cidr, IfName, Mac, Mode, Spoof},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +109,8 @@ pub enum EndpointError {
     },
     #[error("reading this network namespace's cookie (SO_NETNS_COOKIE): {0}")]
     Cookie(std::io::Error),
+    #[error("mode bridge is set by `vethfp bridge accelerate`, not per endpoint: use tc or xdp")]
+    BridgeMode,
     #[error("BPF map {what}: {source}")]
     Map {
         what: &'static str,
@@ -113,6 +119,15 @@ pub enum EndpointError {
 }
 
 type Result<T, E = EndpointError> = std::result::Result<T, E>;
+
+/// The ABI value of a mode a request may ask for.
+fn mode_raw(mode: Mode) -> Result<u32> {
+    match mode {
+        Mode::Tc => Ok(veth_common::MODE_TC),
+        Mode::Xdp => Ok(MODE_XDP),
+        Mode::Bridge => Err(EndpointError::BridgeMode),
+    }
+}
 
 fn map_err(what: &'static str) -> impl FnOnce(aya::maps::MapError) -> EndpointError {
     move |source| EndpointError::Map { what, source }
@@ -129,14 +144,70 @@ pub struct AddRequest {
     pub mac: Option<Mac>,
     /// Network (isolation domain) name; "default" if empty.
     pub network: String,
-    /// Anti-spoofing: `EP_SPOOF_ENFORCE`, `EP_SPOOF_AUDIT` or 0.
-    pub spoof: u32,
-    /// `MODE_TC` or `MODE_XDP`.
-    pub mode: u32,
+    /// Anti-spoofing of the container's source addresses.
+    pub spoof: Spoof,
+    /// [`Mode::Tc`] or [`Mode::Xdp`].
+    pub mode: Mode,
     /// Extra `EP_*` record flags (e.g. `EP_CNI`).
-    pub flags: u32,
+    pub(crate) flags: u32,
     /// CNI (container ID, ifname) this endpoint is added for; recorded in `VFP_CNI_OWNERS`.
-    pub cni_owner: Option<(String, String)>,
+    pub(crate) cni_owner: Option<(String, String)>,
+}
+
+impl AddRequest {
+    /// A request with the defaults of `vethfp pair add`: container end `eth0`, kernel MTU,
+    /// random MAC, network `default`, spoofing enforced, TC mode.
+    pub fn new(host: IfName, netns: impl Into<String>, addrs: Vec<Cidr>) -> AddRequest {
+        AddRequest {
+            host,
+            netns: netns.into(),
+            ifname: "eth0".parse().expect("eth0 is a valid interface name"),
+            addrs,
+            mtu: None,
+            mac: None,
+            network: "default".into(),
+            spoof: Spoof::Enforce,
+            mode: Mode::Tc,
+            flags: 0,
+            cni_owner: None,
+        }
+    }
+
+    fn record_flags(&self) -> u32 {
+        self.flags | spoof_flags(self.spoof)
+    }
+}
+
+impl AdoptRequest {
+    /// Adopt the veth pair `host` (node) ↔ `ifname` (in `netns`), spoofing enforced, network
+    /// `default`.
+    pub fn new(
+        host: IfName,
+        netns: impl Into<String>,
+        ifname: impl Into<String>,
+        container_mac: Mac,
+        addrs: Vec<Cidr>,
+    ) -> AdoptRequest {
+        AdoptRequest {
+            host,
+            netns: netns.into(),
+            ifname: ifname.into(),
+            container_mac,
+            addrs,
+            network: "default".into(),
+            spoof: Spoof::Enforce,
+            flags: 0,
+            cni_owner: None,
+        }
+    }
+}
+
+fn spoof_flags(s: Spoof) -> u32 {
+    match s {
+        Spoof::Enforce => EP_SPOOF_ENFORCE,
+        Spoof::Audit => EP_SPOOF_AUDIT,
+        Spoof::Off => 0,
+    }
 }
 
 /// What `adopt` asks for: an existing veth pair made by someone else.
@@ -152,10 +223,12 @@ pub struct AdoptRequest {
     pub addrs: Vec<Cidr>,
     /// Network (isolation domain) name; "default" if empty.
     pub network: String,
-    /// Extra `EP_*` record flags (e.g. `EP_CNI`, `EP_SPOOF_ENFORCE`).
-    pub flags: u32,
+    /// Anti-spoofing of the container's source addresses.
+    pub spoof: Spoof,
+    /// Extra `EP_*` record flags (e.g. `EP_CNI`).
+    pub(crate) flags: u32,
     /// CNI (container ID, ifname) this endpoint is added for; recorded in `VFP_CNI_OWNERS`.
-    pub cni_owner: Option<(String, String)>,
+    pub(crate) cni_owner: Option<(String, String)>,
 }
 
 /// One endpoint as `pair list` shows it.
@@ -169,11 +242,10 @@ pub struct EndpointView {
     pub container_mac: Mac,
     pub addrs: Vec<Cidr>,
     pub mtu: u32,
-    pub mode: &'static str,
+    pub mode: Mode,
     pub network: String,
     pub network_id: u32,
-    /// "enforce", "audit" or "off".
-    pub spoof: &'static str,
+    pub spoof: Spoof,
     /// Made by someone else and adopted (CNI chaining, bridge bypass).
     pub adopted: bool,
 }
@@ -230,8 +302,8 @@ pub struct Status {
     /// Whether TCP flows may be admitted under `netfilter` (in the flags now).
     pub tcp_admitted: bool,
     /// The node's conntrack TCP policy as read now.
-    pub tcp_conntrack: crate::admission::TcpAdmission,
-    pub flow_table: crate::admission::FlowTable,
+    pub tcp_conntrack: crate::registry::flows::TcpAdmission,
+    pub flow_table: crate::registry::flows::FlowTable,
     pub uplinks: Vec<UplinkStatus>,
 }
 
@@ -272,7 +344,7 @@ impl Serialize for EndpointStats {
 
 fn set_container_tx_csum(ns: &Netns, ifname: &str, on: bool) -> Result<(), NetlinkError> {
     netlink::in_netns(ns, || {
-        crate::ethtool::set_tx_csum(ifname, on).map_err(|e| NetlinkError::Io {
+        crate::sys::ethtool::set_tx_csum(ifname, on).map_err(|e| NetlinkError::Io {
             op: format!(
                 "turning TX checksum offload {} on {ifname}",
                 if on { "on" } else { "off" }
@@ -309,7 +381,7 @@ pub fn network_id(name: &str) -> u32 {
 /// NAPI on the container end, so XDP-mode senders can redirect into it (see ethtool.rs).
 fn enable_gro(ns: &Netns, ifname: &str) -> Result<(), NetlinkError> {
     netlink::in_netns(ns, || {
-        crate::ethtool::set_gro(ifname, true).map_err(|e| NetlinkError::Io {
+        crate::sys::ethtool::set_gro(ifname, true).map_err(|e| NetlinkError::Io {
             op: format!("enabling GRO on {ifname}"),
             source: e,
         })
@@ -401,20 +473,20 @@ impl EndpointView {
                 .collect(),
             mtu: r.target.mtu,
             mode: if r.flags & EP_BRIDGE_PORT != 0 {
-                "bridge"
+                Mode::Bridge
             } else if r.target.mode == MODE_XDP {
-                "xdp"
+                Mode::Xdp
             } else {
-                "tc"
+                Mode::Tc
             },
             network: get_str(&r.network_name),
             network_id: r.target.network,
             spoof: if r.flags & EP_SPOOF_ENFORCE != 0 {
-                "enforce"
+                Spoof::Enforce
             } else if r.flags & EP_SPOOF_AUDIT != 0 {
-                "audit"
+                Spoof::Audit
             } else {
-                "off"
+                Spoof::Off
             },
             adopted: r.flags & EP_ADOPTED != 0,
         }
@@ -434,6 +506,22 @@ enum Undo {
     CniOwner(u32),
 }
 
+/// Options for [`Registry::open_with`]; they apply when a state's maps are first created (an
+/// existing state keeps its sizes).
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Capacity of the admission flow table (LRU).
+    pub flow_table_size: u32,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            flow_table_size: veth_common::DEFAULT_FLOW_TABLE_SIZE,
+        }
+    }
+}
+
 /// The registry over the pinned state in one bpffs directory.
 pub struct Registry {
     dp: Datapath,
@@ -444,11 +532,17 @@ impl Registry {
     /// Opens for changes: the state lock is held until the registry is dropped, so concurrent
     /// processes (CLI calls, the agent) never interleave their updates.
     pub fn open(dir: &Path) -> Result<Registry> {
+        Self::open_with(dir, &OpenOptions::default())
+    }
+
+    /// [`Registry::open`] with options that apply when the state's maps are first created.
+    pub fn open_with(dir: &Path, opts: &OpenOptions) -> Result<Registry> {
+        crate::datapath::set_flow_table_size(opts.flow_table_size);
         prepare_bpffs(dir)?;
         let lock = StateLock::acquire(dir)?;
         let mut dp = Datapath::open(dir)?;
         // Every write operation re-reads the node's conntrack TCP policy (see admission.rs).
-        crate::admission::sync_tcp(&mut dp)?;
+        crate::registry::flows::sync_tcp(&mut dp)?;
         let mut reg = Registry {
             dp,
             _lock: Some(lock),
@@ -817,7 +911,7 @@ impl Registry {
         Ok(())
     }
 
-    pub fn datapath(&mut self) -> &mut Datapath {
+    pub(crate) fn datapath(&mut self) -> &mut Datapath {
         &mut self.dp
     }
 
@@ -993,7 +1087,7 @@ impl Registry {
         undo.push(Undo::Link(host_ifindex));
         netlink::configure_container(ns, req.ifname.as_str(), &req.addrs, host_mac)?;
         enable_gro(ns, req.ifname.as_str())?;
-        if req.mode == MODE_XDP {
+        if req.mode == Mode::Xdp {
             set_container_tx_csum(ns, req.ifname.as_str(), false)?;
         }
         netlink::configure_node(host_ifindex, &req.addrs, container_mac)?;
@@ -1008,7 +1102,7 @@ impl Registry {
             ifindex: host_ifindex,
             mtu,
             network: 0, // set_network
-            mode: req.mode,
+            mode: mode_raw(req.mode)?,
             slot: 0, // assigned by register
             container_mac: container_mac.0,
             host_mac: host_mac.0,
@@ -1020,7 +1114,7 @@ impl Registry {
             req.ifname.as_str(),
             &req.netns,
             &req.addrs,
-            req.flags | req.spoof,
+            req.record_flags(),
         );
         set_network(&mut rec, &req.network);
         self.set_cni_owner(host_ifindex, &req.cni_owner, undo)?;
@@ -1159,7 +1253,7 @@ impl Registry {
             ifname,
             &req.netns,
             &req.addrs,
-            EP_ADOPTED | req.flags,
+            EP_ADOPTED | req.flags | spoof_flags(req.spoof),
         );
         set_network(&mut rec, &req.network);
         // A port of a Linux bridge (CNI `bridge` plugin before us): L2 semantics, like
@@ -1282,7 +1376,7 @@ impl Registry {
         self.dp.detach(ifindex)?;
         // Its flows go too: a later endpoint with one of these addresses starts unadmitted.
         let addrs: Vec<IpAddr> = record_addrs(rec).map(|a| a.addr).collect();
-        if let Err(e) = crate::admission::forget(&mut self.dp, &addrs) {
+        if let Err(e) = crate::registry::flows::forget(&mut self.dp, &addrs) {
             log::warn!("removing the flows of {name}: {e}");
         }
         // Only the link this record describes: same ifindex, name and host MAC.
@@ -1300,7 +1394,8 @@ impl Registry {
 
     /// Switches a live endpoint between TC and XDP mode. Established connections survive:
     /// only a program is attached or detached; the tcx programs stay in both modes.
-    pub fn set_mode(&mut self, name: &str, mode: u32) -> Result<EndpointView> {
+    pub fn set_mode(&mut self, name: &str, mode: Mode) -> Result<EndpointView> {
+        let mode = mode_raw(mode)?;
         let mut rec = self
             .record_by_name(name)?
             .ok_or_else(|| EndpointError::NotFound(name.into()))?;
@@ -1428,10 +1523,10 @@ impl Registry {
             } else {
                 "kernel"
             },
-            admission: crate::admission::Admission::of_flags(flags).name(),
+            admission: crate::registry::flows::Admission::of_flags(flags).name(),
             tcp_admitted: flags & veth_common::CFG_ADMIT_TCP != 0,
-            tcp_conntrack: crate::admission::tcp_admissible(),
-            flow_table: crate::admission::table(&mut self.dp)?,
+            tcp_conntrack: crate::registry::flows::tcp_admissible(),
+            flow_table: crate::registry::flows::table(&mut self.dp)?,
             uplinks,
         })
     }
@@ -1473,10 +1568,11 @@ impl Registry {
             // Under netfilter admission the bridge's own path (br_netfilter included) admits
             // every flow first: its rules are not skipped, so they are no reason to refuse.
             if self.dp.flags()? & veth_common::CFG_ADMIT_ALWAYS != 0 {
-                crate::bridge::netfilter_check(bridge).map_err(EndpointError::BridgeRefused)?;
+                crate::registry::bridges::netfilter_check(bridge)
+                    .map_err(EndpointError::BridgeRefused)?;
             }
         }
-        let namespaces = crate::bridge::namespaces_by_id()?;
+        let namespaces = crate::registry::bridges::namespaces_by_id()?;
         let known: Vec<(u32, String)> = self
             .records()?
             .iter()

@@ -12,7 +12,7 @@ use netlink_packet_route::address::AddressAttribute;
 
 use crate::{
     datapath::{DatapathError, PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS},
-    netlink::{NetlinkError, nl_err, run},
+    sys::netlink::{NetlinkError, nl_err, run},
 };
 
 /// Addresses (address, prefix length) on `ifindex` in the calling thread's network namespace,

@@ -8,8 +8,10 @@
 use std::{io, os::fd::AsRawFd};
 
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 const ETHTOOL_GGRO: u32 = 0x0000_002b;
 const ETHTOOL_SGRO: u32 = 0x0000_002c;
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 const ETHTOOL_GTXCSUM: u32 = 0x0000_0016;
 const ETHTOOL_STXCSUM: u32 = 0x0000_0017;
 
@@ -64,11 +66,13 @@ pub fn set_tx_csum(ifname: &str, on: bool) -> io::Result<()> {
 }
 
 /// Whether TX checksum offload is on for `ifname` in the calling thread's namespace.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 pub fn tx_csum(ifname: &str) -> io::Result<bool> {
     ioctl_value(ifname, ETHTOOL_GTXCSUM, 0).map(|v| v != 0)
 }
 
 /// Whether GRO is on for `ifname` in the calling thread's network namespace.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 pub fn gro(ifname: &str) -> io::Result<bool> {
     ioctl_value(ifname, ETHTOOL_GGRO, 0).map(|v| v != 0)
 }

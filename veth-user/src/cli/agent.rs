@@ -1,0 +1,64 @@
+//! `vethfp agent`: the long-running agent (the loop itself is the library's [`vethfp::agent`]).
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::{Ctx, admission::AdmissionArg};
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Admission mode applied at start (default: leave the state's mode as it is).
+    #[arg(long, value_enum)]
+    admission: Option<AdmissionArg>,
+    /// Address of the /metrics HTTP listener (in the node's network namespace).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9750")]
+    metrics_addr: std::net::SocketAddr,
+    /// On SIGTERM/SIGINT remove every endpoint and pin instead of leaving the datapath running.
+    #[arg(long)]
+    cleanup_on_exit: bool,
+    /// Turn on BPF debug events (aya-log) and log them.
+    #[arg(long)]
+    bpf_log: bool,
+    /// Seconds between safety-net reconciliations (link events are handled at once).
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    reconcile_interval: f64,
+}
+
+/// Structured logs (tracing); `log` records (library, aya-log) are forwarded to it.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+pub fn run(ctx: &Ctx, a: AgentArgs) -> anyhow::Result<()> {
+    if !(a.reconcile_interval.is_finite() && a.reconcile_interval >= 0.1) {
+        anyhow::bail!(
+            "--reconcile-interval {}: use at least 0.1 seconds",
+            a.reconcile_interval
+        );
+    }
+    if let Some(m) = a.admission {
+        ctx.write()?
+            .set_admission(m.into())
+            .context("--admission")?;
+    }
+    let cfg = vethfp::agent::Config {
+        bpffs: ctx.dir.clone(),
+        metrics_addr: a.metrics_addr,
+        cleanup_on_exit: a.cleanup_on_exit,
+        bpf_log: a.bpf_log,
+        reconcile_interval: std::time::Duration::from_secs_f64(a.reconcile_interval),
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(vethfp::agent::run(cfg))?;
+    Ok(())
+}

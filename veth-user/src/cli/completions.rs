@@ -1,0 +1,25 @@
+//! `vethfp completions bash|zsh|fish`: the shell completion script, from the same clap
+//! definition the parser uses (so it never drifts from the real flags).
+
+use clap::CommandFactory;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+pub fn print(shell: Shell) {
+    let shell = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(
+        shell,
+        &mut super::Cli::command(),
+        "vethfp",
+        &mut std::io::stdout(),
+    );
+}

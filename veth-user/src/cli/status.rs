@@ -1,0 +1,162 @@
+//! `vethfp status [--json]` and `vethfp stats [HOST_IF] [--json | --watch ...]`.
+
+use clap::Args;
+use veth_common::{
+    DIR_FROM_CONTAINER, DIR_TO_CONTAINER, V_DROP_ERROR, V_DROP_POLICY, V_DROP_SPOOF_IP,
+    V_DROP_SPOOF_MAC, V_FAST, V_FAST_UPLINK, V_STACK,
+};
+use vethfp::{EndpointStats, Status};
+
+use super::{Ctx, print_json, table::Plain};
+
+#[derive(Args)]
+pub struct StatsArgs {
+    /// Only this endpoint (its host interface name).
+    host_if: Option<String>,
+    /// Print JSON with every field.
+    #[arg(long, conflicts_with = "watch")]
+    json: bool,
+    /// Live packet and byte rates, refreshed every --interval (in place on a terminal,
+    /// appended plain lines otherwise). Takes no lock.
+    #[arg(long)]
+    watch: bool,
+    /// Seconds between refreshes of --watch.
+    #[arg(long, value_name = "S", default_value_t = 1.0, requires = "watch")]
+    interval: f64,
+    /// Stop --watch after N refreshes.
+    #[arg(long, value_name = "N", requires = "watch")]
+    count: Option<u64>,
+}
+
+pub fn stats(ctx: &Ctx, a: StatsArgs) -> anyhow::Result<()> {
+    if a.watch {
+        if !(a.interval.is_finite() && (0.01..=86400.0).contains(&a.interval)) {
+            anyhow::bail!("--interval {}: use 0.01 to 86400 seconds", a.interval);
+        }
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        super::watch::run(
+            &ctx.dir,
+            a.host_if.as_deref(),
+            std::time::Duration::from_secs_f64(a.interval),
+            a.count,
+            tty,
+            &mut std::io::stdout().lock(),
+        )?;
+        return Ok(());
+    }
+    let stats = ctx.read()?.stats(a.host_if.as_deref())?;
+    if a.json {
+        print_json(&stats)
+    } else {
+        print_stats(&stats);
+        Ok(())
+    }
+}
+
+pub fn status(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
+    let st = ctx.read()?.status()?;
+    if json {
+        print_json(&st)
+    } else {
+        print_status(&st);
+        Ok(())
+    }
+}
+
+fn print_status(st: &Status) {
+    println!("state:     {}", st.bpffs);
+    println!("endpoints: {}", st.endpoints);
+    println!("fast path: {}", if st.fast_path { "on" } else { "off" });
+    println!("egress:    {}", st.egress);
+    println!("admission: {}", st.admission);
+    if st.admission == "netfilter" {
+        if st.tcp_admitted {
+            println!("tcp:       admitted (conntrack: {:?})", st.tcp_conntrack);
+        } else {
+            println!(
+                "tcp:       NOT accelerated: net.netfilter.nf_conntrack_tcp_be_liberal is 0, so \
+                 TCP stays on the kernel path (correct, slower). To accelerate TCP set it to 1 \
+                 (kube-proxy --conntrack-tcp-be-liberal, or sysctl -w)"
+            );
+        }
+    }
+    let t = &st.flow_table;
+    println!(
+        "flows:     {} of {} ({} admitted); created {} admitted {} torn_down {} expired {} insert_failed {}",
+        t.entries,
+        t.capacity,
+        t.admitted,
+        t.counters["created"],
+        t.counters["admitted"],
+        t.counters["torn_down"],
+        t.counters["expired"],
+        t.counters["insert_failed"]
+    );
+    if st.uplinks.is_empty() {
+        println!("uplinks:   none");
+        return;
+    }
+    let mut tb = Plain::new(
+        &[
+            "UPLINK",
+            "IFINDEX",
+            "RX_FAST_PKTS",
+            "RX_STACK_PKTS",
+            "TX_FAST_PKTS",
+        ],
+        &[1, 2, 3, 4],
+    );
+    for u in &st.uplinks {
+        let c = &u.counters.c;
+        tb.row([
+            u.uplink.name.clone(),
+            u.uplink.ifindex.to_string(),
+            c[DIR_TO_CONTAINER][V_FAST_UPLINK].packets.to_string(),
+            c[DIR_TO_CONTAINER][V_STACK].packets.to_string(),
+            c[DIR_FROM_CONTAINER][V_FAST_UPLINK].packets.to_string(),
+        ]);
+    }
+    tb.print();
+}
+
+fn print_stats(stats: &[EndpointStats]) {
+    let mut t = Plain::new(
+        &[
+            "HOST_IF",
+            "DIRECTION",
+            "FAST_PKTS",
+            "FAST_BYTES",
+            "STACK_PKTS",
+            "STACK_BYTES",
+            "DROPPED",
+        ],
+        &[2, 3, 4, 5, 6],
+    );
+    for s in stats {
+        for (d, name) in [
+            (DIR_FROM_CONTAINER, "from_container"),
+            (DIR_TO_CONTAINER, "to_container"),
+        ] {
+            let c = &s.counters.c[d];
+            let dropped: u64 = [
+                V_DROP_SPOOF_IP,
+                V_DROP_SPOOF_MAC,
+                V_DROP_POLICY,
+                V_DROP_ERROR,
+            ]
+            .iter()
+            .map(|v| c[*v].packets)
+            .sum();
+            t.row([
+                s.host_if.clone(),
+                name.to_string(),
+                (c[V_FAST].packets + c[V_FAST_UPLINK].packets).to_string(),
+                (c[V_FAST].bytes + c[V_FAST_UPLINK].bytes).to_string(),
+                c[V_STACK].packets.to_string(),
+                c[V_STACK].bytes.to_string(),
+                dropped.to_string(),
+            ]);
+        }
+    }
+    t.print();
+}

@@ -1,0 +1,5 @@
+//! Everything that talks to the kernel outside the BPF maps: netlink, namespaces, ethtool.
+
+pub mod ethtool;
+pub mod events;
+pub mod netlink;
