@@ -14,6 +14,7 @@
 //! (flock on the state directory) that CLI writes take, so the two never interleave. Reads
 //! (metrics) take no lock. See docs/ARCHITECTURE.md, "Agent and CLI concurrency".
 
+mod bridges;
 pub mod metrics;
 
 use std::{
@@ -29,15 +30,13 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 use tracing::{debug, error, info, warn};
-use veth_common::CFG_BPF_LOG;
 
 use crate::{
+    DatapathError, NetlinkError,
     agent::metrics::AgentMetrics,
-    datapath::{Datapath, DatapathError, PROG_TC_INGRESS, StateLock, prepare_bpffs},
+    registry::node::{self, LinkEvent},
     registry::reconcile::Report,
     registry::{EndpointError, Registry},
-    sys::events::{self, LinkEvent},
-    sys::netlink::{self, NetlinkError},
 };
 
 /// How the agent runs.
@@ -114,14 +113,14 @@ impl Shared {
 
     /// True if the state dir still holds the state our map fds belong to.
     fn current(&self, o: &Opened) -> bool {
-        o.ident.is_some() && Datapath::pin_identity(&self.dir) == o.ident
+        o.ident.is_some() && node::state_identity(&self.dir) == o.ident
     }
 
     /// Opens the state dir anew (re-creating it if it was removed). The caller holds the
     /// state lock.
     fn reopen(&self, o: &mut Opened) -> Result<(), EndpointError> {
         let reg = Registry::open_read(&self.dir)?;
-        let ident = Datapath::pin_identity(&self.dir);
+        let ident = node::state_identity(&self.dir);
         warn!(
             bpffs = %self.dir.display(),
             "state directory was removed or replaced: re-opened it; the old map descriptors are dropped"
@@ -142,8 +141,7 @@ impl Shared {
             }
         }
         // Lock order is always state lock, then mutex (as in `write`).
-        prepare_bpffs(&self.dir)?;
-        let _lock = StateLock::acquire(&self.dir)?;
+        let _lock = node::lock_state(&self.dir)?;
         let mut g = self.lock_inner();
         if !self.current(&g) {
             self.reopen(&mut g)?;
@@ -161,8 +159,7 @@ impl Shared {
     {
         let sh = self.clone();
         tokio::task::spawn_blocking(move || {
-            prepare_bpffs(&sh.dir)?;
-            let _lock = StateLock::acquire(&sh.dir)?;
+            let _lock = node::lock_state(&sh.dir)?;
             let mut g = sh.lock_inner();
             if !sh.current(&g) {
                 sh.reopen(&mut g)?;
@@ -177,10 +174,10 @@ impl Shared {
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let started = Instant::now();
-    prepare_bpffs(&cfg.bpffs)?;
+    node::prepare_state_dir(&cfg.bpffs)?;
     let dir = cfg.bpffs.clone();
     let reg = tokio::task::spawn_blocking(move || Registry::open_read(&dir)).await??;
-    let ident = Datapath::pin_identity(&cfg.bpffs);
+    let ident = node::state_identity(&cfg.bpffs);
     let shared = Arc::new(Shared {
         dir: cfg.bpffs.clone(),
         reg: Mutex::new(Opened { reg, ident }),
@@ -188,7 +185,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     });
 
     // Subscribe before the first pass, so no deletion can fall between the two.
-    let mut events = events::watch()?;
+    let mut events = node::watch_links()?;
     let mut term = signal(SignalKind::terminate()).map_err(|source| AgentError::Io {
         what: "installing the SIGTERM handler".into(),
         source,
@@ -204,7 +201,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         Some(start_bpf_log(&shared).await?)
     } else {
         // A previous agent with --bpf-log may have been killed: switch the events off.
-        set_flag(&shared, CFG_BPF_LOG, false).await?;
+        set_bpf_log(&shared, false).await?;
         None
     };
 
@@ -252,7 +249,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
                     // The watch thread ended (logged there): start a new one, resync.
                     warn!("link event watch ended; restarting it");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    match events::watch() {
+                    match node::watch_links() {
                         Ok(rx) => events = rx,
                         Err(e) => error!("restarting the link event watch: {e}"),
                     }
@@ -271,7 +268,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         );
     } else {
         if cfg.bpf_log {
-            set_flag(&shared, CFG_BPF_LOG, false).await?;
+            set_bpf_log(&shared, false).await?;
         }
         info!("exiting; the datapath stays in place (pinned)");
     }
@@ -280,7 +277,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
 
 async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, AgentError> {
     let report = shared.write(|reg| reg.reconcile()).await?;
-    crate::registry::bridges::follow(shared, &[], true).await;
+    bridges::follow(shared, &[], true).await;
     let m = &shared.metrics;
     m.reconciles.inc();
     m.reconcile_seconds.set(report.took.as_secs_f64());
@@ -340,7 +337,7 @@ async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<()
         reconcile(shared, "event overrun").await?;
         return Ok(());
     }
-    crate::registry::bridges::follow(shared, &batch, false).await;
+    bridges::follow(shared, &batch, false).await;
     let ours: BTreeSet<u32> = {
         let sh = shared.clone();
         tokio::task::spawn_blocking(move || -> Result<BTreeSet<u32>, EndpointError> {
@@ -400,7 +397,7 @@ async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<()
             let mut done = Vec::new();
             for (ifindex, name, at) in gone {
                 // Re-check under the lock: the event may be stale.
-                if netlink::link_by_index(ifindex)?.is_some() {
+                if node::link_present(ifindex)? {
                     continue;
                 }
                 if let Some(host_if) = reg.remove_by_ifindex(ifindex)? {
@@ -427,18 +424,8 @@ async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<()
     Ok(())
 }
 
-async fn set_flag(shared: &Arc<Shared>, bit: u32, on: bool) -> Result<(), AgentError> {
-    shared
-        .write(move |reg| {
-            let dp = reg.datapath();
-            let flags = dp.flags()?;
-            let want = if on { flags | bit } else { flags & !bit };
-            if want != flags {
-                dp.set_flags(want)?;
-            }
-            Ok(())
-        })
-        .await
+async fn set_bpf_log(shared: &Arc<Shared>, on: bool) -> Result<(), AgentError> {
+    shared.write(move |reg| reg.set_bpf_log(on)).await
 }
 
 /// Turns the BPF debug events on and prints them (through `log`, hence tracing) until the
@@ -446,7 +433,7 @@ async fn set_flag(shared: &Arc<Shared>, bit: u32, on: bool) -> Result<(), AgentE
 async fn start_bpf_log(shared: &Arc<Shared>) -> Result<AbortOnDrop, AgentError> {
     let sh = shared.clone();
     let prog_id = tokio::task::spawn_blocking(move || -> Result<u32, AgentError> {
-        Ok(sh.read()?.datapath().program_id(PROG_TC_INGRESS)?)
+        Ok(sh.read()?.log_program_id()?)
     })
     .await??;
     let logger = aya_log::EbpfLogger::init_from_id(prog_id)
@@ -458,7 +445,7 @@ async fn start_bpf_log(shared: &Arc<Shared>) -> Result<AbortOnDrop, AgentError> 
             what: "polling the BPF log ring buffer".into(),
             source: e.into(),
         })?;
-    set_flag(shared, CFG_BPF_LOG, true).await?;
+    set_bpf_log(shared, true).await?;
     info!("BPF debug events on");
     let task = tokio::spawn(async move {
         loop {

@@ -25,10 +25,12 @@ use veth_common::EP_CNI;
 
 use crate::types::{Mode, Spoof};
 use crate::{
-    datapath::inspect,
-    datapath::{DEFAULT_BPFFS, Datapath, DatapathError, prepare_bpffs},
-    registry::{self, AddRequest, AdoptRequest, EndpointError, EndpointView, Registry},
-    sys::netlink::{self, GATEWAY_V4, GATEWAY_V6, NetlinkError, Netns},
+    DEFAULT_BPFFS, DatapathError, NetlinkError,
+    registry::{
+        self, AddRequest, AdoptRequest, EndpointError, EndpointView, GATEWAY_V4, GATEWAY_V6,
+        Registry,
+        node::{self, Netns},
+    },
     types::{Cidr, IfName},
 };
 
@@ -619,7 +621,7 @@ impl Call<'_> {
             .map_err(endpoint_err)?
             .iter()
             .any(|e| e.host_if == host)
-            || netlink::link_by_name(&host).map_err(netlink_err)?.is_some();
+            || node::link_by_name(&host).map_err(endpoint_err)?.is_some();
         if exists {
             return Err(CniError::new(
                 ERR_EXISTS,
@@ -728,8 +730,9 @@ impl Call<'_> {
         })?;
         let ns = Netns::open(self.netns()).map_err(netlink_err)?;
         let name = ifname.to_string();
-        let cont = netlink::in_netns(&ns, || netlink::link_by_name(&name))
-            .map_err(netlink_err)?
+        let cont = node::observe_in(&ns, &name, false)
+            .map_err(endpoint_err)?
+            .map(|o| o.link)
             .ok_or_else(|| {
                 CniError::new(
                     ERR_CHAINED,
@@ -750,9 +753,9 @@ impl Call<'_> {
         }
         let host = cont
             .peer_ifindex
-            .map(netlink::link_by_index)
+            .map(node::link_by_index)
             .transpose()
-            .map_err(netlink_err)?
+            .map_err(endpoint_err)?
             .flatten()
             .filter(|h| h.kind.as_deref() == Some("veth") && h.peer_ifindex == Some(cont.ifindex))
             .ok_or_else(not_veth)?;
@@ -881,8 +884,8 @@ impl Call<'_> {
             })?;
 
         // The host end: same interface as registered, and as listed in prevResult.
-        let host = netlink::link_by_index(ep.host_ifindex)
-            .map_err(netlink_err)?
+        let host = node::link_by_index(ep.host_ifindex)
+            .map_err(endpoint_err)?
             .filter(|l| l.name == ep.host_if)
             .ok_or_else(|| fail(format!("host end {} is gone", ep.host_if)))?;
         if host.mac != Some(ep.host_mac) {
@@ -908,17 +911,13 @@ impl Call<'_> {
             )));
         }
         let name = ifname.to_string();
-        let seen = netlink::in_netns(&ns, || {
-            let Some(link) = netlink::link_by_name(&name)? else {
-                return Ok(None);
-            };
-            let addrs = inspect::addresses(link.ifindex)?;
-            let routes = netlink::routes_via(link.ifindex)?;
-            Ok(Some((link, addrs, routes)))
-        })
-        .map_err(netlink_err)?;
-        let (link, addrs, routes) =
-            seen.ok_or_else(|| fail(format!("no interface {ifname} in {}", self.netns())))?;
+        let node::Observed {
+            link,
+            addrs,
+            routes,
+        } = node::observe_in(&ns, &name, true)
+            .map_err(endpoint_err)?
+            .ok_or_else(|| fail(format!("no interface {ifname} in {}", self.netns())))?;
         if link.peer_ifindex != Some(ep.host_ifindex) {
             return Err(fail(format!(
                 "{ifname} is no longer the peer of host end {}",
@@ -957,21 +956,23 @@ impl Call<'_> {
         }
 
         // The fast path: tcx programs attached (asked from the kernel, not the pins), pins kept.
-        let attached = inspect::attached(&ep.host_if).map_err(|e| fail(e.to_string()))?;
+        let seen = reg
+            .fast_path_seen(&ep.host_if, ep.host_ifindex)
+            .map_err(|e| fail(e.to_string()))?;
+        let attached = &seen.attached;
         if !attached.has_fast_path() {
             return Err(fail(format!(
                 "the fast path programs are not attached to {} (ingress {:?}, egress {:?})",
                 ep.host_if, attached.tcx_ingress, attached.tcx_egress
             )));
         }
-        let pins = reg.datapath().link_pins(ep.host_ifindex);
-        if pins.len() < 2 {
+        if seen.link_pins < 2 {
             return Err(fail(format!(
                 "the link pins of {} are missing: the programs would detach",
                 ep.host_if
             )));
         }
-        if ep.mode == Mode::Xdp && !pins.iter().any(|p| inspect::is_xdp_link(p)) {
+        if ep.mode == Mode::Xdp && !seen.xdp_link {
             return Err(fail(format!(
                 "{} is in xdp mode but has no XDP link",
                 ep.host_if
@@ -984,10 +985,7 @@ impl Call<'_> {
     // STATUS and GC
 
     fn status(&self) -> Result<()> {
-        let dir = self.conf.bpffs_dir();
-        // State already there means containers may depend on it.
-        let in_use = dir.join(veth_common::MAP_ENDPOINTS).exists();
-        let unavailable = |what: &str, e: &dyn std::fmt::Display, limited: bool| {
+        Registry::probe(&self.conf.bpffs_dir()).map_err(|(what, e, limited)| {
             CniError::new(
                 if limited {
                     ERR_LIMITED_CONNECTIVITY
@@ -996,14 +994,7 @@ impl Call<'_> {
                 },
                 format!("{what}: {e}"),
             )
-        };
-        prepare_bpffs(&dir).map_err(|e| unavailable("bpffs is not usable", &e, in_use))?;
-        let mut dp = Datapath::open(&dir).map_err(|e| {
-            let limited = in_use || matches!(e, DatapathError::Abi { .. });
-            unavailable("the pinned datapath state cannot be opened", &e, limited)
         })?;
-        dp.load_programs()
-            .map_err(|e| unavailable("the BPF programs do not load", &e, false))?;
         if let Some(ipam) = &self.conf.ipam {
             let plugin = self
                 .find_plugin(&ipam.kind)
@@ -1041,8 +1032,8 @@ impl Call<'_> {
                     } else {
                         // Adopted host ends carry the previous plugin's name: only ones whose
                         // interface is gone are known to be garbage.
-                        netlink::link_by_index(e.host_ifindex)
-                            .map_err(netlink_err)?
+                        node::link_by_index(e.host_ifindex)
+                            .map_err(endpoint_err)?
                             .is_none_or(|l| l.name != e.host_if)
                     };
                     if stale {

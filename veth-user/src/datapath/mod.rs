@@ -11,6 +11,7 @@
 //! from the same binary (no verification per endpoint), and a new binary loads its own.
 
 pub mod inspect;
+pub mod links;
 
 use std::{
     fs,

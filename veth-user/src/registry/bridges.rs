@@ -12,8 +12,6 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::Command,
-    sync::Arc,
-    time::Instant,
 };
 
 use serde::Serialize;
@@ -21,7 +19,6 @@ use serde::Serialize;
 use crate::types::Mode;
 use crate::{
     registry::{EndpointError, EndpointView, Registry},
-    sys::events::LinkEvent,
     sys::netlink::{self, NetlinkError, Netns},
     types::Mac,
 };
@@ -283,71 +280,32 @@ impl Registry {
     }
 }
 
-/// The agent's part: keeps every recorded bridge accelerated. On a link event about a port of
-/// one of them (a new or changed port; deletions are handled by the agent's endpoint cleanup)
-/// or with `all` (start, periodic safety net), prunes and accelerates that bridge. A refusal
-/// (a netfilter rule appeared, a port became isolated) leaves the bridge as it is and is logged.
-/// Never fails: what goes wrong is logged, and the agent's other work goes on.
-pub(crate) async fn follow(shared: &Arc<crate::agent::Shared>, batch: &[LinkEvent], all: bool) {
-    if let Err(e) = follow_bridges(shared, batch, all).await {
-        tracing::warn!("following accelerated bridges failed: {e}");
-    }
-}
+/// One bridge the agent followed, with what syncing it did.
+pub(crate) type Followed = (String, Result<BridgeSync, EndpointError>);
 
-async fn follow_bridges(
-    shared: &Arc<crate::agent::Shared>,
-    batch: &[LinkEvent],
-    all: bool,
-) -> Result<(), crate::agent::AgentError> {
-    let state = accelerated(&shared.dir);
-    if state.is_empty() {
-        return Ok(());
-    }
-    let masters: Vec<u32> = batch
-        .iter()
-        .filter_map(|e| match e {
-            LinkEvent::Changed {
-                master: Some(m), ..
-            } => Some(*m),
-            _ => None,
-        })
-        .collect();
-    if !all && masters.is_empty() {
-        return Ok(());
-    }
-    let at = batch.iter().find_map(|e| match e {
-        LinkEvent::Changed { at, .. } => Some(*at),
-        _ => None,
-    });
-    let results = shared
-        .write(move |reg| {
-            let mut out = Vec::new();
-            for (bridge, forced) in state {
-                let Some(br) = netlink::link_by_name(&bridge)? else {
-                    continue; // gone for now; a bridge made again under the name is followed
-                };
-                if !all && !masters.contains(&br.ifindex) {
-                    continue;
-                }
-                out.push((bridge.clone(), reg.bridge_sync(&bridge, forced)));
+impl Registry {
+    /// The agent's part of following bridges: for each recorded bridge (`state`, from
+    /// [`accelerated`]) that is present and, unless `all`, is the master of one of
+    /// `masters`, prunes and accelerates it. One result per bridge visited.
+    pub(crate) fn follow_bridges(
+        &mut self,
+        state: Vec<(String, bool)>,
+        masters: &[u32],
+        all: bool,
+    ) -> Result<Vec<Followed>, EndpointError> {
+        let mut out = Vec::new();
+        for (bridge, forced) in state {
+            let Some(br) = netlink::link_by_name(&bridge)? else {
+                continue; // gone for now; a bridge made again under the name is followed
+            };
+            if !all && !masters.contains(&br.ifindex) {
+                continue;
             }
-            Ok(out)
-        })
-        .await?;
-    for (bridge, r) in results {
-        match r {
-            Ok(s) if s.added.is_empty() && s.removed.is_empty() => {}
-            Ok(s) => tracing::info!(
-                bridge = %bridge,
-                added = %s.added.iter().map(|v| v.host_if.as_str()).collect::<Vec<_>>().join(","),
-                removed = %s.removed.join(","),
-                latency_us = at.map(|t: Instant| t.elapsed().as_micros() as u64).unwrap_or(0),
-                "bridge ports followed"
-            ),
-            Err(e) => tracing::warn!(bridge = %bridge, "not following the bridge's new ports: {e}"),
+            let r = self.bridge_sync(&bridge, forced);
+            out.push((bridge, r));
         }
+        Ok(out)
     }
-    Ok(())
 }
 
 /// Every network namespace we can open, keyed by the id the node gives it (`link-netnsid`),

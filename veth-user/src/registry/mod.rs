@@ -6,7 +6,11 @@
 
 pub mod bridges;
 pub mod flows;
+pub(crate) mod node;
 pub mod reconcile;
+
+/// The container's gateways (link-local, on-link via the host end).
+pub(crate) use crate::sys::netlink::{GATEWAY_V4, GATEWAY_V6};
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 

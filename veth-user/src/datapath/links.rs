@@ -1,0 +1,211 @@
+//! Links as the kernel sees them, and the operations reconciliation needs on them: find a
+//! pinned link's state, attach a missing one, switch a link to this build's program in place
+//! (`BPF_LINK_UPDATE`), and prune pins nothing owns.
+
+use std::{collections::BTreeSet, fs, io::ErrorKind, path::Path};
+
+use aya::programs::{
+    ProgramInfo, SchedClassifier, TcAttachType, Xdp,
+    links::{FdLink, LinkError, PinnedLink},
+    tc::SchedClassifierLink,
+    xdp::XdpLink,
+};
+use aya_obj::programs::XdpAttachType;
+
+use super::*;
+
+/// A pinned link as the kernel sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkState {
+    pub link_id: u32,
+    pub prog_id: u32,
+}
+
+/// What [`Datapath::ensure_link`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkAction {
+    /// Present and running this build's program.
+    Kept,
+    /// The pin was missing: attached and pinned anew.
+    Attached,
+    /// Switched in place (same link) from an older program to this build's.
+    Replaced {
+        link_id: u32,
+        old_prog: u32,
+        new_prog: u32,
+    },
+}
+
+/// A name for the program behind a hook, for error messages.
+fn hook_program(hook: &str) -> Option<&'static str> {
+    Some(match hook {
+        HOOK_TC_INGRESS => "tcx ingress program",
+        HOOK_TC_EGRESS => PROG_TC_EGRESS,
+        HOOK_XDP => PROG_XDP,
+        HOOK_UPLINK => PROG_UPLINK_INGRESS,
+        HOOK_UPLINK_EGRESS => PROG_UPLINK_EGRESS,
+        _ => return None,
+    })
+}
+
+fn link_err(iface: String) -> impl FnOnce(LinkError) -> DatapathError {
+    move |source| DatapathError::Link { iface, source }
+}
+
+impl Datapath {
+    /// The pinned link of `hook` on `ifindex`, if its pin exists.
+    pub fn link_state(&self, hook: &str, ifindex: u32) -> Result<Option<LinkState>, DatapathError> {
+        let pin = self.link_pin(hook, ifindex);
+        let link: FdLink = match PinnedLink::from_pin(&pin) {
+            Ok(l) => l.into(),
+            Err(LinkError::SyscallError(e)) if e.io_error.kind() == ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(e) => return Err(link_err(format!("ifindex {ifindex}"))(e)),
+        };
+        let info = link
+            .info()
+            .map_err(link_err(format!("ifindex {ifindex}")))?;
+        Ok(Some(LinkState {
+            link_id: info.id(),
+            prog_id: info.program_id(),
+        }))
+    }
+
+    /// Kernel id of this build's program `name` (loading and pinning it first if needed).
+    pub fn program_id(&mut self, name: &'static str) -> Result<u32, DatapathError> {
+        let pin = self.pinned_program(name)?;
+        ProgramInfo::from_pin(&pin)
+            .map(|i| i.id())
+            .map_err(|source| DatapathError::Program { name, source })
+    }
+
+    /// Atomically replaces the program of the pinned link of `hook` on `ifindex` with the
+    /// program pinned at `prog_pin` (`BPF_LINK_UPDATE`): the link stays, and so does its
+    /// place in the tcx chain; packets see either the old or the new program.
+    pub fn replace_program(
+        &mut self,
+        hook: &str,
+        ifindex: u32,
+        prog_pin: &Path,
+    ) -> Result<(), DatapathError> {
+        let name = hook_program(hook).ok_or(DatapathError::Program {
+            name: "unknown hook",
+            source: aya::programs::ProgramError::NotLoaded,
+        })?;
+        let iface = format!("ifindex {ifindex}");
+        let link: FdLink = PinnedLink::from_pin(self.link_pin(hook, ifindex))
+            .map_err(link_err(iface.clone()))?
+            .into();
+        let perr = |source| DatapathError::Program { name, source };
+        if hook == HOOK_XDP {
+            let mut prog = Xdp::from_pin(prog_pin, XdpAttachType::Interface).map_err(perr)?;
+            let link = XdpLink::try_from(link).map_err(link_err(iface))?;
+            let id = prog.attach_to_link(link).map_err(perr)?;
+            // Our fd only: the pin keeps the link (and the program) attached.
+            drop(prog.take_link(id).map_err(perr)?);
+        } else {
+            let mut prog = SchedClassifier::from_pin(prog_pin).map_err(perr)?;
+            let link = SchedClassifierLink::try_from(link).map_err(link_err(iface))?;
+            let id = prog.attach_to_link(link).map_err(perr)?;
+            drop(prog.take_link(id).map_err(perr)?);
+        }
+        Ok(())
+    }
+
+    /// Makes sure `hook` on host end `iface` (`ifindex`) has a pinned link running this
+    /// build's program `name`: attaches it if the pin is missing, replaces another program
+    /// (an older build's) in place.
+    pub fn ensure_link(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        hook: &'static str,
+        name: &'static str,
+    ) -> Result<LinkAction, DatapathError> {
+        match self.link_state(hook, ifindex)? {
+            None => {
+                match hook {
+                    HOOK_XDP => self.attach_xdp(iface, ifindex)?,
+                    HOOK_UPLINK => self.attach_one(
+                        iface,
+                        ifindex,
+                        PROG_UPLINK_INGRESS,
+                        TcAttachType::Ingress,
+                        hook,
+                    )?,
+                    HOOK_UPLINK_EGRESS => self.attach_uplink_egress(iface, ifindex)?,
+                    HOOK_TC_EGRESS => {
+                        self.attach_one(iface, ifindex, name, TcAttachType::Egress, hook)?
+                    }
+                    _ => self.attach_one(iface, ifindex, name, TcAttachType::Ingress, hook)?,
+                }
+                Ok(LinkAction::Attached)
+            }
+            Some(st) => {
+                let want = self.program_id(name)?;
+                if st.prog_id == want {
+                    return Ok(LinkAction::Kept);
+                }
+                let pin = self.pinned_program(name)?;
+                self.replace_program(hook, ifindex, &pin)?;
+                Ok(LinkAction::Replaced {
+                    link_id: st.link_id,
+                    old_prog: st.prog_id,
+                    new_prog: want,
+                })
+            }
+        }
+    }
+
+    /// Removes link pins whose (hook, ifindex) is not in `live`, and program pins of other
+    /// builds. Returns (link pins removed, program pins removed).
+    pub fn prune_pins(
+        &self,
+        live: &BTreeSet<(&'static str, u32)>,
+    ) -> Result<(usize, usize), DatapathError> {
+        let io = |what: &Path| {
+            let what = what.display().to_string();
+            move |source| DatapathError::Io { what, source }
+        };
+        let mut links = 0;
+        let dir = self.dir().join("links");
+        for e in fs::read_dir(&dir).map_err(io(&dir))? {
+            let e = e.map_err(io(&dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let keep = name.rsplit_once('-').is_some_and(|(hook, idx)| {
+                let hook = [
+                    HOOK_TC_INGRESS,
+                    HOOK_TC_EGRESS,
+                    HOOK_XDP,
+                    HOOK_UPLINK,
+                    HOOK_UPLINK_EGRESS,
+                ]
+                .into_iter()
+                .find(|h| *h == hook);
+                matches!((hook, idx.parse::<u32>()), (Some(h), Ok(i)) if live.contains(&(h, i)))
+            });
+            if !keep {
+                match fs::remove_file(e.path()) {
+                    Ok(()) => links += 1,
+                    Err(err) if err.kind() == ErrorKind::NotFound => {}
+                    Err(err) => return Err(io(&e.path())(err)),
+                }
+            }
+        }
+        let mut progs = 0;
+        let suffix = format!("-{:016x}", object_hash());
+        let dir = self.dir().join("progs");
+        for e in fs::read_dir(&dir).map_err(io(&dir))? {
+            let e = e.map_err(io(&dir))?;
+            if !e.file_name().to_string_lossy().ends_with(&suffix) {
+                match fs::remove_file(e.path()) {
+                    Ok(()) => progs += 1,
+                    Err(err) if err.kind() == ErrorKind::NotFound => {}
+                    Err(err) => return Err(io(&e.path())(err)),
+                }
+            }
+        }
+        Ok((links, progs))
+    }
+}

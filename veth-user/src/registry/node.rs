@@ -1,0 +1,144 @@
+//! The node as the front ends may see it: the state directory's identity and lock, whether an
+//! interface is present, and the link event stream. Thin wrappers over `datapath` and `sys`,
+//! so that the agent and the CNI plugin depend on the registry alone (data flows one way:
+//! front end → registry → datapath/sys → kernel).
+
+use std::path::Path;
+
+pub(crate) use crate::datapath::StateLock;
+pub(crate) use crate::sys::events::{LinkEvent, watch as watch_links};
+pub(crate) use crate::sys::netlink::{Link, Netns};
+
+use super::{EndpointError, Registry};
+use crate::{
+    datapath::{Datapath, prepare_bpffs},
+    sys::netlink,
+};
+
+/// Identity of the state pinned in `dir` (device and inode of its config map pin): changes
+/// when the state directory is removed or replaced behind a process's back.
+pub(crate) fn state_identity(dir: &Path) -> Option<(u64, u64)> {
+    Datapath::pin_identity(dir)
+}
+
+/// Takes the state lock of `dir` (mounting a bpffs there first if needed): writers of one
+/// state never interleave.
+pub(crate) fn lock_state(dir: &Path) -> Result<StateLock, EndpointError> {
+    prepare_bpffs(dir)?;
+    Ok(StateLock::acquire(dir)?)
+}
+
+/// Mounts a bpffs at `dir` if it is not on one yet.
+pub(crate) fn prepare_state_dir(dir: &Path) -> Result<(), EndpointError> {
+    Ok(prepare_bpffs(dir)?)
+}
+
+/// Is an interface with this index present in the node?
+pub(crate) fn link_present(ifindex: u32) -> Result<bool, EndpointError> {
+    Ok(netlink::link_by_index(ifindex)?.is_some())
+}
+
+/// The node's interface with this index.
+pub(crate) fn link_by_index(ifindex: u32) -> Result<Option<Link>, EndpointError> {
+    Ok(netlink::link_by_index(ifindex)?)
+}
+
+/// The node's interface with this name.
+pub(crate) fn link_by_name(name: &str) -> Result<Option<Link>, EndpointError> {
+    Ok(netlink::link_by_name(name)?)
+}
+
+/// An interface inside another network namespace, with its addresses and the destinations
+/// routed through it.
+pub(crate) struct Observed {
+    pub link: Link,
+    pub addrs: Vec<(std::net::IpAddr, u8)>,
+    pub routes: Vec<(std::net::IpAddr, u8)>,
+}
+
+/// Looks `name` up inside `ns` (addresses and routes only with `details`).
+pub(crate) fn observe_in(
+    ns: &Netns,
+    name: &str,
+    details: bool,
+) -> Result<Option<Observed>, EndpointError> {
+    let name = name.to_string();
+    Ok(netlink::in_netns(ns, move || {
+        let Some(link) = netlink::link_by_name(&name)? else {
+            return Ok(None);
+        };
+        let (addrs, routes) = if details {
+            (
+                crate::datapath::inspect::addresses(link.ifindex)?,
+                netlink::routes_via(link.ifindex)?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Ok(Some(Observed {
+            link,
+            addrs,
+            routes,
+        }))
+    })?)
+}
+
+/// What the kernel says is attached to an endpoint's host end, and what the state pinned.
+pub(crate) struct FastPathSeen {
+    pub attached: crate::datapath::inspect::Attached,
+    pub link_pins: usize,
+    pub xdp_link: bool,
+}
+
+impl Registry {
+    /// The fast path of `host_if` as the kernel and the pins show it (CNI CHECK).
+    pub(crate) fn fast_path_seen(
+        &mut self,
+        host_if: &str,
+        ifindex: u32,
+    ) -> Result<FastPathSeen, EndpointError> {
+        let attached = crate::datapath::inspect::attached(host_if)?;
+        let pins = self.dp.link_pins(ifindex);
+        Ok(FastPathSeen {
+            attached,
+            link_pins: pins.len(),
+            xdp_link: pins
+                .iter()
+                .any(|p| crate::datapath::inspect::is_xdp_link(p)),
+        })
+    }
+
+    /// Turns the BPF debug events (aya-log) on or off.
+    pub(crate) fn set_bpf_log(&mut self, on: bool) -> Result<(), EndpointError> {
+        let flags = self.dp.flags()?;
+        let bit = veth_common::CFG_BPF_LOG;
+        let want = if on { flags | bit } else { flags & !bit };
+        if want != flags {
+            self.dp.set_flags(want)?;
+        }
+        Ok(())
+    }
+
+    /// The id of the loaded tc ingress program (its aya-log ring buffer is the log source).
+    pub(crate) fn log_program_id(&mut self) -> Result<u32, EndpointError> {
+        Ok(self.dp.program_id(crate::datapath::PROG_TC_INGRESS)?)
+    }
+
+    /// Checks that the state in `dir` opens and its programs load (CNI STATUS). Errors say
+    /// which step failed; the bool is true if the failure is of an existing state.
+    pub(crate) fn probe(dir: &Path) -> Result<(), (&'static str, String, bool)> {
+        let in_use = dir.join(veth_common::MAP_ENDPOINTS).exists();
+        prepare_bpffs(dir).map_err(|e| ("bpffs is not usable", e.to_string(), in_use))?;
+        let mut dp = Datapath::open(dir).map_err(|e| {
+            let limited = in_use || matches!(e, crate::datapath::DatapathError::Abi { .. });
+            (
+                "the pinned datapath state cannot be opened",
+                e.to_string(),
+                limited,
+            )
+        })?;
+        dp.load_programs()
+            .map_err(|e| ("the BPF programs do not load", e.to_string(), false))?;
+        Ok(())
+    }
+}
