@@ -4,6 +4,7 @@ mod bench;
 mod ci;
 mod demo;
 mod e2e;
+mod public_api;
 mod setup;
 mod util;
 
@@ -29,6 +30,12 @@ enum Cmd {
     Demo,
     /// Compare vethfp with direct veth, bridge, docker-like bridge and kernel routing.
     Bench(bench::Args),
+    /// Check the vethfp library's public API against veth-user/public-api.txt (--bless
+    /// writes it). Needs the nightly toolchain (rustdoc JSON).
+    PublicApi {
+        #[arg(long)]
+        bless: bool,
+    },
     /// Internal: send a burst of UDP datagrams (used by the demo inside a container).
     #[command(hide = true)]
     UdpBurst {
@@ -48,6 +55,7 @@ fn main() {
         Cmd::E2e => e2e::e2e(),
         Cmd::Demo => demo::demo(),
         Cmd::Bench(args) => bench::bench(args),
+        Cmd::PublicApi { bless } => public_api::public_api(bless),
         Cmd::UdpBurst { to, count } => demo::udp_burst(to, count),
     };
     if let Err(e) = res {

@@ -15,7 +15,7 @@
 //! (metrics) take no lock. See docs/ARCHITECTURE.md, "Agent and CLI concurrency".
 
 mod bridges;
-pub mod metrics;
+pub(crate) mod metrics;
 
 use std::{
     collections::BTreeSet,

@@ -150,7 +150,7 @@ fn still_the_port(v: &EndpointView, br: &netlink::Link, links: &[netlink::Link])
 impl Registry {
     /// Removes the endpoints of `bridge`'s ports that are not that port any more. Returns their
     /// host interface names.
-    pub fn bridge_prune(&mut self, bridge: &str) -> Result<Vec<String>, EndpointError> {
+    pub(crate) fn bridge_prune(&mut self, bridge: &str) -> Result<Vec<String>, EndpointError> {
         let br = bridge_link(bridge)?;
         let links = netlink::links()?;
         let mut removed = Vec::new();

@@ -571,7 +571,7 @@ impl Registry {
     /// 6–7). A call from another namespace is refused while the owner is alive (any pinned
     /// link still attached to a device); once every recorded interface is gone, the first
     /// write clears the stale state and binds it to the caller.
-    pub fn bind(&mut self, write: bool) -> Result<()> {
+    pub(crate) fn bind(&mut self, write: bool) -> Result<()> {
         let here = current_netns_cookie().map_err(EndpointError::Cookie)?;
         let bound = self.dp.netns_cookie()?;
         if bound == here {
@@ -701,7 +701,7 @@ impl Registry {
     /// - a del is completed.
     ///
     /// Returns (host name, what was done).
-    pub fn recover(&mut self) -> Result<Vec<(String, String)>> {
+    pub(crate) fn recover(&mut self) -> Result<Vec<(String, String)>> {
         let entries: Vec<([u8; NAME_LEN], Intent)> = self
             .dp
             .journal()?
@@ -774,13 +774,13 @@ impl Registry {
     /// the record's target (L2 entry for bridge ports), the node's /32 and /128 routes and
     /// permanent neighbours, and (pairs vethfp made) the container side
     /// ([`netlink::repair_container`]). Returns the parts repaired (one name per repair).
-    pub fn repair_endpoint(&mut self, rec: &EndpointRecord) -> Result<Vec<&'static str>> {
+    pub(crate) fn repair_endpoint(&mut self, rec: &EndpointRecord) -> Result<Vec<&'static str>> {
         self.repair_endpoint_with(rec, None)
     }
 
     /// [`Registry::repair_endpoint`] with the node's routes and neighbours dumped once for a
     /// whole pass.
-    pub fn repair_endpoint_with(
+    pub(crate) fn repair_endpoint_with(
         &mut self,
         rec: &EndpointRecord,
         view: Option<&netlink::NodeView>,
@@ -872,13 +872,8 @@ impl Registry {
         )?)
     }
 
-    /// Every endpoint record (reconciliation).
-    pub fn endpoint_records(&mut self) -> Result<Vec<EndpointRecord>> {
-        self.records()
-    }
-
     /// The record of host ifindex `ifindex`, if any.
-    pub fn record_by_ifindex(&mut self, ifindex: u32) -> Result<Option<EndpointRecord>> {
+    pub(crate) fn record_by_ifindex(&mut self, ifindex: u32) -> Result<Option<EndpointRecord>> {
         match self.dp.endpoints()?.get(&ifindex, 0) {
             Ok(r) => Ok(Some(r)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -887,7 +882,7 @@ impl Registry {
     }
 
     /// The CNI (container ID, ifname) recorded for host ifindex `ifindex`.
-    pub fn cni_owner(&mut self, ifindex: u32) -> Result<Option<(String, String)>> {
+    pub(crate) fn cni_owner(&mut self, ifindex: u32) -> Result<Option<(String, String)>> {
         match self.dp.cni_owners()?.get(&ifindex, 0) {
             Ok(o) => Ok(Some((get_str(&o.container_id), get_str(&o.ifname)))),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -1541,7 +1536,7 @@ impl Registry {
     ///
     /// Returns the ports accelerated by this call and those skipped, each with the reason.
     #[allow(clippy::type_complexity)]
-    pub fn bridge_accelerate(
+    pub(crate) fn bridge_accelerate(
         &mut self,
         bridge: &str,
         force: bool,
@@ -1682,7 +1677,7 @@ impl Registry {
     }
 
     /// Removes the fast path from every port of `bridge`: plain bridge behaviour again.
-    pub fn bridge_release(&mut self, bridge: &str) -> Result<Vec<String>> {
+    pub(crate) fn bridge_release(&mut self, bridge: &str) -> Result<Vec<String>> {
         let br = netlink::link_by_name(bridge)?
             .filter(|l| l.kind.as_deref() == Some("bridge"))
             .ok_or_else(|| EndpointError::NoSuchBridge(bridge.into()))?;
