@@ -14,5 +14,6 @@ pub mod inspect;
 pub mod metrics;
 pub mod netlink;
 pub mod reconcile;
+pub mod tc_filter;
 pub mod types;
 pub mod watch;
