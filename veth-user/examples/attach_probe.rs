@@ -20,7 +20,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use aya::programs::SchedClassifier;
-use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_route::{RouteNetlinkMessage, link::LinkMessage};
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 use vethfp::{
@@ -57,7 +59,10 @@ fn tcx_link(prog_fd: i32, ifindex: u32, attach_type: u32) -> io::Result<OwnedFd>
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
     if !out.status.success() {
         bail!(
             "ip {}: {}",
@@ -120,7 +125,10 @@ impl LinkDeleter {
             }
             if let NetlinkPayload::Error(e) = m.payload {
                 if let Some(c) = e.code {
-                    bail!("deleting ifindex {ifindex}: {}", io::Error::from_raw_os_error(-c.get()));
+                    bail!(
+                        "deleting ifindex {ifindex}: {}",
+                        io::Error::from_raw_os_error(-c.get())
+                    );
                 }
                 return Ok(());
             }

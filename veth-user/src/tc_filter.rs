@@ -92,7 +92,9 @@ pub enum TcError {
          (`tc qdisc del dev IFACE {kind}`) if nothing else needs it, then retry"
     )]
     OtherQdisc { ifindex: u32, kind: String },
-    #[error("{op}: prio and handle must be non-zero (the kernel would pick them, so a later replace or delete could not name the filter)")]
+    #[error(
+        "{op}: prio and handle must be non-zero (the kernel would pick them, so a later replace or delete could not name the filter)"
+    )]
     Unaddressed { op: String },
     #[error("{op}: the kernel refused: {source}")]
     Kernel {
@@ -115,8 +117,7 @@ impl TcSession {
     /// Opens the socket in the calling thread's network namespace.
     pub fn new() -> Result<TcSession> {
         let sock_err = |op| move |source| TcError::Socket { op, source };
-        let mut sock =
-            Socket::new(NETLINK_ROUTE).map_err(sock_err("opening a netlink socket"))?;
+        let mut sock = Socket::new(NETLINK_ROUTE).map_err(sock_err("opening a netlink socket"))?;
         sock.bind_auto()
             .map_err(sock_err("binding the netlink socket"))?;
         sock.connect(&netlink_sys::SocketAddr::new(0, 0))
@@ -194,7 +195,9 @@ impl TcSession {
         name: &str,
     ) -> Result<()> {
         use std::os::fd::AsRawFd;
-        let op = format!("attaching {name} to {dir} of ifindex {ifindex} (prio {prio} handle {handle:#x})");
+        let op = format!(
+            "attaching {name} to {dir} of ifindex {ifindex} (prio {prio} handle {handle:#x})"
+        );
         if prio == 0 || handle == 0 {
             return Err(TcError::Unaddressed { op });
         }
@@ -224,10 +227,11 @@ impl TcSession {
         }
     }
 
-    /// Deletes filter (prio, handle) of `dir` on `ifindex`. False if there was none (or the
-    /// device has no clsact qdisc any more).
+    /// Deletes filter (prio, handle) of `dir` on `ifindex`. False if there was none: no such
+    /// filter, no clsact qdisc, or no such device (deleting a veth deletes its filters).
     pub fn delete(&mut self, ifindex: u32, dir: Dir, prio: u16, handle: u32) -> Result<bool> {
-        let op = format!("deleting filter prio {prio} handle {handle:#x} of {dir} on ifindex {ifindex}");
+        let op =
+            format!("deleting filter prio {prio} handle {handle:#x} of {dir} on ifindex {ifindex}");
         if prio == 0 || handle == 0 {
             return Err(TcError::Unaddressed { op });
         }
@@ -239,16 +243,23 @@ impl TcSession {
             NLM_F_REQUEST | NLM_F_ACK,
         ) {
             Ok(()) => Ok(true),
-            // ENOENT: no such filter or prio; EINVAL: no clsact (no block to look in).
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EINVAL)) => {
+            // ENOENT: no such filter or prio; EINVAL: no clsact (no block to look in);
+            // ENODEV: the device is gone, and its filters with it.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT) | Some(libc::EINVAL) | Some(libc::ENODEV)
+                ) =>
+            {
                 Ok(false)
             }
             Err(e) => Err(kernel(op, ifindex, e)),
         }
     }
 
-    /// Every cls_bpf filter on `dir` of `ifindex`, in the kernel's order (by prio). Empty if
-    /// the device has no clsact qdisc.
+    /// Every cls_bpf filter on `dir` of `ifindex`, in the kernel's order (by prio), ours or
+    /// not (classic BPF filters have `prog_id` 0). Empty if the device has no clsact qdisc or
+    /// does not exist (the kernel's dump does not tell these apart).
     pub fn list(&mut self, ifindex: u32, dir: Dir) -> Result<Vec<BpfFilter>> {
         let op = format!("listing the {dir} filters of ifindex {ifindex}");
         let msg = TcMessage::from_parts(

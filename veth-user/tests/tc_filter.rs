@@ -87,13 +87,13 @@ struct Env {
     ctr: TestNs,
     node_ns: Netns,
     ctr_ns: Netns,
-    /// ifindex of `h` in the node namespace.
+    /// ifindex of `vh0` in the node namespace.
     host: u32,
     ebpf: Ebpf,
 }
 
 impl Env {
-    /// Namespaces, veth h/c with addresses and permanent neighbours (no ARP in the counts),
+    /// Namespaces, veth vh0/vc0 with addresses and permanent neighbours (no ARP in the counts),
     /// and vethfp's tc programs loaded.
     fn new() -> Env {
         let (node, ctr) = (TestNs::new(), TestNs::new());
@@ -101,34 +101,76 @@ impl Env {
         run(
             "ip",
             &[
-                "-n", n, "link", "add", "h", "type", "veth", "peer", "name", "c", "netns", c,
+                "-n", n, "link", "add", "vh0", "type", "veth", "peer", "name", "vc0", "netns", c,
             ],
         );
-        run("ip", &["-n", n, "addr", "add", &format!("{NODE_IP}/24"), "dev", "h"]);
-        run("ip", &["-n", c, "addr", "add", &format!("{CTR_IP}/24"), "dev", "c"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("{NODE_IP}/24"),
+                "dev",
+                "vh0",
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                c,
+                "addr",
+                "add",
+                &format!("{CTR_IP}/24"),
+                "dev",
+                "vc0",
+            ],
+        );
         let mac = |ns: &str, dev: &str| {
             let s = run("ip", &["-n", ns, "-j", "link", "show", dev]);
             let v: serde_json::Value = serde_json::from_str(&s).unwrap();
             v[0]["address"].as_str().unwrap().to_string()
         };
-        let (hmac, cmac) = (mac(n, "h"), mac(c, "c"));
+        let (hmac, cmac) = (mac(n, "vh0"), mac(c, "vc0"));
         run(
             "ip",
             &[
-                "-n", n, "neigh", "add", CTR_IP, "lladdr", &cmac, "dev", "h", "nud", "permanent",
+                "-n",
+                n,
+                "neigh",
+                "add",
+                CTR_IP,
+                "lladdr",
+                &cmac,
+                "dev",
+                "vh0",
+                "nud",
+                "permanent",
             ],
         );
         run(
             "ip",
             &[
-                "-n", c, "neigh", "add", NODE_IP, "lladdr", &hmac, "dev", "c", "nud", "permanent",
+                "-n",
+                c,
+                "neigh",
+                "add",
+                NODE_IP,
+                "lladdr",
+                &hmac,
+                "dev",
+                "vc0",
+                "nud",
+                "permanent",
             ],
         );
-        run("ip", &["-n", n, "link", "set", "h", "up"]);
-        run("ip", &["-n", c, "link", "set", "c", "up"]);
+        run("ip", &["-n", n, "link", "set", "vh0", "up"]);
+        run("ip", &["-n", c, "link", "set", "vc0", "up"]);
         let node_ns = Netns::open(n).unwrap();
         let ctr_ns = Netns::open(c).unwrap();
-        let s = run("ip", &["-n", n, "-j", "link", "show", "h"]);
+        let s = run("ip", &["-n", n, "-j", "link", "show", "vh0"]);
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         let host = v[0]["ifindex"].as_u64().unwrap() as u32;
         let mut ebpf = Datapath::unpinned().expect("BPF object loads");
@@ -162,11 +204,20 @@ impl Env {
         .expect("entering the node namespace")
     }
 
-    /// `tc -j filter show dev h DIR` in the node namespace.
+    /// `tc -j filter show dev vh0 DIR` in the node namespace.
     fn tc_show(&self, dir: &str) -> Vec<serde_json::Value> {
         let s = run(
             "tc",
-            &["-n", &self.node.name, "-j", "filter", "show", "dev", "h", dir],
+            &[
+                "-n",
+                &self.node.name,
+                "-j",
+                "filter",
+                "show",
+                "dev",
+                "vh0",
+                dir,
+            ],
         );
         if s.trim().is_empty() {
             return vec![];
@@ -222,7 +273,7 @@ fn both_directions_run_our_programs_and_count_traffic() {
     let (ing, ing_id) = env.prog(PROG_TC_INGRESS);
     let (eg, eg_id) = env.prog(PROG_TC_EGRESS);
     let host = env.host;
-    // Slot 0 counts for host end h.
+    // Slot 0 counts for host end vh0.
     {
         let mut rec: EndpointRecord = unsafe { std::mem::zeroed() };
         rec.target.ifindex = host;
@@ -244,21 +295,41 @@ fn both_directions_run_our_programs_and_count_traffic() {
         )
     });
     let (i, e) = (ours(&ingress, 1), ours(&egress, 1));
-    assert_eq!((i.handle, i.prog_id, i.name.as_str()), (1, ing_id, PROG_TC_INGRESS));
-    assert_eq!((e.handle, e.prog_id, e.name.as_str()), (1, eg_id, PROG_TC_EGRESS));
+    assert_eq!(
+        (i.handle, i.prog_id, i.name.as_str()),
+        (1, ing_id, PROG_TC_INGRESS)
+    );
+    assert_eq!(
+        (e.handle, e.prog_id, e.name.as_str()),
+        (1, eg_id, PROG_TC_EGRESS)
+    );
     assert!(i.direct_action && e.direct_action);
     assert!(i.tag.is_some());
 
-    // From the container (tc ingress of h), then to it (tc egress of h): lengths as tc sees
+    // From the container (tc ingress of vh0), then to it (tc egress of vh0): lengths as tc sees
     // them, Ethernet header included.
     let (k, payload) = (5u64, 100usize);
     let frame = 14 + 20 + 8 + payload as u64;
-    env.udp(&env.ctr_ns, CTR_IP, &env.node_ns, NODE_IP, k as usize, payload);
+    env.udp(
+        &env.ctr_ns,
+        CTR_IP,
+        &env.node_ns,
+        NODE_IP,
+        k as usize,
+        payload,
+    );
     let c = env.counters(0);
     assert_eq!(c.c[DIR_FROM_CONTAINER][V_STACK].packets, k);
     assert_eq!(c.c[DIR_FROM_CONTAINER][V_STACK].bytes, k * frame);
     assert_eq!(c.c[DIR_TO_CONTAINER][V_STACK].packets, 0);
-    env.udp(&env.node_ns, NODE_IP, &env.ctr_ns, CTR_IP, k as usize, payload);
+    env.udp(
+        &env.node_ns,
+        NODE_IP,
+        &env.ctr_ns,
+        CTR_IP,
+        k as usize,
+        payload,
+    );
     let c = env.counters(0);
     assert_eq!(c.c[DIR_TO_CONTAINER][V_STACK].packets, k);
     assert_eq!(c.c[DIR_TO_CONTAINER][V_STACK].bytes, k * frame);
@@ -286,9 +357,15 @@ fn replace_in_place_keeps_the_filter_and_swaps_the_program() {
         (before, after, s.list(host, Dir::Ingress).unwrap())
     });
     assert_eq!(before.len(), 1, "{before:?}");
-    assert_eq!((before[0].prio, before[0].handle, before[0].prog_id), (3, 0x10, a_id));
+    assert_eq!(
+        (before[0].prio, before[0].handle, before[0].prog_id),
+        (3, 0x10, a_id)
+    );
     assert_eq!(after.len(), 1, "still one filter: {after:?}");
-    assert_eq!((after[0].prio, after[0].handle, after[0].prog_id), (3, 0x10, b_id));
+    assert_eq!(
+        (after[0].prio, after[0].handle, after[0].prog_id),
+        (3, 0x10, b_id)
+    );
     assert_eq!(after[0].name, "b");
     assert_eq!(again, after);
     assert!(env.tc_show("egress").is_empty(), "egress untouched");
@@ -300,33 +377,59 @@ fn delete_is_idempotent_and_leaves_foreign_filters_alone() {
     let (a, a_id) = env.prog(PROG_TC_INGRESS);
     let host = env.host;
     env.tc(|s| s.ensure_clsact(host).unwrap());
-    // Someone else's filter at another prio, added with tc(8).
+    // Someone else's filter at another prio, added with tc(8): classic BPF (no program id)
+    // that matches nothing.
     run(
         "tc",
         &[
-            "-n", &env.node.name, "filter", "add", "dev", "h", "ingress", "prio", "7", "handle",
-            "7", "matchall", "action", "ok",
+            "-n",
+            &env.node.name,
+            "filter",
+            "add",
+            "dev",
+            "vh0",
+            "ingress",
+            "prio",
+            "7",
+            "handle",
+            "7",
+            "bpf",
+            "bytecode",
+            "1,6 0 0 0,",
         ],
     );
     let (listed, deleted, again, left) = env.tc(|s| {
         s.add_or_replace_bpf(host, Dir::Ingress, 1, 1, a.as_fd(), "ours")
             .unwrap();
         let listed = s.list(host, Dir::Ingress).unwrap();
-        let deleted = s.delete(host, Dir::Ingress, 1, 1).unwrap();
+        // What an owner-checking caller does: delete only filters running its program.
+        let mine: Vec<_> = listed
+            .iter()
+            .filter(|f| f.prog_id == a_id)
+            .cloned()
+            .collect();
+        let mut deleted = 0;
+        for f in &mine {
+            deleted += s.delete(host, Dir::Ingress, f.prio, f.handle).unwrap() as usize;
+        }
         let again = s.delete(host, Dir::Ingress, 1, 1).unwrap();
         (listed, deleted, again, s.list(host, Dir::Ingress).unwrap())
     });
-    assert_eq!(listed.len(), 1, "list reports cls_bpf filters only: {listed:?}");
-    assert_eq!(listed[0].prog_id, a_id);
-    assert!(deleted, "first delete removes it");
+    assert_eq!(listed.len(), 2, "ours and the foreign one: {listed:?}");
+    assert_eq!(ours(&listed, 1).prog_id, a_id);
+    assert_eq!(ours(&listed, 7).prog_id, 0, "classic BPF has no program id");
+    assert_eq!(deleted, 1, "exactly our filter was deleted");
     assert!(!again, "second delete finds nothing");
-    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        (left[0].prio, left[0].handle),
+        (7, 7),
+        "the foreign filter stays"
+    );
     let shown = env.tc_show("ingress");
     assert!(
-        shown
-            .iter()
-            .any(|f| f["pref"] == 7 && f["kind"] == "matchall"),
-        "the foreign matchall filter is still there: {shown:?}"
+        shown.iter().any(|f| f["pref"] == 7),
+        "tc(8) still shows the foreign filter: {shown:?}"
     );
     assert!(
         !shown.iter().any(|f| f["pref"] == 1),
@@ -350,22 +453,30 @@ fn filters_go_away_with_the_veth() {
             .unwrap();
     });
     assert_eq!(env.tc_show("ingress").len(), 2, "chain entry + filter");
-    run("ip", &["-n", &env.node.name, "link", "del", "h"]);
+    run("ip", &["-n", &env.node.name, "link", "del", "vh0"]);
     let r = env.tc(|s| {
         (
             s.list(host, Dir::Ingress).map_err(|e| e.to_string()),
-            s.delete(host, Dir::Ingress, 1, 1).map_err(|e| e.to_string()),
+            s.delete(host, Dir::Ingress, 1, 1)
+                .map_err(|e| e.to_string()),
         )
     });
-    assert!(
-        matches!(&r.0, Err(m) if m.contains("does not exist")),
-        "list of a deleted device says so: {r:?}"
-    );
-    assert!(r.1.is_err(), "delete on a deleted device is an error: {r:?}");
+    assert_eq!(r, (Ok(vec![]), Ok(false)), "nothing left to list or delete");
     // A veth made again gets a fresh device: no filters, no clsact.
     run(
         "ip",
-        &["-n", &env.node.name, "link", "add", "h", "type", "veth", "peer", "name", "h2"],
+        &[
+            "-n",
+            &env.node.name,
+            "link",
+            "add",
+            "vh0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vh1",
+        ],
     );
     assert!(env.tc_show("ingress").is_empty());
 }
@@ -388,9 +499,26 @@ fn errors_say_what_to_do() {
     );
     assert!(no_clsact.unwrap_err().to_string().contains("ensure_clsact"));
     assert!(matches!(unaddressed, Err(TcError::Unaddressed { .. })));
-    assert!(matches!(no_dev, Err(TcError::NoDevice { ifindex: 999_999, .. })));
+    assert!(matches!(
+        no_dev,
+        Err(TcError::NoDevice {
+            ifindex: 999_999,
+            ..
+        })
+    ));
     // An `ingress` qdisc where clsact belongs is reported, never replaced.
-    run("tc", &["-n", &env.node.name, "qdisc", "add", "dev", "h", "ingress"]);
+    run(
+        "tc",
+        &[
+            "-n",
+            &env.node.name,
+            "qdisc",
+            "add",
+            "dev",
+            "vh0",
+            "ingress",
+        ],
+    );
     let other = env.tc(|s| s.ensure_clsact(host));
     assert!(
         matches!(&other, Err(TcError::OtherQdisc { kind, .. }) if kind == "ingress"),
