@@ -31,6 +31,7 @@ use vethfp::{
 };
 
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
 
@@ -56,6 +57,25 @@ fn tcx_link(prog_fd: i32, ifindex: u32, attach_type: u32) -> io::Result<OwnedFd>
     }
     // SAFETY: fresh fd from the kernel, owned here.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// BPF_LINK_UPDATE: swaps the program of a link in place (vethfp's in-place upgrade).
+fn link_update(link: &OwnedFd, prog_fd: i32) -> io::Result<()> {
+    // link_update: link_fd, new_prog_fd, flags, old_prog_fd.
+    let attr = [link.as_raw_fd() as u32, prog_fd as u32, 0, 0];
+    // SAFETY: bpf(2) with an initialised attr of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_UPDATE,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -214,6 +234,9 @@ fn main() -> Result<()> {
         })?;
         let le = timed(&mut s, "a) tcx link create egress", || {
             tcx_link(egr, idx, BPF_TCX_EGRESS)
+        })?;
+        timed(&mut s, "e) tcx link update ingress in place", || {
+            link_update(&li, l2.as_raw_fd())
         })?;
         let t = Instant::now();
         timed(&mut s, "c) tcx link detach ingress (close)", || drop(li));
