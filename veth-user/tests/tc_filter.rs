@@ -56,21 +56,18 @@ impl TestNs {
             N.fetch_add(1, Ordering::Relaxed)
         );
         run("ip", &["netns", "add", &name]);
-        // No IPv6 chatter (router solicitations, DAD) to blur exact packet counts.
-        for k in ["all", "default"] {
-            run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &name,
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
-                ],
-            );
-        }
-        TestNs { name }
+        let ns = TestNs { name };
+        // No IPv6 chatter (router solicitations, DAD) to blur exact packet counts; net
+        // sysctls are per namespace, so write them from a thread inside it.
+        in_netns(&Netns::open(&ns.name).unwrap(), || {
+            for k in ["all", "default"] {
+                std::fs::write(format!("/proc/sys/net/ipv6/conf/{k}/disable_ipv6"), "1")
+                    .unwrap_or_else(|e| panic!("disabling IPv6 ({k}): {e}"));
+            }
+            Ok(())
+        })
+        .unwrap();
+        ns
     }
 }
 
@@ -84,7 +81,8 @@ impl Drop for TestNs {
 
 struct Env {
     node: TestNs,
-    ctr: TestNs,
+    /// Kept for its Drop (deletes the container namespace).
+    _ctr: TestNs,
     node_ns: Netns,
     ctr_ns: Netns,
     /// ifindex of `vh0` in the node namespace.
@@ -181,7 +179,7 @@ impl Env {
         }
         Env {
             node,
-            ctr,
+            _ctr: ctr,
             node_ns,
             ctr_ns,
             host,
@@ -524,5 +522,4 @@ fn errors_say_what_to_do() {
         matches!(&other, Err(TcError::OtherQdisc { kind, .. }) if kind == "ingress"),
         "{other:?}"
     );
-    let _ = &env.ctr;
 }
