@@ -485,6 +485,9 @@ fn errors_say_what_to_do() {
     let (a, _) = env.prog(PROG_TC_INGRESS);
     let host = env.host;
     let (no_clsact, unaddressed, no_dev) = env.tc(|s| {
+        // Without clsact there is nothing to list or delete: not an error.
+        assert_eq!(s.list(host, Dir::Ingress).unwrap(), vec![]);
+        assert!(!s.delete(host, Dir::Egress, 1, 1).unwrap());
         (
             s.add_or_replace_bpf(host, Dir::Ingress, 1, 1, a.as_fd(), "x"),
             s.add_or_replace_bpf(host, Dir::Ingress, 0, 1, a.as_fd(), "x"),
