@@ -3,3 +3,4 @@
 pub mod ethtool;
 pub mod events;
 pub mod netlink;
+pub mod tc_filter;
