@@ -193,6 +193,26 @@ pub struct EndpointRecord {
     pub addrs: [EndpointAddr; MAX_ADDRS],
 }
 
+impl EndpointRecord {
+    /// The anti-spoofing mode its flags say.
+    pub const fn spoof(&self) -> Spoof {
+        Spoof::from_flags(self.flags)
+    }
+
+    /// The mode as `list` shows it: "bridge" for a bridge port (`EP_BRIDGE_PORT`, always tc
+    /// hooks), else [`Mode::name`] ("tc" for any value that is not `xdp`, as the datapath
+    /// treats it).
+    pub const fn mode_name(&self) -> &'static str {
+        if self.flags & EP_BRIDGE_PORT != 0 {
+            "bridge"
+        } else if self.target.mode == Mode::Xdp.as_u32() {
+            Mode::Xdp.name()
+        } else {
+            Mode::Tc.name()
+        }
+    }
+}
+
 impl Default for EndpointRecord {
     fn default() -> Self {
         Self {
@@ -543,6 +563,18 @@ mod tests {
             Spoof::Enforce
         );
         assert_eq!(Spoof::from_flags(EP_CNI | EP_ADOPTED), Spoof::Off);
+    }
+
+    #[test]
+    fn record_helpers_say_what_list_shows() {
+        let mut r = EndpointRecord::default();
+        assert_eq!((r.mode_name(), r.spoof()), ("tc", Spoof::Off));
+        r.target.mode = MODE_XDP;
+        r.flags = EP_SPOOF_AUDIT;
+        assert_eq!((r.mode_name(), r.spoof()), ("xdp", Spoof::Audit));
+        r.target.mode = MODE_TC;
+        r.flags = EP_ADOPTED | EP_BRIDGE_PORT;
+        assert_eq!((r.mode_name(), r.spoof()), ("bridge", Spoof::Off));
     }
 
     #[test]
