@@ -7,6 +7,9 @@
 //! refuses pinned state written by another version instead of misreading it.
 #![cfg_attr(not(test), no_std)]
 
+mod kinds;
+pub use kinds::{Dir, Hook, Mode, Program, Spoof, UnknownName, UnknownValue, Verdict};
+
 /// Version of the layouts below. Stored in [`CONFIG_ABI`] of the config map.
 pub const ABI_VERSION: u32 = 3;
 
@@ -89,46 +92,30 @@ pub const DEFAULT_IDLE_S: u32 = 20;
 /// Default capacity of `VFP_FLOWS` (`--flow-table-size`).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 65_536;
 
-/// Counter directions.
-pub const DIR_FROM_CONTAINER: usize = 0;
-pub const DIR_TO_CONTAINER: usize = 1;
-pub const DIRS: usize = 2;
+/// Counter directions ([`Dir`]).
+pub const DIR_FROM_CONTAINER: usize = Dir::FromContainer.index();
+pub const DIR_TO_CONTAINER: usize = Dir::ToContainer.index();
+pub const DIRS: usize = Dir::ALL.len();
 
-/// Counter verdicts.
-/// Redirected straight to/from a local endpoint by the fast path.
-pub const V_FAST: usize = 0;
-/// Reserved for the uplink fast path (to/from outside the node).
-pub const V_FAST_UPLINK: usize = 1;
-/// Handed to (or delivered by) the kernel stack.
-pub const V_STACK: usize = 2;
-/// Dropped: source address not the endpoint's own (anti-spoofing).
-pub const V_DROP_SPOOF_IP: usize = 3;
-/// Dropped: source MAC not the endpoint's own.
-pub const V_DROP_SPOOF_MAC: usize = 4;
-/// Dropped by policy (isolation).
-pub const V_DROP_POLICY: usize = 5;
-/// Dropped: the redirect helper failed.
-pub const V_DROP_ERROR: usize = 6;
-pub const V_RESERVED: usize = 7;
-pub const VERDICTS: usize = 8;
+/// Counter verdicts ([`Verdict`], which documents each).
+pub const V_FAST: usize = Verdict::Fast.index();
+pub const V_FAST_UPLINK: usize = Verdict::FastUplink.index();
+pub const V_STACK: usize = Verdict::Stack.index();
+pub const V_DROP_SPOOF_IP: usize = Verdict::DropSpoofIp.index();
+pub const V_DROP_SPOOF_MAC: usize = Verdict::DropSpoofMac.index();
+pub const V_DROP_POLICY: usize = Verdict::DropPolicy.index();
+pub const V_DROP_ERROR: usize = Verdict::DropError.index();
+pub const V_RESERVED: usize = Verdict::Reserved.index();
+pub const VERDICTS: usize = Verdict::ALL.len();
 
 /// Human names of the verdicts, indexed by `V_*`.
-pub const VERDICT_NAMES: [&str; VERDICTS] = [
-    "fast",
-    "fast_uplink",
-    "stack",
-    "drop_spoof_ip",
-    "drop_spoof_mac",
-    "drop_policy",
-    "drop_error",
-    "reserved",
-];
+pub const VERDICT_NAMES: [&str; VERDICTS] = Verdict::NAMES;
 /// Human names of the directions, indexed by `DIR_*`.
-pub const DIR_NAMES: [&str; DIRS] = ["from_container", "to_container"];
+pub const DIR_NAMES: [&str; DIRS] = Dir::NAMES;
 
-/// Endpoint modes.
-pub const MODE_TC: u32 = 0;
-pub const MODE_XDP: u32 = 1;
+/// Endpoint modes ([`Mode`]).
+pub const MODE_TC: u32 = Mode::Tc.as_u32();
+pub const MODE_XDP: u32 = Mode::Xdp.as_u32();
 
 /// Where the fast path sends a packet addressed to one endpoint address.
 /// Value of `VFP_EP4` (key `[u8; 4]`, network order) and `VFP_EP6` (key `[u8; 16]`).
@@ -206,6 +193,26 @@ pub struct EndpointRecord {
     pub addrs: [EndpointAddr; MAX_ADDRS],
 }
 
+impl EndpointRecord {
+    /// The anti-spoofing mode its flags say.
+    pub const fn spoof(&self) -> Spoof {
+        Spoof::from_flags(self.flags)
+    }
+
+    /// The mode as `list` shows it: "bridge" for a bridge port (`EP_BRIDGE_PORT`, always tc
+    /// hooks), else [`Mode::name`] ("tc" for any value that is not `xdp`, as the datapath
+    /// treats it).
+    pub const fn mode_name(&self) -> &'static str {
+        if self.flags & EP_BRIDGE_PORT != 0 {
+            "bridge"
+        } else if self.target.mode == Mode::Xdp.as_u32() {
+            Mode::Xdp.name()
+        } else {
+            Mode::Tc.name()
+        }
+    }
+}
+
 impl Default for EndpointRecord {
     fn default() -> Self {
         Self {
@@ -238,6 +245,12 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// The packets and bytes counted in `dir` under `verdict`.
+    #[inline(always)]
+    pub fn get(&self, dir: Dir, verdict: Verdict) -> PacketBytes {
+        self.c[dir.index()][verdict.index()]
+    }
+
     /// Adds `other` into `self` (summing per-CPU values).
     pub fn add(&mut self, other: &Counters) {
         for d in 0..DIRS {
@@ -420,5 +433,159 @@ mod tests {
         assert_eq!(size_of::<FlowState>(), 8 + 8 + 3 * 8);
         assert_eq!(size_of::<FlowStats>(), FLOW_STATS * 8);
         assert_eq!(FLOW_CONFIRMED[0] & (FLOW_PENDING[0] | FLOW_PENDING[1]), 0);
+    }
+
+    /// Every enum: ALL is in index order and complete (indices 0..N, unique), names are unique,
+    /// and index, u32 and name all round-trip.
+    macro_rules! round_trip {
+        ($t:ty) => {{
+            let all = <$t>::ALL;
+            for (i, v) in all.iter().enumerate() {
+                assert_eq!(v.index(), i, "{v:?}: ALL in index order, no gaps");
+                assert_eq!(v.as_u32() as usize, i);
+                assert_eq!(<$t>::from_u32(v.as_u32()), Some(*v));
+                assert_eq!(<$t>::try_from(v.as_u32()), Ok(*v));
+                assert_eq!(<$t>::from_name(v.name()), Some(*v));
+                assert_eq!(v.name().parse::<$t>(), Ok(*v));
+                assert_eq!(<$t>::NAMES[i], v.name());
+                assert_eq!(std::format!("{v}"), v.name());
+                for w in &all[i + 1..] {
+                    assert_ne!(v.name(), w.name(), "names unique");
+                }
+            }
+            let n = all.len() as u32;
+            assert_eq!(<$t>::from_u32(n), None, "nothing past ALL");
+            assert_eq!(<$t>::try_from(n).unwrap_err().value, n);
+            assert_eq!(<$t>::from_name("no-such-name"), None);
+            let err = "no-such-name".parse::<$t>().unwrap_err();
+            assert_eq!(err.valid, &<$t>::NAMES[..]);
+        }};
+    }
+
+    #[test]
+    fn enums_round_trip() {
+        round_trip!(Dir);
+        round_trip!(Verdict);
+        round_trip!(Mode);
+        round_trip!(Spoof);
+        round_trip!(Hook);
+        round_trip!(Program);
+    }
+
+    /// The names and indices veth-user, the JSON output and the pinned maps have always used.
+    #[test]
+    fn enums_keep_the_abi_values_and_names() {
+        assert_eq!(
+            VERDICT_NAMES,
+            [
+                "fast",
+                "fast_uplink",
+                "stack",
+                "drop_spoof_ip",
+                "drop_spoof_mac",
+                "drop_policy",
+                "drop_error",
+                "reserved",
+            ]
+        );
+        assert_eq!(DIR_NAMES, ["from_container", "to_container"]);
+        assert_eq!(
+            (
+                V_FAST,
+                V_FAST_UPLINK,
+                V_STACK,
+                V_DROP_SPOOF_IP,
+                V_DROP_SPOOF_MAC
+            ),
+            (0, 1, 2, 3, 4)
+        );
+        assert_eq!(
+            (V_DROP_POLICY, V_DROP_ERROR, V_RESERVED, VERDICTS),
+            (5, 6, 7, 8)
+        );
+        assert_eq!((DIR_FROM_CONTAINER, DIR_TO_CONTAINER, DIRS), (0, 1, 2));
+        assert_eq!((MODE_TC, MODE_XDP), (0, 1));
+        assert_eq!(Mode::NAMES, ["tc", "xdp"]);
+        assert_eq!(
+            Hook::NAMES,
+            [
+                "tcx-ingress",
+                "tcx-egress",
+                "xdp",
+                "uplink-ingress",
+                "uplink-egress"
+            ]
+        );
+        assert_eq!(
+            Program::NAMES,
+            [
+                "vfp_tc_ingress",
+                "vfp_tc_egress",
+                "vfp_xdp",
+                "vfp_uplink_ingress",
+                "vfp_l2_ingress",
+                "vfp_uplink_egress",
+            ]
+        );
+        assert_eq!(Spoof::NAMES, ["off", "enforce", "audit"]);
+    }
+
+    #[test]
+    fn hooks_and_programs_map_both_ways() {
+        for h in Hook::ALL {
+            assert_eq!(h.program().hook(), h);
+            assert_eq!(h.program_for(false), h.program());
+            assert_eq!(h.program_for(true).hook(), h);
+        }
+        assert_eq!(Hook::TcIngress.program_for(true), Program::L2Ingress);
+        for p in Program::ALL {
+            assert!(
+                p == p.hook().program() || p == p.hook().program_for(true),
+                "{p:?} is reachable from its hook"
+            );
+            assert_eq!(p.is_xdp(), p.hook() == Hook::Xdp);
+        }
+        assert_eq!(
+            Hook::of_endpoint(Mode::Tc),
+            [Hook::TcIngress, Hook::TcEgress]
+        );
+        assert_eq!(Hook::of_endpoint(Mode::Xdp).last(), Some(&Hook::Xdp));
+        assert!(Hook::UPLINK.iter().all(|h| h.name().starts_with("uplink-")));
+    }
+
+    #[test]
+    fn spoof_modes_are_the_record_flags() {
+        for s in Spoof::ALL {
+            assert_eq!(Spoof::from_flags(s.flags()), s);
+        }
+        assert_eq!(
+            Spoof::from_flags(EP_SPOOF_ENFORCE | EP_SPOOF_AUDIT),
+            Spoof::Enforce
+        );
+        assert_eq!(Spoof::from_flags(EP_CNI | EP_ADOPTED), Spoof::Off);
+    }
+
+    #[test]
+    fn record_helpers_say_what_list_shows() {
+        let mut r = EndpointRecord::default();
+        assert_eq!((r.mode_name(), r.spoof()), ("tc", Spoof::Off));
+        r.target.mode = MODE_XDP;
+        r.flags = EP_SPOOF_AUDIT;
+        assert_eq!((r.mode_name(), r.spoof()), ("xdp", Spoof::Audit));
+        r.target.mode = MODE_TC;
+        r.flags = EP_ADOPTED | EP_BRIDGE_PORT;
+        assert_eq!((r.mode_name(), r.spoof()), ("bridge", Spoof::Off));
+    }
+
+    #[test]
+    fn verdict_classes_and_counter_access() {
+        let fast: std::vec::Vec<_> = Verdict::ALL.into_iter().filter(|v| v.is_fast()).collect();
+        assert_eq!(fast, [Verdict::Fast, Verdict::FastUplink]);
+        assert!(!Verdict::Stack.is_drop() && !Verdict::Stack.is_fast());
+        assert!(Verdict::DropSpoofIp.is_drop() && Verdict::DropError.is_drop());
+        let mut c = Counters::default();
+        c.c[DIR_TO_CONTAINER][V_DROP_ERROR].packets = 3;
+        assert_eq!(c.get(Dir::ToContainer, Verdict::DropError).packets, 3);
+        assert_eq!(c.get(Dir::FromContainer, Verdict::DropError).packets, 0);
     }
 }

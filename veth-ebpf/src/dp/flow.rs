@@ -15,25 +15,17 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
-use network_types::{
-    eth::{EthHdr, EtherType},
-    ip::{Ipv4Hdr, Ipv6Hdr},
-};
 use veth_common::{
-    AF_V4, AF_V6, CFG_ADMIT_TCP, CONFIG_IDLE, CONFIG_REVERIFY, DEFAULT_IDLE_S, DEFAULT_REVERIFY_S,
-    FLOW_ADMITTED, FLOW_CONFIRMED, FLOW_PENDING, FS_ADMITTED, FS_CREATED, FS_EXPIRED,
-    FS_INSERT_FAILED, FS_TORN_DOWN, FlowKey, FlowState,
+    AF_V4, AF_V6, CFG_ADMIT_ALWAYS, CFG_ADMIT_TCP, CONFIG_IDLE, CONFIG_REVERIFY, DEFAULT_IDLE_S,
+    DEFAULT_REVERIFY_S, FLOW_ADMITTED, FLOW_CONFIRMED, FLOW_PENDING, FS_ADMITTED, FS_CREATED,
+    FS_EXPIRED, FS_INSERT_FAILED, FS_TORN_DOWN, FlowKey, FlowState,
 };
 
-use crate::{
+use crate::dp::{
     maps::{VFP_CONFIG, VFP_FLOW_STATS, VFP_FLOWS},
-    route::ptr_at,
+    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3, Packet},
 };
 
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ICMPV6: u8 = 58;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -51,16 +43,16 @@ pub struct Flow {
     pub close: bool,
 }
 
-/// The flow of the IP frame in `[data, data_end)`, if admission tracks it: TCP (with
-/// `CFG_ADMIT_TCP`), UDP, ICMP/ICMPv6 echo; not fragments, IPv6 extension headers, ICMP errors
-/// or anything else (those always take the kernel path under admission `netfilter`).
+/// The flow of the parsed packet, if admission tracks it: TCP (with `CFG_ADMIT_TCP`), UDP,
+/// ICMP/ICMPv6 echo; not fragments, IPv6 extension headers, ICMP errors or anything else (those
+/// always take the kernel path under admission `netfilter`).
 #[inline(always)]
-pub fn parse(data: usize, data_end: usize, network: u32, cfg: u32) -> Option<Flow> {
+pub fn parse(p: &Packet, network: u32, cfg: u32) -> Option<Flow> {
     // Not `..Default::default()`: the BPF target lowers zeroing a 44-byte struct to a call of
     // a byte-at-a-time memset loop (~40 ns per packet measured); `parse_into` writes every
     // byte of the key itself, with word stores.
     let mut f = core::mem::MaybeUninit::<Flow>::uninit();
-    if parse_into(f.as_mut_ptr(), data, data_end, network, cfg) {
+    if parse_into(f.as_mut_ptr(), p, network, cfg) {
         // SAFETY: parse_into initialized every field when it returns true.
         Some(unsafe { f.assume_init() })
     } else {
@@ -68,11 +60,27 @@ pub fn parse(data: usize, data_end: usize, network: u32, cfg: u32) -> Option<Flo
     }
 }
 
-/// A BPF subprogram of its own (not inlined): keeps the callers' stack frames small.
+/// Admission (see the module doc): may this fast-path candidate, whose kernel path would
+/// leave on `egress_ifindex`, take the fast path? Always under `CFG_ADMIT_ALWAYS`; under
+/// `netfilter` only a tracked, admitted flow (untracked protocols always take the kernel path).
+#[inline(always)]
+pub fn admit_packet(p: &Packet, network: u32, egress_ifindex: u32, cfg: u32) -> bool {
+    if cfg & CFG_ADMIT_ALWAYS != 0 {
+        return true;
+    }
+    match parse(p, network, cfg) {
+        Some(f) => admit(&f, egress_ifindex),
+        None => false,
+    }
+}
+
+/// A BPF subprogram of its own (not inlined): keeps the callers' stack frames small. It reads
+/// the packet's headers through `p` (a pointer into the caller's stack, which the verifier
+/// follows, bounds included).
 #[inline(never)]
-fn parse_into(f: *mut Flow, data: usize, data_end: usize, network: u32, cfg: u32) -> bool {
+fn parse_into(f: *mut Flow, p: &Packet, network: u32, cfg: u32) -> bool {
     // SAFETY: `f` is valid for writes; parse_inner initializes it completely or fails.
-    unsafe { parse_inner(f, data, data_end, network, cfg).is_some() }
+    unsafe { parse_inner(f, p, network, cfg).is_some() }
 }
 
 /// An IP address as four words, each as loaded from the packet (network byte order).
@@ -118,76 +126,69 @@ unsafe fn put_addr(dst: *mut [u8; 16], w: &Words) {
 /// packet and written in canonical order once (a byte-wise swap of a written key, and
 /// zeroing it first, cost ~40 ns per packet as the BPF target compiles them).
 #[inline(always)]
-unsafe fn parse_inner(
-    f: *mut Flow,
-    data: usize,
-    data_end: usize,
-    network: u32,
-    cfg: u32,
-) -> Option<()> {
-    let eth: *const EthHdr = ptr_at(data, data_end, 0)?;
-    let (family, proto, src, dst, l4off);
-    // SAFETY: every packet pointer below is bounds-checked by ptr_at.
+unsafe fn parse_inner(f: *mut Flow, p: &Packet, network: u32, cfg: u32) -> Option<()> {
+    let (family, proto, src, dst);
+    // SAFETY: every packet pointer was bounds-checked by `parse`.
     unsafe {
-        let et = (*eth).ether_type;
-        if et == EtherType::Ipv4 as u16 {
-            let ip: *const Ipv4Hdr = ptr_at(data, data_end, EthHdr::LEN)?;
-            // Options or fragments (MF set or an offset): the kernel's.
-            if (*ip).vihl != 0x45 || u16::from_be_bytes((*ip).frags) & 0x3fff != 0 {
-                return None;
+        match p.l3() {
+            L3::V4(ip) => {
+                // Options or fragments (MF set or an offset): the kernel's. (With options
+                // `parse` found no L4 either.)
+                if (*ip).vihl != 0x45 || u16::from_be_bytes((*ip).frags) & 0x3fff != 0 {
+                    return None;
+                }
+                family = AF_V4;
+                proto = (*ip).proto;
+                src = [word((&raw const (*ip).src_addr).cast()), 0, 0, 0];
+                dst = [word((&raw const (*ip).dst_addr).cast()), 0, 0, 0];
             }
-            family = AF_V4;
-            proto = (*ip).proto;
-            src = [word((&raw const (*ip).src_addr).cast()), 0, 0, 0];
-            dst = [word((&raw const (*ip).dst_addr).cast()), 0, 0, 0];
-            l4off = EthHdr::LEN + Ipv4Hdr::LEN;
-        } else if et == EtherType::Ipv6 as u16 {
-            let ip: *const Ipv6Hdr = ptr_at(data, data_end, EthHdr::LEN)?;
-            family = AF_V6;
-            proto = (*ip).next_hdr; // extension headers fall out below
-            src = v6_words(&raw const (*ip).src_addr);
-            dst = v6_words(&raw const (*ip).dst_addr);
-            l4off = EthHdr::LEN + Ipv6Hdr::LEN;
-        } else {
-            return None;
+            L3::V6(ip) => {
+                family = AF_V6;
+                proto = (*ip).next_hdr; // extension headers: no L4 below
+                src = v6_words(&raw const (*ip).src_addr);
+                dst = v6_words(&raw const (*ip).dst_addr);
+            }
+            L3::Arp(_) | L3::Other => return None,
         }
     }
-    let h: *const [u8; 8] = ptr_at(data, data_end, l4off)?;
-    // SAFETY: bounds-checked.
-    let h = unsafe { &*h };
     let (sport, dport, ctl, close);
-    match proto {
-        IPPROTO_TCP => {
-            if cfg & CFG_ADMIT_TCP == 0 {
-                return None;
+    // SAFETY: the L4 pointers were bounds-checked by `parse` for their sizes.
+    unsafe {
+        match proto {
+            IPPROTO_TCP => {
+                if cfg & CFG_ADMIT_TCP == 0 {
+                    return None;
+                }
+                let t = p.tcp?.as_ptr();
+                let bits = (*t)[13];
+                ctl = bits & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
+                close = bits & (TCP_FIN | TCP_RST) != 0;
+                sport = u16::from_ne_bytes([(*t)[0], (*t)[1]]);
+                dport = u16::from_ne_bytes([(*t)[2], (*t)[3]]);
             }
-            let t: *const [u8; 20] = ptr_at(data, data_end, l4off)?;
-            // SAFETY: bounds-checked.
-            let bits = unsafe { (*t)[13] };
-            ctl = bits & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
-            close = bits & (TCP_FIN | TCP_RST) != 0;
-            sport = u16::from_ne_bytes([h[0], h[1]]);
-            dport = u16::from_ne_bytes([h[2], h[3]]);
-        }
-        IPPROTO_UDP => {
-            (ctl, close) = (false, false);
-            sport = u16::from_ne_bytes([h[0], h[1]]);
-            dport = u16::from_ne_bytes([h[2], h[3]]);
-        }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let echo = if proto == IPPROTO_ICMP {
-                (h[0] == 8 || h[0] == 0) && family == AF_V4
-            } else {
-                (h[0] == 128 || h[0] == 129) && family == AF_V6
-            };
-            if !echo {
-                return None; // errors, ND, router messages: the kernel's
+            IPPROTO_UDP => {
+                let h = p.l4?.as_ptr();
+                (ctl, close) = (false, false);
+                sport = u16::from_ne_bytes([(*h)[0], (*h)[1]]);
+                dport = u16::from_ne_bytes([(*h)[2], (*h)[3]]);
             }
-            (ctl, close) = (false, false);
-            sport = u16::from_ne_bytes([h[4], h[5]]);
-            dport = sport;
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+                let h = p.l4?.as_ptr();
+                let ty = (*h)[0];
+                let echo = if proto == IPPROTO_ICMP {
+                    (ty == 8 || ty == 0) && family == AF_V4
+                } else {
+                    (ty == 128 || ty == 129) && family == AF_V6
+                };
+                if !echo {
+                    return None; // errors, ND, router messages: the kernel's
+                }
+                (ctl, close) = (false, false);
+                sport = u16::from_ne_bytes([(*h)[4], (*h)[5]]);
+                dport = sport;
+            }
+            _ => return None,
         }
-        _ => return None,
     }
     let fwd = lower(&src, sport, &dst, dport);
     let (lo, hi, plo, phi) = if fwd {

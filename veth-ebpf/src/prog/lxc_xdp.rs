@@ -10,21 +10,27 @@
 //! host end sees it next and counts it (or fast-paths it). Spoofed frames under enforcement are
 //! dropped and counted here, since TC never sees them. So each frame is counted exactly once,
 //! by whichever hook decided it.
+//!
+//! The devmap is not looked up first: `bpf_redirect_map` is asked with `XDP_PASS` as its
+//! failure action, *before* the frame is rewritten. The helper only looks the entry up and
+//! records the target (the frame is sent after the program returns), so with an entry the
+//! program then rewrites the frame, counts it and returns `XDP_REDIRECT`; without one (an
+//! endpoint whose devmap entry is missing or not yet there) it returns `XDP_PASS` with the
+//! frame untouched and uncounted, and tcx ingress decides and counts it.
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use veth_common::{
-    CFG_ADMIT_ALWAYS, CFG_FASTPATH_OFF, DIR_FROM_CONTAINER, DIR_TO_CONTAINER, EP_SPOOF_ENFORCE,
-    V_DROP_ERROR, V_FAST,
-};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use veth_common::{CFG_ADMIT_ALWAYS, CFG_FASTPATH_OFF, Dir, EP_SPOOF_ENFORCE, Verdict};
 
-use crate::{
+use crate::dp::{
+    count::count,
     deliver, flow,
-    maps::{VFP_DEVMAP, VFP_ENDPOINTS, config_flags, count},
-    route, spoof,
+    maps::{VFP_DEVMAP, VFP_ENDPOINTS, config_flags},
+    parse::parse,
+    router, spoof,
 };
 
-#[xdp]
-pub fn vfp_xdp(ctx: XdpContext) -> u32 {
+#[inline(always)]
+pub fn xdp(ctx: &XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let len = (data_end - data) as u32;
@@ -36,50 +42,50 @@ pub fn vfp_xdp(ctx: XdpContext) -> u32 {
         let t = &(*src).target;
         ((*src).flags, t.network, t.host_mac, t.slot)
     };
+    let Some(pkt) = parse(data, data_end, len) else {
+        return xdp_action::XDP_PASS;
+    };
     if flags & EP_SPOOF_ENFORCE != 0
-        && let Some(reason) = spoof::check(data, data_end, src)
+        && let Some(reason) = spoof::check(&pkt, src)
     {
-        count(slot, DIR_FROM_CONTAINER, reason, len);
+        count(slot, Dir::FromContainer, reason, len);
         return xdp_action::XDP_DROP;
     }
     let cfg = config_flags();
     if cfg & CFG_FASTPATH_OFF != 0 {
         return xdp_action::XDP_PASS;
     }
-    let Some(hop) = route::lookup(data, data_end, ifindex) else {
+    let Some(r) = router::check(&pkt) else {
         return xdp_action::XDP_PASS;
     };
-    let t = hop.target;
+    let Some(t) = r.local_target() else {
+        return xdp_action::XDP_PASS;
+    };
     // Only frames addressed to this host end (the container's gateway) are routed; the kernel
     // would drop anything else as PACKET_OTHERHOST (TC checks skb->pkt_type; XDP the MAC).
     // Over the MTU: the TC hook and then the stack decide (fragment / ICMP).
-    // SAFETY: the Ethernet header was bounds-checked by `lookup`.
-    let dst_mac = unsafe { (*hop.pkt.eth).dst_addr };
-    if dst_mac != own_mac
+    if t.ifindex == ifindex
+        || r.dst_mac() != own_mac
         || t.network != network
-        || hop.pkt.l3_len() > t.mtu
-        || VFP_DEVMAP.get_ifindex(t.ifindex).is_none()
+        || r.l3_len() > t.mtu
         || !deliver::same_endpoint(&t)
     {
         return xdp_action::XDP_PASS;
     }
     // Netfilter admission: look up only; tcx ingress notes and counts everything else.
     if cfg & CFG_ADMIT_ALWAYS == 0
-        && !flow::parse(data, data_end, network, cfg).is_some_and(|f| flow::admitted(&f))
+        && !flow::parse(&pkt, network, cfg).is_some_and(|f| flow::admitted(&f))
     {
         return xdp_action::XDP_PASS;
     }
-    hop.pkt.rewrite(t.container_mac, t.host_mac);
-    match VFP_DEVMAP.redirect(t.ifindex, 0) {
+    match VFP_DEVMAP.redirect(t.ifindex, xdp_action::XDP_PASS as u64) {
         Ok(action) => {
-            count(slot, DIR_FROM_CONTAINER, V_FAST, len);
-            count(t.slot, DIR_TO_CONTAINER, V_FAST, len);
+            r.rewrite(t.container_mac, t.host_mac);
+            count(slot, Dir::FromContainer, Verdict::Fast, len);
+            count(t.slot, Dir::ToContainer, Verdict::Fast, len);
             action
         }
-        // Only if the entry vanished since the lookup above; the frame is already rewritten.
-        Err(_) => {
-            count(slot, DIR_FROM_CONTAINER, V_DROP_ERROR, len);
-            xdp_action::XDP_DROP
-        }
+        // No devmap entry for the target: the frame is as the container sent it.
+        Err(action) => action,
     }
 }

@@ -71,18 +71,3 @@ pub fn config_flags() -> u32 {
         None => 0,
     }
 }
-
-/// Adds one packet of `bytes` to the counters in `slot`. `dir` and `verdict` are constants at
-/// every call site, so the indexing compiles to fixed offsets; the per-CPU array lookup is
-/// inlined by the verifier (no helper call).
-#[inline(always)]
-pub fn count(slot: u32, dir: usize, verdict: usize, bytes: u32) {
-    if let Some(c) = VFP_COUNTERS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU value; programs on one CPU do not nest (softirq or BH disabled).
-        unsafe {
-            let pb = &mut (*c).c[dir][verdict];
-            pb.packets += 1;
-            pb.bytes += bytes as u64;
-        }
-    }
-}
