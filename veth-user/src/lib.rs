@@ -16,7 +16,8 @@
 //! let ep = reg.add(&req)?;
 //! println!("{} has ifindex {}", ep.host_if, ep.host_ifindex);
 //! for s in reg.stats(Some("vfa0"))? {
-//!     println!("{}: {}", s.host_if, serde_json::to_string(&s)?);
+//!     let fast = s.counters.get(vethfp::Dir::FromContainer, vethfp::Verdict::Fast);
+//!     println!("{}: {} packets, {} bytes fast from the container", s.host_if, fast.packets, fast.bytes);
 //! }
 //! reg.del("vfa0")?;
 //! # Ok(()) }
@@ -45,4 +46,5 @@ pub use registry::{
 };
 pub use sys::netlink::NetlinkError;
 pub use types::{Cidr, IfName, Mac, Mode, ParseError, Spoof};
-pub use veth_common::{Counters, PacketBytes};
+/// Per-endpoint counters (`counters.get(Dir::FromContainer, Verdict::Fast)`), from the map ABI.
+pub use veth_common::{Counters, Dir, PacketBytes, Verdict};

@@ -19,6 +19,8 @@ pub fn test() -> Result<()> {
         "warnings",
     ]))
     .context("clippy found problems: fix them (see above)")?;
+    step("public API of the vethfp library against veth-user/public-api.txt");
+    crate::public_api::public_api(false)?;
     step("cargo build --workspace --bins");
     run(cargo_cmd().args(["build", "--workspace", "--bins"]))?;
     let bin = target_dir()?.join("debug").join("vethfp");
