@@ -196,6 +196,59 @@ impl StateLock {
     }
 }
 
+/// Operations in flight: every writer holds `DIR/ops` shared for its whole life, including
+/// the kernel work it does between its short, exclusive map updates (the state lock is not
+/// held meanwhile, so concurrent CNI ADDs overlap their netlink work). Journal recovery needs
+/// it exclusive: an intent it sees then belongs to an operation that is no longer running,
+/// never to one that is still working.
+pub struct OpsLock {
+    _fd: OwnedFd,
+}
+
+/// The subdirectory whose flock is the [`OpsLock`].
+pub const OPS_DIR: &str = "ops";
+
+impl OpsLock {
+    fn open(dir: &Path) -> Result<OwnedFd> {
+        let path = dir.join(OPS_DIR);
+        match fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(format!("creating {}", path.display()))(e)),
+        }
+        let f = fs::File::open(&path).map_err(io(format!("opening {}", path.display())))?;
+        Ok(f.into())
+    }
+
+    fn flock(dir: &Path, fd: &OwnedFd, op: libc::c_int) -> Result<bool> {
+        // SAFETY: valid fd.
+        if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(false);
+        }
+        Err(DatapathError::Io {
+            what: format!("locking {}/{OPS_DIR}", dir.display()),
+            source: e,
+        })
+    }
+
+    /// Held by a writer for its lifetime.
+    pub fn shared(dir: &Path) -> Result<OpsLock> {
+        let fd = Self::open(dir)?;
+        Self::flock(dir, &fd, libc::LOCK_SH)?;
+        Ok(OpsLock { _fd: fd })
+    }
+
+    /// Some if no operation is in flight (then none can start while it is held).
+    pub fn try_exclusive(dir: &Path) -> Result<Option<OpsLock>> {
+        let fd = Self::open(dir)?;
+        Ok(Self::flock(dir, &fd, libc::LOCK_EX | libc::LOCK_NB)?.then_some(OpsLock { _fd: fd }))
+    }
+}
+
 /// FNV-1a of the embedded object: names the pinned programs of this build. Computed once per
 /// process (the object is megabytes; the agent asks for every link it checks).
 pub fn object_hash() -> u64 {

@@ -24,7 +24,9 @@ use veth_common::{
 };
 
 use crate::{
-    datapath::{Datapath, DatapathError, StateLock, current_netns_cookie, prepare_bpffs},
+    datapath::{
+        Datapath, DatapathError, OpsLock, StateLock, current_netns_cookie, prepare_bpffs,
+    },
     sys::netlink::{self, NetlinkError, Netns, VethRequest},
     types::{Cidr, IfName, Mac, Mode, Spoof},
 };
@@ -497,6 +499,13 @@ impl EndpointView {
     }
 }
 
+/// What the kernel part of `add` made.
+struct Made {
+    host_ifindex: u32,
+    container_mac: Mac,
+    mtu: u32,
+}
+
 /// Something `add` created, undone in reverse order if a later step fails.
 enum Undo {
     Link(u32),
@@ -529,7 +538,12 @@ impl Default for OpenOptions {
 /// The registry over the pinned state in one bpffs directory.
 pub struct Registry {
     dp: Datapath,
-    _lock: Option<StateLock>,
+    /// The state lock (exclusive), held except while an operation does kernel work (see
+    /// [`Registry::unlocked`]); None when opened for reading, or for the agent, which locks
+    /// per operation itself.
+    lock: Option<StateLock>,
+    /// Shared for a writer's lifetime: journal recovery waits until no operation is in flight.
+    _ops: Option<OpsLock>,
 }
 
 impl Registry {
@@ -549,12 +563,16 @@ impl Registry {
         crate::registry::flows::sync_tcp(&mut dp)?;
         let mut reg = Registry {
             dp,
-            _lock: Some(lock),
+            lock: Some(lock),
+            _ops: None,
         };
         reg.bind(true)?;
         for (name, what) in reg.recover()? {
             log::warn!("{name}: {what}");
         }
+        // From here on this process is an operation in flight: nobody recovers its intents.
+        // Never blocks: whoever holds it exclusively holds the state lock too, and we do.
+        reg._ops = Some(OpsLock::shared(dir)?);
         Ok(reg)
     }
 
@@ -562,7 +580,11 @@ impl Registry {
     /// writers. Each map read is atomic per entry.
     pub fn open_read(dir: &Path) -> Result<Registry> {
         let dp = Datapath::open(dir)?;
-        let mut reg = Registry { dp, _lock: None };
+        let mut reg = Registry {
+            dp,
+            lock: None,
+            _ops: None,
+        };
         reg.bind(false)?;
         Ok(reg)
     }
@@ -702,6 +724,11 @@ impl Registry {
     ///
     /// Returns (host name, what was done).
     pub(crate) fn recover(&mut self) -> Result<Vec<(String, String)>> {
+        // Operations in flight (other processes between their locked steps) own their
+        // intents: recover only when none is running; the next writer retries.
+        let Some(_quiet) = OpsLock::try_exclusive(self.dp.dir())? else {
+            return Ok(Vec::new());
+        };
         let entries: Vec<([u8; NAME_LEN], Intent)> = self
             .dp
             .journal()?
@@ -914,6 +941,19 @@ impl Registry {
         &mut self.dp
     }
 
+    /// Runs `f` without the state lock (kernel work: veth create and delete, addresses,
+    /// routes), then takes the lock again. The operation's journal intent, written under the
+    /// lock before, marks what `f` creates as ours; the ops lock keeps recovery away from it.
+    /// A registry opened without the lock just runs `f`.
+    fn unlocked<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Result<T> {
+        let held = self.lock.take().is_some();
+        let r = f(self);
+        if held {
+            self.lock = Some(StateLock::acquire(self.dp.dir())?);
+        }
+        Ok(r)
+    }
+
     fn records(&mut self) -> Result<Vec<EndpointRecord>> {
         let map = self.dp.endpoints()?;
         let mut out = Vec::new();
@@ -1050,7 +1090,12 @@ impl Registry {
         let name = req.host.as_str();
         self.intend(INTENT_ADD, name, host_mac, 0, ns.ino())?;
         let mut undo = Vec::new();
-        let r = self.add_steps(req, &ns, host_mac, &mut undo);
+        // The kernel work runs unlocked (concurrent ADDs overlap it); the map updates that
+        // make the endpoint visible are done under the lock again.
+        let made = self
+            .unlocked(|me| me.add_kernel(req, &ns, host_mac, &mut undo))
+            .and_then(|r| r);
+        let r = made.and_then(|k| self.add_register(req, &ns, host_mac, k, &mut undo));
         if r.is_err() {
             self.rollback(undo);
             // A rollback that could not delete the link keeps the intent: the next write
@@ -1067,13 +1112,14 @@ impl Registry {
         r
     }
 
-    fn add_steps(
+    /// The kernel part of `add`: the pair, the container's and the node's configuration.
+    fn add_kernel(
         &mut self,
         req: &AddRequest,
         ns: &Netns,
         host_mac: Mac,
         undo: &mut Vec<Undo>,
-    ) -> Result<EndpointView> {
+    ) -> Result<Made> {
         let container_mac = req.mac.unwrap_or_else(Mac::random);
         let host_ifindex = netlink::create_veth(&VethRequest {
             host_name: req.host.as_str(),
@@ -1096,7 +1142,29 @@ impl Registry {
                 .map(|l| l.mtu)
                 .unwrap_or(1500),
         };
+        Ok(Made {
+            host_ifindex,
+            container_mac,
+            mtu,
+        })
+    }
 
+    /// The map part of `add` (under the lock): record, counters, links, devmap, addresses.
+    fn add_register(
+        &mut self,
+        req: &AddRequest,
+        ns: &Netns,
+        host_mac: Mac,
+        made: Made,
+        undo: &mut Vec<Undo>,
+    ) -> Result<EndpointView> {
+        let Made {
+            host_ifindex,
+            container_mac,
+            mtu,
+        } = made;
+        // Another operation may have published one of these addresses meanwhile.
+        self.check_addrs(&req.addrs)?;
         let target = Target {
             ifindex: host_ifindex,
             mtu,
@@ -1339,7 +1407,8 @@ impl Registry {
             rec.target.ifindex,
             rec.netns_ino,
         )?;
-        self.remove_record(&rec)?;
+        // The veth delete (~20 ms, an RCU grace period) runs without the state lock.
+        self.remove_record_with(&rec, true)?;
         self.done(name);
         Ok(())
     }
@@ -1357,6 +1426,13 @@ impl Registry {
     }
 
     fn remove_record(&mut self, rec: &EndpointRecord) -> Result<()> {
+        self.remove_record_with(rec, false)
+    }
+
+    /// Removes the endpoint: addresses out of the fast path first, links, flows, the pair
+    /// (with `unlock`: without holding the state lock; the record, and with it the counter
+    /// slot and the ifindex, stays reserved until the pair is gone), then its records.
+    fn remove_record_with(&mut self, rec: &EndpointRecord, unlock: bool) -> Result<()> {
         let name = get_str(&rec.host_name);
         let name = name.as_str();
         let ifindex = rec.target.ifindex;
@@ -1384,7 +1460,11 @@ impl Registry {
             && link.name == name
             && link.mac.is_some_and(|m| m.0 == rec.target.host_mac)
         {
-            netlink::delete_link(ifindex)?;
+            if unlock {
+                self.unlocked(|_| netlink::delete_link(ifindex))??;
+            } else {
+                netlink::delete_link(ifindex)?;
+            }
         }
         let _ = self.dp.cni_owners()?.remove(&ifindex);
         let _ = self.dp.endpoints()?.remove(&ifindex);

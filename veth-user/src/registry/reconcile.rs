@@ -228,7 +228,7 @@ impl Registry {
             }
         }
         let dir = self.datapath().dir().to_path_buf();
-        for sub in ["links", "progs", "bridges"] {
+        for sub in ["links", "progs", "bridges", crate::datapath::OPS_DIR] {
             let _ = fs::remove_dir_all(dir.join(sub));
         }
         for m in veth_common::MAPS {
