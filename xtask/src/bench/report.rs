@@ -1,6 +1,6 @@
 //! Bench output: markdown table, JSON, and an SVG chart written by hand (no fonts, no deps).
 
-use super::control::CpResult;
+use super::control::ControlPlane;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -178,7 +178,8 @@ pub struct Report {
     pub quick: bool,
     pub topologies: Vec<TopoResult>,
     pub skipped: BTreeMap<String, String>,
-    pub control_plane: Vec<CpResult>,
+    /// None when left out with `--only`.
+    pub control_plane: Option<ControlPlane>,
 }
 
 fn num(v: f64) -> String {
@@ -215,6 +216,22 @@ impl Report {
             },
             m.unix_time
         );
+        if !self.topologies.is_empty() {
+            self.datapath_markdown(&mut s);
+        }
+        if let Some(cp) = &self.control_plane {
+            control_markdown(cp, &mut s);
+        }
+        if !self.skipped.is_empty() {
+            let _ = writeln!(s, "\n## Skipped\n");
+            for (k, why) in &self.skipped {
+                let _ = writeln!(s, "- {k}: {why}");
+            }
+        }
+        s
+    }
+
+    fn datapath_markdown(&self, s: &mut String) {
         let _ = writeln!(s, "## Data path: medians\n");
         let _ = write!(s, "| metric |");
         for t in &self.topologies {
@@ -279,65 +296,6 @@ impl Report {
                 );
             }
         }
-        if !self.control_plane.is_empty() {
-            let _ = writeln!(s, "\n## Control plane\n");
-            let _ = writeln!(
-                s,
-                "Wall time per endpoint of sequential calls (one process per call).\n"
-            );
-            let _ = writeln!(
-                s,
-                "| implementation | endpoints | add (ms/endpoint) | del (ms/endpoint) |"
-            );
-            let _ = writeln!(s, "|---|---:|---:|---:|");
-            for c in &self.control_plane {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} |",
-                    c.implementation,
-                    c.endpoints,
-                    num(c.add_ms_per_endpoint),
-                    num(c.del_ms_per_endpoint)
-                );
-            }
-            let lat: Vec<&CpResult> = self
-                .control_plane
-                .iter()
-                .filter(|c| c.latency_n.is_some())
-                .collect();
-            if !lat.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "\n### UDP ping-pong between two endpoints, 2 vs N installed (µs, RTT/2)\n"
-                );
-                let _ = writeln!(
-                    s,
-                    "| implementation | N | 2 installed: median / p99 | N installed: median / p99 |"
-                );
-                let _ = writeln!(s, "|---|---:|---:|---:|");
-                for c in lat {
-                    let f = |x: Option<(f64, f64)>| {
-                        x.map(|(a, b)| format!("{} / {}", num(a), num(b)))
-                            .unwrap_or_else(|| "–".into())
-                    };
-                    let _ = writeln!(
-                        s,
-                        "| {} | {} | {} | {} |",
-                        c.implementation,
-                        c.endpoints,
-                        f(c.latency_2),
-                        f(c.latency_n)
-                    );
-                }
-            }
-        }
-        if !self.skipped.is_empty() {
-            let _ = writeln!(s, "\n## Skipped\n");
-            for (k, why) in &self.skipped {
-                let _ = writeln!(s, "- {k}: {why}");
-            }
-        }
-        s
     }
 
     /// Three bar panels: latency medians, TCP throughput, small-packet UDP rate.
@@ -461,6 +419,108 @@ impl Report {
         }
         s.push_str("</svg>\n");
         s
+    }
+}
+
+/// The control-plane section: the issue-13 table first, then every figure behind it.
+fn control_markdown(cp: &ControlPlane, s: &mut String) {
+    let sizes: Vec<String> = cp.endpoints.iter().map(|n| n.to_string()).collect();
+    let _ = writeln!(s, "\n## Control plane (issue 13 §1)\n");
+    let _ = writeln!(
+        s,
+        "One process per call, each implementation in a node namespace of its own (forwarding \
+         off; vethfp runs `admission always` after the first add, untimed): `vethfp pair \
+         add/del` (CLI), the `vethfp` binary as a standalone CNI plugin (`vethfp-cni`, \
+         host-local IPAM) and the reference CNI `ptp` plugin (`cni-ptp`, host-local IPAM), \
+         interleaved, {} round(s). Sequential: N = {} endpoints added one after the other, \
+         then deleted; ms/endpoint is the median over every endpoint of every round, totals the \
+         median over rounds. Bursts: {} processes started together (as a runtime's concurrent \
+         CNI ADDs arrive), wall time until the last exits, median over rounds. Ratio = vethfp / \
+         ptp; targets from issue 13 (a report, not a test).\n",
+        cp.rounds,
+        sizes.join(", "),
+        cp.burst_processes
+    );
+    if !cp.targets.is_empty() {
+        let _ = writeln!(s, "| measurement | vethfp | ptp | ratio | target | |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---|");
+        for t in &cp.targets {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.2}× | {} | {} |",
+                t.measurement,
+                num(t.vethfp),
+                num(t.ptp),
+                t.ratio,
+                t.target
+                    .map(|x| format!("≤ {x:.1}×"))
+                    .unwrap_or_else(|| "–".into()),
+                t.verdict.as_deref().unwrap_or("")
+            );
+        }
+    }
+    let range = |st: &Stat| format!("{} ({}–{})", num(st.median), num(st.min), num(st.max));
+    let _ = writeln!(
+        s,
+        "\n### Sequential add/del: median (min–max)\n\n\
+         | implementation | endpoints | add ms/endpoint | del ms/endpoint | add total ms | del total ms |\n\
+         |---|---:|---:|---:|---:|---:|"
+    );
+    for c in &cp.sequential {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            c.implementation,
+            c.endpoints,
+            range(&c.add_ms_per_endpoint),
+            range(&c.del_ms_per_endpoint),
+            range(&c.add_total_ms),
+            range(&c.del_total_ms)
+        );
+    }
+    if !cp.bursts.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### Bursts of concurrent processes: wall ms, median (min–max)\n\n\
+             | implementation | processes | adds | dels |\n|---|---:|---:|---:|"
+        );
+        for b in &cp.bursts {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                b.implementation,
+                b.processes,
+                range(&b.add_wall_ms),
+                range(&b.del_wall_ms)
+            );
+        }
+    }
+    let lat: Vec<_> = cp
+        .sequential
+        .iter()
+        .filter(|c| c.latency_n.is_some())
+        .collect();
+    if !lat.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### UDP ping-pong between two endpoints, 2 vs N installed (µs, RTT/2)\n\n\
+             | implementation | N | 2 installed: median / p99 | N installed: median / p99 |\n\
+             |---|---:|---:|---:|"
+        );
+        for c in lat {
+            let f = |x: Option<(f64, f64)>| {
+                x.map(|(a, b)| format!("{} / {}", num(a), num(b)))
+                    .unwrap_or_else(|| "–".into())
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                c.implementation,
+                c.endpoints,
+                f(c.latency_2),
+                f(c.latency_n)
+            );
+        }
     }
 }
 
