@@ -127,6 +127,8 @@ pub struct BurstResult {
 /// One line of the issue-13 table: a vethfp figure against ptp's.
 #[derive(Serialize, Clone)]
 pub struct Target {
+    /// Short label (the chart's).
+    pub key: String,
     pub measurement: String,
     pub vethfp_impl: String,
     pub vethfp: f64,
@@ -596,18 +598,20 @@ fn targets(cp: &ControlPlane) -> Vec<Target> {
         return out;
     };
     let ptp_b = burst(Kind::Ptp.name());
-    for (kind, add, del) in [
-        (Kind::Vethfp, "`pair add`", "`pair del`"),
+    for (kind, short, add, del) in [
+        (Kind::Vethfp, "pair", "`pair add`", "`pair del`"),
         (
             Kind::VethfpCni,
+            "CNI",
             "CNI ADD (vethfp plugin)",
             "CNI DEL (vethfp plugin)",
         ),
     ] {
         let Some(v) = seq(kind.name()) else { continue };
-        let mut row = |m: String, ours: f64, theirs: f64, target: Option<f64>| {
+        let mut row = |key: String, m: String, ours: f64, theirs: f64, target: Option<f64>| {
             let ratio = ours / theirs;
             out.push(Target {
+                key: format!("{short} {key}"),
                 measurement: m,
                 vethfp_impl: kind.name().into(),
                 vethfp: ours,
@@ -618,24 +622,28 @@ fn targets(cp: &ControlPlane) -> Vec<Target> {
             });
         };
         row(
+            "add, sequential".into(),
             format!("{add}, sequential, ms/endpoint (median, N={n})"),
             v.add_ms_per_endpoint.median,
             ptp.add_ms_per_endpoint.median,
             Some(ADD_TARGET),
         );
         row(
+            "del, sequential".into(),
             format!("{del}, sequential, ms/endpoint (median, N={n})"),
             v.del_ms_per_endpoint.median,
             ptp.del_ms_per_endpoint.median,
             Some(DEL_TARGET),
         );
         row(
+            format!("add, total of {n}"),
             format!("{add}, total for {n} endpoints, ms"),
             v.add_total_ms.median,
             ptp.add_total_ms.median,
             None,
         );
         row(
+            format!("del, total of {n}"),
             format!("{del}, total for {n} endpoints, ms"),
             v.del_total_ms.median,
             ptp.del_total_ms.median,
@@ -643,12 +651,14 @@ fn targets(cp: &ControlPlane) -> Vec<Target> {
         );
         if let (Some(vb), Some(pb)) = (burst(kind.name()), ptp_b) {
             row(
+                format!("add, {b} concurrent"),
                 format!("{b} concurrent {add}, wall ms"),
                 vb.add_wall_ms.median,
                 pb.add_wall_ms.median,
                 Some(BURST_TARGET),
             );
             row(
+                format!("del, {b} concurrent"),
                 format!("{b} concurrent {del}, wall ms"),
                 vb.del_wall_ms.median,
                 pb.del_wall_ms.median,
@@ -670,4 +680,76 @@ fn measure(cs: &[Netns], ips: &[String], secs: u32) -> Result<(f64, f64)> {
     ]))?;
     wait_listening(&cs[1], "-lun", SOCKPERF_UDP_PORT)?;
     pingpong(&cs[0], &ips[1], SOCKPERF_UDP_PORT, false, secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(median: f64) -> Stat {
+        Stat {
+            median,
+            min: median,
+            max: median,
+        }
+    }
+
+    fn seq(imp: &str, n: usize, add: f64, del: f64) -> CpResult {
+        CpResult {
+            implementation: imp.into(),
+            endpoints: n,
+            rounds: 1,
+            add_ms_per_endpoint: st(add),
+            del_ms_per_endpoint: st(del),
+            add_total_ms: st(add * n as f64),
+            del_total_ms: st(del * n as f64),
+            latency_2: None,
+            latency_n: None,
+        }
+    }
+
+    fn burst(imp: &str, add: f64, del: f64) -> BurstResult {
+        BurstResult {
+            implementation: imp.into(),
+            processes: 32,
+            add_wall_ms: st(add),
+            del_wall_ms: st(del),
+            add_wall_samples: vec![add],
+            del_wall_samples: vec![del],
+        }
+    }
+
+    #[test]
+    fn targets_use_the_largest_count_and_judge_each_ratio() {
+        let cp = ControlPlane {
+            rounds: 1,
+            endpoints: vec![1, 100],
+            burst_processes: 32,
+            sequential: vec![
+                // N=1 (state creation) must not be what is judged.
+                seq("vethfp", 1, 1000.0, 1000.0),
+                seq("cni-ptp", 1, 10.0, 10.0),
+                seq("vethfp", 100, 14.0, 11.0),
+                seq("cni-ptp", 100, 10.0, 10.0),
+            ],
+            bursts: vec![burst("vethfp", 100.0, 300.0), burst("cni-ptp", 200.0, 200.0)],
+            targets: vec![],
+        };
+        let t = targets(&cp);
+        let got: Vec<(&str, f64, Option<&str>)> = t
+            .iter()
+            .map(|t| (t.key.as_str(), t.ratio, t.verdict.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("pair add, sequential", 1.4, Some("PASS")),
+                ("pair del, sequential", 1.1, Some("MISS")),
+                ("pair add, total of 100", 1.4, None),
+                ("pair del, total of 100", 1.1, None),
+                ("pair add, 32 concurrent", 0.5, Some("PASS")),
+                ("pair del, 32 concurrent", 1.5, Some("MISS")),
+            ]
+        );
+    }
 }

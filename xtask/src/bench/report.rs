@@ -1,6 +1,6 @@
 //! Bench output: markdown table, JSON, and an SVG chart written by hand (no fonts, no deps).
 
-use super::control::ControlPlane;
+use super::control::{ControlPlane, Target};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -298,11 +298,13 @@ impl Report {
         }
     }
 
-    /// Three bar panels: latency medians, TCP throughput, small-packet UDP rate.
+    /// Three bar panels (latency medians, TCP throughput, small-packet UDP rate) when the data
+    /// path ran, and a panel of the control plane's vethfp/ptp ratios against issue 13's
+    /// targets when it did.
     pub fn svg(&self) -> String {
         const PW: f64 = 380.0;
         const PH: f64 = 340.0;
-        let panels: [(&str, &[(Metric, &str)]); 3] = [
+        let all_panels: [(&str, &[(Metric, &str)]); 3] = [
             (
                 "Latency, median (µs, lower is better)",
                 &[(Metric::UdpRrP50, "#4e79a7"), (Metric::TcpRrP50, "#f28e2b")],
@@ -316,7 +318,18 @@ impl Report {
                 &[(Metric::Udp64Kpps, "#e15759")],
             ),
         ];
-        let width = PW * panels.len() as f64;
+        let panels: &[(&str, &[(Metric, &str)])] = if self.topologies.is_empty() {
+            &[]
+        } else {
+            &all_panels
+        };
+        let targets = self
+            .control_plane
+            .as_ref()
+            .map(|c| c.targets.as_slice())
+            .unwrap_or_default();
+        let cp_w = if targets.is_empty() { 0.0 } else { CPW };
+        let width = (PW * panels.len() as f64 + cp_w).max(PW);
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -416,6 +429,9 @@ impl Report {
                     esc(m.key())
                 );
             }
+        }
+        if !targets.is_empty() {
+            control_panel(&mut s, targets, PW * panels.len() as f64, PH);
         }
         s.push_str("</svg>\n");
         s
@@ -522,6 +538,75 @@ fn control_markdown(cp: &ControlPlane, s: &mut String) {
             );
         }
     }
+}
+
+/// Width of the control-plane panel.
+const CPW: f64 = 520.0;
+
+/// Horizontal bars: vethfp / ptp per measurement, a line at 1×, the target as a red tick;
+/// green when the target is met, orange when missed, grey without a target.
+fn control_panel(s: &mut String, targets: &[Target], x0: f64, ph: f64) {
+    let (label_w, top, bottom) = (190.0, 40.0, ph - 20.0);
+    let left = x0 + label_w;
+    let plot_w = CPW - label_w - 20.0;
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" font-size="13" font-weight="bold">Control plane: vethfp / ptp (×, lower is better)</text>"#,
+        x0 + 10.0
+    );
+    let max = targets
+        .iter()
+        .flat_map(|t| [t.ratio, t.target.unwrap_or(0.0)])
+        .filter(|v| v.is_finite())
+        .fold(1.0_f64, f64::max)
+        * 1.1;
+    let x = |v: f64| left + (v.clamp(0.0, max) / max) * plot_w;
+    let row_h = (bottom - top) / targets.len() as f64;
+    let bar_h = (row_h * 0.7).min(16.0);
+    for (i, t) in targets.iter().enumerate() {
+        let y = top + i as f64 * row_h;
+        let color = match t.verdict.as_deref() {
+            Some("PASS") => "#59a14f",
+            Some(_) => "#f28e2b",
+            None => "#bab0ac",
+        };
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            left - 6.0,
+            y + bar_h * 0.8,
+            esc(&t.key)
+        );
+        let w = if t.ratio.is_finite() {
+            x(t.ratio) - left
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            s,
+            r#"<rect x="{left:.1}" y="{y:.1}" width="{w:.1}" height="{bar_h:.1}" fill="{color}"><title>{}: {:.2}×</title></rect><text x="{:.1}" y="{:.1}">{:.2}×</text>"#,
+            esc(&t.measurement),
+            t.ratio,
+            left + w + 3.0,
+            y + bar_h * 0.8,
+            t.ratio
+        );
+        if let Some(tg) = t.target {
+            let tx = x(tg);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{tx:.1}" x2="{tx:.1}" y1="{:.1}" y2="{:.1}" stroke="red" stroke-width="2"/>"#,
+                y - 2.0,
+                y + bar_h + 2.0
+            );
+        }
+    }
+    let one = x(1.0);
+    let _ = writeln!(
+        s,
+        r##"<line x1="{one:.1}" x2="{one:.1}" y1="{top}" y2="{bottom}" stroke="black" stroke-dasharray="3,3"/><text x="{one:.1}" y="{:.1}" text-anchor="middle" fill="#555">1×</text>"##,
+        bottom + 12.0
+    );
 }
 
 fn esc(s: &str) -> String {
