@@ -732,7 +732,10 @@ mod tests {
                 seq("vethfp", 100, 14.0, 11.0),
                 seq("cni-ptp", 100, 10.0, 10.0),
             ],
-            bursts: vec![burst("vethfp", 100.0, 300.0), burst("cni-ptp", 200.0, 200.0)],
+            bursts: vec![
+                burst("vethfp", 100.0, 300.0),
+                burst("cni-ptp", 200.0, 200.0),
+            ],
             targets: vec![],
         };
         let t = targets(&cp);

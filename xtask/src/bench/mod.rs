@@ -27,8 +27,8 @@ pub struct Args {
     /// Interleaved rounds (default 5, or 1 with --quick).
     #[arg(long)]
     rounds: Option<u32>,
-    /// One short round (~1 s per workload, control plane with 1 and 10 endpoints): the CI
-    /// smoke test of the harness.
+    /// One short round (~1 s per workload, control plane with 1 and 10 endpoints and bursts
+    /// of 8): the CI smoke test of the harness.
     #[arg(long)]
     quick: bool,
     /// Seconds per workload (default 5, or 1 with --quick).
@@ -41,8 +41,8 @@ pub struct Args {
     /// Endpoint counts for the control-plane bench (default 1,100,1000; 1,10 with --quick).
     #[arg(long, value_delimiter = ',')]
     endpoints: Option<Vec<usize>>,
-    /// Concurrent processes per control-plane burst (default 32, also with --quick; 0 skips
-    /// the bursts).
+    /// Concurrent processes per control-plane burst (default 32, or 8 with --quick, which CI
+    /// runs with a debug build; 0 skips the bursts).
     #[arg(long)]
     burst: Option<usize>,
     /// Run only these sections (default: all).
@@ -132,7 +132,7 @@ pub fn bench(args: Args) -> Result<()> {
             vec![1, 100, 1000]
         }
     });
-    let burst = args.burst.unwrap_or(32);
+    let burst = args.burst.unwrap_or(if quick { 8 } else { 32 });
     let want = |s: Section| args.only.as_ref().is_none_or(|o| o.contains(&s));
     let out = args
         .out

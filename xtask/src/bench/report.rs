@@ -209,10 +209,14 @@ impl Report {
             m.kernel,
             self.rounds,
             self.secs_per_workload,
-            if self.quick {
-                " (--quick: smoke test, not a measurement)"
-            } else {
-                ""
+            match (&self.control_plane, self.quick) {
+                (Some(cp), true) => format!(
+                    " (--quick: smoke test, not a measurement; control plane with {:?} \
+                     endpoints and bursts of {})",
+                    cp.endpoints, cp.burst_processes
+                ),
+                (None, true) => " (--quick: smoke test, not a measurement)".into(),
+                _ => String::new(),
             },
             m.unix_time
         );
