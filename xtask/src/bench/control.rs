@@ -21,7 +21,8 @@ use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 pub const CNI_DIR: &str = "/usr/lib/cni";
 
@@ -192,9 +193,30 @@ fn spawn(op: &mut Op) -> Result<Child> {
     Ok(child)
 }
 
-/// Wait for `child`; its stdout, or an error with both outputs.
+/// How long one add or del may take before the bench kills it and fails (a hang must not
+/// hang CI).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Wait for `child` (killed after [`CALL_TIMEOUT`]); its stdout, or an error with both
+/// outputs.
 fn finish(what: &str, child: Child) -> Result<String> {
-    let out = child.wait_with_output()?;
+    let pid = child.id() as libc::pid_t;
+    let (done, rx) = mpsc::channel::<()>();
+    // A watchdog instead of polling try_wait, which would blur the figures by its period.
+    let dog = std::thread::spawn(move || {
+        let late = rx.recv_timeout(CALL_TIMEOUT) == Err(mpsc::RecvTimeoutError::Timeout);
+        if late {
+            // SAFETY: kill(2) of our own child, not reaped yet (we are blocked in its wait).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        late
+    });
+    let out = child.wait_with_output();
+    drop(done);
+    if dog.join().unwrap_or(false) {
+        bail!("{what} did not finish within {CALL_TIMEOUT:?}: killed");
+    }
+    let out = out?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!(
