@@ -19,6 +19,7 @@ use crate::util::{Bg, DirGuard, Netns, check_interrupted, output, setns_cmd, sho
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -173,7 +174,10 @@ fn spawn(op: &mut Op) -> Result<Child> {
             Stdio::null()
         })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // A group of its own, so a timeout or a failed burst kills what it started too
+        // (host-local, a stuck helper holding our pipes), not just the process itself.
+        .process_group(0);
     let mut child = op
         .cmd
         .spawn()
@@ -206,8 +210,7 @@ fn finish(what: &str, child: Child) -> Result<String> {
     let dog = std::thread::spawn(move || {
         let late = rx.recv_timeout(CALL_TIMEOUT) == Err(mpsc::RecvTimeoutError::Timeout);
         if late {
-            // SAFETY: kill(2) of our own child, not reaped yet (we are blocked in its wait).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            kill_group(pid);
         }
         late
     });
@@ -229,13 +232,21 @@ fn finish(what: &str, child: Child) -> Result<String> {
     Ok(stdout)
 }
 
+/// SIGKILL to the process group of our child `pid` (its own group, see [`spawn`]); the child
+/// is not reaped yet (we are blocked in its wait or hold it in [`Kids`]), so its pid, which
+/// is the group's id, is still ours.
+fn kill_group(pid: libc::pid_t) {
+    // SAFETY: plain kill(2) of a process group we created.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+}
+
 /// Children killed and reaped on drop (a burst that fails half-way).
 struct Kids(Vec<(String, Child)>);
 
 impl Drop for Kids {
     fn drop(&mut self) {
         for (_, c) in &mut self.0 {
-            let _ = c.kill();
+            kill_group(c.id() as libc::pid_t);
             let _ = c.wait();
         }
     }
