@@ -462,7 +462,10 @@ fn control_markdown(cp: &ControlPlane, s: &mut String) {
         cp.burst_processes
     );
     if !cp.targets.is_empty() {
-        let _ = writeln!(s, "| measurement | vethfp | ptp | ratio | target | |");
+        let _ = writeln!(
+            s,
+            "| measurement | vethfp | ptp | ratio | target | PASS/MISS |"
+        );
         let _ = writeln!(s, "|---|---:|---:|---:|---:|---|");
         for t in &cp.targets {
             let _ = writeln!(
