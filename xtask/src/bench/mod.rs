@@ -15,7 +15,7 @@ use crate::util::{
     workspace_root,
 };
 use anyhow::{Context, Result, bail};
-use control::{CpResult, Impl};
+use control::Impl;
 use report::{Metric, Report, TopoResult};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,8 +27,8 @@ pub struct Args {
     /// Interleaved rounds (default 5, or 1 with --quick).
     #[arg(long)]
     rounds: Option<u32>,
-    /// One short round (~1 s per workload, control plane with 1 and 10 endpoints): the CI
-    /// smoke test of the harness.
+    /// One short round (~1 s per workload, control plane with 1 and 10 endpoints and bursts
+    /// of 8): the CI smoke test of the harness.
     #[arg(long)]
     quick: bool,
     /// Seconds per workload (default 5, or 1 with --quick).
@@ -41,6 +41,13 @@ pub struct Args {
     /// Endpoint counts for the control-plane bench (default 1,100,1000; 1,10 with --quick).
     #[arg(long, value_delimiter = ',')]
     endpoints: Option<Vec<usize>>,
+    /// Concurrent processes per control-plane burst (default 32, or 8 with --quick, which CI
+    /// runs with a debug build; 0 skips the bursts).
+    #[arg(long)]
+    burst: Option<usize>,
+    /// Run only these sections (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Option<Vec<Section>>,
     /// vethfp binary to bench (default: $VETHFP_BIN, else a fresh release build).
     #[arg(long)]
     vethfp_bin: Option<PathBuf>,
@@ -55,9 +62,22 @@ impl Args {
             secs: None,
             out: Some(out),
             endpoints: None,
+            burst: None,
+            only: None,
             vethfp_bin: Some(vethfp_bin),
         }
     }
+}
+
+/// A part of the bench, for `--only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// The data-path topologies (latency, throughput, CPU).
+    Datapath,
+    /// Control plane: sequential and burst add/del against CNI ptp, latency with N endpoints.
+    Control,
+    /// Pod sandboxes through containerd's CRI.
+    Pods,
 }
 
 /// Find a working vethfp binary, or say why there is none. $VETHFP_BIN wins; otherwise the
@@ -112,6 +132,8 @@ pub fn bench(args: Args) -> Result<()> {
             vec![1, 100, 1000]
         }
     });
+    let burst = args.burst.unwrap_or(if quick { 8 } else { 32 });
+    let want = |s: Section| args.only.as_ref().is_none_or(|o| o.contains(&s));
     let out = args
         .out
         .clone()
@@ -143,7 +165,7 @@ pub fn bench(args: Args) -> Result<()> {
     // Build every topology up front; they stay up for all rounds (idle servers cost nothing).
     let mut topos = Vec::new();
     let mut skipped = BTreeMap::new();
-    for kind in Kind::ALL {
+    for kind in Kind::ALL.into_iter().filter(|_| want(Section::Datapath)) {
         check_interrupted()?;
         if kind.needs_vethfp()
             && let Err(why) = &vethfp
@@ -215,17 +237,18 @@ pub fn bench(args: Args) -> Result<()> {
     }
     drop(topos);
 
-    let mut cp: Vec<CpResult> = Vec::new();
-    let max = sizes.iter().copied().max().unwrap_or(0);
     let mut impls = Vec::new();
     match &vethfp {
-        Ok(v) => impls.push(Impl::Vethfp(v.clone())),
+        Ok(v) => {
+            impls.push(Impl::vethfp(v));
+            impls.push(Impl::vethfp_cni(v));
+        }
         Err(why) => {
             skipped.insert("control plane: vethfp".into(), why.clone());
         }
     }
     if control::ptp_available() {
-        impls.push(Impl::Ptp);
+        impls.push(Impl::ptp());
     } else {
         skipped.insert(
             "control plane: cni-ptp".into(),
@@ -235,23 +258,35 @@ pub fn bench(args: Args) -> Result<()> {
             ),
         );
     }
-    for imp in &impls {
-        for &n in &sizes {
-            check_interrupted()?;
-            step(&format!(
-                "control plane: {} with {n} endpoint(s)",
-                imp.name()
-            ));
-            cp.push(control::run(imp, n, &tag, n == max && n >= 2, secs)?);
-        }
-    }
+    let cp = if want(Section::Control) {
+        let started = std::time::Instant::now();
+        let cp = control::bench(&control::Plan {
+            impls: &impls,
+            sizes: &sizes,
+            burst,
+            rounds: rounds as usize,
+            secs,
+            tag: &tag,
+        })?;
+        println!(
+            "bench: control plane took {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        Some(cp)
+    } else {
+        None
+    };
 
     check_interrupted()?;
-    let pods = pods::bench(vethfp.as_ref().ok(), if quick { 5 } else { 20 })?;
+    let pods = if want(Section::Pods) {
+        pods::bench(vethfp.as_ref().ok(), if quick { 5 } else { 20 })?
+    } else {
+        pods::PodBench::not_selected()
+    };
 
     let results: Vec<TopoResult> = Kind::ALL
         .iter()
-        .filter(|k| !skipped.contains_key(k.name()))
+        .filter(|k| want(Section::Datapath) && !skipped.contains_key(k.name()))
         .map(|k| TopoResult::new(k.name(), &samples))
         .collect();
     let report = Report {

@@ -105,6 +105,15 @@ pub fn bench(vethfp: Option<&Vethfp>, sandboxes: usize) -> Result<PodBench> {
 }
 
 impl PodBench {
+    /// The section was left out with `--only`.
+    pub fn not_selected() -> Self {
+        PodBench {
+            sandboxes: 0,
+            rows: vec![],
+            skipped: Some("not selected (--only)".into()),
+        }
+    }
+
     pub fn markdown(&self) -> String {
         let mut s = String::from("\n## Pod sandboxes (containerd CRI)\n\n");
         if let Some(why) = &self.skipped {

@@ -1,6 +1,6 @@
 //! Bench output: markdown table, JSON, and an SVG chart written by hand (no fonts, no deps).
 
-use super::control::CpResult;
+use super::control::{ControlPlane, Target};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -178,7 +178,8 @@ pub struct Report {
     pub quick: bool,
     pub topologies: Vec<TopoResult>,
     pub skipped: BTreeMap<String, String>,
-    pub control_plane: Vec<CpResult>,
+    /// None when left out with `--only`.
+    pub control_plane: Option<ControlPlane>,
 }
 
 fn num(v: f64) -> String {
@@ -208,13 +209,33 @@ impl Report {
             m.kernel,
             self.rounds,
             self.secs_per_workload,
-            if self.quick {
-                " (--quick: smoke test, not a measurement)"
-            } else {
-                ""
+            match (&self.control_plane, self.quick) {
+                (Some(cp), true) => format!(
+                    " (--quick: smoke test, not a measurement; control plane with {:?} \
+                     endpoints and bursts of {})",
+                    cp.endpoints, cp.burst_processes
+                ),
+                (None, true) => " (--quick: smoke test, not a measurement)".into(),
+                _ => String::new(),
             },
             m.unix_time
         );
+        if !self.topologies.is_empty() {
+            self.datapath_markdown(&mut s);
+        }
+        if let Some(cp) = &self.control_plane {
+            control_markdown(cp, &mut s);
+        }
+        if !self.skipped.is_empty() {
+            let _ = writeln!(s, "\n## Skipped\n");
+            for (k, why) in &self.skipped {
+                let _ = writeln!(s, "- {k}: {why}");
+            }
+        }
+        s
+    }
+
+    fn datapath_markdown(&self, s: &mut String) {
         let _ = writeln!(s, "## Data path: medians\n");
         let _ = write!(s, "| metric |");
         for t in &self.topologies {
@@ -279,72 +300,15 @@ impl Report {
                 );
             }
         }
-        if !self.control_plane.is_empty() {
-            let _ = writeln!(s, "\n## Control plane\n");
-            let _ = writeln!(
-                s,
-                "Wall time per endpoint of sequential calls (one process per call).\n"
-            );
-            let _ = writeln!(
-                s,
-                "| implementation | endpoints | add (ms/endpoint) | del (ms/endpoint) |"
-            );
-            let _ = writeln!(s, "|---|---:|---:|---:|");
-            for c in &self.control_plane {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} |",
-                    c.implementation,
-                    c.endpoints,
-                    num(c.add_ms_per_endpoint),
-                    num(c.del_ms_per_endpoint)
-                );
-            }
-            let lat: Vec<&CpResult> = self
-                .control_plane
-                .iter()
-                .filter(|c| c.latency_n.is_some())
-                .collect();
-            if !lat.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "\n### UDP ping-pong between two endpoints, 2 vs N installed (µs, RTT/2)\n"
-                );
-                let _ = writeln!(
-                    s,
-                    "| implementation | N | 2 installed: median / p99 | N installed: median / p99 |"
-                );
-                let _ = writeln!(s, "|---|---:|---:|---:|");
-                for c in lat {
-                    let f = |x: Option<(f64, f64)>| {
-                        x.map(|(a, b)| format!("{} / {}", num(a), num(b)))
-                            .unwrap_or_else(|| "–".into())
-                    };
-                    let _ = writeln!(
-                        s,
-                        "| {} | {} | {} | {} |",
-                        c.implementation,
-                        c.endpoints,
-                        f(c.latency_2),
-                        f(c.latency_n)
-                    );
-                }
-            }
-        }
-        if !self.skipped.is_empty() {
-            let _ = writeln!(s, "\n## Skipped\n");
-            for (k, why) in &self.skipped {
-                let _ = writeln!(s, "- {k}: {why}");
-            }
-        }
-        s
     }
 
-    /// Three bar panels: latency medians, TCP throughput, small-packet UDP rate.
+    /// Three bar panels (latency medians, TCP throughput, small-packet UDP rate) when the data
+    /// path ran, and a panel of the control plane's vethfp/ptp ratios against issue 13's
+    /// targets when it did.
     pub fn svg(&self) -> String {
         const PW: f64 = 380.0;
         const PH: f64 = 340.0;
-        let panels: [(&str, &[(Metric, &str)]); 3] = [
+        let all_panels: [(&str, &[(Metric, &str)]); 3] = [
             (
                 "Latency, median (µs, lower is better)",
                 &[(Metric::UdpRrP50, "#4e79a7"), (Metric::TcpRrP50, "#f28e2b")],
@@ -358,7 +322,18 @@ impl Report {
                 &[(Metric::Udp64Kpps, "#e15759")],
             ),
         ];
-        let width = PW * panels.len() as f64;
+        let panels: &[(&str, &[(Metric, &str)])] = if self.topologies.is_empty() {
+            &[]
+        } else {
+            &all_panels
+        };
+        let targets = self
+            .control_plane
+            .as_ref()
+            .map(|c| c.targets.as_slice())
+            .unwrap_or_default();
+        let cp_w = if targets.is_empty() { 0.0 } else { CPW };
+        let width = (PW * panels.len() as f64 + cp_w).max(PW);
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -459,9 +434,186 @@ impl Report {
                 );
             }
         }
+        if !targets.is_empty() {
+            control_panel(&mut s, targets, PW * panels.len() as f64, PH);
+        }
         s.push_str("</svg>\n");
         s
     }
+}
+
+/// The control-plane section: the issue-13 table first, then every figure behind it.
+fn control_markdown(cp: &ControlPlane, s: &mut String) {
+    let sizes: Vec<String> = cp.endpoints.iter().map(|n| n.to_string()).collect();
+    let _ = writeln!(s, "\n## Control plane (issue 13 §1)\n");
+    let _ = writeln!(
+        s,
+        "One process per call, each implementation in a node namespace of its own (forwarding \
+         off; vethfp runs `admission always` after the first add, untimed): `vethfp pair \
+         add/del` (CLI), the `vethfp` binary as a standalone CNI plugin (`vethfp-cni`, \
+         host-local IPAM) and the reference CNI `ptp` plugin (`cni-ptp`, host-local IPAM), \
+         interleaved, {} round(s). Sequential: N = {} endpoints added one after the other, \
+         then deleted; ms/endpoint is the median over every endpoint of every round, totals the \
+         median over rounds. Bursts: {} processes started together (as a runtime's concurrent \
+         CNI ADDs arrive), wall time until the last exits, median over rounds. Ratio = vethfp / \
+         ptp; targets from issue 13 (a report, not a test).\n",
+        cp.rounds,
+        sizes.join(", "),
+        cp.burst_processes
+    );
+    if !cp.targets.is_empty() {
+        let _ = writeln!(
+            s,
+            "| measurement | vethfp | ptp | ratio | target | PASS/MISS |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---|");
+        for t in &cp.targets {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.2}× | {} | {} |",
+                t.measurement,
+                num(t.vethfp),
+                num(t.ptp),
+                t.ratio,
+                t.target
+                    .map(|x| format!("≤ {x:.1}×"))
+                    .unwrap_or_else(|| "–".into()),
+                t.verdict.as_deref().unwrap_or("")
+            );
+        }
+    }
+    let range = |st: &Stat| format!("{} ({}–{})", num(st.median), num(st.min), num(st.max));
+    let _ = writeln!(
+        s,
+        "\n### Sequential add/del: median (min–max)\n\n\
+         | implementation | endpoints | add ms/endpoint | del ms/endpoint | add total ms | del total ms |\n\
+         |---|---:|---:|---:|---:|---:|"
+    );
+    for c in &cp.sequential {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            c.implementation,
+            c.endpoints,
+            range(&c.add_ms_per_endpoint),
+            range(&c.del_ms_per_endpoint),
+            range(&c.add_total_ms),
+            range(&c.del_total_ms)
+        );
+    }
+    if !cp.bursts.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### Bursts of concurrent processes: wall ms, median (min–max)\n\n\
+             | implementation | processes | adds | dels |\n|---|---:|---:|---:|"
+        );
+        for b in &cp.bursts {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                b.implementation,
+                b.processes,
+                range(&b.add_wall_ms),
+                range(&b.del_wall_ms)
+            );
+        }
+    }
+    let lat: Vec<_> = cp
+        .sequential
+        .iter()
+        .filter(|c| c.latency_n.is_some())
+        .collect();
+    if !lat.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### UDP ping-pong between two endpoints, 2 vs N installed (µs, RTT/2)\n\n\
+             | implementation | N | 2 installed: median / p99 | N installed: median / p99 |\n\
+             |---|---:|---:|---:|"
+        );
+        for c in lat {
+            let f = |x: Option<(f64, f64)>| {
+                x.map(|(a, b)| format!("{} / {}", num(a), num(b)))
+                    .unwrap_or_else(|| "–".into())
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                c.implementation,
+                c.endpoints,
+                f(c.latency_2),
+                f(c.latency_n)
+            );
+        }
+    }
+}
+
+/// Width of the control-plane panel.
+const CPW: f64 = 520.0;
+
+/// Horizontal bars: vethfp / ptp per measurement, a line at 1×, the target as a red tick;
+/// green when the target is met, orange when missed, grey without a target.
+fn control_panel(s: &mut String, targets: &[Target], x0: f64, ph: f64) {
+    let (label_w, top, bottom) = (190.0, 40.0, ph - 20.0);
+    let left = x0 + label_w;
+    let plot_w = CPW - label_w - 20.0;
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" font-size="13" font-weight="bold">Control plane: vethfp / ptp (×, lower is better)</text>"#,
+        x0 + 10.0
+    );
+    let max = targets
+        .iter()
+        .flat_map(|t| [t.ratio, t.target.unwrap_or(0.0)])
+        .filter(|v| v.is_finite())
+        .fold(1.0_f64, f64::max)
+        * 1.1;
+    let x = |v: f64| left + (v.clamp(0.0, max) / max) * plot_w;
+    let row_h = (bottom - top) / targets.len() as f64;
+    let bar_h = (row_h * 0.7).min(16.0);
+    for (i, t) in targets.iter().enumerate() {
+        let y = top + i as f64 * row_h;
+        let color = match t.verdict.as_deref() {
+            Some("PASS") => "#59a14f",
+            Some(_) => "#f28e2b",
+            None => "#bab0ac",
+        };
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            left - 6.0,
+            y + bar_h * 0.8,
+            esc(&t.key)
+        );
+        let w = if t.ratio.is_finite() {
+            x(t.ratio) - left
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            s,
+            r#"<rect x="{left:.1}" y="{y:.1}" width="{w:.1}" height="{bar_h:.1}" fill="{color}"><title>{}: {:.2}×</title></rect><text x="{:.1}" y="{:.1}">{:.2}×</text>"#,
+            esc(&t.measurement),
+            t.ratio,
+            left + w + 3.0,
+            y + bar_h * 0.8,
+            t.ratio
+        );
+        if let Some(tg) = t.target {
+            let tx = x(tg);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{tx:.1}" x2="{tx:.1}" y1="{:.1}" y2="{:.1}" stroke="red" stroke-width="2"/>"#,
+                y - 2.0,
+                y + bar_h + 2.0
+            );
+        }
+    }
+    let one = x(1.0);
+    let _ = writeln!(
+        s,
+        r##"<line x1="{one:.1}" x2="{one:.1}" y1="{top}" y2="{bottom}" stroke="black" stroke-dasharray="3,3"/><text x="{one:.1}" y="{:.1}" text-anchor="middle" fill="#555">1×</text>"##,
+        bottom + 12.0
+    );
 }
 
 fn esc(s: &str) -> String {

@@ -187,13 +187,6 @@ pub fn bpf_prog_stats(dir: &std::path::Path) -> Result<(u64, u64)> {
     Ok((ns, cnt))
 }
 
-/// Wall time of one command, in ms; fails if the command fails.
-pub fn timed(cmd: &mut std::process::Command) -> Result<f64> {
-    let t = Instant::now();
-    output(cmd)?;
-    Ok(t.elapsed().as_secs_f64() * 1e3)
-}
-
 /// Enters the network namespace at `path` (this thread only).
 fn enter_netns(path: &std::path::Path) -> Result<()> {
     use std::os::fd::AsRawFd;
