@@ -299,6 +299,31 @@ impl Node {
         out
     }
 
+    /// Start `vethfp --bpffs DIR ARGS...` inside the node without waiting (stdout and stderr
+    /// discarded); the caller waits for, stops or kills the child.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let nsf = open_netns(self.name());
+        let fd = nsf.as_raw_fd();
+        let mut cmd = Command::new(vethfp_bin());
+        cmd.arg("--bpffs")
+            .arg(self.bpffs_dir())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: only async-signal-safe libc calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("starting vethfp");
+        drop(nsf);
+        child
+    }
+
     /// Run `vethfp --bpffs DIR ARGS...` inside the node.
     pub fn vethfp(&self, args: &[&str]) -> Output {
         let mut a: Vec<OsString> = vec!["--bpffs".into(), self.bpffs_dir().into()];

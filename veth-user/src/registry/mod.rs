@@ -24,9 +24,7 @@ use veth_common::{
 };
 
 use crate::{
-    datapath::{
-        Datapath, DatapathError, OpsLock, StateLock, current_netns_cookie, prepare_bpffs,
-    },
+    datapath::{Datapath, DatapathError, OpsLock, StateLock, current_netns_cookie, prepare_bpffs},
     sys::netlink::{self, NetlinkError, Netns, VethRequest},
     types::{Cidr, IfName, Mac, Mode, Spoof},
 };

@@ -381,11 +381,28 @@ where
     run_here(f)
 }
 
-fn run_here<T, F, Fut>(f: F) -> Result<T, NetlinkError>
-where
-    F: FnOnce(Handle) -> Fut,
-    Fut: Future<Output = Result<T, NetlinkError>>,
-{
+/// One netlink session per thread and network namespace: the runtime and the rtnetlink
+/// socket are made on the first call and reused by every later call of the same operation
+/// (a `pair add` makes about ten), instead of a new runtime and socket per call. Keyed by the
+/// thread's netns inode, so a thread that changed namespace never talks to the old one.
+struct Session {
+    netns: u64,
+    rt: tokio::runtime::Runtime,
+    handle: Handle,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+thread_local! {
+    static SESSION: std::cell::RefCell<Option<Session>> = const { std::cell::RefCell::new(None) };
+}
+
+fn new_session(netns: u64) -> Result<Session, NetlinkError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -393,16 +410,36 @@ where
             op: "creating the netlink runtime".into(),
             source: e,
         })?;
-    rt.block_on(async move {
+    let (conn, handle) = rt.block_on(async {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError::Io {
             op: "opening a netlink socket".into(),
             source: e,
         })?;
-        let conn = tokio::spawn(conn);
-        let r = f(handle).await;
-        conn.abort();
-        r
+        Ok::<_, NetlinkError>((tokio::spawn(conn), handle))
+    })?;
+    Ok(Session {
+        netns,
+        rt,
+        handle,
+        conn,
     })
+}
+
+fn run_here<T, F, Fut>(f: F) -> Result<T, NetlinkError>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T, NetlinkError>>,
+{
+    let netns = current_netns_ino()?;
+    // Taken out of the slot while in use: a nested call (none today) would make its own.
+    let session = match SESSION.with(|c| c.borrow_mut().take()) {
+        Some(s) if s.netns == netns && !s.conn.is_finished() => s,
+        _ => new_session(netns)?,
+    };
+    let handle = session.handle.clone();
+    let r = session.rt.block_on(f(handle));
+    SESSION.with(|c| *c.borrow_mut() = Some(session));
+    r
 }
 
 fn check_ifname(name: &str) -> Result<(), NetlinkError> {
