@@ -542,6 +542,10 @@ pub struct Registry {
     lock: Option<StateLock>,
     /// Shared for a writer's lifetime: journal recovery waits until no operation is in flight.
     _ops: Option<OpsLock>,
+    /// One scan of `VFP_ENDPOINTS` per locked step: an `add` asks for the records several
+    /// times (name, addresses, free slot), each a syscall per entry. Dropped on every change
+    /// of the map through [`Registry::endpoint_map`] and whenever the lock was let go.
+    snapshot: Option<Vec<EndpointRecord>>,
 }
 
 impl Registry {
@@ -563,6 +567,7 @@ impl Registry {
             dp,
             lock: Some(lock),
             _ops: None,
+            snapshot: None,
         };
         reg.bind(true)?;
         for (name, what) in reg.recover()? {
@@ -582,6 +587,7 @@ impl Registry {
             dp,
             lock: None,
             _ops: None,
+            snapshot: None,
         };
         reg.bind(false)?;
         Ok(reg)
@@ -643,6 +649,7 @@ impl Registry {
     /// link pins. Never touches a link: the ifindexes in there mean other devices here.
     fn clear_stale(&mut self) -> Result<usize> {
         let n = self.records()?.len();
+        self.snapshot = None;
         macro_rules! clear {
             ($m:ident, $what:literal) => {{
                 let keys: Vec<_> = self
@@ -899,7 +906,7 @@ impl Registry {
 
     /// The record of host ifindex `ifindex`, if any.
     pub(crate) fn record_by_ifindex(&mut self, ifindex: u32) -> Result<Option<EndpointRecord>> {
-        match self.dp.endpoints()?.get(&ifindex, 0) {
+        match self.endpoint_map()?.get(&ifindex, 0) {
             Ok(r) => Ok(Some(r)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err("VFP_ENDPOINTS")(e)),
@@ -947,12 +954,19 @@ impl Registry {
         let held = self.lock.take().is_some();
         let r = f(self);
         if held {
+            self.snapshot = None;
             self.lock = Some(StateLock::acquire(self.dp.dir())?);
         }
         Ok(r)
     }
 
     fn records(&mut self) -> Result<Vec<EndpointRecord>> {
+        // Only a locked writer may trust a snapshot: nobody else changes the map meanwhile.
+        if self.lock.is_some()
+            && let Some(s) = &self.snapshot
+        {
+            return Ok(s.clone());
+        }
         let map = self.dp.endpoints()?;
         let mut out = Vec::new();
         for item in map.iter() {
@@ -960,7 +974,18 @@ impl Registry {
             out.push(rec);
         }
         out.sort_by_key(|r| r.host_name);
+        if self.lock.is_some() {
+            self.snapshot = Some(out.clone());
+        }
         Ok(out)
+    }
+
+    /// `VFP_ENDPOINTS` for a change (or a single lookup): drops the records snapshot.
+    fn endpoint_map(
+        &mut self,
+    ) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, u32, EndpointRecord>> {
+        self.snapshot = None;
+        Ok(self.dp.endpoints()?)
     }
 
     fn record_by_name(&mut self, name: &str) -> Result<Option<EndpointRecord>> {
@@ -1201,8 +1226,7 @@ impl Registry {
         rec.target.slot = self.free_slot()?;
         self.dp.reset_counters(rec.target.slot)?;
         let target = rec.target;
-        self.dp
-            .endpoints()?
+        self.endpoint_map()?
             .insert(host_ifindex, *rec, 0)
             .map_err(map_err("VFP_ENDPOINTS"))?;
         undo.push(Undo::Record(host_ifindex));
@@ -1357,7 +1381,7 @@ impl Registry {
                         self.dp.detach(i)?;
                     }
                     Undo::Record(i) => {
-                        let _ = self.dp.endpoints()?.remove(&i);
+                        let _ = self.endpoint_map()?.remove(&i);
                     }
                     Undo::L2(mac) => {
                         let _ = self.dp.l2()?.remove(&mac);
@@ -1414,7 +1438,7 @@ impl Registry {
     /// Removes the endpoint registered under host ifindex `ifindex` (the agent does this when
     /// the interface vanished). Returns its host interface name; None if there is none.
     pub fn remove_by_ifindex(&mut self, ifindex: u32) -> Result<Option<String>> {
-        let rec = match self.dp.endpoints()?.get(&ifindex, 0) {
+        let rec = match self.endpoint_map()?.get(&ifindex, 0) {
             Ok(rec) => rec,
             Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
             Err(e) => return Err(map_err("VFP_ENDPOINTS")(e)),
@@ -1465,7 +1489,7 @@ impl Registry {
             }
         }
         let _ = self.dp.cni_owners()?.remove(&ifindex);
-        let _ = self.dp.endpoints()?.remove(&ifindex);
+        let _ = self.endpoint_map()?.remove(&ifindex);
         Ok(())
     }
 
@@ -1489,8 +1513,7 @@ impl Registry {
             set_container_tx_csum(&ns, &peer, true)?;
         }
         rec.target.mode = mode;
-        self.dp
-            .endpoints()?
+        self.endpoint_map()?
             .insert(ifindex, rec, 0)
             .map_err(map_err("VFP_ENDPOINTS"))?;
         for a in record_addrs(&rec) {
