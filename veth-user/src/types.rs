@@ -336,3 +336,23 @@ impl fmt::Display for Spoof {
         f.write_str(self.name())
     }
 }
+
+/// FNV-1a, 64 bit: program pin names (the object's hash) and CNI host-end names.
+pub(crate) fn fnv1a64(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// FNV-1a, 32 bit: network ids (part of the pinned state: never change it).
+pub(crate) fn fnv1a32(bytes: impl IntoIterator<Item = u8>) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}

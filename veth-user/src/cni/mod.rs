@@ -232,14 +232,7 @@ pub(crate) fn is_plugin_host_name(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+use crate::types::fnv1a64 as fnv1a;
 
 /// splitmix64 finaliser: spreads FNV's weak high bits.
 fn mix(mut z: u64) -> u64 {

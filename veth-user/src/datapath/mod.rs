@@ -253,14 +253,7 @@ impl OpsLock {
 /// process (the object is megabytes; the agent asks for every link it checks).
 pub fn object_hash() -> u64 {
     static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *HASH.get_or_init(|| {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in EBPF_OBJECT {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h
-    })
+    *HASH.get_or_init(|| crate::types::fnv1a64(EBPF_OBJECT.iter().copied()))
 }
 
 /// Every program of the datapath; all are loaded and pinned together, once per build.

@@ -374,12 +374,7 @@ pub fn network_id(name: &str) -> u32 {
     if name == "default" {
         return 0;
     }
-    let mut h: u32 = 0x811c_9dc5;
-    for b in name.bytes() {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h.max(1)
+    crate::types::fnv1a32(name.bytes()).max(1)
 }
 
 /// NAPI on the container end, so XDP-mode senders can redirect into it (see ethtool.rs).
