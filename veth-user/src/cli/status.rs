@@ -1,11 +1,7 @@
 //! `vethfp status [--json]` and `vethfp stats [HOST_IF] [--json | --watch ...]`.
 
 use clap::Args;
-use veth_common::{
-    DIR_FROM_CONTAINER, DIR_TO_CONTAINER, V_DROP_ERROR, V_DROP_POLICY, V_DROP_SPOOF_IP,
-    V_DROP_SPOOF_MAC, V_FAST, V_FAST_UPLINK, V_STACK,
-};
-use vethfp::{EndpointStats, Status};
+use vethfp::{Dir, EndpointStats, Status, Verdict};
 
 use super::{Ctx, print_json, table::Plain};
 
@@ -107,13 +103,17 @@ fn print_status(st: &Status) {
         &[1, 2, 3, 4],
     );
     for u in &st.uplinks {
-        let c = &u.counters.c;
+        let c = &u.counters;
         tb.row([
             u.uplink.name.clone(),
             u.uplink.ifindex.to_string(),
-            c[DIR_TO_CONTAINER][V_FAST_UPLINK].packets.to_string(),
-            c[DIR_TO_CONTAINER][V_STACK].packets.to_string(),
-            c[DIR_FROM_CONTAINER][V_FAST_UPLINK].packets.to_string(),
+            c.get(Dir::ToContainer, Verdict::FastUplink)
+                .packets
+                .to_string(),
+            c.get(Dir::ToContainer, Verdict::Stack).packets.to_string(),
+            c.get(Dir::FromContainer, Verdict::FastUplink)
+                .packets
+                .to_string(),
         ]);
     }
     tb.print();
@@ -133,28 +133,26 @@ fn print_stats(stats: &[EndpointStats]) {
         &[2, 3, 4, 5, 6],
     );
     for s in stats {
-        for (d, name) in [
-            (DIR_FROM_CONTAINER, "from_container"),
-            (DIR_TO_CONTAINER, "to_container"),
-        ] {
-            let c = &s.counters.c[d];
-            let dropped: u64 = [
-                V_DROP_SPOOF_IP,
-                V_DROP_SPOOF_MAC,
-                V_DROP_POLICY,
-                V_DROP_ERROR,
-            ]
-            .iter()
-            .map(|v| c[*v].packets)
-            .sum();
+        for d in Dir::ALL {
+            let sum = |pick: fn(Verdict) -> bool, bytes: bool| -> u64 {
+                Verdict::ALL
+                    .into_iter()
+                    .filter(|v| pick(*v))
+                    .map(|v| {
+                        let c = s.counters.get(d, v);
+                        if bytes { c.bytes } else { c.packets }
+                    })
+                    .sum()
+            };
+            let stack = s.counters.get(d, Verdict::Stack);
             t.row([
                 s.host_if.clone(),
-                name.to_string(),
-                (c[V_FAST].packets + c[V_FAST_UPLINK].packets).to_string(),
-                (c[V_FAST].bytes + c[V_FAST_UPLINK].bytes).to_string(),
-                c[V_STACK].packets.to_string(),
-                c[V_STACK].bytes.to_string(),
-                dropped.to_string(),
+                d.name().to_string(),
+                sum(Verdict::is_fast, false).to_string(),
+                sum(Verdict::is_fast, true).to_string(),
+                stack.packets.to_string(),
+                stack.bytes.to_string(),
+                sum(Verdict::is_drop, false).to_string(),
             ]);
         }
     }
