@@ -163,6 +163,21 @@ impl Registry {
         Ok(removed)
     }
 
+    /// Are `br`'s ports (by ifindex and name) exactly its registered port endpoints?
+    fn bridge_unchanged(&mut self, br: &netlink::Link) -> Result<bool, EndpointError> {
+        let ports: std::collections::BTreeSet<(u32, String)> = netlink::links()?
+            .into_iter()
+            .filter(|l| l.master == Some(br.ifindex))
+            .map(|l| (l.ifindex, l.name))
+            .collect();
+        let registered: std::collections::BTreeSet<(u32, String)> = port_endpoints(self, br)?
+            .into_iter()
+            .filter(|v| v.network_id == br.ifindex)
+            .map(|v| (v.host_ifindex, v.host_if))
+            .collect();
+        Ok(ports == registered)
+    }
+
     /// `bridge accelerate`: prunes what is gone, accelerates the ports not yet accelerated and
     /// records the bridge as accelerated, so the agent keeps it so. A refusal while ports of
     /// the bridge are accelerated from before says that their fast path stays.
@@ -299,6 +314,12 @@ impl Registry {
                 continue; // gone for now; a bridge made again under the name is followed
             };
             if !all && !masters.contains(&br.ifindex) {
+                continue;
+            }
+            // The periodic safety net: a bridge whose ports are exactly the accelerated ones
+            // needs no walk of /proc and no iptables-save (a change of one of them arrives as
+            // a link event, which syncs that bridge in full).
+            if all && self.bridge_unchanged(&br)? {
                 continue;
             }
             let r = self.bridge_sync(&bridge, forced);
