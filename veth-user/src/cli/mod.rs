@@ -93,7 +93,7 @@ impl Ctx {
     }
     /// For reading: no lock.
     pub fn read(&self) -> anyhow::Result<Registry> {
-        Ok(Registry::open_read(&self.dir)?)
+        Ok(Registry::open_read_with(&self.dir, &self.opts)?)
     }
 }
 

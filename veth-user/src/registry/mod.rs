@@ -577,6 +577,12 @@ impl Registry {
     /// Opens for reading only (list, stats): no lock, so a long `stats --watch` never blocks
     /// writers. Each map read is atomic per entry.
     pub fn open_read(dir: &Path) -> Result<Registry> {
+        Self::open_read_with(dir, &OpenOptions::default())
+    }
+
+    /// [`Registry::open_read`] with options that apply if this call creates the state.
+    pub fn open_read_with(dir: &Path, opts: &OpenOptions) -> Result<Registry> {
+        crate::datapath::set_flow_table_size(opts.flow_table_size);
         let dp = Datapath::open(dir)?;
         let mut reg = Registry {
             dp,
