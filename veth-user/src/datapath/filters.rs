@@ -160,14 +160,16 @@ impl Datapath {
     }
 
     /// Deletes vethfp's filter on `dir` of `ifindex` if it runs a program of this state
-    /// (`owned`). A foreign filter at our place is left alone (and logged). True if deleted.
+    /// (`owned`). A foreign filter at our place is left alone (logged at info). True if
+    /// deleted.
     fn delete_owned(&self, ifindex: u32, dir: Dir, owned: &BTreeSet<u32>) -> Result<bool> {
         let what = format!("ifindex {ifindex}");
         let Some(f) = self.our_slot(ifindex, dir)? else {
             return Ok(false);
         };
         if !owned.contains(&f.prog_id) {
-            log::warn!("{}", Self::foreign(&what, dir, &f));
+            // Not ours (someone replaced it, or it was there before and refused us): stays.
+            log::info!("left in place: {}", Self::foreign(&what, dir, &f));
             return Ok(false);
         }
         self.tc(&what, |s| s.delete(ifindex, dir, FILTER_PRIO, FILTER_HANDLE))
