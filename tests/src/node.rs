@@ -643,10 +643,7 @@ impl Node {
     /// (prio, handle) that run a program pinned in this node's state. None: no such filter,
     /// or one running someone else's program.
     pub fn our_filters(&self, dev: &str) -> (Option<String>, Option<String>) {
-        use vethfp::{
-            datapath::Datapath,
-            sys::tc_filter::Dir,
-        };
+        use vethfp::{datapath::Datapath, sys::tc_filter::Dir};
         let dir = self.bpffs_dir();
         let dev = dev.to_string();
         crate::ns::run_in_netns(self.name(), move || {

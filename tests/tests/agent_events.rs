@@ -62,7 +62,11 @@ fn external_link_del_and_vanished_netns_are_cleaned_up() {
     let c2 = node.add_container("ve2", &["10.1.0.3/24"]);
     let c3 = node.add_container_with("ve3", &["10.1.0.4/24"], &["--mode", "xdp"]);
     let (i1, i3) = (ifindex(&node, &c1), ifindex(&node, &c3));
-    assert_eq!(pins_of(&node, i3).len(), 1, "the xdp link (tc hooks are filters)");
+    assert_eq!(
+        pins_of(&node, i3).len(),
+        1,
+        "the xdp link (tc hooks are filters)"
+    );
     assert!(node.has_filters("ve3"));
     let agent = Agent::start(&node, &["--reconcile-interval", "3600"]);
 

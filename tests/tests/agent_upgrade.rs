@@ -165,7 +165,10 @@ fn new_build_replaces_programs_in_place_under_tcp() {
                 let before = dp.link_state(hook, *i).unwrap().expect("filter");
                 dp.replace_program(hook, *i, pin).expect("switch to old");
                 let after = dp.link_state(hook, *i).unwrap().unwrap();
-                assert_eq!(after.link_id, before.link_id, "filter replaced, not updated");
+                assert_eq!(
+                    after.link_id, before.link_id,
+                    "filter replaced, not updated"
+                );
                 assert!(!cur.contains(&after.prog_id), "still the current program");
                 links.push((*hook, *i, after.link_id, after.prog_id));
             }

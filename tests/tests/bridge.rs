@@ -248,7 +248,12 @@ fn tc_progs(ns: &Netns, dev: &str) -> (Vec<String>, Vec<String>) {
                 .iter()
                 .map(|p| p.name_as_str().unwrap_or("?").to_string())
                 .collect();
-            v.extend(tc.list(ifindex, d).expect("list filters").into_iter().map(|f| f.name));
+            v.extend(
+                tc.list(ifindex, d)
+                    .expect("list filters")
+                    .into_iter()
+                    .map(|f| f.name),
+            );
             v
         };
         (

@@ -356,9 +356,7 @@ fn check_detects_drift() {
     // The fast path detached (clsact deleted behind vethfp's back: the filters go with it).
     let host_if = r["interfaces"][0]["name"].as_str().unwrap();
     assert!(net.node.has_filters(host_if));
-    net.node
-        .ns
-        .tc(&["qdisc", "del", "dev", host_if, "clsact"]);
+    net.node.ns.tc(&["qdisc", "del", "dev", host_if, "clsact"]);
     let e = net
         .vethfp(&check, &with_prev(&conf, &r))
         .err_code(103, "CHECK with the programs detached");

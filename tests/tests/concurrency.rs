@@ -167,7 +167,11 @@ fn assert_consistent(node: &Node, want: &BTreeMap<String, usize>) {
     );
     assert_eq!(m.devmap, idxs, "VFP_DEVMAP");
     assert_eq!(host_routes(node), want_routes, "host routes in the node");
-    assert_eq!(link_pins(node), BTreeSet::new(), "link pins (tc mode has none)");
+    assert_eq!(
+        link_pins(node),
+        BTreeSet::new(),
+        "link pins (tc mode has none)"
+    );
 }
 
 fn add_args(name: &str, ns: &str, i: usize) -> Vec<String> {
@@ -297,7 +301,10 @@ fn filter_removed_by_hand_stops_the_fast_path_and_del_cleans() {
         "filter", "del", "dev", "vc1", "ingress", "protocol", "all", "prio", "65520", "handle",
         "0x766670", "bpf",
     ]);
-    assert_eq!(node.our_filters("vc1"), (None, Some("vfp_tc_egress".into())));
+    assert_eq!(
+        node.our_filters("vc1"),
+        (None, Some("vfp_tc_egress".into()))
+    );
     node.wait_quiet("vc1");
     let before = node.stats("vc1");
     // Forwarding is off in the node: without vc1's ingress program nothing carries c1's traffic.

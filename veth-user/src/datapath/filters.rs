@@ -132,15 +132,15 @@ impl Datapath {
         let r = (|| -> Result<()> {
             for (dir, name, prog) in &fds {
                 let mut fresh = true;
-                if !created {
-                    if let Some(f) = self.our_slot(ifindex, *dir)? {
-                        if !owned.contains(&f.prog_id) {
-                            return Err(Self::foreign(iface, *dir, &f));
-                        }
-                        fresh = false;
+                if !created && let Some(f) = self.our_slot(ifindex, *dir)? {
+                    if !owned.contains(&f.prog_id) {
+                        return Err(Self::foreign(iface, *dir, &f));
                     }
+                    fresh = false;
                 }
-                let fd = prog.fd().map_err(|source| DatapathError::Program { name, source })?;
+                let fd = prog
+                    .fd()
+                    .map_err(|source| DatapathError::Program { name, source })?;
                 let fd = fd.as_fd();
                 self.tc(iface, |s| {
                     s.add_or_replace_bpf(ifindex, *dir, FILTER_PRIO, FILTER_HANDLE, fd, name)
@@ -153,7 +153,9 @@ impl Datapath {
         })();
         if r.is_err() {
             for dir in added {
-                let _ = self.tc(iface, |s| s.delete(ifindex, dir, FILTER_PRIO, FILTER_HANDLE));
+                let _ = self.tc(iface, |s| {
+                    s.delete(ifindex, dir, FILTER_PRIO, FILTER_HANDLE)
+                });
             }
         }
         r
@@ -172,7 +174,9 @@ impl Datapath {
             log::info!("left in place: {}", Self::foreign(&what, dir, &f));
             return Ok(false);
         }
-        self.tc(&what, |s| s.delete(ifindex, dir, FILTER_PRIO, FILTER_HANDLE))
+        self.tc(&what, |s| {
+            s.delete(ifindex, dir, FILTER_PRIO, FILTER_HANDLE)
+        })
     }
 
     /// Removes the fast path from host end `ifindex`: deletes our two filters (owner-checked:
@@ -337,13 +341,21 @@ fn netns_by_cookie(cookie: u64) -> Option<crate::sys::netlink::Netns> {
     let mut paths: Vec<String> = Vec::new();
     for d in ["/run/netns", "/var/run/netns"] {
         if let Ok(rd) = fs::read_dir(d) {
-            paths.extend(rd.filter_map(|e| e.ok()).map(|e| e.path().display().to_string()));
+            paths.extend(
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.path().display().to_string()),
+            );
         }
     }
     if let Ok(rd) = fs::read_dir("/proc") {
         paths.extend(
             rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
                 .map(|e| format!("{}/ns/net", e.path().display())),
         );
     }
@@ -353,7 +365,11 @@ fn netns_by_cookie(cookie: u64) -> Option<crate::sys::netlink::Netns> {
         if !seen.insert(ns.ino()) {
             continue;
         }
-        if in_netns(&ns, || Ok(current_netns_cookie().ok())).ok().flatten() == Some(cookie) {
+        if in_netns(&ns, || Ok(current_netns_cookie().ok()))
+            .ok()
+            .flatten()
+            == Some(cookie)
+        {
             return Some(ns);
         }
     }

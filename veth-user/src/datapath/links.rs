@@ -195,13 +195,9 @@ impl Datapath {
             let e = e.map_err(io(&dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
             let keep = name.rsplit_once('-').is_some_and(|(hook, idx)| {
-                let hook = [
-                    HOOK_XDP,
-                    HOOK_UPLINK,
-                    HOOK_UPLINK_EGRESS,
-                ]
-                .into_iter()
-                .find(|h| *h == hook);
+                let hook = [HOOK_XDP, HOOK_UPLINK, HOOK_UPLINK_EGRESS]
+                    .into_iter()
+                    .find(|h| *h == hook);
                 matches!((hook, idx.parse::<u32>()), (Some(h), Ok(i)) if live.contains(&(h, i)))
             });
             if !keep {
@@ -219,14 +215,14 @@ impl Datapath {
                 in_use.insert(st.prog_id);
             }
         }
-        let eps: Vec<u32> = self
-            .endpoints()?
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(|source| DatapathError::Map {
-                name: MAP_ENDPOINTS,
-                source,
-            })?;
+        let eps: Vec<u32> =
+            self.endpoints()?
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(|source| DatapathError::Map {
+                    name: MAP_ENDPOINTS,
+                    source,
+                })?;
         in_use.extend(self.filter_program_ids(&eps));
         let mut progs = 0;
         let suffix = format!("-{:016x}", object_hash());

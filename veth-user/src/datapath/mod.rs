@@ -662,7 +662,6 @@ impl Datapath {
         unpin_and_detach(&self.link_pin(HOOK_XDP, ifindex))
             .map_err(io(format!("detaching the XDP link of ifindex {ifindex}")))
     }
-
 }
 
 /// 64 random bits from getrandom(2) (time as a fallback).
