@@ -123,3 +123,88 @@ fn a_foreign_filter_at_our_place_refuses_the_port_and_is_never_touched() {
     assert_eq!(at_our_place(&node.ns, "vhp1", Dir::Egress), None);
     assert!(node.list_json().is_empty());
 }
+
+/// A state made by a build before cls_bpf: the endpoint's programs on pinned tcx links
+/// (`links/tcx-ingress-N`, `links/tcx-egress-N`), no filters. The agent of this build adds
+/// its filters, then prunes the old link pins (which detaches the tcx programs); traffic is
+/// fast throughout and after.
+#[test]
+fn tcx_links_of_an_older_build_become_filters() {
+    use aya::programs::{
+        LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions,
+    };
+    let node = Node::new();
+    let c1 = node.add_container("vh1", &["10.1.0.2/24"]);
+    let c2 = node.add_container("vh2", &["10.1.0.3/24"]);
+    let i1 = node.stats("vh1").host_ifindex as u32;
+    let dir = node.bpffs_dir();
+    // Back to the old layout: tcx links pinned under links/, then our filters deleted.
+    let d = dir.clone();
+    run_in_netns(node.name(), move || {
+        for (prog, kind, hook) in [
+            ("vfp_tc_ingress", TcAttachType::Ingress, "tcx-ingress"),
+            ("vfp_tc_egress", TcAttachType::Egress, "tcx-egress"),
+        ] {
+            let pin = std::fs::read_dir(d.join("progs"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prog))
+                .unwrap();
+            let mut p = SchedClassifier::from_pin(&pin).unwrap();
+            let id = p
+                .attach_with_options("vh1", kind, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .unwrap();
+            let link: FdLink = p.take_link(id).unwrap().try_into().unwrap();
+            link.pin(d.join("links").join(format!("{hook}-{i1}")))
+                .unwrap();
+        }
+    });
+    node.ns.tc(&["qdisc", "del", "dev", "vh1", "clsact"]);
+    assert_eq!(node.our_filters("vh1"), (None, None));
+    let tcx = |ns: &Netns| {
+        run_in_netns(ns.name(), || {
+            [TcAttachType::Ingress, TcAttachType::Egress]
+                .map(|t| SchedClassifier::query_tcx("vh1", t).unwrap().1.len())
+        })
+    };
+    assert_eq!(tcx(&node.ns), [1, 1]);
+    node.wait_quiet("vh1");
+    let s0 = node.stats("vh1");
+    assert!(
+        vethfp_tests::ping(c1.name(), c2.v4()),
+        "fast on the old tcx links"
+    );
+    assert!(node.stats("vh1").since(&s0).from("fast").packets > 0);
+
+    let agent = vethfp_tests::Agent::start(&node, &["--reconcile-interval", "3600"]);
+    assert_eq!(
+        node.our_filters("vh1"),
+        (Some("vfp_tc_ingress".into()), Some("vfp_tc_egress".into()))
+    );
+    let pins: Vec<String> = node
+        .bpffs
+        .files()
+        .into_iter()
+        .filter(|f| f.contains("/links/"))
+        .collect();
+    assert!(pins.is_empty(), "old link pins left: {pins:?}");
+    // The pruned pins release the links (asynchronously): wait until tcx is empty.
+    let start = std::time::Instant::now();
+    while tcx(&node.ns) != [0, 0] {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "tcx links stay"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    node.wait_quiet("vh1");
+    let s1 = node.stats("vh1");
+    assert!(
+        vethfp_tests::ping(c1.name(), c2.v4()),
+        "fast on the filters"
+    );
+    let d = node.stats("vh1").since(&s1);
+    assert!(d.from("fast").packets > 0, "{d:?}");
+    let (st, log) = agent.terminate();
+    assert!(st.success(), "{log}");
+}
