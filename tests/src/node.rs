@@ -663,6 +663,35 @@ impl Node {
         }
     }
 
+    /// vethfp's cls_bpf filters on host end `dev` of this node, asked from the kernel inside
+    /// the node's namespace: (ingress, egress) program names of the filters at vethfp's
+    /// (prio, handle) that run a program pinned in this node's state. None: no such filter,
+    /// or one running someone else's program.
+    pub fn our_filters(&self, dev: &str) -> (Option<String>, Option<String>) {
+        use vethfp::{datapath::Datapath, sys::tc_filter::Dir};
+        let dir = self.bpffs_dir();
+        let dev = dev.to_string();
+        crate::ns::run_in_netns(self.name(), move || {
+            let Some(ifindex) = nix::net::if_::if_nametoindex(dev.as_str()).ok() else {
+                return (None, None);
+            };
+            let dp = Datapath::open(&dir).expect("open datapath");
+            let owned = dp.owned_program_ids().expect("program ids");
+            let get = |d| {
+                dp.our_slot(ifindex, d)
+                    .expect("list filters")
+                    .filter(|f| owned.contains(&f.prog_id))
+                    .map(|f| f.name)
+            };
+            (get(Dir::Ingress), get(Dir::Egress))
+        })
+    }
+
+    /// True if both of vethfp's filters are on `dev` and run this node's programs.
+    pub fn has_filters(&self, dev: &str) -> bool {
+        matches!(self.our_filters(dev), (Some(_), Some(_)))
+    }
+
     /// How many times the pinned program `name` (e.g. `vfp_xdp`) of this node has run since
     /// it was loaded (0 if it is not loaded yet: vethfp loads programs on first use). Only
     /// counts while run-time statistics are on: hold a [`bpf_stats`] guard.

@@ -118,6 +118,23 @@ impl Netns {
         ip(&a)
     }
 
+    /// `tc -n NAME args...`; panics on failure; returns stdout.
+    pub fn tc(&self, args: &[&str]) -> String {
+        let out = Command::new("tc")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .expect("run tc");
+        assert!(
+            out.status.success(),
+            "tc -n {} {args:?}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `ip -j -n NAME args...` parsed as JSON (an empty output is an empty array).
     pub fn ip_json(&self, args: &[&str]) -> Value {
         let mut a = vec!["-j", "-n", &self.name];

@@ -3,7 +3,8 @@
 //! with it). The periodic reconciliation is pushed out of the way (`--reconcile-interval
 //! 3600`), so only the netlink event path can do it; the tests poll for the result.
 //!
-//! Also: what an agent finds at start (vanished endpoints, missing link pins, stray pins) is
+//! Also: what an agent finds at start (vanished endpoints, a clsact qdisc deleted behind
+//! vethfp's back, stray pins) is
 //! reconciled before it serves, and CLI writes running concurrently with an agent that
 //! reconciles all the time leave a consistent state.
 
@@ -61,7 +62,12 @@ fn external_link_del_and_vanished_netns_are_cleaned_up() {
     let c2 = node.add_container("ve2", &["10.1.0.3/24"]);
     let c3 = node.add_container_with("ve3", &["10.1.0.4/24"], &["--mode", "xdp"]);
     let (i1, i3) = (ifindex(&node, &c1), ifindex(&node, &c3));
-    assert_eq!(pins_of(&node, i3).len(), 3, "tcx ingress, egress and xdp");
+    assert_eq!(
+        pins_of(&node, i3).len(),
+        1,
+        "the xdp link (tc hooks are filters)"
+    );
+    assert!(node.has_filters("ve3"));
     let agent = Agent::start(&node, &["--reconcile-interval", "3600"]);
 
     // Someone else deletes a host end.
@@ -77,7 +83,8 @@ fn external_link_del_and_vanished_netns_are_cleaned_up() {
     let list = node.list_json();
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["host_if"], "ve2");
-    assert_eq!(link_pins(&node).len(), 2, "{:?}", link_pins(&node));
+    assert!(link_pins(&node).is_empty(), "{:?}", link_pins(&node));
+    assert!(node.has_filters("ve2"));
     assert!(ping(node.name(), c2.v4()));
     // The addresses are free again.
     let c4 = node.add_container("ve4", &["10.1.0.2/24"]);
@@ -104,31 +111,41 @@ fn external_link_del_and_vanished_netns_are_cleaned_up() {
 #[test]
 fn start_reconciles_what_happened_while_no_agent_ran() {
     let node = Node::new();
-    let c1 = node.add_container("vr1", &["10.1.0.2/24"]);
+    let c1 = node.add_container_with("vr1", &["10.1.0.2/24"], &["--mode", "xdp"]);
     let c2 = node.add_container("vr2", &["10.1.0.3/24"]);
     let c3 = node.add_container("vr3", &["10.1.0.4/24"]);
     let (i2, i3) = (ifindex(&node, &c2), ifindex(&node, &c3));
     let dir = node.bpffs_dir();
 
-    // While no agent runs: a host end vanishes, a link pin is lost (its program detached),
-    // and a stray pin is left by some crash.
+    // While no agent runs: a host end vanishes, someone deletes the clsact qdisc of
+    // another (and our filters with it), and a stray pin is left by some crash.
     node.ns.ip(&["link", "del", "vr3"]);
-    std::fs::remove_file(dir.join(format!("links/tcx-ingress-{i2}"))).unwrap();
+    node.ns.tc(&["qdisc", "del", "dev", "vr2", "clsact"]);
+    assert_eq!(node.our_filters("vr2"), (None, None));
     let i1 = ifindex(&node, &c1);
     let link: aya::programs::links::FdLink =
-        aya::programs::links::PinnedLink::from_pin(dir.join(format!("links/tcx-egress-{i1}")))
+        aya::programs::links::PinnedLink::from_pin(dir.join(format!("links/xdp-{i1}")))
             .expect("open pin")
             .into();
-    link.pin(dir.join("links/tcx-egress-999999"))
-        .expect("stray pin");
+    link.pin(dir.join("links/xdp-999999")).expect("stray pin");
     // Without the ingress program, c2's traffic goes the kernel's way (forwarding is off
     // in the node, so it does not arrive).
     assert!(!ping(c2.name(), c1.v4()));
 
     let agent = Agent::start(&node, &["--reconcile-interval", "3600"]);
     assert!(gone(&node, "vr3", i3));
-    assert_eq!(pins_of(&node, i2).len(), 2, "{:?}", link_pins(&node));
-    assert_eq!(link_pins(&node).len(), 4, "{:?}", link_pins(&node));
+    assert_eq!(
+        node.our_filters("vr2"),
+        (Some("vfp_tc_ingress".into()), Some("vfp_tc_egress".into())),
+        "filters re-added"
+    );
+    assert!(pins_of(&node, i2).is_empty(), "{:?}", link_pins(&node));
+    assert_eq!(
+        link_pins(&node),
+        [format!("vethfp/links/xdp-{i1}")].into(),
+        "stray pin pruned"
+    );
+    // The fast path is back: forwarding is still off in the node, so only it delivers.
     assert!(ping(c2.name(), c1.v4()));
     let (st, log) = agent.terminate();
     assert!(st.success(), "{log}");
@@ -164,7 +181,7 @@ fn cli_writes_while_the_agent_reconciles_stay_consistent() {
         }
     });
     poll("only vk0 left", || {
-        node.list_json().len() == 1 && link_pins(&node).len() == 2
+        node.list_json().len() == 1 && link_pins(&node).is_empty()
     });
     let list = node.list_json();
     assert_eq!(list[0]["host_if"], "vk0");
@@ -222,17 +239,21 @@ fn bridge_ports_keep_their_l2_program() {
         .iter()
         .map(|(p, _)| node.stats(p).host_ifindex as u32)
         .collect();
-    let before: Vec<_> = ifx
-        .iter()
-        .map(|i| dp.link_state(HOOK_TC_INGRESS, *i).unwrap().unwrap())
-        .collect();
+    // The ingress filters, asked inside the node's namespace.
+    let states = || {
+        let (dir, ifx) = (node.bpffs_dir(), ifx.clone());
+        vethfp_tests::run_in_netns(node.name(), move || {
+            let dp = Datapath::open(&dir).unwrap();
+            ifx.iter()
+                .map(|i| dp.link_state(HOOK_TC_INGRESS, *i).unwrap().unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let before = states();
     assert!(before.iter().all(|s| s.prog_id == l2));
 
     let agent = Agent::start(&node, &[]);
-    let after: Vec<_> = ifx
-        .iter()
-        .map(|i| dp.link_state(HOOK_TC_INGRESS, *i).unwrap().unwrap())
-        .collect();
+    let after = states();
     assert_eq!(after, before, "the agent changed the bridge ports' links");
     assert!(ping(ports[0].1.name(), "10.2.0.3".parse().unwrap()));
     // A port deleted behind vethfp's back is cleaned up like any endpoint.

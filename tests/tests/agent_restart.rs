@@ -1,7 +1,7 @@
 //! The datapath does not depend on the agent: SIGKILL it in the middle of a paced UDP stream
 //! between two containers, let the stream run on without any agent, start it again. Every
 //! datagram arrives, and the counters account for every one of them exactly; the restarted
-//! agent finds the state as it was and changes nothing (same pins, same link ids).
+//! agent finds the state as it was and changes nothing (same pins, same filters and programs).
 
 use std::{
     net::SocketAddr,
@@ -9,7 +9,7 @@ use std::{
 };
 
 use vethfp::datapath::{Datapath, HOOK_TC_EGRESS, HOOK_TC_INGRESS};
-use vethfp_tests::{Agent, Node, join, udp_frame_len, udp_recv, udp_send_paced};
+use vethfp_tests::{Agent, Node, join, run_in_netns, udp_frame_len, udp_recv, udp_send_paced};
 
 const N: u64 = 20_000;
 const PAYLOAD: usize = 64;
@@ -22,20 +22,27 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// (link id, program id) of every tcx link of the endpoints, read through the pins.
+/// (filter handle, program id) of both cls_bpf filters of every endpoint, asked from the
+/// kernel inside the node's namespace.
 fn link_ids(node: &Node, ifindexes: &[u32]) -> Vec<(u32, u32)> {
-    let dp = Datapath::open(&node.bpffs_dir()).expect("open datapath");
-    ifindexes
-        .iter()
-        .flat_map(|i| [HOOK_TC_INGRESS, HOOK_TC_EGRESS].map(|h| (h, *i)))
-        .map(|(h, i)| {
-            let s = dp
-                .link_state(h, i)
-                .expect("link state")
-                .unwrap_or_else(|| panic!("no {h} link pin for ifindex {i}"));
-            (s.link_id, s.prog_id)
-        })
-        .collect()
+    let dir = node.bpffs_dir();
+    let ifindexes = ifindexes.to_vec();
+    run_in_netns(node.name(), move || {
+        let dp = Datapath::open(&dir).expect("open datapath");
+        let owned = dp.owned_program_ids().expect("program ids");
+        ifindexes
+            .iter()
+            .flat_map(|i| [HOOK_TC_INGRESS, HOOK_TC_EGRESS].map(|h| (h, *i)))
+            .map(|(h, i)| {
+                let s = dp
+                    .link_state(h, i)
+                    .expect("filter state")
+                    .unwrap_or_else(|| panic!("no {h} filter on ifindex {i}"));
+                assert!(owned.contains(&s.prog_id), "{h} on {i}: not our program");
+                (s.link_id, s.prog_id)
+            })
+            .collect()
+    })
 }
 
 #[test]

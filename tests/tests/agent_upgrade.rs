@@ -1,12 +1,13 @@
-//! An agent of a new build takes over links running an older build's programs: it switches
-//! each link to its own program in place (BPF_LINK_UPDATE), under a live TCP connection.
+//! An agent of a new build takes over filters running an older build's programs: it switches
+//! each endpoint's cls_bpf filter to its own program in place (NLM_F_REPLACE at the same
+//! prio and handle), under a live TCP connection.
 //!
 //! "Older build" is simulated: the test loads the programs of the embedded object a second
 //! time, as separate kernel programs, pins them under another object hash
-//! (`progs/<name>-00000000000000aa`, as an older vethfp would have) and switches the links to
-//! them. The agent must notice that the links do not run this build's programs and replace
-//! them: same link ids, program ids of this build's pins, the old pins gone, the connection
-//! alive, the counters going on from where they were.
+//! (`progs/<name>-00000000000000aa`, as an older vethfp would have) and switches the filters
+//! to them. The agent must notice that the filters do not run this build's programs and
+//! replace them: same filter handles, program ids of this build's pins, the old pins gone, the
+//! connection alive, the counters going on from where they were.
 
 use std::{
     io::{Read, Write},
@@ -25,7 +26,7 @@ use veth_common::MAPS;
 use vethfp::datapath::{
     Datapath, EBPF_OBJECT, HOOK_TC_EGRESS, HOOK_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS,
 };
-use vethfp_tests::{Agent, Node, in_netns, join};
+use vethfp_tests::{Agent, Node, in_netns, join, run_in_netns};
 
 const OLD_HASH: &str = "00000000000000aa";
 
@@ -154,20 +155,26 @@ fn new_build_replaces_programs_in_place_under_tcp() {
     let agent = Agent::start(&node, &[]);
     agent.kill();
     let old = load_old_programs(&dir);
-    let mut links = Vec::new();
-    for (hook, pin) in &old {
-        for i in &ifx {
-            let before = dp.link_state(hook, *i).unwrap().expect("link pin");
-            dp.replace_program(hook, *i, pin).expect("switch to old");
-            let after = dp.link_state(hook, *i).unwrap().unwrap();
-            assert_eq!(after.link_id, before.link_id, "link replaced, not updated");
-            assert!(
-                !current.contains(&after.prog_id),
-                "still the current program"
-            );
-            links.push((*hook, *i, after.link_id, after.prog_id));
+    let (d, cur, ix) = (dir.clone(), current.clone(), ifx.clone());
+    // Filters are asked and changed inside the node's namespace.
+    let links = run_in_netns(node.name(), move || {
+        let mut dp = Datapath::open(&d).expect("open datapath");
+        let mut links = Vec::new();
+        for (hook, pin) in &old {
+            for i in &ix {
+                let before = dp.link_state(hook, *i).unwrap().expect("filter");
+                dp.replace_program(hook, *i, pin).expect("switch to old");
+                let after = dp.link_state(hook, *i).unwrap().unwrap();
+                assert_eq!(
+                    after.link_id, before.link_id,
+                    "filter replaced, not updated"
+                );
+                assert!(!cur.contains(&after.prog_id), "still the current program");
+                links.push((*hook, *i, after.link_id, after.prog_id));
+            }
         }
-    }
+        links
+    });
     let r = e.rounds.load(Ordering::Acquire);
     wait_rounds(&e, r + 10);
     let s1 = node.stats("vu1");
@@ -176,11 +183,20 @@ fn new_build_replaces_programs_in_place_under_tcp() {
 
     // The new build's agent starts: its first reconciliation switches every link back.
     let agent = Agent::start(&node, &[]);
-    for (hook, i, link_id, old_prog) in &links {
-        let now = dp.link_state(hook, *i).unwrap().expect("link pin kept");
+    let d = dir.clone();
+    let (hooks, l) = (links.clone(), links.len());
+    let now_states = run_in_netns(node.name(), move || {
+        let dp = Datapath::open(&d).expect("open datapath");
+        hooks
+            .iter()
+            .map(|(hook, i, _, _)| dp.link_state(hook, *i).unwrap().expect("filter kept"))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(now_states.len(), l);
+    for ((hook, i, link_id, old_prog), now) in links.iter().zip(now_states) {
         assert_eq!(
             now.link_id, *link_id,
-            "{hook} on {i}: the link must stay the same"
+            "{hook} on {i}: the filter must stay at its handle"
         );
         assert_ne!(
             now.prog_id, *old_prog,

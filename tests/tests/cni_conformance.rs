@@ -353,20 +353,10 @@ fn check_detects_drift() {
     net.vethfp(&check, &with_prev(&conf, &r))
         .ok("CHECK repaired");
 
-    // The fast path detached (link pins removed behind vethfp's back).
+    // The fast path detached (clsact deleted behind vethfp's back: the filters go with it).
     let host_if = r["interfaces"][0]["name"].as_str().unwrap();
-    let ifindex = net.node.list_entry(host_if).unwrap()["host_ifindex"]
-        .as_u64()
-        .unwrap();
-    for hook in ["tcx-ingress", "tcx-egress"] {
-        std::fs::remove_file(
-            net.node
-                .bpffs_dir()
-                .join("links")
-                .join(format!("{hook}-{ifindex}")),
-        )
-        .unwrap();
-    }
+    assert!(net.node.has_filters(host_if));
+    net.node.ns.tc(&["qdisc", "del", "dev", host_if, "clsact"]);
     let e = net
         .vethfp(&check, &with_prev(&conf, &r))
         .err_code(103, "CHECK with the programs detached");

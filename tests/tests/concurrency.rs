@@ -137,7 +137,6 @@ fn assert_consistent(node: &Node, want: &BTreeMap<String, usize>) {
     let mut want_ep4 = BTreeMap::new();
     let mut want_ep6 = BTreeMap::new();
     let mut want_routes = BTreeMap::new();
-    let mut want_pins = BTreeSet::new();
     for e in &list {
         let name = e["host_if"].as_str().unwrap();
         let idx = links[name];
@@ -154,8 +153,7 @@ fn assert_consistent(node: &Node, want: &BTreeMap<String, usize>) {
         want_ep6.insert(a6.clone(), idx);
         want_routes.insert(a4, name.to_string());
         want_routes.insert(a6, name.to_string());
-        want_pins.insert(format!("tcx-ingress-{idx}"));
-        want_pins.insert(format!("tcx-egress-{idx}"));
+        assert!(node.has_filters(name), "{name}: our two filters");
     }
     let idxs: BTreeSet<u32> = links.values().copied().collect();
     let m = maps(node);
@@ -169,7 +167,11 @@ fn assert_consistent(node: &Node, want: &BTreeMap<String, usize>) {
     );
     assert_eq!(m.devmap, idxs, "VFP_DEVMAP");
     assert_eq!(host_routes(node), want_routes, "host routes in the node");
-    assert_eq!(link_pins(node), want_pins, "link pins");
+    assert_eq!(
+        link_pins(node),
+        BTreeSet::new(),
+        "link pins (tc mode has none)"
+    );
 }
 
 fn add_args(name: &str, ns: &str, i: usize) -> Vec<String> {
@@ -278,10 +280,8 @@ fn container_netns_deleted_under_a_live_endpoint() {
     assert_eq!(m.devmap, [idx2].into());
     assert_eq!(m.ep4.keys().cloned().collect::<Vec<_>>(), ["10.1.0.3"]);
     assert_eq!(m.ep6.keys().cloned().collect::<Vec<_>>(), ["fd00:1::3"]);
-    assert_eq!(
-        link_pins(&node),
-        [format!("tcx-ingress-{idx2}"), format!("tcx-egress-{idx2}")].into()
-    );
+    assert!(link_pins(&node).is_empty());
+    assert!(node.has_filters("vc2"));
     assert!(
         node.ns
             .ip(&["route", "show"])
@@ -292,21 +292,25 @@ fn container_netns_deleted_under_a_live_endpoint() {
 }
 
 #[test]
-fn link_pin_removed_by_hand_stops_the_fast_path_and_del_cleans() {
+fn filter_removed_by_hand_stops_the_fast_path_and_del_cleans() {
     let node = Node::new();
     let c1 = node.add_container("vc1", &["10.1.0.2/24", "fd00:1::2/64"]);
     let c2 = node.add_container("vc2", &["10.1.0.3/24", "fd00:1::3/64"]);
     assert!(ping(c1.name(), c2.v4()));
-    let idx1 = node.list_entry("vc1").unwrap()["host_ifindex"]
-        .as_u64()
-        .unwrap();
-    std::fs::remove_file(node.bpffs_dir().join(format!("links/tcx-ingress-{idx1}"))).unwrap();
+    node.ns.tc(&[
+        "filter", "del", "dev", "vc1", "ingress", "protocol", "all", "prio", "65520", "handle",
+        "0x766670", "bpf",
+    ]);
+    assert_eq!(
+        node.our_filters("vc1"),
+        (None, Some("vfp_tc_egress".into()))
+    );
     node.wait_quiet("vc1");
     let before = node.stats("vc1");
     // Forwarding is off in the node: without vc1's ingress program nothing carries c1's traffic.
     assert!(
         !ping(c1.name(), c2.v4()),
-        "fast path still up after its link pin was removed"
+        "fast path still up after its ingress filter was deleted"
     );
     let d = node.stats("vc1").since(&before);
     assert_eq!(d.from("fast").packets, 0, "{d:?}");
@@ -315,10 +319,8 @@ fn link_pin_removed_by_hand_stops_the_fast_path_and_del_cleans() {
     let idx2 = node.list_entry("vc2").unwrap()["host_ifindex"]
         .as_u64()
         .unwrap();
-    assert_eq!(
-        link_pins(&node),
-        [format!("tcx-ingress-{idx2}"), format!("tcx-egress-{idx2}")].into()
-    );
+    assert!(link_pins(&node).is_empty());
+    assert!(node.has_filters("vc2"));
     let m = maps(&node);
     assert_eq!(m.endpoints, [idx2 as u32].into());
     assert_eq!(m.ep4.len() + m.ep6.len(), 2);

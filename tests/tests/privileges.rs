@@ -31,11 +31,6 @@ fn state_is_root_only() {
     let mut all = Vec::new();
     walk(&dir, &mut all);
     assert!(
-        all.iter()
-            .any(|(p, _, _)| p.contains("/links/tcx-ingress-")),
-        "{all:?}"
-    );
-    assert!(
         all.iter().any(|(p, _, _)| p.contains("/links/xdp-")),
         "{all:?}"
     );

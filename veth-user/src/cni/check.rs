@@ -102,21 +102,16 @@ impl Call<'_> {
             }
         }
 
-        // The fast path: tcx programs attached (asked from the kernel, not the pins), pins kept.
+        // The fast path: our filters attached and running this state's programs (asked
+        // from the kernel; cls_bpf filters need no pin to stay).
         let seen = reg
-            .fast_path_seen(&ep.host_if, ep.host_ifindex)
+            .fast_path_seen(ep.host_ifindex)
             .map_err(|e| fail(e.to_string()))?;
-        let attached = &seen.attached;
-        if !attached.has_fast_path() {
+        if !seen.fast_path {
             return Err(fail(format!(
-                "the fast path programs are not attached to {} (ingress {:?}, egress {:?})",
-                ep.host_if, attached.tcx_ingress, attached.tcx_egress
-            )));
-        }
-        if seen.link_pins < 2 {
-            return Err(fail(format!(
-                "the link pins of {} are missing: the programs would detach",
-                ep.host_if
+                "the fast path programs are not attached to {} (ingress filters {:?}, egress \
+                 filters {:?})",
+                ep.host_if, seen.ingress, seen.egress
             )));
         }
         if ep.mode == Mode::Xdp && !seen.xdp_link {

@@ -1,18 +1,21 @@
 //! Read-only queries of what is really configured in the kernel, for verification (CNI CHECK):
-//! addresses on an interface and the programs attached to a host end.
+//! addresses on an interface and the filters attached to a host end.
 
-use std::{net::IpAddr, path::Path};
+use std::{collections::BTreeSet, net::IpAddr, path::Path};
 
-use aya::programs::{
-    SchedClassifier, TcAttachType,
-    links::{FdLink, LinkType, PinnedLink},
-};
+use aya::programs::links::{FdLink, LinkType, PinnedLink};
 use futures::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
 
 use crate::{
-    datapath::{DatapathError, PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS},
-    sys::netlink::{NetlinkError, nl_err, run},
+    datapath::{
+        Datapath, DatapathError, PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS,
+        filters::{FILTER_HANDLE, FILTER_PRIO},
+    },
+    sys::{
+        netlink::{NetlinkError, nl_err, run},
+        tc_filter::{BpfFilter, Dir},
+    },
 };
 
 /// Addresses (address, prefix length) on `ifindex` in the calling thread's network namespace,
@@ -48,42 +51,48 @@ pub fn addresses(ifindex: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
     })
 }
 
-/// What the kernel reports attached to one host end.
+/// What the kernel reports attached to one host end: its cls_bpf filters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attached {
-    /// Names of the programs on the tcx ingress hook, in order.
-    pub tcx_ingress: Vec<String>,
-    /// Names of the programs on the tcx egress hook, in order.
-    pub tcx_egress: Vec<String>,
+    /// The cls_bpf filters on clsact ingress, in the kernel's order.
+    pub ingress: Vec<BpfFilter>,
+    /// The cls_bpf filters on clsact egress.
+    pub egress: Vec<BpfFilter>,
+    /// Ids of the programs pinned in this state (the ones whose filters are ours).
+    pub owned: BTreeSet<u32>,
 }
 
 impl Attached {
-    /// Both vethfp tcx programs are attached (routed or, on a bridge port, L2 ingress).
+    /// Both vethfp filters are in place, direct-action, running programs of this state under
+    /// the expected names (routed or, on a bridge port, L2 ingress).
     pub fn has_fast_path(&self) -> bool {
-        self.tcx_ingress
-            .iter()
-            .any(|n| n == PROG_TC_INGRESS || n == PROG_L2_INGRESS)
-            && self.tcx_egress.iter().any(|n| n == PROG_TC_EGRESS)
+        let ok = |fs: &[BpfFilter], names: &[&str]| {
+            fs.iter().any(|f| {
+                f.prio == FILTER_PRIO
+                    && f.handle == FILTER_HANDLE
+                    && f.direct_action
+                    && self.owned.contains(&f.prog_id)
+                    && names.contains(&f.name.as_str())
+            })
+        };
+        ok(&self.ingress, &[PROG_TC_INGRESS, PROG_L2_INGRESS])
+            && ok(&self.egress, &[PROG_TC_EGRESS])
+    }
+
+    /// "name#prog_id@prio" of each filter on `dir`, for messages.
+    pub fn describe(fs: &[BpfFilter]) -> Vec<String> {
+        fs.iter()
+            .map(|f| format!("{}#{}@{:#x}", f.name, f.prog_id, f.prio))
+            .collect()
     }
 }
 
-/// Programs attached to the tcx hooks of interface `iface` (in the calling thread's netns).
-pub fn attached(iface: &str) -> Result<Attached, DatapathError> {
-    let names = |kind: TcAttachType| -> Result<Vec<String>, DatapathError> {
-        let (_, infos) =
-            SchedClassifier::query_tcx(iface, kind).map_err(|source| DatapathError::Attach {
-                prog: "query",
-                iface: iface.into(),
-                source,
-            })?;
-        Ok(infos
-            .iter()
-            .map(|i| i.name_as_str().unwrap_or("").to_string())
-            .collect())
-    };
+/// The filters on host end `ifindex` (in the calling thread's netns), asked from the kernel.
+pub fn attached(dp: &Datapath, ifindex: u32) -> Result<Attached, DatapathError> {
     Ok(Attached {
-        tcx_ingress: names(TcAttachType::Ingress)?,
-        tcx_egress: names(TcAttachType::Egress)?,
+        ingress: dp.filters(ifindex, Dir::Ingress)?,
+        egress: dp.filters(ifindex, Dir::Egress)?,
+        owned: dp.owned_program_ids()?,
     })
 }
 

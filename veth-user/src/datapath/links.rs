@@ -1,6 +1,7 @@
-//! Links as the kernel sees them, and the operations reconciliation needs on them: find a
-//! pinned link's state, attach a missing one, switch a link to this build's program in place
-//! (`BPF_LINK_UPDATE`), and prune pins nothing owns.
+//! Hooks as the kernel sees them, and the operations reconciliation needs on them: find a
+//! hook's state (a pinned tcx/XDP link, or an endpoint's cls_bpf filter), attach a missing
+//! one, switch it to this build's program in place (`BPF_LINK_UPDATE`, or `NLM_F_REPLACE` at
+//! the same prio and handle for a filter), and prune pins nothing owns.
 
 use std::{collections::BTreeSet, fs, io::ErrorKind, path::Path};
 
@@ -14,9 +15,11 @@ use aya_obj::programs::XdpAttachType;
 
 use super::*;
 
-/// A pinned link as the kernel sees it.
+/// A hook as the kernel sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkState {
+    /// The link id; for an endpoint's cls_bpf filter its handle (what an in-place replace
+    /// keeps, as it keeps a link id).
     pub link_id: u32,
     pub prog_id: u32,
 }
@@ -39,7 +42,7 @@ pub enum LinkAction {
 /// A name for the program behind a hook, for error messages.
 fn hook_program(hook: &str) -> Option<&'static str> {
     Some(match hook {
-        HOOK_TC_INGRESS => "tcx ingress program",
+        HOOK_TC_INGRESS => "tc ingress program",
         HOOK_TC_EGRESS => PROG_TC_EGRESS,
         HOOK_XDP => PROG_XDP,
         HOOK_UPLINK => PROG_UPLINK_INGRESS,
@@ -53,8 +56,16 @@ fn link_err(iface: String) -> impl FnOnce(LinkError) -> DatapathError {
 }
 
 impl Datapath {
-    /// The pinned link of `hook` on `ifindex`, if its pin exists.
+    /// The pinned link of `hook` on `ifindex`, if its pin exists; for the endpoint hooks
+    /// ([`HOOK_TC_INGRESS`], [`HOOK_TC_EGRESS`]) the filter at vethfp's place, whoever's it is
+    /// (compare `prog_id` with [`Datapath::owned_program_ids`]).
     pub fn link_state(&self, hook: &str, ifindex: u32) -> Result<Option<LinkState>, DatapathError> {
+        if let Some(dir) = filters::hook_dir(hook) {
+            return Ok(self.our_slot(ifindex, dir)?.map(|f| LinkState {
+                link_id: f.handle,
+                prog_id: f.prog_id,
+            }));
+        }
         let pin = self.link_pin(hook, ifindex);
         let link: FdLink = match PinnedLink::from_pin(&pin) {
             Ok(l) => l.into(),
@@ -93,6 +104,14 @@ impl Datapath {
             name: "unknown hook",
             source: aya::programs::ProgramError::NotLoaded,
         })?;
+        if let Some(dir) = filters::hook_dir(hook) {
+            let name = if hook == HOOK_TC_EGRESS {
+                PROG_TC_EGRESS
+            } else {
+                PROG_TC_INGRESS
+            };
+            return self.replace_filter_program(ifindex, dir, prog_pin, name);
+        }
         let iface = format!("ifindex {ifindex}");
         let link: FdLink = PinnedLink::from_pin(self.link_pin(hook, ifindex))
             .map_err(link_err(iface.clone()))?
@@ -113,9 +132,9 @@ impl Datapath {
         Ok(())
     }
 
-    /// Makes sure `hook` on host end `iface` (`ifindex`) has a pinned link running this
-    /// build's program `name`: attaches it if the pin is missing, replaces another program
-    /// (an older build's) in place.
+    /// Makes sure `hook` on host end `iface` (`ifindex`) has a pinned link (endpoint hooks:
+    /// our filter) running this build's program `name`: attaches it if missing, replaces
+    /// another program of this state (an older build's) in place.
     pub fn ensure_link(
         &mut self,
         iface: &str,
@@ -123,6 +142,9 @@ impl Datapath {
         hook: &'static str,
         name: &'static str,
     ) -> Result<LinkAction, DatapathError> {
+        if let Some(dir) = filters::hook_dir(hook) {
+            return self.ensure_filter(iface, ifindex, dir, name);
+        }
         match self.link_state(hook, ifindex)? {
             None => {
                 match hook {
@@ -135,9 +157,6 @@ impl Datapath {
                         hook,
                     )?,
                     HOOK_UPLINK_EGRESS => self.attach_uplink_egress(iface, ifindex)?,
-                    HOOK_TC_EGRESS => {
-                        self.attach_one(iface, ifindex, name, TcAttachType::Egress, hook)?
-                    }
                     _ => self.attach_one(iface, ifindex, name, TcAttachType::Ingress, hook)?,
                 }
                 Ok(LinkAction::Attached)
@@ -158,10 +177,12 @@ impl Datapath {
         }
     }
 
-    /// Removes link pins whose (hook, ifindex) is not in `live`, and program pins of other
-    /// builds. Returns (link pins removed, program pins removed).
+    /// Removes link pins whose (hook, ifindex) is not in `live` (endpoint tcx link pins of
+    /// builds before cls_bpf among them), and program pins of other builds that no kept link
+    /// and no filter of a recorded endpoint runs any more. Returns (link pins removed,
+    /// program pins removed).
     pub fn prune_pins(
-        &self,
+        &mut self,
         live: &BTreeSet<(&'static str, u32)>,
     ) -> Result<(usize, usize), DatapathError> {
         let io = |what: &Path| {
@@ -174,15 +195,9 @@ impl Datapath {
             let e = e.map_err(io(&dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
             let keep = name.rsplit_once('-').is_some_and(|(hook, idx)| {
-                let hook = [
-                    HOOK_TC_INGRESS,
-                    HOOK_TC_EGRESS,
-                    HOOK_XDP,
-                    HOOK_UPLINK,
-                    HOOK_UPLINK_EGRESS,
-                ]
-                .into_iter()
-                .find(|h| *h == hook);
+                let hook = [HOOK_XDP, HOOK_UPLINK, HOOK_UPLINK_EGRESS]
+                    .into_iter()
+                    .find(|h| *h == hook);
                 matches!((hook, idx.parse::<u32>()), (Some(h), Ok(i)) if live.contains(&(h, i)))
             });
             if !keep {
@@ -193,12 +208,29 @@ impl Datapath {
                 }
             }
         }
+        // Programs still running somewhere: kept links, and our filters on recorded endpoints.
+        let mut in_use = BTreeSet::new();
+        for (hook, i) in live {
+            if let Ok(Some(st)) = self.link_state(hook, *i) {
+                in_use.insert(st.prog_id);
+            }
+        }
+        let eps: Vec<u32> =
+            self.endpoints()?
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(|source| DatapathError::Map {
+                    name: MAP_ENDPOINTS,
+                    source,
+                })?;
+        in_use.extend(self.filter_program_ids(&eps));
         let mut progs = 0;
         let suffix = format!("-{:016x}", object_hash());
         let dir = self.dir().join("progs");
         for e in fs::read_dir(&dir).map_err(io(&dir))? {
             let e = e.map_err(io(&dir))?;
-            if !e.file_name().to_string_lossy().ends_with(&suffix) {
+            let used = ProgramInfo::from_pin(e.path()).is_ok_and(|i| in_use.contains(&i.id()));
+            if !e.file_name().to_string_lossy().ends_with(&suffix) && !used {
                 match fs::remove_file(e.path()) {
                     Ok(()) => progs += 1,
                     Err(err) if err.kind() == ErrorKind::NotFound => {}

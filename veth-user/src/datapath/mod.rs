@@ -5,11 +5,14 @@
 //! ```text
 //! DIR/VFP_EP4, VFP_EP6, VFP_ENDPOINTS, VFP_COUNTERS, VFP_CONFIG   maps, by name
 //! DIR/progs/<program>-<object hash>                                 loaded programs
-//! DIR/links/tcx-ingress-<ifindex>, tcx-egress-<ifindex>             one link per hook and host end
+//! DIR/links/xdp-<ifindex>, uplink-ingress-<ifindex>, uplink-egress-<ifindex>   pinned links
 //! ```
+//! Endpoint host ends carry no pinned link for their tc hooks: those are cls_bpf filters on
+//! the device's clsact qdisc ([`filters`]), which live with the device.
 //! Programs are pinned per object hash: a CLI call reuses the programs an earlier call loaded
 //! from the same binary (no verification per endpoint), and a new binary loads its own.
 
+pub mod filters;
 pub mod inspect;
 pub mod links;
 
@@ -54,8 +57,9 @@ pub const PROG_XDP: &str = "vfp_xdp";
 pub const PROG_UPLINK_INGRESS: &str = "vfp_uplink_ingress";
 pub const PROG_L2_INGRESS: &str = "vfp_l2_ingress";
 pub const PROG_UPLINK_EGRESS: &str = "vfp_uplink_egress";
-pub const HOOK_TC_INGRESS: &str = "tcx-ingress";
-pub const HOOK_TC_EGRESS: &str = "tcx-egress";
+/// Endpoint hooks: cls_bpf filters on the host end's clsact qdisc (see [`filters`]).
+pub const HOOK_TC_INGRESS: &str = "tc-ingress";
+pub const HOOK_TC_EGRESS: &str = "tc-egress";
 pub const HOOK_XDP: &str = "xdp";
 pub const HOOK_UPLINK: &str = "uplink-ingress";
 pub const HOOK_UPLINK_EGRESS: &str = "uplink-egress";
@@ -103,6 +107,22 @@ pub enum DatapathError {
     Link {
         iface: String,
         source: aya::programs::links::LinkError,
+    },
+    #[error("tc filter on {iface}: {what}")]
+    Filter { iface: String, what: String },
+    #[error(
+        "{iface} already has a filter at vethfp's place on {dir} (prio {prio:#x} handle \
+         {handle:#x}) running program id {prog_id} ({name:?}), which is not a program of this \
+         state: vethfp never replaces or deletes another's filter; remove it (`tc filter del \
+         dev {iface} {dir} prio {prio}`) if it is stale, or use another interface"
+    )]
+    ForeignFilter {
+        iface: String,
+        dir: String,
+        prio: u16,
+        handle: u32,
+        prog_id: u32,
+        name: String,
     },
     #[error("pinning {path}: {source}")]
     Pin {
@@ -279,6 +299,8 @@ pub fn set_flow_table_size(n: u32) {
 pub struct Datapath {
     dir: PathBuf,
     maps: std::collections::HashMap<&'static str, aya::maps::Map>,
+    /// The netlink session for clsact/cls_bpf work, opened on first use.
+    tc: std::sync::Mutex<Option<crate::sys::tc_filter::TcSession>>,
 }
 
 fn prog_pin(dir: &Path, name: &str) -> PathBuf {
@@ -319,6 +341,7 @@ impl Datapath {
         let mut dp = Datapath {
             dir: dir.to_path_buf(),
             maps,
+            tc: Default::default(),
         };
         dp.check_abi()?;
         Ok(dp)
@@ -504,16 +527,22 @@ impl Datapath {
             .map(|m| (m.dev(), m.ino()))
     }
 
-    /// Ifindexes the pinned links of this state are attached to right now, in whichever
-    /// namespace their device lives (0 entries are links whose device is gone).
-    pub fn attached_link_ifindexes(&self) -> Vec<u32> {
-        let Ok(rd) = fs::read_dir(self.dir.join("links")) else {
-            return Vec::new();
+    /// Interfaces of this state that are alive right now, in whichever namespace they are:
+    /// the ifindexes pinned links are attached to, and the recorded host ends that still
+    /// carry our filters in the namespace the state is bound to (found by its netns cookie
+    /// among the named and the processes' network namespaces: filters have no pin that
+    /// would tell from here).
+    pub fn attached_link_ifindexes(&mut self) -> Vec<u32> {
+        let mut out: Vec<u32> = match fs::read_dir(self.dir.join("links")) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .filter_map(|e| pinned_link_ifindex(&e.path()).ok().flatten())
+                .filter(|i| *i != 0)
+                .collect(),
+            Err(_) => Vec::new(),
         };
-        rd.filter_map(|e| e.ok())
-            .filter_map(|e| pinned_link_ifindex(&e.path()).ok().flatten())
-            .filter(|i| *i != 0)
-            .collect()
+        out.extend(self.filtered_endpoints_in_bound_netns());
+        out
     }
 
     pub fn flags(&mut self) -> Result<u32> {
@@ -579,26 +608,6 @@ impl Datapath {
 
     pub fn link_pin(&self, hook: &str, ifindex: u32) -> PathBuf {
         self.dir.join("links").join(format!("{hook}-{ifindex}"))
-    }
-
-    /// Attaches the tcx ingress and egress programs to host end `iface` and pins the links.
-    /// On failure nothing stays attached.
-    /// `l2`: the bridge-bypass ingress program instead of the routed one.
-    pub fn attach_tc(&mut self, iface: &str, ifindex: u32, l2: bool) -> Result<()> {
-        let ingress = if l2 { PROG_L2_INGRESS } else { PROG_TC_INGRESS };
-        let hooks = [
-            (ingress, TcAttachType::Ingress, HOOK_TC_INGRESS),
-            (PROG_TC_EGRESS, TcAttachType::Egress, HOOK_TC_EGRESS),
-        ];
-        for (i, (prog_name, kind, hook)) in hooks.iter().enumerate() {
-            if let Err(e) = self.attach_one(iface, ifindex, prog_name, *kind, hook) {
-                for (_, _, done) in &hooks[..i] {
-                    let _ = fs::remove_file(self.link_pin(done, ifindex));
-                }
-                return Err(e);
-            }
-        }
-        Ok(())
     }
 
     pub(crate) fn attach_one(
@@ -698,29 +707,6 @@ impl Datapath {
     pub fn detach_xdp(&self, ifindex: u32) -> Result<bool> {
         unpin_and_detach(&self.link_pin(HOOK_XDP, ifindex))
             .map_err(io(format!("detaching the XDP link of ifindex {ifindex}")))
-    }
-
-    /// Removes every link pin of `ifindex` (detaching the programs if the interface still
-    /// exists). Returns how many pins were removed.
-    pub fn detach(&self, ifindex: u32) -> Result<usize> {
-        let mut n = 0;
-        for hook in [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP] {
-            if unpin_and_detach(&self.link_pin(hook, ifindex)).map_err(io(format!(
-                "detaching the {hook} link of ifindex {ifindex}"
-            )))? {
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-
-    /// Link pins present for `ifindex`.
-    pub fn link_pins(&self, ifindex: u32) -> Vec<PathBuf> {
-        [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP]
-            .iter()
-            .map(|h| self.link_pin(h, ifindex))
-            .filter(|p| p.exists())
-            .collect()
     }
 }
 

@@ -1058,7 +1058,7 @@ impl Registry {
     }
 
     fn remove_leftover(&mut self, link: &netlink::Link) -> Result<()> {
-        self.dp.detach(link.ifindex)?;
+        self.dp.detach_with_veth(link.ifindex)?; // its filters go with the veth
         let _ = self.dp.devmap()?.remove(link.ifindex);
         netlink::delete_link(link.ifindex)?;
         Ok(())
@@ -1471,7 +1471,11 @@ impl Registry {
             let _ = self.dp.l2()?.remove(&rec.target.container_mac);
         }
         let _ = self.dp.devmap()?.remove(ifindex);
-        self.dp.detach(ifindex)?;
+        if rec.flags & EP_ADOPTED == 0 {
+            self.dp.detach_with_veth(ifindex)?; // the veth delete below takes the filters
+        } else {
+            self.dp.detach(ifindex)?;
+        }
         // Its flows go too: a later endpoint with one of these addresses starts unadmitted.
         let addrs: Vec<IpAddr> = record_addrs(rec).map(|a| a.addr).collect();
         if let Err(e) = crate::registry::flows::forget(&mut self.dp, &addrs) {

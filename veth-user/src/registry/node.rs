@@ -83,28 +83,28 @@ pub(crate) fn observe_in(
     })?)
 }
 
-/// What the kernel says is attached to an endpoint's host end, and what the state pinned.
+/// What the kernel says is attached to an endpoint's host end.
 pub(crate) struct FastPathSeen {
-    pub attached: crate::datapath::inspect::Attached,
-    pub link_pins: usize,
+    /// Both of our filters are attached and run this state's programs.
+    pub fast_path: bool,
+    /// "name#prog_id@prio" of every cls_bpf filter on ingress and on egress.
+    pub ingress: Vec<String>,
+    pub egress: Vec<String>,
     pub xdp_link: bool,
 }
 
 impl Registry {
-    /// The fast path of `host_if` as the kernel and the pins show it (CNI CHECK).
-    pub(crate) fn fast_path_seen(
-        &mut self,
-        host_if: &str,
-        ifindex: u32,
-    ) -> Result<FastPathSeen, EndpointError> {
-        let attached = crate::datapath::inspect::attached(host_if)?;
-        let pins = self.dp.link_pins(ifindex);
+    /// The fast path of host end `ifindex` as the kernel shows it (CNI CHECK): its filters
+    /// and their owner, and whether an XDP link is pinned.
+    pub(crate) fn fast_path_seen(&mut self, ifindex: u32) -> Result<FastPathSeen, EndpointError> {
+        let attached = crate::datapath::inspect::attached(&self.dp, ifindex)?;
+        let xdp = self.dp.link_pin(crate::datapath::HOOK_XDP, ifindex);
+        use crate::datapath::inspect::Attached;
         Ok(FastPathSeen {
-            attached,
-            link_pins: pins.len(),
-            xdp_link: pins
-                .iter()
-                .any(|p| crate::datapath::inspect::is_xdp_link(p)),
+            fast_path: attached.has_fast_path(),
+            ingress: Attached::describe(&attached.ingress),
+            egress: Attached::describe(&attached.egress),
+            xdp_link: crate::datapath::inspect::is_xdp_link(&xdp),
         })
     }
 

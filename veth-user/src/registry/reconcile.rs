@@ -3,17 +3,22 @@
 //!
 //! - An endpoint whose host interface is gone (deleted by someone else, or taken with its
 //!   container's namespace) is removed: addresses, devmap, record, counters, link pins.
-//! - An endpoint (or uplink) whose link pin is missing gets the program attached again.
-//! - A pinned link that runs a program other than this build's (an older `vethfp` made it) is
-//!   switched to this build's program in place with `BPF_LINK_UPDATE`: the link, its position
-//!   in the tcx chain, the maps and the counters stay; no packet sees a missing program.
+//! - An endpoint whose filter is missing (someone ran `tc qdisc del dev X clsact`), or an
+//!   uplink whose link pin is missing, gets the program attached again.
+//! - A filter or pinned link that runs a program of this state other than this build's (an
+//!   older `vethfp` made it) is switched to this build's program in place: `NLM_F_REPLACE` at
+//!   the same prio and handle for a filter, `BPF_LINK_UPDATE` for a link. The maps and the
+//!   counters stay; no packet sees a missing program. A filter at vethfp's place running
+//!   someone else's program is never touched (logged).
+//! - Endpoint tcx links an older build pinned are replaced by filters: the filter is added
+//!   first, then the link pin is pruned.
 //! - Every part of a live endpoint is checked and restored if missing: each address in the
 //!   address maps with the record's target, devmap, L2 entry, the node's /32 and /128 routes
 //!   and permanent neighbours, and for pairs vethfp made the container end's addresses,
 //!   gateway neighbours and routes ([`Registry::repair_endpoint`]).
 //! - Interrupted operations in this state's journal are completed or rolled back
 //!   ([`Registry::recover`]); link pins no endpoint or uplink owns and program pins of other
-//!   builds are removed, so nothing accumulates. A link is never deleted unless a record or
+//!   builds that no filter or link runs any more are removed, so nothing accumulates. A link is never deleted unless a record or
 //!   an intent of this state names it with its exact MAC.
 //!
 //! Callers hold the state lock (see [`crate::datapath::StateLock`]).
@@ -50,9 +55,10 @@ pub struct Report {
     pub repaired: Vec<(String, &'static str)>,
     /// Ports of accelerated bridges that appeared since (accelerated by this pass).
     pub bridge_ports_added: Vec<String>,
-    /// (interface, hook) attached anew because the link pin was missing.
+    /// (interface, hook) attached anew because the filter (or the link pin) was missing.
     pub attached: Vec<(String, &'static str)>,
-    /// (interface, hook, link id, old program id, new program id) switched in place.
+    /// (interface, hook, link id or filter handle, old program id, new program id) switched
+    /// in place.
     pub replaced: Vec<(String, &'static str, u32, u32, u32)>,
     pub pruned_link_pins: usize,
     pub pruned_prog_pins: usize,
@@ -112,7 +118,7 @@ impl Registry {
                 continue;
             }
             report.endpoints += 1;
-            // Bridge ports run the L2 program at tcx ingress, routed endpoints the L3 one.
+            // Bridge ports run the L2 program at tc ingress, routed endpoints the L3 one.
             let ingress = if ep.mode == Mode::Bridge {
                 PROG_L2_INGRESS
             } else {
