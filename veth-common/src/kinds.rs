@@ -218,12 +218,14 @@ impl Spoof {
 }
 
 abi_enum! {
-    /// A place vethfp attaches a program: the prefix of its link pin (`links/<hook>-<ifindex>`).
+    /// A place vethfp attaches a program: the prefix of its link pin (`links/<hook>-<ifindex>`)
+    /// for links; endpoint tc hooks are cls_bpf filters (no pin; the name is what logs and
+    /// reconcile reports say).
     Hook, "hook" {
-        /// tcx ingress of an endpoint's host end (or of a bridge port).
-        TcIngress = 0 => "tcx-ingress",
-        /// tcx egress of an endpoint's host end.
-        TcEgress = 1 => "tcx-egress",
+        /// cls_bpf ingress filter of an endpoint's host end (or of a bridge port).
+        TcIngress = 0 => "tc-ingress",
+        /// cls_bpf egress filter of an endpoint's host end.
+        TcEgress = 1 => "tc-egress",
         /// XDP of an endpoint's host end (mode `xdp`).
         Xdp = 2 => "xdp",
         /// tcx ingress of an attached uplink.

@@ -509,8 +509,8 @@ mod tests {
         assert_eq!(
             Hook::NAMES,
             [
-                "tcx-ingress",
-                "tcx-egress",
+                "tc-ingress",
+                "tc-egress",
                 "xdp",
                 "uplink-ingress",
                 "uplink-egress"

@@ -51,18 +51,19 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/vethfp";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-pub const PROG_TC_INGRESS: &str = "vfp_tc_ingress";
-pub const PROG_TC_EGRESS: &str = "vfp_tc_egress";
-pub const PROG_XDP: &str = "vfp_xdp";
-pub const PROG_UPLINK_INGRESS: &str = "vfp_uplink_ingress";
-pub const PROG_L2_INGRESS: &str = "vfp_l2_ingress";
-pub const PROG_UPLINK_EGRESS: &str = "vfp_uplink_egress";
+// Program and hook names come from the typed ABI (veth-common), the one place for them.
+pub const PROG_TC_INGRESS: &str = veth_common::Program::TcIngress.name();
+pub const PROG_TC_EGRESS: &str = veth_common::Program::TcEgress.name();
+pub const PROG_XDP: &str = veth_common::Program::Xdp.name();
+pub const PROG_UPLINK_INGRESS: &str = veth_common::Program::UplinkIngress.name();
+pub const PROG_L2_INGRESS: &str = veth_common::Program::L2Ingress.name();
+pub const PROG_UPLINK_EGRESS: &str = veth_common::Program::UplinkEgress.name();
 /// Endpoint hooks: cls_bpf filters on the host end's clsact qdisc (see [`filters`]).
-pub const HOOK_TC_INGRESS: &str = "tc-ingress";
-pub const HOOK_TC_EGRESS: &str = "tc-egress";
-pub const HOOK_XDP: &str = "xdp";
-pub const HOOK_UPLINK: &str = "uplink-ingress";
-pub const HOOK_UPLINK_EGRESS: &str = "uplink-egress";
+pub const HOOK_TC_INGRESS: &str = veth_common::Hook::TcIngress.name();
+pub const HOOK_TC_EGRESS: &str = veth_common::Hook::TcEgress.name();
+pub const HOOK_XDP: &str = veth_common::Hook::Xdp.name();
+pub const HOOK_UPLINK: &str = veth_common::Hook::UplinkIngress.name();
+pub const HOOK_UPLINK_EGRESS: &str = veth_common::Hook::UplinkEgress.name();
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
