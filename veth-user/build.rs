@@ -16,5 +16,21 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         }],
         aya_build::Toolchain::default(),
-    )
+    )?;
+    // The object's FNV-1a names this build's program pins. Hashed here once, not by every
+    // CLI call at run time (the object is ~0.7 MB; a debug build took milliseconds per call).
+    let out = std::env::var("OUT_DIR")?;
+    let object = std::fs::read(Path::new(&out).join("veth-ebpf"))?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in object {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    std::fs::write(
+        Path::new(&out).join("object_hash.rs"),
+        format!(
+            "/// FNV-1a of the embedded BPF object (computed by build.rs).\npub const OBJECT_HASH: u64 = {h:#018x};\n"
+        ),
+    )?;
+    Ok(())
 }

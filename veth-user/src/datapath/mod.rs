@@ -270,11 +270,11 @@ impl OpsLock {
     }
 }
 
-/// FNV-1a of the embedded object: names the pinned programs of this build. Computed once per
-/// process (the object is megabytes; the agent asks for every link it checks).
+/// FNV-1a of the embedded object: names the pinned programs of this build. Computed at build
+/// time (build.rs), so no CLI call spends time hashing the object.
 pub fn object_hash() -> u64 {
-    static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *HASH.get_or_init(|| crate::types::fnv1a64(EBPF_OBJECT.iter().copied()))
+    include!(concat!(env!("OUT_DIR"), "/object_hash.rs"));
+    OBJECT_HASH
 }
 
 /// Every program of the datapath; all are loaded and pinned together, once per build.
@@ -895,4 +895,15 @@ where
         source: aya::maps::MapError::InvalidName { name: name.into() },
     })?;
     T::try_from(map).map_err(map_err(name))
+}
+
+#[cfg(test)]
+mod object_hash_tests {
+    #[test]
+    fn the_build_time_hash_is_the_objects_fnv1a() {
+        assert_eq!(
+            super::object_hash(),
+            crate::types::fnv1a64(super::EBPF_OBJECT.iter().copied())
+        );
+    }
 }
