@@ -28,9 +28,7 @@ fn main() -> anyhow::Result<()> {
     }
     std::fs::write(
         Path::new(&out).join("object_hash.rs"),
-        format!(
-            "/// FNV-1a of the embedded BPF object (computed by build.rs).\npub const OBJECT_HASH: u64 = {h:#018x};\n"
-        ),
+        format!("{h:#018x}_u64\n"),
     )?;
     Ok(())
 }

@@ -273,8 +273,7 @@ impl OpsLock {
 /// FNV-1a of the embedded object: names the pinned programs of this build. Computed at build
 /// time (build.rs), so no CLI call spends time hashing the object.
 pub fn object_hash() -> u64 {
-    include!(concat!(env!("OUT_DIR"), "/object_hash.rs"));
-    OBJECT_HASH
+    include!(concat!(env!("OUT_DIR"), "/object_hash.rs"))
 }
 
 /// Every program of the datapath; all are loaded and pinned together, once per build.
