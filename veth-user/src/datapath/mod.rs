@@ -233,7 +233,8 @@ impl OpsLock {
     fn open(dir: &Path) -> Result<OwnedFd> {
         let path = dir.join(OPS_DIR);
         match fs::create_dir(&path) {
-            Ok(()) => {}
+            // Root only, like everything else in the state dir.
+            Ok(()) => restrict(&path, 0o700)?,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io(format!("creating {}", path.display()))(e)),
         }
