@@ -146,44 +146,37 @@ pub fn cpu_busy_ns() -> Result<u64> {
     Ok(busy * 1_000_000_000 / hz)
 }
 
-/// Run-time and run-count totals of the BPF programs behind the links pinned under `dir`
-/// (from `bpftool link show -f`, then `bpftool prog show id N`).
+/// Run-time and run-count totals of the BPF programs pinned under `dir` (the state's
+/// `progs/`), from `bpftool -f prog show`. Endpoint hooks are cls_bpf filters (no link pins),
+/// so the programs are found by their pins; ones that never ran add nothing.
 pub fn bpf_prog_stats(dir: &std::path::Path) -> Result<(u64, u64)> {
-    let links: serde_json::Value = serde_json::from_str(&output(
-        std::process::Command::new("bpftool").args(["-j", "-f", "link", "show"]),
+    let progs: serde_json::Value = serde_json::from_str(&output(
+        std::process::Command::new("bpftool").args(["-j", "-f", "prog", "show"]),
     )?)
-    .context("parsing bpftool link show")?;
+    .context("parsing bpftool prog show")?;
     let prefix = dir.to_string_lossy().into_owned();
-    let mut ids: Vec<u64> = links
+    let ours: Vec<&serde_json::Value> = progs
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|l| {
-            l["pinned"].as_array().is_some_and(|p| {
-                p.iter()
+        .filter(|p| {
+            p["pinned"].as_array().is_some_and(|pins| {
+                pins.iter()
                     .any(|p| p.as_str().is_some_and(|p| p.starts_with(&prefix)))
             })
         })
-        .filter_map(|l| l["prog_id"].as_u64())
         .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    if ids.is_empty() {
-        bail!("no BPF links pinned under {prefix}");
+    if ours.is_empty() {
+        bail!("no BPF programs pinned under {prefix}");
     }
-    let (mut ns, mut cnt) = (0, 0);
-    for id in ids {
-        let p: serde_json::Value =
-            serde_json::from_str(&output(std::process::Command::new("bpftool").args([
-                "-j",
-                "prog",
-                "show",
-                "id",
-                &id.to_string(),
-            ]))?)?;
-        ns += p["run_time_ns"].as_u64().unwrap_or(0);
-        cnt += p["run_cnt"].as_u64().unwrap_or(0);
-    }
+    let ns = ours
+        .iter()
+        .map(|p| p["run_time_ns"].as_u64().unwrap_or(0))
+        .sum();
+    let cnt = ours
+        .iter()
+        .map(|p| p["run_cnt"].as_u64().unwrap_or(0))
+        .sum();
     Ok((ns, cnt))
 }
 
