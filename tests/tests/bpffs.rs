@@ -107,3 +107,48 @@ fn any_dir_inside_a_bpffs_works() {
     check_ok(&node.vethfp_raw(&del), &del);
     assert!(node.ns.link("vc1").is_none());
 }
+
+/// `ip netns exec NODE vethfp …` with the default state dir: that command runs in a mount
+/// namespace of its own with a fresh /sys, where /sys/fs/bpf is no bpffs. The old code mounted
+/// one there and "added" the endpoint into a state that vanished with the process: the veth
+/// and its programs stayed, and no later call could find or delete them. Now refused, with
+/// the way out, before anything is created.
+#[test]
+fn a_private_mount_namespace_is_refused_not_given_a_throwaway_state() {
+    let node = Node::new();
+    let c = Netns::new("vfc");
+    let dir = format!("/sys/fs/bpf/{}", unique_name("vfpm"));
+    let links = node.ns.link_names();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", node.ns.name()])
+        .arg(vethfp_tests::vethfp_bin())
+        .args([
+            "--bpffs",
+            &dir,
+            "pair",
+            "add",
+            "vpm1",
+            "--netns",
+            c.name(),
+            "--addr",
+            "10.1.0.2/24",
+        ])
+        .output()
+        .expect("ip netns exec");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "pair add under `ip netns exec` succeeded into a throwaway state: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("ip netns") && stderr.contains("nsenter --net="),
+        "the refusal says why and what to do: {stderr}"
+    );
+    assert_eq!(node.ns.link_names(), links, "links created in the node");
+    assert_eq!(c.link_names().into_iter().collect::<Vec<_>>(), ["lo"]);
+    assert!(
+        !std::path::Path::new(&dir).exists(),
+        "{dir} made in the real bpffs"
+    );
+}

@@ -50,7 +50,9 @@ impl Call<'_> {
                 }
             }
             // No bpffs there: nothing can be registered, so nothing to remove.
-            Err(EndpointError::Datapath(DatapathError::NotBpffs(_))) => {}
+            Err(EndpointError::Datapath(
+                DatapathError::NotBpffs(_) | DatapathError::PrivateMounts,
+            )) => {}
             Err(e) => return Err(endpoint_err(e)),
         }
         if let Some(ipam) = &self.conf.ipam {

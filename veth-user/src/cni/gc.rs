@@ -42,7 +42,9 @@ impl Call<'_> {
                     }
                 }
             }
-            Err(EndpointError::Datapath(DatapathError::NotBpffs(_))) => {}
+            Err(EndpointError::Datapath(
+                DatapathError::NotBpffs(_) | DatapathError::PrivateMounts,
+            )) => {}
             Err(e) => return Err(endpoint_err(e)),
         }
         if let Some(ipam) = &self.conf.ipam {

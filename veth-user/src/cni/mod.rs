@@ -387,7 +387,9 @@ fn endpoint_err(e: EndpointError) -> CniError {
         ) => {
             return CniError::new(ERR_INVALID_ENV, format!("CNI_NETNS: {msg}"));
         }
-        EndpointError::Datapath(DatapathError::NotBpffs(_) | DatapathError::Mount(_)) => {
+        EndpointError::Datapath(
+            DatapathError::NotBpffs(_) | DatapathError::Mount(_) | DatapathError::PrivateMounts,
+        ) => {
             return CniError::new(ERR_INVALID_CONFIG, format!("\"bpffs\": {msg}"));
         }
         EndpointError::HostExists(_) | EndpointError::AddrInUse { .. } => ERR_EXISTS,

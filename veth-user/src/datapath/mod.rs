@@ -76,6 +76,14 @@ pub enum DatapathError {
         "could not mount bpffs at /sys/fs/bpf ({0}): mount it yourself with `mount -t bpf bpf /sys/fs/bpf`"
     )]
     Mount(String),
+    #[error(
+        "/sys/fs/bpf is not a bpffs in this mount namespace, which is not the system's (`ip netns \
+         exec` makes one and remounts /sys, hiding /sys/fs/bpf): a state made here would vanish \
+         with this process and its endpoints could not be found again. Enter the node's network \
+         namespace alone (`nsenter --net=/run/netns/NAME vethfp …`), or pass --bpffs on a \
+         bpffs that outlives this process"
+    )]
+    PrivateMounts,
     #[error("could not create state directory {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -156,6 +164,11 @@ pub fn prepare_bpffs(dir: &Path) -> Result<()> {
     }
     let sys = Path::new("/sys/fs/bpf");
     if dir.starts_with(sys) && sys.is_dir() && !is_bpffs(sys) && existing == sys {
+        // Mounting is right on a bare node; in a private mount namespace the mount, and the
+        // state with it, would be gone when this process exits.
+        if private_mounts() {
+            return Err(DatapathError::PrivateMounts);
+        }
         nix::mount::mount(
             Some("bpf"),
             sys,
@@ -167,6 +180,22 @@ pub fn prepare_bpffs(dir: &Path) -> Result<()> {
         return make_dir(dir);
     }
     Err(DatapathError::NotBpffs(dir.into()))
+}
+
+/// Is this process in a mount namespace of its own: another than its parent's (`ip netns
+/// exec` and `unshare -m` make one and exec the command in it) or PID 1's? A namespace that
+/// cannot be read does not count (PID 1's often cannot, in a container).
+fn private_mounts() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let Some(me) = id("/proc/self/ns/mnt") else {
+        return false;
+    };
+    let parent = format!("/proc/{}/ns/mnt", std::os::unix::process::parent_id());
+    [parent.as_str(), "/proc/1/ns/mnt"]
+        .into_iter()
+        .filter_map(id)
+        .any(|other| other != me)
 }
 
 fn is_bpffs(p: &Path) -> bool {
