@@ -7,7 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vethfp_tests::{node::Node, ns::Netns, traffic::ping};
+use veth_common::{INTENT_DEL, Intent, NAME_LEN};
+use vethfp::datapath::{Datapath, OpsLock, StateLock};
+use vethfp_tests::{Agent, node::Node, ns::Netns, traffic::ping};
 
 fn signal(child: &Child, sig: libc::c_int) {
     // SAFETY: kill(2) on our own child.
@@ -120,4 +122,79 @@ fn a_stopped_add_blocks_no_writer_and_is_not_rolled_back() {
         "only {caught} attempts ({blocked} blocked) froze `pair add` in its kernel part with another add \
          completing meanwhile: the state lock is held across kernel work"
     );
+}
+
+/// A `pair del` in flight, between its locked steps (its addresses already out of the fast
+/// path, its journal intent written, the process alive holding its ops lock), is left to that
+/// process by the agent's passes. The old agent "repaired" the dying endpoint: it put its
+/// addresses back into the fast path, where they outlived the endpoint. Once the operation is
+/// over without finishing (its process gone: ops lock released), the next pass completes it.
+#[test]
+fn the_agent_leaves_an_endpoint_being_deleted_to_its_del() {
+    let node = Node::new();
+    let c = node.add_container("vfid0", &["10.1.0.2/24"]);
+    let a4 = std::net::Ipv4Addr::new(10, 1, 0, 2);
+    let dir = node.bpffs_dir();
+    // What `pair del vfid0` has done when it unlocks for the veth delete.
+    let in_flight = {
+        let _lock = StateLock::acquire(&dir).expect("state lock");
+        let mut dp = Datapath::open(&dir).expect("open the state");
+        let rec = dp
+            .endpoints()
+            .unwrap()
+            .iter()
+            .map(|r| r.unwrap().1)
+            .find(|r| r.host_name.starts_with(b"vfid0\0"))
+            .expect("the record of vfid0");
+        let mut key = [0u8; NAME_LEN];
+        key[..5].copy_from_slice(b"vfid0");
+        let intent = Intent {
+            op: INTENT_DEL,
+            ifindex: rec.target.ifindex,
+            mac: rec.target.host_mac,
+            netns_ino: rec.netns_ino,
+            ..Default::default()
+        };
+        dp.journal().unwrap().insert(key, intent, 0).unwrap();
+        dp.ep4().unwrap().remove(&a4.octets()).unwrap();
+        OpsLock::shared(&dir).expect("ops lock")
+    };
+    let agent = Agent::start(&node, &["--reconcile-interval", "0.2"]);
+    let passes = |agent: &Agent| {
+        agent
+            .scrape()
+            .get("vethfp_agent_reconciles_total", &[])
+            .unwrap_or(0.0)
+    };
+    let base = passes(&agent);
+    let t = Instant::now();
+    while passes(&agent) < base + 2.0 {
+        assert!(t.elapsed() < Duration::from_secs(30), "no reconcile passes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let published = Datapath::open(&dir)
+        .unwrap()
+        .ep4()
+        .unwrap()
+        .get(&a4.octets(), 0)
+        .is_ok();
+    assert!(
+        !published,
+        "an agent pass put the address of an endpoint being deleted back into the fast path"
+    );
+    assert!(
+        node.ns.link("vfid0").is_some(),
+        "the del in flight deletes its veth itself"
+    );
+    // The del's process is gone without finishing: the next pass completes its del.
+    drop(in_flight);
+    let t = Instant::now();
+    while node.list_entry("vfid0").is_some() || node.ns.link("vfid0").is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the interrupted del was not completed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(c);
 }

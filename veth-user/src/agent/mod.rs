@@ -361,11 +361,16 @@ async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<()
         let repaired = shared
             .write(move |reg| {
                 let mut out = Vec::new();
+                // A `pair add`/`pair del` in flight finishes its endpoint itself.
+                let busy = reg.in_flight()?;
                 for ifindex in up {
                     if let Some(rec) = reg.record_by_ifindex(ifindex)? {
                         let name = String::from_utf8_lossy(&rec.host_name)
                             .trim_end_matches('\0')
                             .to_string();
+                        if busy.contains(&name) {
+                            continue;
+                        }
                         match reg.repair_endpoint(&rec) {
                             Ok(parts) => out.extend(parts.into_iter().map(|p| (name.clone(), p))),
                             Err(e) => warn!(host_if = %name, "repairing after link up: {e}"),
@@ -395,9 +400,11 @@ async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<()
     let done = shared
         .write(move |reg| {
             let mut done = Vec::new();
+            let busy = reg.in_flight()?;
             for (ifindex, name, at) in gone {
-                // Re-check under the lock: the event may be stale.
-                if node::link_present(ifindex)? {
+                // Re-check under the lock: the event may be stale. A `pair del` in flight
+                // removes its endpoint itself.
+                if busy.contains(&name) || node::link_present(ifindex)? {
                     continue;
                 }
                 if let Some(host_if) = reg.remove_by_ifindex(ifindex)? {

@@ -16,6 +16,8 @@
 //!   address maps with the record's target, devmap, L2 entry, the node's /32 and /128 routes
 //!   and permanent neighbours, and for pairs vethfp made the container end's addresses,
 //!   gateway neighbours and routes ([`Registry::repair_endpoint`]).
+//! - Endpoints with an operation in flight in another process (a journal entry left after
+//!   recovery) are left to it, untouched.
 //! - Interrupted operations in this state's journal are completed or rolled back
 //!   ([`Registry::recover`]); link pins no endpoint or uplink owns and program pins of other
 //!   builds that no filter or link runs any more are removed, so nothing accumulates. A link is never deleted unless a record or
@@ -60,6 +62,8 @@ pub struct Report {
     /// (interface, hook, link id or filter handle, old program id, new program id) switched
     /// in place.
     pub replaced: Vec<(String, &'static str, u32, u32, u32)>,
+    /// Endpoints left alone because an operation on them is in flight in another process.
+    pub in_flight: Vec<String>,
     pub pruned_link_pins: usize,
     pub pruned_prog_pins: usize,
     /// Endpoints and uplinks left, each checked.
@@ -109,7 +113,18 @@ impl Registry {
             }
         };
 
+        // Endpoints another process is adding or deleting right now: that process finishes
+        // them (or, killed, the next recovery does). Repairing one would republish the
+        // addresses a running `pair del` just took out of the fast path.
+        let busy = self.in_flight()?;
         for ep in self.list()? {
+            if busy.contains(&ep.host_if) {
+                for hook in [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP] {
+                    live.insert((hook, ep.host_ifindex)); // its pins are its own too
+                }
+                report.in_flight.push(ep.host_if);
+                continue;
+            }
             if !present(ep.host_ifindex, &ep.host_if) {
                 match self.remove_by_ifindex(ep.host_ifindex) {
                     Ok(_) => report.removed.push(ep.host_if),
