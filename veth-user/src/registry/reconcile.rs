@@ -152,6 +152,9 @@ impl Registry {
                     Ok(parts) => report
                         .repaired
                         .extend(parts.into_iter().map(|p| (ep.host_if.clone(), p))),
+                    Err(e) if gone(ep.host_ifindex, &ep.host_if) => {
+                        log::debug!("{}: repairing: {e} (gone)", ep.host_if)
+                    }
                     Err(e) => log::warn!("{}: repairing: {e}", ep.host_if),
                 }
             }
@@ -229,6 +232,9 @@ impl Registry {
             }) => report
                 .replaced
                 .push((iface.to_string(), hook, link_id, old_prog, new_prog)),
+            // It left while this pass ran (its container's namespace went away): the next
+            // pass, or the agent's link event, removes it. Not worth a warning.
+            Err(e) if gone(ifindex, iface) => log::debug!("{iface}: {hook} link: {e} (gone)"),
             Err(e) => log::warn!("{iface}: {hook} link: {e}"),
         }
     }
@@ -259,4 +265,9 @@ impl Registry {
         let _ = fs::remove_dir(&dir);
         Ok(eps.len())
     }
+}
+
+/// Is the interface `ifindex` named `name` gone (or renamed) now?
+fn gone(ifindex: u32, name: &str) -> bool {
+    !matches!(netlink::link_by_index(ifindex), Ok(Some(l)) if l.name == name)
 }
