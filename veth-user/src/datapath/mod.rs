@@ -229,10 +229,14 @@ fn restrict(path: &Path, mode: u32) -> Result<()> {
 /// concurrent CLI calls (and the agent) never interleave their map and link updates.
 pub struct StateLock {
     _fd: OwnedFd,
+    /// When it was taken, and how long taking it waited (for the debug log on release).
+    taken: std::time::Instant,
+    waited: std::time::Duration,
 }
 
 impl StateLock {
     pub fn acquire(dir: &Path) -> Result<StateLock> {
+        let asked = std::time::Instant::now();
         let f = fs::File::open(dir).map_err(io(format!("opening {}", dir.display())))?;
         let fd: OwnedFd = f.into();
         // SAFETY: valid fd; flock on a directory fd is allowed on every filesystem.
@@ -242,7 +246,23 @@ impl StateLock {
                 source: std::io::Error::last_os_error(),
             });
         }
-        Ok(StateLock { _fd: fd })
+        let taken = std::time::Instant::now();
+        Ok(StateLock {
+            _fd: fd,
+            taken,
+            waited: taken - asked,
+        })
+    }
+}
+
+impl Drop for StateLock {
+    /// `RUST_LOG=vethfp=debug` shows every locked step: what concurrent writers wait for.
+    fn drop(&mut self) {
+        log::debug!(
+            "state lock: waited {} µs, held {} µs",
+            self.waited.as_micros(),
+            self.taken.elapsed().as_micros()
+        );
     }
 }
 
@@ -298,6 +318,13 @@ impl OpsLock {
         let fd = Self::open(dir)?;
         Ok(Self::flock(dir, &fd, libc::LOCK_EX | libc::LOCK_NB)?.then_some(OpsLock { _fd: fd }))
     }
+}
+
+/// aya detects the kernel's BPF features once per process, on the first use of some maps (a
+/// devmap): ten BTF loads, four test programs, three maps. Done here, before a writer takes
+/// the state lock, instead of inside its first locked step.
+pub fn detect_features() {
+    let _ = aya::features();
 }
 
 /// FNV-1a of the embedded object: names the pinned programs of this build. Computed at build

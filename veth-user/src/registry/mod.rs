@@ -558,6 +558,11 @@ impl Registry {
     pub fn open_with(dir: &Path, opts: &OpenOptions) -> Result<Registry> {
         crate::datapath::set_flow_table_size(opts.flow_table_size);
         prepare_bpffs(dir)?;
+        // One-time work that needs no lock, done before it: concurrent writers queue for it.
+        crate::datapath::detect_features();
+        if let Err(e) = netlink::warm() {
+            log::debug!("netlink session: {e}"); // the first real call reports it
+        }
         let lock = StateLock::acquire(dir)?;
         let mut dp = Datapath::open(dir)?;
         // Every write operation re-reads the node's conntrack TCP policy (see admission.rs).

@@ -381,6 +381,12 @@ where
     run_here(f)
 }
 
+/// Makes this thread's netlink session now (runtime and socket), so that the first real call
+/// does not pay for it: writers call this before taking the state lock.
+pub fn warm() -> Result<(), NetlinkError> {
+    run(|_| async { Ok(()) })
+}
+
 /// One netlink session per thread and network namespace: the runtime and the rtnetlink
 /// socket are made on the first call and reused by every later call of the same operation
 /// (a `pair add` makes about ten), instead of a new runtime and socket per call. Keyed by the
