@@ -9,7 +9,13 @@ use std::{
 
 use veth_common::{INTENT_DEL, Intent, NAME_LEN};
 use vethfp::datapath::{Datapath, OpsLock, StateLock};
-use vethfp_tests::{Agent, node::Node, ns::Netns, traffic::ping};
+use vethfp_tests::{
+    Agent,
+    cni::{CNI_PLUGIN_DIR, CniEnv, CniNet, TempDir, container_id, container_ns},
+    node::Node,
+    ns::Netns,
+    traffic::ping,
+};
 
 fn signal(child: &Child, sig: libc::c_int) {
     // SAFETY: kill(2) on our own child.
@@ -197,4 +203,84 @@ fn the_agent_leaves_an_endpoint_being_deleted_to_its_del() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(c);
+}
+
+/// A CNI ADD waiting for its IPAM plugin (a process of its own, with its own lock) does not
+/// hold the state lock: another container's ADD completes meanwhile. On the old code the
+/// second ADD queued behind the first one's IPAM exec (32 concurrent ADDs paid every IPAM
+/// exec one after the other). The CNI spec forbids parallel calls for one container, and
+/// different containers touch different host ends.
+#[test]
+fn a_cni_add_waiting_for_ipam_blocks_no_other_add() {
+    let net = CniNet::new();
+    // An IPAM plugin that makes container "slow…" wait for a file, then is host-local.
+    let bin = TempDir::new("ipam");
+    let gate = bin.path().join("release");
+    let started = bin.path().join("started");
+    let script = bin.path().join("gated-ipam");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$CNI_CONTAINERID\" in slow*)\n  touch {started}\n  \
+             while [ ! -e {gate} ]; do sleep 0.01; done;;\nesac\nexec {CNI_PLUGIN_DIR}/host-local\n",
+            started = started.display(),
+            gate = gate.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut conf = net.conf("1.0.0");
+    conf["ipam"]["type"] = "gated-ipam".into();
+    let path = format!("{}:{CNI_PLUGIN_DIR}", bin.path().display());
+    let env = |cid: &str, ns: &Netns| {
+        let mut e = CniEnv::full("ADD", cid, ns.name(), "eth0");
+        e.path = Some(path.clone());
+        e
+    };
+    let (ns_a, ns_b) = (container_ns(), container_ns());
+    let (cid_a, cid_b) = (format!("slow{}", container_id()), container_id());
+    let (env_a, env_b) = (env(&cid_a, &ns_a), env(&cid_b, &ns_b));
+    std::thread::scope(|s| {
+        let a = s.spawn(|| net.vethfp(&env_a, &conf));
+        let t = Instant::now();
+        while !started.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "ADD A never ran its IPAM"
+            );
+            assert!(!a.is_finished(), "ADD A ended before its IPAM was released");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (net, env_b, conf) = (&net, &env_b, &conf);
+        let b = s.spawn(move || {
+            let out = net.vethfp(env_b, conf);
+            let _ = tx.send(());
+            out
+        });
+        let b_done = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+        std::fs::write(&gate, b"").unwrap(); // let A go, whatever happened
+        let (out_a, out_b) = (a.join().unwrap(), b.join().unwrap());
+        assert!(
+            b_done,
+            "ADD B waited for ADD A's IPAM exec: the state lock is held across it"
+        );
+        let ra = out_a.ok("ADD A");
+        let rb = out_b.ok("ADD B");
+        for (r, ns) in [(&ra, &ns_a), (&rb, &ns_b)] {
+            let host = r["interfaces"][0]["name"].as_str().unwrap();
+            assert!(net.node.list_entry(host).is_some(), "{host} registered");
+            assert_eq!(ns.link_names().len(), 2, "lo and eth0 in {}", ns.name());
+        }
+        assert_eq!(net.allocated().len(), 4, "two addresses each");
+        for (cid, ns, r) in [(&cid_a, &ns_a, &ra), (&cid_b, &ns_b, &rb)] {
+            let mut e = env(cid, ns).with_command("DEL");
+            e.path = Some(path.clone());
+            let mut c = conf.clone();
+            c["prevResult"] = r.clone();
+            net.vethfp(&e, &c).ok("DEL");
+        }
+        assert!(net.allocated().is_empty(), "{:?}", net.allocated());
+        assert!(net.node_links().is_empty(), "{:?}", net.node_links());
+    });
 }

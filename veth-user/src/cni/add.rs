@@ -20,24 +20,32 @@ impl Call<'_> {
             .parse()
             .map_err(|e: crate::types::ParseError| CniError::new(ERR_INVALID_ENV, e.to_string()))?;
         let host = host_name(self.container_id(), ifname.as_str());
-        // The state lock is held until the end: concurrent ADDs and DELs never interleave.
+        // Opened (made, recovered) under the state lock, which is then released for the
+        // duplicate check and the IPAM plugin (a process of its own, with its own lock): the
+        // CNI spec forbids parallel operations on one container, and those of different
+        // containers touch different host ends, so 32 concurrent ADDs no longer queue behind
+        // each other's IPAM exec. `reg.add` takes the lock for its own map steps.
         let mut reg = self.open_registry()?;
-        let exists = reg
-            .list()
-            .map_err(endpoint_err)?
-            .iter()
-            .any(|e| e.host_if == host)
-            || node::link_by_name(&host).map_err(endpoint_err)?.is_some();
-        if exists {
-            return Err(CniError::new(
-                ERR_EXISTS,
-                format!(
-                    "container {} already has {ifname} on this node (host end {host}): DEL it first",
-                    self.container_id()
-                ),
-            ));
-        }
-        let out = self.ipam_exec(&ipam.kind, "ADD")?;
+        let out = reg
+            .unlocked(|reg| -> Result<Vec<u8>> {
+                let exists = reg
+                    .list()
+                    .map_err(endpoint_err)?
+                    .iter()
+                    .any(|e| e.host_if == host)
+                    || node::link_by_name(&host).map_err(endpoint_err)?.is_some();
+                if exists {
+                    return Err(CniError::new(
+                        ERR_EXISTS,
+                        format!(
+                            "container {} already has {ifname} on this node (host end {host}): DEL it first",
+                            self.container_id()
+                        ),
+                    ));
+                }
+                self.ipam_exec(&ipam.kind, "ADD")
+            })
+            .map_err(endpoint_err)??;
         let rollback = |e: CniError| -> CniError {
             if let Err(d) = self.ipam_exec(&ipam.kind, "DEL") {
                 log::warn!("releasing the IPAM allocation after a failed ADD: {d}");

@@ -972,7 +972,7 @@ impl Registry {
     /// routes), then takes the lock again. The operation's journal intent, written under the
     /// lock before, marks what `f` creates as ours; the ops lock keeps recovery away from it.
     /// A registry opened without the lock just runs `f`.
-    fn unlocked<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Result<T> {
+    pub(crate) fn unlocked<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Result<T> {
         let held = self.lock.take().is_some();
         let r = f(self);
         if held {
