@@ -147,6 +147,23 @@ impl Netns {
     }
 
     /// Names of all links in the namespace, sorted.
+    /// `ip link add HOST type veth peer name PEER netns OTHER` run in this namespace: veth
+    /// `host` here, its peer `peer` in `other` (both down).
+    pub fn add_veth(&self, host: &str, peer: &str, other: &Netns) {
+        self.ip(&[
+            "link",
+            "add",
+            host,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            other.name(),
+        ]);
+    }
+
     pub fn link_names(&self) -> BTreeSet<String> {
         self.ip_json(&["link", "show"])
             .as_array()

@@ -635,18 +635,7 @@ fn uplink_node(x: u8) -> (Node, Container, vethfp_tests::Netns) {
     let node = Node::netfilter(x);
     let c = node.add_container("vuc", &[&format!("10.{x}.0.2/24")]);
     let remote = vethfp_tests::Netns::new("vfr");
-    node.ns.ip(&[
-        "link",
-        "add",
-        "ul0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "ul0",
-        "netns",
-        remote.name(),
-    ]);
+    node.ns.add_veth("ul0", "ul0", &remote);
     node.ns
         .ip(&["addr", "add", &format!("192.168.{x}.1/24"), "dev", "ul0"]);
     node.ns.ip(&["link", "set", "ul0", "up"]);
@@ -976,18 +965,7 @@ fn bridge_accelerate_with_br_netfilter_rules_under_netfilter_admission() {
         let c = vethfp_tests::Netns::new("vbc");
         c.quiet_ipv6();
         let port = format!("brp{k}");
-        node.ns.ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            c.name(),
-        ]);
+        node.ns.add_veth(&port, "eth0", &c);
         node.ns.ip(&["link", "set", &port, "master", "br0", "up"]);
         c.ip(&[
             "addr",

@@ -208,18 +208,7 @@ fn bridge(node: &Node) {
 fn plug(node: &Node, i: u32, addr: &str) -> (String, vethfp_tests::Netns) {
     let ns = vethfp_tests::Netns::new("vfc");
     let port = format!("vbp{i}");
-    node.ns.ip(&[
-        "link",
-        "add",
-        &port,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ]);
+    node.ns.add_veth(&port, "eth0", &ns);
     node.ns.ip(&["link", "set", &port, "master", "vbr0", "up"]);
     ns.ip(&["addr", "add", addr, "dev", "eth0"]);
     ns.ip(&["link", "set", "eth0", "up"]);

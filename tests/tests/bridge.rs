@@ -88,18 +88,7 @@ impl Docker {
         let port = format!("veth{k}");
         let ns = Netns::new("vbc");
         ns.quiet_ipv6();
-        self.node.ns.ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ]);
+        self.node.ns.add_veth(&port, "eth0", &ns);
         // Quiescing, not part of the topology: neighbour entries confirmed once stay
         // REACHABLE for the whole test, so no unicast re-probe lands in a measurement.
         for fam in ["ipv4", "ipv6"] {

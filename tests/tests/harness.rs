@@ -18,18 +18,7 @@ fn pair() -> (Netns, Netns) {
     let b = Netns::new("vfb");
     a.quiet_ipv6();
     b.quiet_ipv6();
-    a.ip(&[
-        "link",
-        "add",
-        "va",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "vb",
-        "netns",
-        b.name(),
-    ]);
+    a.add_veth("va", "vb", &b);
     a.ip(&["addr", "add", "10.9.0.1/24", "dev", "va"]);
     a.ip(&["addr", "add", "fd09::1/64", "dev", "va"]);
     b.ip(&["addr", "add", "10.9.0.2/24", "dev", "vb"]);
@@ -162,18 +151,7 @@ fn udp_frame_len_matches_kernel_link_counters() {
         ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
         ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
     }
-    a.ip(&[
-        "link",
-        "add",
-        "va",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "vb",
-        "netns",
-        b.name(),
-    ]);
+    a.add_veth("va", "vb", &b);
     a.ip(&["addr", "add", "10.9.0.1/24", "dev", "va"]);
     b.ip(&["addr", "add", "10.9.0.2/24", "dev", "vb"]);
     // Permanent neighbours: no ARP on the link either.

@@ -59,18 +59,7 @@ fn bridge_with_port(node: &Node) -> Netns {
     let c = Netns::new("vfc");
     node.ns.ip(&["link", "add", "vhbr0", "type", "bridge"]);
     node.ns.ip(&["link", "set", "vhbr0", "up"]);
-    node.ns.ip(&[
-        "link",
-        "add",
-        "vhp1",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        c.name(),
-    ]);
+    node.ns.add_veth("vhp1", "eth0", &c);
     node.ns
         .ip(&["link", "set", "vhp1", "master", "vhbr0", "up"]);
     c.ip(&["link", "set", "eth0", "up"]);

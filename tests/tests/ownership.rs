@@ -341,18 +341,7 @@ fn bridge_accelerate_names_skipped_ports() {
     let c = Netns::new("vfc");
     node.ns.ip(&["link", "add", "vfbr0", "type", "bridge"]);
     node.ns.ip(&["link", "set", "vfbr0", "up"]);
-    node.ns.ip(&[
-        "link",
-        "add",
-        "vfbp1",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        c.name(),
-    ]);
+    node.ns.add_veth("vfbp1", "eth0", &c);
     node.ns
         .ip(&["link", "set", "vfbp1", "master", "vfbr0", "up"]);
     c.ip(&["link", "set", "eth0", "up"]);

@@ -40,18 +40,7 @@ fn two_nodes(mtu: Option<u32>, egress_a: &str, warm: bool) -> (Side, Side) {
         n.ns.sysctl("net.ipv4.ip_forward", "1");
         n.ns.sysctl("net.ipv6.conf.all.forwarding", "1");
     }
-    a.ns.ip(&[
-        "link",
-        "add",
-        UL,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        UL,
-        "netns",
-        b.name(),
-    ]);
+    a.ns.add_veth(UL, UL, &b.ns);
     for (n, me, peer, x) in [(&a, 1, 2, 2), (&b, 2, 1, 1)] {
         if let Some(m) = mtu {
             n.ns.ip(&["link", "set", UL, "mtu", &m.to_string()]);
