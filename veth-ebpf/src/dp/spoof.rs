@@ -5,9 +5,39 @@
 //! (IPv6 DAD) and link-local IPv6 (ND, router solicitations): none of those can be routed
 //! anywhere, and DAD/ND/ARP of the container's own addresses must keep working.
 
-use veth_common::{AF_V4, AF_V6, EndpointRecord, MAX_ADDRS, Verdict};
+use veth_common::{
+    AF_V4, AF_V6, Dir, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, EndpointRecord, MAX_ADDRS, Verdict,
+};
 
-use crate::dp::parse::{L3, Packet};
+use crate::dp::{
+    count::count,
+    deliver::{TC_ACT_SHOT, TCX_NEXT},
+    parse::{L3, Packet},
+};
+
+/// The anti-spoofing step of a tc program on a host end, for a frame from the container
+/// behind it (endpoint flags `flags`, counter slot `slot`): Some(tc action) if the frame
+/// stops here — counted once, under its reason; enforce drops it, audit lets it take only the
+/// kernel path — None if it goes on.
+#[inline(always)]
+pub fn screen(
+    pkt: &Packet,
+    rec: *const EndpointRecord,
+    flags: u32,
+    slot: u32,
+    len: u32,
+) -> Option<i32> {
+    if flags & (EP_SPOOF_ENFORCE | EP_SPOOF_AUDIT) == 0 {
+        return None;
+    }
+    let reason = check(pkt, rec)?;
+    count(slot, Dir::FromContainer, reason, len);
+    Some(if flags & EP_SPOOF_ENFORCE != 0 {
+        TC_ACT_SHOT
+    } else {
+        TCX_NEXT
+    })
+}
 
 /// Is `addr` (`len` = 4 or 16 significant bytes) one of the record's addresses of `family`?
 #[inline(always)]

@@ -8,11 +8,11 @@
 //! records its ports with it off: a bridge forwards by destination only).
 
 use aya_ebpf::programs::TcContext;
-use veth_common::{CFG_FASTPATH_OFF, Dir, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, Verdict};
+use veth_common::{CFG_FASTPATH_OFF, Dir, Verdict};
 
 use crate::dp::{
     count::count,
-    deliver::{self, TC_ACT_SHOT, TCX_NEXT, fits_l2, redirect_peer},
+    deliver::{self, TCX_NEXT, fits_l2, redirect_peer},
     flow,
     maps::{VFP_ENDPOINTS, VFP_L2, config_flags},
     parse::{parse_skb, skb_fields},
@@ -33,15 +33,8 @@ pub fn l2_ingress(ctx: &TcContext) -> i32 {
         count(slot, Dir::FromContainer, Verdict::Stack, len);
         return TCX_NEXT;
     };
-    if flags & (EP_SPOOF_ENFORCE | EP_SPOOF_AUDIT) != 0
-        && let Some(reason) = spoof::check(&pkt, src)
-    {
-        count(slot, Dir::FromContainer, reason, len);
-        return if flags & EP_SPOOF_ENFORCE != 0 {
-            TC_ACT_SHOT
-        } else {
-            TCX_NEXT
-        };
+    if let Some(ret) = spoof::screen(&pkt, src, flags, slot, len) {
+        return ret;
     }
     let cfg = config_flags();
     if cfg & CFG_FASTPATH_OFF == 0 {

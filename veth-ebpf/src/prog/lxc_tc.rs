@@ -12,8 +12,7 @@
 
 use aya_ebpf::{cty::c_long, helpers::generated::bpf_check_mtu, programs::TcContext};
 use veth_common::{
-    CFG_ADMIT_ALWAYS, CFG_BPF_LOG, CFG_EGRESS_FAST, CFG_FASTPATH_OFF, Dir, EP_SPOOF_AUDIT,
-    EP_SPOOF_ENFORCE, FLOW_NET_UPLINK, Verdict,
+    CFG_ADMIT_ALWAYS, CFG_BPF_LOG, CFG_EGRESS_FAST, CFG_FASTPATH_OFF, Dir, FLOW_NET_UPLINK, Verdict,
 };
 
 use crate::dp::{
@@ -64,16 +63,8 @@ fn ingress(ctx: &TcContext, ifindex: u32, len: u32, routable: bool, cfg: u32) ->
         count(slot, Dir::FromContainer, Verdict::Stack, len);
         return TCX_NEXT;
     };
-    if flags & (EP_SPOOF_ENFORCE | EP_SPOOF_AUDIT) != 0
-        && let Some(reason) = spoof::check(&pkt, src)
-    {
-        count(slot, Dir::FromContainer, reason, len);
-        // Audit: counted once, under the reason; it may only take the kernel path.
-        return if flags & EP_SPOOF_ENFORCE != 0 {
-            TC_ACT_SHOT
-        } else {
-            TCX_NEXT
-        };
+    if let Some(ret) = spoof::screen(&pkt, src, flags, slot, len) {
+        return ret;
     }
     if routable
         && cfg & CFG_FASTPATH_OFF == 0

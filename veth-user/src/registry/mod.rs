@@ -1490,13 +1490,13 @@ impl Registry {
     fn remove_record_with(&mut self, rec: &EndpointRecord, unlock: bool) -> Result<()> {
         let name = get_str(&rec.host_name);
         let ifindex = rec.target.ifindex;
-        self.unpublish_endpoint(rec)?;
-        if rec.flags & EP_ADOPTED == 0 {
-            self.dp.detach_with_veth(ifindex)?; // the veth delete below takes the filters
-        } else {
-            self.dp.detach(ifindex)?;
-        }
         let adopted = rec.flags & EP_ADOPTED != 0;
+        self.unpublish_endpoint(rec)?;
+        if adopted {
+            self.dp.detach(ifindex)?;
+        } else {
+            self.dp.detach_with_veth(ifindex)?; // the veth delete below takes the filters
+        }
         let host_mac = rec.target.host_mac;
         let addrs: Vec<IpAddr> = record_addrs(rec).map(|a| a.addr).collect();
         let kernel = |reg: &mut Self| -> Result<()> {
