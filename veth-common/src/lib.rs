@@ -29,8 +29,10 @@ pub const MAP_JOURNAL: &str = "VFP_JOURNAL";
 pub const MAP_CNI_OWNERS: &str = "VFP_CNI_OWNERS";
 pub const MAP_FLOWS: &str = "VFP_FLOWS";
 pub const MAP_FLOW_STATS: &str = "VFP_FLOW_STATS";
+/// Ring buffer of TCP hand-off candidates ([`HandoffEvent`]), read by the agent.
+pub const MAP_HANDOFF: &str = "VFP_HANDOFF";
 /// Every map of the datapath: all are pinned by name.
-pub const MAPS: [&str; 12] = [
+pub const MAPS: [&str; 13] = [
     MAP_EP4,
     MAP_EP6,
     MAP_ENDPOINTS,
@@ -43,7 +45,10 @@ pub const MAPS: [&str; 12] = [
     MAP_CNI_OWNERS,
     MAP_FLOWS,
     MAP_FLOW_STATS,
+    MAP_HANDOFF,
 ];
+/// Size of `VFP_HANDOFF` in bytes (a power of two multiple of the page size): 4096 events.
+pub const HANDOFF_RING_BYTES: usize = 256 * 1024;
 
 /// Capacity of the endpoint maps.
 pub const MAX_ENDPOINTS: usize = 65_536;
@@ -80,6 +85,12 @@ pub const CFG_ADMIT_ALWAYS: u32 = 1 << 3;
 /// (`net.netfilter.nf_conntrack_tcp_be_liberal = 1`) or absent; otherwise TCP stays on the
 /// kernel path (conntrack would see the close out of window and mark it INVALID).
 pub const CFG_ADMIT_TCP: u32 = 1 << 4;
+/// Under `netfilter` admission, TCP flows are handed off per flow (the nf_flowtable model): a
+/// TCP flow the kernel forwarded unchanged both ways is reported on `VFP_HANDOFF`; the agent
+/// makes that flow's conntrack entry liberal about windows and only then sets
+/// [`FLOW_LIBERAL`], which the fast path requires of TCP. Set by the agent while it runs;
+/// takes precedence over [`CFG_ADMIT_TCP`] (which is then clear).
+pub const CFG_TCP_HANDOFF: u32 = 1 << 5;
 /// Config slot: seconds after which an admitted flow must be confirmed by the kernel again
 /// (0 = [`DEFAULT_REVERIFY_S`]).
 pub const CONFIG_REVERIFY: u32 = 2;
@@ -349,8 +360,28 @@ pub struct FlowKey {
 pub const FLOW_PENDING: [u64; 2] = [1 << 0, 1 << 1];
 /// `FlowState::flags`: the kernel forwarded direction d unchanged.
 pub const FLOW_CONFIRMED: [u64; 2] = [1 << 2, 1 << 3];
-/// Both directions confirmed: the flow is admitted to the fast path.
+/// Both directions confirmed: the flow is admitted to the fast path (TCP under
+/// [`CFG_TCP_HANDOFF`] also needs [`FLOW_LIBERAL`]).
 pub const FLOW_ADMITTED: u64 = FLOW_CONFIRMED[0] | FLOW_CONFIRMED[1];
+/// TCP: the agent made this flow's conntrack entry liberal (set by userspace only, after the
+/// kernel acknowledged the change; cleared with the entry, by a new SYN, or by the agent when
+/// the conntrack entry goes away).
+pub const FLOW_LIBERAL: u64 = 1 << 4;
+/// TCP: direction d sent a FIN. The flow is closing: every packet takes the kernel path; the
+/// first packet after both FINs (the last ACK) removes the entry.
+pub const FLOW_FIN: [u64; 2] = [1 << 5, 1 << 6];
+/// TCP: reported on `VFP_HANDOFF` (once per admission).
+pub const FLOW_REPORTED: u64 = 1 << 7;
+
+/// A TCP hand-off candidate (`VFP_HANDOFF` ring buffer record).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandoffEvent {
+    pub key: FlowKey,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC ns when the datapath reported it.
+    pub at_ns: u64,
+}
 
 /// Value of `VFP_FLOWS`.
 #[repr(C)]
@@ -374,13 +405,19 @@ pub const FS_ADMITTED: usize = 1;
 pub const FS_TORN_DOWN: usize = 2;
 pub const FS_EXPIRED: usize = 3;
 pub const FS_INSERT_FAILED: usize = 4;
+/// TCP flows reported to the agent for hand-off.
+pub const FS_REPORTED: usize = 5;
+/// Reports lost because `VFP_HANDOFF` was full (the agent's periodic check finds them).
+pub const FS_REPORT_LOST: usize = 6;
 pub const FLOW_STATS: usize = 8;
-pub const FLOW_STAT_NAMES: [&str; 5] = [
+pub const FLOW_STAT_NAMES: [&str; 7] = [
     "created",
     "admitted",
     "torn_down",
     "expired",
     "insert_failed",
+    "reported",
+    "report_lost",
 ];
 
 #[repr(C)]
@@ -411,6 +448,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for HandoffEvent {}
 }
 
 #[cfg(test)]
@@ -433,6 +471,18 @@ mod tests {
         assert_eq!(size_of::<FlowState>(), 8 + 8 + 3 * 8);
         assert_eq!(size_of::<FlowStats>(), FLOW_STATS * 8);
         assert_eq!(FLOW_CONFIRMED[0] & (FLOW_PENDING[0] | FLOW_PENDING[1]), 0);
+        assert_eq!(size_of::<HandoffEvent>(), size_of::<FlowKey>() + 4 + 8);
+        let bits = [
+            FLOW_PENDING[0],
+            FLOW_PENDING[1],
+            FLOW_CONFIRMED[0],
+            FLOW_CONFIRMED[1],
+            FLOW_LIBERAL,
+            FLOW_FIN[0],
+            FLOW_FIN[1],
+            FLOW_REPORTED,
+        ];
+        assert_eq!(bits.iter().fold(0, |a, b| a | b).count_ones(), 8);
     }
 
     /// Every enum: ALL is in index order and complete (indices 0..N, unique), names are unique,

@@ -41,7 +41,7 @@ pub use registry::{
     AddRequest, AdoptRequest, EndpointError, EndpointStats, EndpointView, OpenOptions, Registry,
     Status, UplinkStatus, UplinkView,
     bridges::{BridgeStatus, BridgeSync, PortStatus},
-    flows::{Admission, FlowTable, FlowView, TcpAdmission},
+    flows::{Admission, FlowStateName, FlowTable, FlowView, TcpAdmission, TcpMode},
     reconcile::Report,
 };
 pub use sys::netlink::NetlinkError;

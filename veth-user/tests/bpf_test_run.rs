@@ -10,7 +10,7 @@
 
 use aya::{
     Ebpf,
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use veth_common::*;
@@ -1285,12 +1285,107 @@ fn admission_tcp_close_goes_to_the_kernel_and_tears_down() {
             (TCX_NEXT, &fin[..]),
             "close: kernel, unchanged"
         );
-        assert!(rig.flows().is_empty(), "entry torn down");
         assert_eq!(rig.flow_stat(FS_TORN_DOWN), 1);
-        // The rest of the close goes through the kernel too, and opens nothing.
+        if close == RST {
+            assert!(rig.flows().is_empty(), "a reset removes the entry");
+        } else {
+            // Closing: the peer's ACK (and data of the half-open side) take the kernel path,
+            // without writing the entry.
+            // (fwd is direction 1: 10.0.0.2 is the lower end.)
+            assert_eq!(
+                rig.flow().1.flags & (FLOW_FIN[0] | FLOW_FIN[1]),
+                FLOW_FIN[1]
+            );
+            let before = rig.flow();
+            let data = tcp_frame([10, 0, 0, 9], [10, 0, 0, 2], 40000, 80, ACK | 0x08);
+            assert_eq!(rig.run(PROG_TC_INGRESS, &data).0, TCX_NEXT);
+            assert_eq!(rig.flow(), before, "no write while half-closed");
+            // The peer's FIN (seen by its own host end's ingress in a real node; the rig has
+            // one sending end, so it is written as that ingress would write it).
+            let (k, mut v) = rig.flow();
+            v.flags |= FLOW_FIN[0];
+            rig.put_flow(k, v);
+            // The last ACK removes it.
+            assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TCX_NEXT);
+            assert!(rig.flows().is_empty(), "the last ACK removes the entry");
+            assert_eq!(rig.flow_stat(FS_TORN_DOWN), 2);
+        }
+        // Retransmitted closes go through the kernel too, and open nothing.
         assert_eq!(rig.run(PROG_TC_INGRESS, &fin).0, TCX_NEXT);
         assert!(rig.flows().is_empty());
     }
+}
+
+/// SYN, FIN and RST never confirm a direction: a flow is confirmed by the packets after the
+/// handshake (when conntrack has it ESTABLISHED and ASSURED).
+#[test]
+fn admission_tcp_control_packets_never_confirm() {
+    let mut rig = Rig::netfilter(true);
+    let syn = tcp_frame([10, 0, 0, 9], [10, 0, 0, 2], 40000, 80, SYN);
+    assert_eq!(rig.run(PROG_TC_INGRESS, &syn).0, TCX_NEXT);
+    let (k, mut v) = rig.flow();
+    v.egress_ifindex = [SRC_IF; 2];
+    v.flags |= FLOW_PENDING[0] | FLOW_PENDING[1];
+    rig.put_flow(k, v);
+    let synack = tcp_frame([10, 0, 0, 2], [10, 0, 0, 9], 80, 40000, SYN | ACK);
+    rig.run(PROG_TC_EGRESS, &syn);
+    rig.run(PROG_TC_EGRESS, &synack);
+    assert_eq!(
+        rig.flow().1.flags & FLOW_ADMITTED,
+        0,
+        "handshake confirms nothing"
+    );
+    rig.run(
+        PROG_TC_EGRESS,
+        &tcp_frame([10, 0, 0, 9], [10, 0, 0, 2], 40000, 80, ACK),
+    );
+    rig.run(
+        PROG_TC_EGRESS,
+        &tcp_frame([10, 0, 0, 2], [10, 0, 0, 9], 80, 40000, ACK),
+    );
+    assert_eq!(rig.flow().1.flags & FLOW_ADMITTED, FLOW_ADMITTED);
+}
+
+/// Under CFG_TCP_HANDOFF a TCP flow confirmed both ways is reported once on VFP_HANDOFF and
+/// stays on the kernel path (with no map write per packet) until FLOW_LIBERAL is set; a SYN
+/// on the tuple starts it over without FLOW_LIBERAL; UDP is not affected.
+#[test]
+fn tcp_handoff_waits_for_the_liberal_mark() {
+    let mut rig = Rig::new();
+    rig.set_raw_flags(CFG_TCP_HANDOFF);
+    let fwd = tcp_frame([10, 0, 0, 9], [10, 0, 0, 2], 40000, 80, ACK);
+    let reply = tcp_frame([10, 0, 0, 2], [10, 0, 0, 9], 80, 40000, ACK);
+    rig.admit(&fwd, &reply);
+    assert_eq!(rig.flow_stat(FS_REPORTED), 1, "reported to the agent");
+    let mut ring: RingBuf<_> = RingBuf::try_from(rig.ebpf.map_mut(MAP_HANDOFF).unwrap()).unwrap();
+    let item = ring.next().expect("one report in the ring");
+    assert_eq!(item.len(), size_of::<HandoffEvent>());
+    // SAFETY: a whole HandoffEvent (length checked).
+    let ev: HandoffEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+    drop(item);
+    assert!(ring.next().is_none());
+    drop(ring);
+    assert_eq!(ev.key, rig.flow().0);
+    let waiting = rig.flow();
+    for _ in 0..3 {
+        assert_eq!(
+            rig.run(PROG_TC_INGRESS, &fwd).0,
+            TCX_NEXT,
+            "not handed off yet"
+        );
+    }
+    assert_eq!(rig.flow(), waiting, "no write while waiting");
+    // The agent marks it: fast from now on.
+    let (k, mut v) = rig.flow();
+    v.flags |= FLOW_LIBERAL;
+    rig.put_flow(k, v);
+    assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TC_ACT_REDIRECT);
+    assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TC_ACT_REDIRECT);
+    // A new SYN on the tuple: admitted afresh, without the mark.
+    let syn = tcp_frame([10, 0, 0, 9], [10, 0, 0, 2], 40000, 80, SYN);
+    assert_eq!(rig.run(PROG_TC_INGRESS, &syn).0, TCX_NEXT);
+    assert_eq!(rig.flow().1.flags & (FLOW_LIBERAL | FLOW_ADMITTED), 0);
+    assert_eq!(rig.flow_stat(FS_REPORTED), 1);
 }
 
 impl Rig {

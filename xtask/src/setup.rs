@@ -17,6 +17,9 @@ const DEB_PACKAGES: &[&str] = &[
     "iptables",
     // Netfilter admission tests (tests/tests/admission.rs): kube-proxy's nftables mode.
     "nftables",
+    // TCP hand-off tests (tests/tests/tcp_handoff.rs): list, flush and delete conntrack
+    // entries under live connections.
+    "conntrack",
     "containernetworking-plugins",
     // CNI end to end (tests/tests/cni_podman.rs): podman with the CNI backend, runc (crun
     // fails on this kind of machine's cgroups), and a static busybox for the image.

@@ -5,24 +5,30 @@
 //! tuple, out of the expected interface). Ingress hooks note a direction as pending
 //! ([`admit`]); the egress hooks that see what the kernel forwarded confirm it ([`confirm`]).
 //! A flow the kernel translates (DNAT, SNAT) leaves with another tuple and a flow it drops
-//! never leaves: neither is ever admitted. TCP SYN/FIN/RST always take the kernel path (an
-//! admitted flow's FIN/RST tears its entry down), so conntrack sees every open and close.
-//! Admitted flows fall back to pending after `CONFIG_REVERIFY` seconds, or `CONFIG_IDLE`
-//! seconds without a packet, so conntrack keeps seeing them and rule changes take effect.
+//! never leaves: neither is ever admitted. Admitted flows fall back to pending after
+//! `CONFIG_REVERIFY` seconds, or `CONFIG_IDLE` seconds without a packet, so conntrack keeps
+//! seeing them and rule changes take effect.
+//!
+//! TCP (see docs/ARCHITECTURE.md, "TCP hand-off"): SYN, FIN and RST always take the kernel
+//! path and never confirm a direction, so a flow is confirmed by the packets after the
+//! handshake, when conntrack has the entry ESTABLISHED and ASSURED. Under `CFG_TCP_HANDOFF`
+//! the packet completing the confirmation reports the flow on `VFP_HANDOFF`; the agent makes
+//! that conntrack entry liberal about windows and sets `FLOW_LIBERAL`, without which no TCP
+//! packet takes the fast path. A FIN marks its direction closing (every later packet of the
+//! flow takes the kernel path, with no map write); the first packet after both FINs (the last
+//! ACK) and any RST remove the entry, so a closed connection leaves nothing behind. A SYN on
+//! an entry that was admitted or closing starts the flow over.
 
-// Keys and values are passed to the map helpers by reference on purpose: by value they would be
-// copied onto the 512-byte BPF stack once more per call site.
-#![allow(clippy::needless_borrows_for_generic_args)]
-
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use veth_common::{
-    AF_V4, AF_V6, CFG_ADMIT_ALWAYS, CFG_ADMIT_TCP, CONFIG_IDLE, CONFIG_REVERIFY, DEFAULT_IDLE_S,
-    DEFAULT_REVERIFY_S, FLOW_ADMITTED, FLOW_CONFIRMED, FLOW_PENDING, FS_ADMITTED, FS_CREATED,
-    FS_EXPIRED, FS_INSERT_FAILED, FS_TORN_DOWN, FlowKey, FlowState,
+    AF_V4, AF_V6, CFG_ADMIT_ALWAYS, CFG_ADMIT_TCP, CFG_TCP_HANDOFF, CONFIG_IDLE, CONFIG_REVERIFY,
+    DEFAULT_IDLE_S, DEFAULT_REVERIFY_S, FLOW_ADMITTED, FLOW_CONFIRMED, FLOW_FIN, FLOW_LIBERAL,
+    FLOW_PENDING, FLOW_REPORTED, FS_ADMITTED, FS_CREATED, FS_EXPIRED, FS_INSERT_FAILED,
+    FS_REPORT_LOST, FS_REPORTED, FS_TORN_DOWN, FlowKey, FlowState, HandoffEvent,
 };
 
 use crate::dp::{
-    maps::{VFP_CONFIG, VFP_FLOW_STATS, VFP_FLOWS},
+    maps::{VFP_CONFIG, VFP_FLOW_STATS, VFP_FLOWS, VFP_HANDOFF},
     parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3, Packet},
 };
 
@@ -30,6 +36,7 @@ const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
 const NS: u64 = 1_000_000_000;
 
 /// One packet's flow: the canonical key, its direction in it, and its TCP control bits.
@@ -37,13 +44,16 @@ pub struct Flow {
     pub key: FlowKey,
     /// 0: from `key.addr_lo`, 1: from `key.addr_hi`.
     pub dir: usize,
-    /// TCP SYN, FIN or RST: never the fast path.
+    /// TCP SYN, FIN or RST: never the fast path, never confirms.
     pub ctl: bool,
-    /// TCP FIN or RST: tears an admitted flow down.
-    pub close: bool,
+    /// TCP flag bits (0 for other protocols).
+    pub bits: u8,
+    /// TCP that needs the agent's hand-off ([`FLOW_LIBERAL`]) before it may take the fast path.
+    pub handoff: bool,
 }
 
-/// The flow of the parsed packet, if admission tracks it: TCP (with `CFG_ADMIT_TCP`), UDP,
+/// The flow of the parsed packet, if admission tracks it: TCP (with `CFG_ADMIT_TCP` or
+/// `CFG_TCP_HANDOFF`), UDP,
 /// ICMP/ICMPv6 echo; not fragments, IPv6 extension headers, ICMP errors or anything else (those
 /// always take the kernel path under admission `netfilter`).
 #[inline(always)]
@@ -151,24 +161,24 @@ unsafe fn parse_inner(f: *mut Flow, p: &Packet, network: u32, cfg: u32) -> Optio
             L3::Arp(_) | L3::Other => return None,
         }
     }
-    let (sport, dport, ctl, close);
+    let (sport, dport, ctl, bits, handoff);
     // SAFETY: the L4 pointers were bounds-checked by `parse` for their sizes.
     unsafe {
         match proto {
             IPPROTO_TCP => {
-                if cfg & CFG_ADMIT_TCP == 0 {
+                if cfg & (CFG_ADMIT_TCP | CFG_TCP_HANDOFF) == 0 {
                     return None;
                 }
                 let t = p.tcp?.as_ptr();
-                let bits = (*t)[13];
+                bits = (*t)[13];
                 ctl = bits & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
-                close = bits & (TCP_FIN | TCP_RST) != 0;
+                handoff = cfg & CFG_ADMIT_TCP == 0;
                 sport = u16::from_ne_bytes([(*t)[0], (*t)[1]]);
                 dport = u16::from_ne_bytes([(*t)[2], (*t)[3]]);
             }
             IPPROTO_UDP => {
                 let h = p.l4?.as_ptr();
-                (ctl, close) = (false, false);
+                (ctl, bits, handoff) = (false, 0, false);
                 sport = u16::from_ne_bytes([(*h)[0], (*h)[1]]);
                 dport = u16::from_ne_bytes([(*h)[2], (*h)[3]]);
             }
@@ -183,7 +193,7 @@ unsafe fn parse_inner(f: *mut Flow, p: &Packet, network: u32, cfg: u32) -> Optio
                 if !echo {
                     return None; // errors, ND, router messages: the kernel's
                 }
-                (ctl, close) = (false, false);
+                (ctl, bits, handoff) = (false, 0, false);
                 sport = u16::from_ne_bytes([(*h)[4], (*h)[5]]);
                 dport = sport;
             }
@@ -209,7 +219,8 @@ unsafe fn parse_inner(f: *mut Flow, p: &Packet, network: u32, cfg: u32) -> Optio
         (*k).port_hi = phi.to_ne_bytes();
         (*f).dir = if fwd { 0 } else { 1 };
         (*f).ctl = ctl;
-        (*f).close = close;
+        (*f).bits = bits;
+        (*f).handoff = handoff;
     }
     Some(())
 }
@@ -290,7 +301,7 @@ pub fn admitted(f: &Flow) -> bool {
         return false;
     };
     let t = now();
-    if flags_of(st).load() & FLOW_ADMITTED != FLOW_ADMITTED || !fresh(st, t) {
+    if !fast(f, flags_of(st).load()) || !fresh(st, t) {
         return false;
     }
     // SAFETY: map value pointer; a lost update of these statistics between CPUs is harmless.
@@ -305,20 +316,32 @@ pub fn admitted(f: &Flow) -> bool {
     true
 }
 
+/// May a packet of a flow with these flags take the fast path (freshness aside)?
+#[inline(always)]
+fn fast(f: &Flow, fl: u64) -> bool {
+    fl & FLOW_ADMITTED == FLOW_ADMITTED
+        && (!f.handoff || fl & FLOW_LIBERAL != 0)
+        && fl & (FLOW_FIN[0] | FLOW_FIN[1]) == 0
+}
+
 /// The ingress decision for a fast-path candidate whose kernel path would leave on
 /// `egress_ifindex`: true = fast path. Otherwise the packet goes to the kernel and this
-/// direction is noted as pending (or, for a FIN/RST of an admitted flow, the flow is torn down).
+/// direction is noted as pending (TCP: a FIN marks the flow closing, the last ACK or a RST
+/// removes it, a SYN on an admitted or closing flow starts it over).
 #[inline(always)]
 pub fn admit(f: &Flow, egress_ifindex: u32) -> bool {
     if admitted(f) {
         return true;
     }
+    let fin = f.bits & TCP_FIN != 0;
+    let rst = f.bits & TCP_RST != 0;
     let Some(st) = VFP_FLOWS.get_ptr_mut(&f.key) else {
-        if f.close {
+        if fin || rst {
             return false; // nothing to tear down; a close never opens an entry
         }
         let mut v = FlowState {
             flags: pending(f.dir),
+            last_seen: now(),
             ..FlowState::default()
         };
         v.egress_ifindex = if f.dir == 0 {
@@ -334,19 +357,56 @@ pub fn admit(f: &Flow, egress_ifindex: u32) -> bool {
     };
     let flags = flags_of(st);
     let cur = flags.load();
-    if cur & FLOW_ADMITTED == FLOW_ADMITTED {
-        if f.close {
-            let _ = VFP_FLOWS.remove(&f.key);
-            stat(FS_TORN_DOWN);
+    let closing = cur & (FLOW_FIN[0] | FLOW_FIN[1]);
+    if rst || (closing == FLOW_FIN[0] | FLOW_FIN[1] && !fin && f.bits & TCP_SYN == 0) {
+        // A reset, or the last ACK after both FINs: the connection is over.
+        let _ = VFP_FLOWS.remove(&f.key);
+        stat(FS_TORN_DOWN);
+        return false;
+    }
+    if f.bits & TCP_SYN != 0 {
+        if cur & (FLOW_ADMITTED | FLOW_LIBERAL) != 0 || closing != 0 {
+            // A new connection on this tuple (or a SYN on a live one): admitted afresh.
+            let mut v = FlowState {
+                flags: pending(f.dir),
+                last_seen: now(),
+                ..FlowState::default()
+            };
+            v.egress_ifindex = if f.dir == 0 {
+                [egress_ifindex, 0]
+            } else {
+                [0, egress_ifindex]
+            };
+            let _ = VFP_FLOWS.insert(&f.key, &v, BPF_EXIST);
+            stat(FS_EXPIRED);
             return false;
         }
-        // Expired (or a SYN on an admitted tuple): the kernel must confirm the flow again.
-        flags.clear(FLOW_ADMITTED);
+    } else if fin {
+        if closing == 0 && cur & FLOW_ADMITTED == FLOW_ADMITTED {
+            stat(FS_TORN_DOWN);
+        }
+        flags.or(fin_bit(f.dir));
+        return false;
+    } else if closing != 0 {
+        return false; // half-closed: the kernel's, nothing to write
+    }
+    if cur & FLOW_ADMITTED == FLOW_ADMITTED {
+        if f.handoff && cur & FLOW_LIBERAL == 0 && fresh(st, now()) {
+            return false; // waiting for the agent's hand-off: nothing to write
+        }
+        // Expired: the kernel must confirm the flow again (a handed-off flow keeps
+        // FLOW_LIBERAL: its conntrack entry stays liberal).
+        flags.clear(FLOW_ADMITTED | FLOW_REPORTED);
         stat(FS_EXPIRED);
     }
-    if !f.close {
-        // SAFETY: map value pointer.
-        unsafe { *egress_slot(st, f.dir) = egress_ifindex };
+    let slot = egress_slot(st, f.dir);
+    // SAFETY: map value pointer.
+    unsafe {
+        if *slot != egress_ifindex {
+            *slot = egress_ifindex;
+        }
+    }
+    if cur & pending(f.dir) == 0 {
         flags.or(pending(f.dir));
     }
     false
@@ -354,20 +414,25 @@ pub fn admit(f: &Flow, egress_ifindex: u32) -> bool {
 
 /// An egress hook saw the kernel send this packet out of `ifindex`: if its direction is
 /// pending there with the same tuple, it is confirmed; both directions confirmed = admitted
-/// (counted once, by whichever CPU set the second bit). False if the flow has no entry.
+/// (counted once, by whichever CPU set the second bit; a TCP flow that needs the hand-off is
+/// reported to the agent then). False if the flow has no entry.
 #[inline(always)]
 pub fn confirm(f: &Flow, ifindex: u32) -> bool {
     let Some(st) = VFP_FLOWS.get_ptr_mut(&f.key) else {
         return false;
     };
-    if f.close {
+    if f.ctl {
         return true;
     }
     let flags = flags_of(st);
     let cur = flags.load();
     // SAFETY: map value pointer.
     let expected = unsafe { *egress_slot(st, f.dir) };
-    if cur & pending(f.dir) == 0 || cur & confirmed(f.dir) != 0 || expected != ifindex {
+    if cur & pending(f.dir) == 0
+        || cur & confirmed(f.dir) != 0
+        || cur & (FLOW_FIN[0] | FLOW_FIN[1]) != 0
+        || expected != ifindex
+    {
         return true;
     }
     let other = confirmed(1 - f.dir);
@@ -386,8 +451,35 @@ pub fn confirm(f: &Flow, ifindex: u32) -> bool {
         && (old | confirmed(f.dir)) & FLOW_ADMITTED == FLOW_ADMITTED
     {
         stat(FS_ADMITTED);
+        if f.handoff && old & (FLOW_LIBERAL | FLOW_REPORTED) == 0 {
+            report(f, &flags);
+        }
     }
     true
+}
+
+/// Tells the agent about a TCP flow to hand off. A full ring loses the report (counted); the
+/// agent's periodic check finds the flow in the table.
+#[inline(always)]
+fn report(f: &Flow, flags: &Flags) {
+    let ev = HandoffEvent {
+        key: f.key,
+        _pad: 0,
+        // SAFETY: plain helper call.
+        at_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    match VFP_HANDOFF.output(&ev, 0) {
+        Ok(()) => {
+            flags.or(FLOW_REPORTED);
+            stat(FS_REPORTED);
+        }
+        Err(_) => stat(FS_REPORT_LOST),
+    }
+}
+
+#[inline(always)]
+fn fin_bit(dir: usize) -> u64 {
+    if dir == 0 { FLOW_FIN[0] } else { FLOW_FIN[1] }
 }
 
 #[inline(always)]

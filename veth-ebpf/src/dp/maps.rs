@@ -3,13 +3,13 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use veth_common::{
     CONFIG_FLAGS, CONFIG_SLOTS, CniOwner, Counters, DEFAULT_FLOW_TABLE_SIZE, EndpointRecord,
-    FlowKey, FlowState, FlowStats, Intent, MAX_ENDPOINTS, MAX_INTENTS, MAX_SLOTS, NAME_LEN, Target,
-    Uplink,
+    FlowKey, FlowState, FlowStats, HANDOFF_RING_BYTES, HandoffEvent, Intent, MAX_ENDPOINTS,
+    MAX_INTENTS, MAX_SLOTS, NAME_LEN, Target, Uplink,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -59,6 +59,10 @@ pub static VFP_FLOWS: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOW_TABLE_SIZE a
 /// Node-wide flow counters (one slot).
 #[btf_map]
 pub static VFP_FLOW_STATS: PerCpuArray<FlowStats, 1> = PerCpuArray::new();
+
+/// TCP hand-off candidates for the agent (see `dp::flow`).
+#[btf_map]
+pub static VFP_HANDOFF: RingBuf<HandoffEvent, HANDOFF_RING_BYTES> = RingBuf::new();
 
 /// Small config array: ABI version and feature switches.
 #[btf_map]

@@ -12,6 +12,10 @@
 //! | `vethfp_uplink_packets_total`, `vethfp_uplink_bytes_total` | uplink, counter (received_fast, received_stack, sent_fast) |
 //! | `vethfp_fast_path_enabled` | |
 //! | `vethfp_agent_info` | version |
+//! | `vethfp_flow_table_flows` | state (admitted, pending, waiting, closing, expired) |
+//! | `vethfp_flow_table_handed_off` | |
+//! | `vethfp_tcp_handoffs_total`, `vethfp_tcp_handoff_delay_seconds` (histogram), `vethfp_flows_swept_total` | |
+//! | `vethfp_tcp_handoff_refusals_total`, `vethfp_tcp_demotions_total` | reason |
 //! | `vethfp_agent_reconciles_total`, `vethfp_agent_reconcile_duration_seconds` (last pass), `vethfp_agent_endpoints_removed_total`, `vethfp_agent_links_reattached_total`, `vethfp_agent_programs_replaced_total`, `vethfp_agent_event_cleanup_seconds` (histogram: link event → state removed) | |
 
 use std::{convert::Infallible, sync::Arc, sync::atomic::AtomicU64, time::Duration};
@@ -59,9 +63,31 @@ pub struct AgentMetrics {
     pub repairs: Family<Vec<(String, String)>, Counter>,
     /// Times the state dir was found removed or replaced and opened anew.
     pub state_reopened: Counter,
+    /// TCP flows handed off (conntrack entry made liberal, flow marked).
+    pub handoffs: Counter,
+    /// TCP hand-offs refused, by reason.
+    pub handoff_refusals: Family<Vec<(String, String)>, Counter>,
+    /// Handed-off flows demoted, by reason.
+    pub demotions: Family<Vec<(String, String)>, Counter>,
+    /// Datapath report → flow marked handed off.
+    pub handoff_delay: Histogram,
+    /// Flow-table entries removed by the sweep (stale pending, closing or expired).
+    pub flows_swept: Counter,
 }
 
 impl AgentMetrics {
+    pub fn refused(&self, reason: &str) {
+        self.handoff_refusals
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
+    pub fn demoted(&self, reason: &str) {
+        self.demotions
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
     pub fn repaired(&self, part: &str) {
         self.repairs
             .get_or_create(&vec![("part".to_string(), part.to_string())])
@@ -79,6 +105,12 @@ impl Default for AgentMetrics {
             replaced: Counter::default(),
             repairs: Family::default(),
             state_reopened: Counter::default(),
+            handoffs: Counter::default(),
+            handoff_refusals: Family::default(),
+            demotions: Family::default(),
+            // 10 µs .. ~0.33 s
+            handoff_delay: Histogram::new(exponential_buckets(0.00001, 2.0, 16)),
+            flows_swept: Counter::default(),
             // 100 µs .. ~3.3 s
             event_cleanup: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         }
@@ -133,6 +165,31 @@ pub(crate) fn registry(shared: Arc<Shared>) -> PromRegistry {
         "vethfp_agent_event_cleanup_seconds",
         "Time from a link deletion notification to the endpoint's state being removed",
         m.event_cleanup.clone(),
+    );
+    r.register(
+        "vethfp_tcp_handoffs",
+        "TCP flows handed off: the agent made the flow's conntrack entry liberal about windows, then admitted it",
+        m.handoffs.clone(),
+    );
+    r.register(
+        "vethfp_tcp_handoff_refusals",
+        "TCP hand-offs refused (the flow stays on the kernel path), by reason",
+        m.handoff_refusals.clone(),
+    );
+    r.register(
+        "vethfp_tcp_demotions",
+        "Handed-off TCP flows taken off the fast path, by reason",
+        m.demotions.clone(),
+    );
+    r.register(
+        "vethfp_tcp_handoff_delay_seconds",
+        "Time from the datapath's report of a TCP flow to the flow being handed off",
+        m.handoff_delay.clone(),
+    );
+    r.register(
+        "vethfp_flows_swept",
+        "Flow-table entries the agent removed: pending, closing or expired longer than twice the idle time",
+        m.flows_swept.clone(),
     );
     r.register_collector(Box::new(DatapathCollector { shared }));
     r
@@ -285,6 +342,27 @@ impl Collector for DatapathCollector {
         )?;
         family(
             &mut enc,
+            "vethfp_flow_table_flows",
+            "Flows in the flow table by what the datapath does with their next packet: admitted (fast path), pending, waiting (TCP, for the agent's hand-off), closing, expired (due for re-verification)",
+            MetricType::Gauge,
+            &[
+                ("admitted", ft.admitted),
+                ("pending", ft.pending),
+                ("waiting", ft.waiting),
+                ("closing", ft.closing),
+                ("expired", ft.expired),
+            ]
+            .map(|(k, v)| (vec![("state", k.to_string())], v as u64)),
+        )?;
+        family(
+            &mut enc,
+            "vethfp_flow_table_handed_off",
+            "TCP flows in the flow table whose conntrack entry the agent made liberal",
+            MetricType::Gauge,
+            &[(vec![], ft.handed_off as u64)],
+        )?;
+        family(
+            &mut enc,
             "vethfp_flow_table_capacity",
             "Capacity of the admission flow table (LRU: full means the oldest are evicted)",
             MetricType::Gauge,
@@ -298,7 +376,7 @@ impl Collector for DatapathCollector {
         family(
             &mut enc,
             "vethfp_flows",
-            "Node flow events: created, admitted, torn_down (TCP FIN/RST), expired (re-verify), insert_failed",
+            "Node flow events: created, admitted, torn_down (TCP FIN/RST), expired (re-verify), insert_failed, reported (TCP hand-off candidates), report_lost (hand-off ring full)",
             MetricType::Counter,
             &rows,
         )?;

@@ -7,6 +7,8 @@
 //!   an older build switched in place to this build's programs;
 //! - a netlink link watch ([`crate::sys::events`]): a host end deleted by someone else, or gone
 //!   with its container's namespace, is cleaned up right away;
+//! - TCP hand-off ([`handoff`]): each TCP flow the kernel admitted gets its conntrack entry
+//!   made liberal, then the fast path; destroy notifications demote it;
 //! - Prometheus metrics over HTTP ([`crate::agent::metrics`]);
 //! - optionally, BPF debug events through aya-log (`--bpf-log`).
 //!
@@ -15,6 +17,7 @@
 //! (metrics) take no lock. See docs/ARCHITECTURE.md, "Agent and CLI concurrency".
 
 mod bridges;
+mod handoff;
 pub(crate) mod metrics;
 
 use std::{
@@ -195,7 +198,15 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         source,
     })?;
 
+    // Held while the agent lives (and dropped by the kernel if it is killed): every write
+    // operation then switches TCP to per-flow hand-off (`registry::flows::sync_tcp`).
+    let _agent_lock =
+        crate::registry::flows::hold_agent_lock(&cfg.bpffs).map_err(|source| AgentError::Io {
+            what: format!("locking {}/agent", cfg.bpffs.display()),
+            source,
+        })?;
     reconcile(&shared, "start").await?;
+    let _handoff = handoff::start(&shared)?;
 
     let logger = if cfg.bpf_log {
         Some(start_bpf_log(&shared).await?)

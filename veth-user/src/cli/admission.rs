@@ -60,8 +60,17 @@ pub fn flows(ctx: &Ctx, cmd: Option<FlowsCmd>, json: bool) -> anyhow::Result<()>
 
 fn print_flows(flows: &[FlowView]) {
     let mut t = Plain::new(
-        &["PROTO", "A", "B", "STATE", "AGE_S", "PACKETS", "ENDPOINTS"],
-        &[4, 5],
+        &[
+            "PROTO",
+            "A",
+            "B",
+            "STATE",
+            "HANDOFF",
+            "AGE_S",
+            "PACKETS",
+            "ENDPOINTS",
+        ],
+        &[5, 6],
     );
     for f in flows {
         t.row([
@@ -69,6 +78,7 @@ fn print_flows(flows: &[FlowView]) {
             f.a.to_string(),
             f.b.to_string(),
             f.state.to_string(),
+            f.handoff.unwrap_or("-").to_string(),
             f.age_seconds
                 .map(|a| format!("{a:.1}"))
                 .unwrap_or("-".into()),

@@ -59,6 +59,35 @@ pub fn status(ctx: &Ctx, json: bool) -> anyhow::Result<()> {
     }
 }
 
+/// How TCP is accelerated, and why (one line).
+fn tcp_line(st: &Status) -> String {
+    use vethfp::{TcpAdmission, TcpMode};
+    match st.tcp {
+        TcpMode::Handoff => "accelerated per flow: the agent hands each flow's conntrack entry \
+             over (liberal windows for that entry only) before the fast path takes it"
+            .into(),
+        TcpMode::HandoffNoAgent => "per flow, but no agent is running: flows handed off stay \
+             fast, new TCP flows wait on the kernel path (correct, slower) until `vethfp agent` \
+             runs again"
+            .into(),
+        TcpMode::NodeWide => format!(
+            "accelerated node-wide: no agent, and conntrack does not check TCP windows \
+             ({}). If net.netfilter.nf_conntrack_tcp_be_liberal goes back to 0, the admitted \
+             TCP flows' closes are dropped as INVALID until `vethfp flows flush`; run \
+             `vethfp agent` for per-flow hand-off, which does not depend on the sysctl",
+            match st.tcp_conntrack {
+                TcpAdmission::NoConntrack => "no conntrack in this namespace",
+                _ => "nf_conntrack_tcp_be_liberal = 1",
+            }
+        ),
+        TcpMode::Off => "NOT accelerated: no agent is running and conntrack checks TCP \
+             windows (nf_conntrack_tcp_be_liberal = 0), so TCP stays on the kernel path \
+             (correct, slower). Run `vethfp agent`: it hands each TCP flow's conntrack entry \
+             over per flow, without the node-wide setting"
+            .into(),
+    }
+}
+
 fn print_status(st: &Status) {
     println!("state:     {}", st.bpffs);
     println!("endpoints: {}", st.endpoints);
@@ -66,22 +95,19 @@ fn print_status(st: &Status) {
     println!("egress:    {}", st.egress);
     println!("admission: {}", st.admission);
     if st.admission == "netfilter" {
-        if st.tcp_admitted {
-            println!("tcp:       admitted (conntrack: {:?})", st.tcp_conntrack);
-        } else {
-            println!(
-                "tcp:       NOT accelerated: net.netfilter.nf_conntrack_tcp_be_liberal is 0, so \
-                 TCP stays on the kernel path (correct, slower). To accelerate TCP set it to 1 \
-                 (kube-proxy --conntrack-tcp-be-liberal, or sysctl -w)"
-            );
-        }
+        println!("tcp:       {}", tcp_line(st));
     }
     let t = &st.flow_table;
     println!(
-        "flows:     {} of {} ({} admitted); created {} admitted {} torn_down {} expired {} insert_failed {}",
+        "flows:     {} of {} ({} admitted, {} pending, {} waiting for hand-off, {} closing, {} expired; {} handed off); created {} admitted {} torn_down {} expired {} insert_failed {}",
         t.entries,
         t.capacity,
         t.admitted,
+        t.pending,
+        t.waiting,
+        t.closing,
+        t.expired,
+        t.handed_off,
         t.counters["created"],
         t.counters["admitted"],
         t.counters["torn_down"],

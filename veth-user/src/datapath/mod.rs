@@ -41,7 +41,7 @@ use veth_common::{
     CONFIG_STATE_ID_HI, CONFIG_STATE_ID_LO, CniOwner, Counters, DEFAULT_FLOW_TABLE_SIZE,
     EndpointRecord, FlowKey, FlowState, FlowStats, Intent, MAP_CNI_OWNERS, MAP_CONFIG,
     MAP_COUNTERS, MAP_DEVMAP, MAP_ENDPOINTS, MAP_EP4, MAP_EP6, MAP_FLOW_STATS, MAP_FLOWS,
-    MAP_JOURNAL, MAP_L2, MAP_UPLINKS, MAPS, NAME_LEN, Target, Uplink,
+    MAP_HANDOFF, MAP_JOURNAL, MAP_L2, MAP_UPLINKS, MAPS, NAME_LEN, Target, Uplink,
 };
 
 /// The BPF object built from `veth-ebpf` by build.rs.
@@ -374,6 +374,7 @@ fn map_from_pin(dir: &Path, name: &'static str) -> Result<aya::maps::Map> {
         MAP_FLOWS => Map::LruHashMap(data),
         MAP_CONFIG => Map::Array(data),
         MAP_DEVMAP => Map::DevMapHash(data),
+        MAP_HANDOFF => Map::RingBuf(data),
         _ => Map::HashMap(data),
     })
 }

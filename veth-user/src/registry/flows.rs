@@ -1,8 +1,9 @@
 //! Admission: which flows the fast path may carry (see docs/ARCHITECTURE.md, "Admission").
 //!
 //! - `netfilter` (default): a flow takes the fast path once the kernel forwarded it unchanged
-//!   in both directions; NAT'd or dropped flows never do. TCP only while the node's conntrack
-//!   is liberal about TCP windows (or absent): [`tcp_admissible`].
+//!   in both directions; NAT'd or dropped flows never do. TCP per flow while the agent runs
+//!   (it hands each flow's conntrack entry over: [`TcpMode::Handoff`]); without the agent only
+//!   while the node's conntrack is liberal about TCP windows (or absent): [`tcp_admissible`].
 //! - `always`: every packet between endpoints of one network (no NAT, no firewall).
 
 use std::{
@@ -12,8 +13,9 @@ use std::{
 
 use serde::Serialize;
 use veth_common::{
-    AF_V4, CFG_ADMIT_ALWAYS, CFG_ADMIT_TCP, CONFIG_IDLE, CONFIG_REVERIFY, DEFAULT_IDLE_S,
-    DEFAULT_REVERIFY_S, FLOW_ADMITTED, FLOW_STAT_NAMES, FlowKey, FlowState, FlowStats,
+    AF_V4, CFG_ADMIT_ALWAYS, CFG_ADMIT_TCP, CFG_TCP_HANDOFF, CONFIG_IDLE, CONFIG_REVERIFY,
+    DEFAULT_IDLE_S, DEFAULT_REVERIFY_S, FLOW_ADMITTED, FLOW_FIN, FLOW_LIBERAL, FLOW_STAT_NAMES,
+    FlowKey, FlowState, FlowStats,
 };
 
 use crate::{
@@ -112,13 +114,83 @@ pub fn tcp_admissible() -> TcpAdmission {
     }
 }
 
-/// Sets `CFG_ADMIT_TCP` from the node's conntrack (every write operation, every reconcile).
+/// How TCP flows are accelerated under `netfilter` admission, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpMode {
+    /// Per flow: the agent makes each admitted flow's conntrack entry liberal first.
+    Handoff,
+    /// Per flow, but no agent runs now: flows handed off stay fast, new ones wait on the
+    /// kernel path for the next agent.
+    HandoffNoAgent,
+    /// Node-wide: no agent, and the node's conntrack is liberal (or absent).
+    NodeWide,
+    /// Not accelerated: no agent, and the node's conntrack checks TCP windows.
+    Off,
+}
+
+impl TcpMode {
+    pub(crate) fn of(flags: u32, agent: bool) -> TcpMode {
+        if flags & CFG_TCP_HANDOFF != 0 {
+            if agent {
+                TcpMode::Handoff
+            } else {
+                TcpMode::HandoffNoAgent
+            }
+        } else if flags & CFG_ADMIT_TCP != 0 {
+            TcpMode::NodeWide
+        } else {
+            TcpMode::Off
+        }
+    }
+}
+
+/// The subdirectory of the state dir an agent holds a shared flock on while it runs.
+pub const AGENT_DIR: &str = "agent";
+
+/// Marks this process as the state's agent until the returned descriptor is closed (also by
+/// SIGKILL: the kernel drops the lock with the process).
+pub fn hold_agent_lock(dir: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    let path = dir.join(AGENT_DIR);
+    match std::fs::create_dir(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let fd = std::fs::File::open(&path)?;
+    // SAFETY: valid descriptor.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::LOCK_SH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd.into())
+}
+
+/// Is an agent running on the state in `dir` (holding [`hold_agent_lock`])?
+pub fn agent_running(dir: &std::path::Path) -> bool {
+    let Ok(fd) = std::fs::File::open(dir.join(AGENT_DIR)) else {
+        return false;
+    };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    // SAFETY: valid descriptor; a lock we get is dropped with it.
+    let r = unsafe { libc::flock(raw, libc::LOCK_EX | libc::LOCK_NB) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
+/// Sets how TCP is admitted (every write operation, every reconcile): per-flow hand-off
+/// (`CFG_TCP_HANDOFF`) while an agent runs, else node-wide (`CFG_ADMIT_TCP`) while the node's
+/// conntrack is liberal, else not at all.
 pub fn sync_tcp(dp: &mut Datapath) -> Result<(), DatapathError> {
     let flags = dp.flags()?;
-    let want = if tcp_admissible() == TcpAdmission::Strict {
-        flags & !CFG_ADMIT_TCP
+    let base = flags & !(CFG_ADMIT_TCP | CFG_TCP_HANDOFF);
+    let conntrack = tcp_admissible();
+    let want = if conntrack == TcpAdmission::NoConntrack {
+        base | CFG_ADMIT_TCP // nothing to hand over: no conntrack sees the flows
+    } else if agent_running(dp.dir()) {
+        base | CFG_TCP_HANDOFF
+    } else if conntrack == TcpAdmission::Liberal {
+        base | CFG_ADMIT_TCP
     } else {
-        flags | CFG_ADMIT_TCP
+        base
     };
     if want != flags {
         dp.set_flags(want)?;
@@ -185,7 +257,18 @@ pub fn forget(dp: &mut Datapath, addrs: &[IpAddr]) -> Result<usize, DatapathErro
 #[derive(Debug, Clone, Serialize)]
 pub struct FlowTable {
     pub entries: usize,
+    /// Flows whose next packet takes the fast path.
     pub admitted: usize,
+    /// Flows waiting for the kernel to forward them (both directions, unchanged).
+    pub pending: usize,
+    /// TCP flows confirmed by the kernel, waiting for the agent's hand-off.
+    pub waiting: usize,
+    /// TCP flows after a FIN (kernel path until the last ACK removes them).
+    pub closing: usize,
+    /// Admitted flows due for re-verification by the kernel (their next packet takes it).
+    pub expired: usize,
+    /// TCP flows whose conntrack entry the agent made liberal.
+    pub handed_off: usize,
     pub capacity: u32,
     pub reverify_seconds: u32,
     pub idle_seconds: u32,
@@ -196,30 +279,129 @@ pub struct FlowTable {
 
 pub fn table(dp: &mut Datapath) -> Result<FlowTable, DatapathError> {
     let stats: FlowStats = dp.flow_stats()?;
-    let (mut entries, mut admitted) = (0, 0);
-    for item in dp.flows()?.iter() {
-        let Ok((_, v)) = item else { continue };
-        entries += 1;
-        if v.flags & FLOW_ADMITTED == FLOW_ADMITTED {
-            admitted += 1;
-        }
-    }
-    let slot = |dp: &mut Datapath, s: u32, d: u32| -> Result<u32, DatapathError> {
-        let v = dp.config_slot(s)?;
-        Ok(if v == 0 { d } else { v })
-    };
-    Ok(FlowTable {
-        entries,
-        admitted,
+    let clock = Clock::of(dp)?;
+    let mut t = FlowTable {
+        entries: 0,
+        admitted: 0,
+        pending: 0,
+        waiting: 0,
+        closing: 0,
+        expired: 0,
+        handed_off: 0,
         capacity: dp.flow_table_size(),
-        reverify_seconds: slot(dp, CONFIG_REVERIFY, DEFAULT_REVERIFY_S)?,
-        idle_seconds: slot(dp, CONFIG_IDLE, DEFAULT_IDLE_S)?,
+        reverify_seconds: clock.reverify_s,
+        idle_seconds: clock.idle_s,
+        counters: Default::default(),
+    };
+    for item in dp.flows()?.iter() {
+        let Ok((k, v)) = item else { continue };
+        t.entries += 1;
+        if v.flags & FLOW_LIBERAL != 0 {
+            t.handed_off += 1;
+        }
+        *match clock.state(&k, &v) {
+            FlowStateName::Admitted => &mut t.admitted,
+            FlowStateName::Pending => &mut t.pending,
+            FlowStateName::Waiting => &mut t.waiting,
+            FlowStateName::Closing => &mut t.closing,
+            FlowStateName::Expired => &mut t.expired,
+        } += 1;
+    }
+    Ok(FlowTable {
         counters: FLOW_STAT_NAMES
             .iter()
             .enumerate()
             .map(|(i, n)| (*n, stats.c[i]))
             .collect(),
+        ..t
     })
+}
+
+/// What the datapath does with a flow's next packet (see `veth-ebpf/src/dp/flow.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowStateName {
+    /// Fast path.
+    Admitted,
+    /// TCP confirmed by the kernel, waiting for the agent's hand-off (kernel path).
+    Waiting,
+    /// Due for re-verification: the next packet takes the kernel path and re-confirms it.
+    Expired,
+    /// Not yet forwarded unchanged both ways by the kernel (kernel path).
+    Pending,
+    /// TCP after a FIN (kernel path until the last ACK).
+    Closing,
+}
+
+impl FlowStateName {
+    pub fn name(self) -> &'static str {
+        match self {
+            FlowStateName::Admitted => "admitted",
+            FlowStateName::Waiting => "waiting",
+            FlowStateName::Expired => "expired",
+            FlowStateName::Pending => "pending",
+            FlowStateName::Closing => "closing",
+        }
+    }
+}
+
+/// The datapath's clock and the flow timers, to judge entries as the datapath does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    pub(crate) now: u64,
+    pub(crate) reverify_s: u32,
+    pub(crate) idle_s: u32,
+    pub(crate) flags: u32,
+}
+
+impl Clock {
+    pub(crate) fn of(dp: &mut Datapath) -> Result<Clock, DatapathError> {
+        let slot = |dp: &mut Datapath, s: u32, d: u32| -> Result<u32, DatapathError> {
+            let v = dp.config_slot(s)?;
+            Ok(if v == 0 { d } else { v })
+        };
+        Ok(Clock {
+            now: monotonic_coarse_ns(),
+            reverify_s: slot(dp, CONFIG_REVERIFY, DEFAULT_REVERIFY_S)?,
+            idle_s: slot(dp, CONFIG_IDLE, DEFAULT_IDLE_S)?,
+            flags: dp.flags()?,
+        })
+    }
+
+    /// Does this TCP flow need the agent's hand-off before it may take the fast path?
+    pub(crate) fn needs_handoff(&self, k: &FlowKey) -> bool {
+        k.proto == 6 && self.flags & CFG_ADMIT_TCP == 0
+    }
+
+    pub(crate) fn state(&self, k: &FlowKey, v: &FlowState) -> FlowStateName {
+        if v.flags & (FLOW_FIN[0] | FLOW_FIN[1]) != 0 {
+            return FlowStateName::Closing;
+        }
+        if v.flags & FLOW_ADMITTED != FLOW_ADMITTED {
+            return FlowStateName::Pending;
+        }
+        if self.needs_handoff(k) && v.flags & FLOW_LIBERAL == 0 {
+            return FlowStateName::Waiting;
+        }
+        let s = 1_000_000_000u64;
+        if self.now.saturating_sub(v.admitted_at) >= self.reverify_s as u64 * s
+            || self.now.saturating_sub(v.last_seen) >= self.idle_s as u64 * s
+        {
+            return FlowStateName::Expired;
+        }
+        FlowStateName::Admitted
+    }
+
+    /// An entry nothing will make fast again without the kernel: pending, closing or
+    /// expired for longer than twice the idle time (removed by the agent's sweep; its flow,
+    /// if it lives on, is noted afresh by its next packet).
+    pub(crate) fn stale(&self, k: &FlowKey, v: &FlowState) -> bool {
+        let limit = 2 * self.idle_s as u64 * 1_000_000_000;
+        match self.state(k, v) {
+            FlowStateName::Admitted | FlowStateName::Waiting => false,
+            _ => self.now.saturating_sub(v.last_seen) > limit,
+        }
+    }
 }
 
 /// One flow as `vethfp flows` shows it.
@@ -233,8 +415,13 @@ pub struct FlowView {
     pub a_endpoint: Option<String>,
     pub b_endpoint: Option<String>,
     pub network: u32,
-    /// "admitted" or "pending".
+    /// What the datapath does with the flow's next packet: "admitted" (fast path),
+    /// "waiting" (TCP: for the agent's hand-off), "expired" (due for re-verification),
+    /// "pending" or "closing" (kernel path).
     pub state: &'static str,
+    /// TCP: "handed_off" (the agent made its conntrack entry liberal), "waiting" (confirmed,
+    /// not yet handed off), "not_needed" (node-wide liberal conntrack); None otherwise.
+    pub handoff: Option<&'static str>,
     /// Seconds since admission (admitted flows).
     pub age_seconds: Option<f64>,
     /// Fast-path packets since admission.
@@ -272,7 +459,8 @@ pub fn list(reg: &mut Registry) -> Result<Vec<FlowView>, EndpointError> {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let now = monotonic_coarse_ns();
+    let clock = Clock::of(reg.datapath())?;
+    let now = clock.now;
     let mut out = Vec::new();
     let entries: Vec<(FlowKey, FlowState)> = reg
         .datapath()
@@ -286,7 +474,17 @@ pub fn list(reg: &mut Registry) -> Result<Vec<FlowView>, EndpointError> {
             IpAddr::V4(_) => format!("{ip}:{}", u16::from_be_bytes(port)),
             IpAddr::V6(_) => format!("[{ip}]:{}", u16::from_be_bytes(port)),
         };
+        let state = clock.state(&k, &v);
         let admitted = v.flags & FLOW_ADMITTED == FLOW_ADMITTED;
+        let handoff = (k.proto == 6).then(|| {
+            if v.flags & FLOW_LIBERAL != 0 {
+                "handed_off"
+            } else if !clock.needs_handoff(&k) {
+                "not_needed"
+            } else {
+                "waiting"
+            }
+        });
         out.push(FlowView {
             proto: match k.proto {
                 6 => "tcp",
@@ -300,7 +498,8 @@ pub fn list(reg: &mut Registry) -> Result<Vec<FlowView>, EndpointError> {
             a_endpoint: owners.get(&a).cloned(),
             b_endpoint: owners.get(&b).cloned(),
             network: k.network,
-            state: if admitted { "admitted" } else { "pending" },
+            state: state.name(),
+            handoff,
             age_seconds: admitted
                 .then(|| now.saturating_sub(v.admitted_at) as f64 / 1e9)
                 .map(|s| (s * 10.0).round() / 10.0),

@@ -309,6 +309,8 @@ pub struct Status {
     pub admission: &'static str,
     /// Whether TCP flows may be admitted under `netfilter` (in the flags now).
     pub tcp_admitted: bool,
+    /// How TCP is accelerated under `netfilter`: per flow by the agent, node-wide, or not.
+    pub tcp: crate::registry::flows::TcpMode,
     /// The node's conntrack TCP policy as read now.
     pub tcp_conntrack: crate::registry::flows::TcpAdmission,
     pub flow_table: crate::registry::flows::FlowTable,
@@ -1679,7 +1681,11 @@ impl Registry {
                 "kernel"
             },
             admission: crate::registry::flows::Admission::of_flags(flags).name(),
-            tcp_admitted: flags & veth_common::CFG_ADMIT_TCP != 0,
+            tcp_admitted: flags & (veth_common::CFG_ADMIT_TCP | veth_common::CFG_TCP_HANDOFF) != 0,
+            tcp: crate::registry::flows::TcpMode::of(
+                flags,
+                crate::registry::flows::agent_running(self.dp.dir()),
+            ),
             tcp_conntrack: crate::registry::flows::tcp_admissible(),
             flow_table: crate::registry::flows::table(&mut self.dp)?,
             uplinks,

@@ -255,7 +255,13 @@ impl Registry {
             }
         }
         let dir = self.datapath().dir().to_path_buf();
-        for sub in ["links", "progs", "bridges", crate::datapath::OPS_DIR] {
+        for sub in [
+            "links",
+            "progs",
+            "bridges",
+            crate::datapath::OPS_DIR,
+            crate::registry::flows::AGENT_DIR,
+        ] {
             let _ = fs::remove_dir_all(dir.join(sub));
         }
         for m in veth_common::MAPS {

@@ -1,5 +1,7 @@
-//! Everything that talks to the kernel outside the BPF maps: netlink, namespaces, ethtool.
+//! Everything that talks to the kernel outside the BPF maps: netlink (rtnetlink, ctnetlink),
+//! namespaces, ethtool.
 
+pub mod ctnetlink;
 pub mod ethtool;
 pub mod events;
 pub mod netlink;
