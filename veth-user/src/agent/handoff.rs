@@ -282,7 +282,23 @@ impl Worker {
         if flows.insert(key, v, BPF_EXIST).is_err() {
             return Ok(Outcome::Refused("flow_gone"));
         }
+        // The packets the kernel saw between the update and the mark (in window, so tracked)
+        // set MAXACK_SET again with an ack the fast path then leaves behind: a later RST
+        // would not match it, and conntrack would keep the entry ESTABLISHED (for a possible
+        // challenge ACK) instead of closing it. Clear it once more, now that the fast path
+        // carries the flow.
+        self.clear_maxack(&e.orig);
         Ok(Outcome::HandedOff)
+    }
+
+    fn clear_maxack(&mut self, orig: &Tuple) {
+        if let Err(e) = self.ct.set_tcp_flags(
+            orig,
+            IP_CT_TCP_FLAG_BE_LIBERAL,
+            IP_CT_TCP_FLAG_BE_LIBERAL | IP_CT_TCP_FLAG_MAXACK_SET,
+        ) {
+            debug!("clearing MAXACK_SET: {e}");
+        }
     }
 
     fn flow(&mut self, key: &FlowKey) -> Result<Option<FlowState>, AgentError> {
@@ -341,7 +357,16 @@ impl Worker {
                 match self.ct.get(&Key::tuple(&k)) {
                     Ok(None) => doomed.push((k, Some("conntrack_gone"))),
                     Ok(Some(e)) if !e.liberal() => doomed.push((k, Some("conntrack_not_liberal"))),
-                    Ok(Some(_)) => index.entry(Key::canonical(&k)).or_default().push(k.network),
+                    Ok(Some(e)) => {
+                        if e.tcp_flags
+                            .iter()
+                            .any(|f| f & IP_CT_TCP_FLAG_MAXACK_SET != 0)
+                        {
+                            // Set again by kernel-path packets (re-verification).
+                            self.clear_maxack(&e.orig);
+                        }
+                        index.entry(Key::canonical(&k)).or_default().push(k.network)
+                    }
                     Err(e) => {
                         warn!(flow = %Key::show(&k), "checking the conntrack entry: {e}");
                         index.entry(Key::canonical(&k)).or_default().push(k.network);
