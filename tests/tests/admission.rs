@@ -488,7 +488,10 @@ fn admitted_flows_skip_forward_after_their_first_packets() {
     assert!(line.contains(&format!("{}", 2 * (N - 1))), "{line}");
     let status = node.ok(&["status"]);
     assert!(status.contains("admission: netfilter"), "{status}");
-    assert!(status.contains("tcp:       admitted"), "{status}");
+    assert!(
+        status.contains("tcp:       accelerated node-wide"),
+        "{status}"
+    );
     assert!(status.contains("of 65536"), "{status}");
     let err = node.fails(&["admission", "sometimes"]);
     assert!(err.contains("sometimes"), "{err}");
@@ -512,22 +515,20 @@ fn admitted_flows_skip_forward_after_their_first_packets() {
     let before_b = node.stats(&c[1].host_if);
     let flow = tcp_flow(c[0].name(), c[1].name(), b);
     assert!(flow.wait_echoed(8 << 20, LONG), "8 MiB echoed");
-    assert_eq!(
+    // The handshake and the first packets after it (SYN/FIN/RST never confirm: a direction
+    // is confirmed by its first packet after the handshake), then nothing.
+    let (a2b, b2a) = (
         rule_packets(ns, false, "FORWARD", "a2b-tcp"),
-        1,
-        "only the SYN"
-    );
-    assert_eq!(
         rule_packets(ns, false, "FORWARD", "b2a-tcp"),
-        1,
-        "only the SYN-ACK"
     );
+    assert!((2..=8).contains(&a2b), "a2b: {a2b}");
+    assert!((2..=8).contains(&b2a), "b2a: {b2a}");
     let db = node.stats(&c[1].host_if).since(&before_b);
     assert!(db.to("fast").bytes >= 8 << 20, "{db:?}");
     // The close goes through the kernel (and conntrack), and completes.
     flow.finish().expect("clean close");
     assert!(
-        rule_packets(ns, false, "FORWARD", "a2b-tcp") > 1,
+        rule_packets(ns, false, "FORWARD", "a2b-tcp") > a2b,
         "FIN went through FORWARD"
     );
     let (da, db) = (

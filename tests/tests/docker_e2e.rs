@@ -1110,3 +1110,105 @@ fn docker_hairpin_dnat_without_userland_proxy() {
     udp_counted(&d, &node, &c1, &srv, Via::Admitted);
     drop((c1, srv));
 }
+
+/// `rounds` 64-byte request/echo rounds over one connection (a long-lived connection, as
+/// HTTP keep-alive or a database client has).
+fn echo_rounds(ns: &str, addr: SocketAddr, rounds: usize) -> Result<(), String> {
+    run_in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut buf = [0u8; 64];
+        for i in 0..rounds {
+            let req = [(i % 251) as u8; 64];
+            s.write_all(&req).map_err(|e| format!("round {i}: {e}"))?;
+            s.read_exact(&mut buf)
+                .map_err(|e| format!("round {i}: {e}"))?;
+            if buf != req {
+                return Err(format!("round {i}: echo corrupted"));
+            }
+        }
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)
+            .map_err(|e| format!("close: {e}"))?;
+        Ok(())
+    })
+}
+
+/// Issue 21 under a real dockerd on a stock node (nf_conntrack_tcp_be_liberal = 0, kube-proxy's
+/// INVALID drop in FORWARD): with the agent running, a long-lived TCP connection between two
+/// containers on an accelerated docker0 rides the fast path after its hand-off, its close goes
+/// through the bridge and conntrack, and nothing is dropped as INVALID.
+#[test]
+fn docker_long_lived_tcp_is_handed_off_on_a_stock_node() {
+    let _machine = MachineUntouched(machine_rules());
+    let node = docker_host(87);
+    assert_eq!(
+        node.ns
+            .read_sysctl("net.netfilter.nf_conntrack_tcp_be_liberal")
+            .trim(),
+        "0"
+    );
+    let Some(d) = Dockerd::start(&node, &[]) else {
+        return;
+    };
+    iptables(
+        &node,
+        &[
+            "-I",
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "INVALID",
+            "-m",
+            "comment",
+            "--comment",
+            "invalid",
+            "-j",
+            "DROP",
+        ],
+    );
+    let c1 = d.run("c1", &[], &[]);
+    let srv = d.run("srv", &[], &["nc", "-ll", "-p", "7", "-e", "/bin/cat"]);
+    neighbours(&c1, &srv);
+    let to = SocketAddr::new(srv.ip, 7);
+    echo_eventually(&c1.ns, to, 1000).expect("plain bridge: echo works");
+    let out = node.ok(&["bridge", "accelerate", "docker0"]);
+    assert!(out.contains("2 port(s) accelerated"), "{out}");
+    let agent = Agent::start(&node, &[]);
+    assert_eq!(node.status_json()["tcp"], "handoff");
+    let ps = d.port(&node, &srv);
+    let before = node.stats(&ps);
+    echo_rounds(&c1.ns, to, 3000).expect("long-lived connection");
+    let s = node.stats(&ps).since(&before);
+    let (fast, stack) = (s.to("fast").packets, s.to("stack").packets);
+    assert!(
+        fast * 10 >= (fast + stack) * 9,
+        "at least 90% fast: fast {fast}, stack {stack}; agent log:\n{}",
+        agent.log()
+    );
+    let m = agent.scrape();
+    assert!(
+        m.get("vethfp_tcp_handoffs_total", &[]).unwrap_or(0.0) >= 1.0,
+        "handed off"
+    );
+    let out = run_in_netns(node.ns.name(), || {
+        Command::new("iptables")
+            .args(["-L", "FORWARD", "-v", "-x", "-n"])
+            .output()
+            .unwrap()
+    });
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let invalid: u64 = text
+        .lines()
+        .find(|l| l.contains("invalid"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the INVALID rule");
+    assert_eq!(invalid, 0, "no INVALID drop:\n{text}");
+    drop(agent);
+    drop((c1, srv));
+}
