@@ -20,6 +20,8 @@ const DEB_PACKAGES: &[&str] = &[
     // TCP hand-off tests (tests/tests/tcp_handoff.rs): list, flush and delete conntrack
     // entries under live connections.
     "conntrack",
+    // The bench reads the stock-node agent's /metrics (hand-off delay).
+    "curl",
     "containernetworking-plugins",
     // CNI end to end (tests/tests/cni_podman.rs): podman with the CNI backend, runc (crun
     // fails on this kind of machine's cgroups), and a static busybox for the image.

@@ -19,6 +19,10 @@
 //! ACK) and any RST remove the entry, so a closed connection leaves nothing behind. A SYN on
 //! an entry that was admitted or closing starts the flow over.
 
+// Keys and values are passed to the map helpers by reference on purpose: by value they would be
+// copied onto the 512-byte BPF stack once more per call site.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use veth_common::{
     AF_V4, AF_V6, CFG_ADMIT_ALWAYS, CFG_ADMIT_TCP, CFG_TCP_HANDOFF, CONFIG_IDLE, CONFIG_REVERIFY,

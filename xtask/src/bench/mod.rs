@@ -147,6 +147,7 @@ pub fn bench(args: Args) -> Result<()> {
         "iptables",
         "iptables-restore",
         "bpftool",
+        "curl",
     ] {
         if !have(tool) {
             bail!("`{tool}` is missing: run `cargo xtask setup`");
@@ -224,6 +225,11 @@ pub fn bench(args: Args) -> Result<()> {
                 if n1 > n0 {
                     add(Metric::BpfNsPerRun, (ns1 - ns0) as f64 / (n1 - n0) as f64);
                 }
+            }
+            if let Some((p50, p99)) = t.handoff_delay()? {
+                // Cumulative over the run so far: the last round's value covers them all.
+                add(Metric::HandoffP50Us, p50);
+                add(Metric::HandoffP99Us, p99);
             }
             let line: Vec<String> = samples
                 .iter()

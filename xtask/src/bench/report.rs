@@ -18,10 +18,12 @@ pub enum Metric {
     CpuIperfNsPerPkt,
     BpfNsPerRun,
     TcpCrr,
+    HandoffP50Us,
+    HandoffP99Us,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 13] = [
         Metric::UdpRrP50,
         Metric::UdpRrP99,
         Metric::TcpRrP50,
@@ -33,6 +35,8 @@ impl Metric {
         Metric::CpuIperfNsPerPkt,
         Metric::BpfNsPerRun,
         Metric::TcpCrr,
+        Metric::HandoffP50Us,
+        Metric::HandoffP99Us,
     ];
 
     pub fn key(self) -> &'static str {
@@ -48,6 +52,8 @@ impl Metric {
             Metric::CpuIperfNsPerPkt => "iperf3_cpu_ns_per_udp_pkt",
             Metric::BpfNsPerRun => "bpf_ns_per_prog_run",
             Metric::TcpCrr => "tcp_crr_per_s",
+            Metric::HandoffP50Us => "tcp_handoff_p50_us",
+            Metric::HandoffP99Us => "tcp_handoff_p99_us",
         }
     }
 
@@ -64,6 +70,8 @@ impl Metric {
             Metric::CpuIperfNsPerPkt => "CPU per UDP packet, iperf3 processes (ns)",
             Metric::BpfNsPerRun => "BPF program cost per run (ns)",
             Metric::TcpCrr => "TCP connect/request/close (conn/s)",
+            Metric::HandoffP50Us => "TCP hand-off delay, median (µs, bucket bound)",
+            Metric::HandoffP99Us => "TCP hand-off delay, p99 (µs, bucket bound)",
         }
     }
 

@@ -31,10 +31,13 @@ pub enum Kind {
     /// vethfp under netfilter admission on the same node ruleset: the kernel (rules,
     /// conntrack) sees each flow's first packets, established flows go fast.
     VethfpNetfilter,
+    /// The stock node (issue 21): the same ruleset, nf_conntrack_tcp_be_liberal at its
+    /// default 0, `vethfp agent` running: TCP is handed off per flow.
+    VethfpStock,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Direct,
         Kind::Bridge,
         Kind::BridgeVethfp,
@@ -45,6 +48,7 @@ impl Kind {
         Kind::VethfpUplink,
         Kind::RoutedRules,
         Kind::VethfpNetfilter,
+        Kind::VethfpStock,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +63,7 @@ impl Kind {
             Kind::VethfpUplink => "vethfp-uplink",
             Kind::RoutedRules => "routed+rules",
             Kind::VethfpNetfilter => "vethfp-netfilter",
+            Kind::VethfpStock => "vethfp-stock",
         }
     }
 
@@ -74,13 +79,18 @@ impl Kind {
             Kind::VethfpUplink => "vup",
             Kind::RoutedRules => "rtr",
             Kind::VethfpNetfilter => "vnf",
+            Kind::VethfpStock => "vst",
         }
     }
 
     pub fn needs_vethfp(self) -> bool {
         matches!(
             self,
-            Kind::VethfpTc | Kind::VethfpXdp | Kind::BridgeVethfp | Kind::VethfpNetfilter
+            Kind::VethfpTc
+                | Kind::VethfpXdp
+                | Kind::BridgeVethfp
+                | Kind::VethfpNetfilter
+                | Kind::VethfpStock
         )
     }
 }
@@ -224,6 +234,8 @@ impl Drop for VethfpPairs {
 pub struct Topo {
     pub kind: Kind,
     servers: Vec<Bg>,
+    /// `vethfp agent` (vethfp-stock), dropped (killed) before the pairs are removed.
+    agent: Option<Bg>,
     vethfp: Option<VethfpPairs>,
     pub client: Netns,
     pub server: Netns,
@@ -251,6 +263,7 @@ impl Topo {
         let mut topo = Topo {
             kind,
             servers: Vec::new(),
+            agent: None,
             vethfp: None,
             client,
             server,
@@ -271,11 +284,16 @@ impl Topo {
             Kind::Routed => topo.wire_routed()?,
             Kind::RoutedRules => {
                 topo.wire_routed()?;
-                node_ruleset(topo.node(), "-A FORWARD -j ACCEPT\n")?;
+                node_ruleset(topo.node(), ACCEPT_REST)?;
             }
             Kind::VethfpNetfilter => {
                 let v = vethfp.context("vethfp topologies need a vethfp binary")?;
-                topo.wire_vethfp_netfilter(v)?
+                topo.wire_vethfp_netfilter(v, true)?
+            }
+            Kind::VethfpStock => {
+                let v = vethfp.context("vethfp topologies need a vethfp binary")?;
+                topo.wire_vethfp_netfilter(v, false)?;
+                topo.start_agent(v)?;
             }
             Kind::VethfpUplink => {
                 let v = vethfp.context("vethfp topologies need a vethfp binary")?;
@@ -441,14 +459,17 @@ impl Topo {
         Ok(())
     }
 
-    /// vethfp (TC) under netfilter admission: forwarding on, the ~1000-rule ruleset, TCP
-    /// admitted (nf_conntrack_tcp_be_liberal = 1, as kube-proxy --conntrack-tcp-be-liberal).
-    fn wire_vethfp_netfilter(&mut self, v: &Vethfp) -> Result<()> {
+    /// vethfp (TC) under netfilter admission: forwarding on, the ~1000-rule ruleset, and
+    /// (`liberal`) nf_conntrack_tcp_be_liberal = 1 as kube-proxy --conntrack-tcp-be-liberal
+    /// sets it, or the kernel default 0 (the stock node, with the agent's hand-off).
+    fn wire_vethfp_netfilter(&mut self, v: &Vethfp, liberal: bool) -> Result<()> {
         let node = self.node();
         node.ip(&["addr", "add", "10.210.255.1/32", "dev", "lo"])?;
         node.sysctl("net.ipv4.ip_forward", "1")?;
-        node_ruleset(node, "-A FORWARD -j ACCEPT\n")?;
-        node.sysctl("net.netfilter.nf_conntrack_tcp_be_liberal", "1")?;
+        node_ruleset(node, ACCEPT_REST)?;
+        if liberal {
+            node.sysctl("net.netfilter.nf_conntrack_tcp_be_liberal", "1")?;
+        }
         let mut pairs = VethfpPairs::new(v, node);
         pairs.admission("netfilter")?;
         for (c, host, addr) in self.containers() {
@@ -456,6 +477,77 @@ impl Topo {
         }
         self.vethfp = Some(pairs);
         Ok(())
+    }
+
+    /// `vethfp agent` in the node, until `status` says TCP is handed off per flow.
+    fn start_agent(&mut self, v: &Vethfp) -> Result<()> {
+        let node = self.node();
+        let agent = Bg::spawn(&mut v.cmd(
+            node,
+            &[
+                "agent",
+                "--metrics-addr",
+                &format!("127.0.0.1:{AGENT_PORT}"),
+            ],
+        )?)?;
+        self.agent = Some(agent);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let st = v.run(self.node(), &["status", "--json"])?;
+            if st.contains("\"tcp\":\"handoff\"") {
+                return Ok(());
+            }
+            if let Some(a) = &mut self.agent {
+                a.ensure_running()?;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the agent in {} did not start: {st}", self.node().name);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The agent's TCP hand-off delay (p50, p99 in µs, bucket upper bounds) over the run,
+    /// from its /metrics histogram; None without an agent or hand-offs.
+    pub fn handoff_delay(&self) -> Result<Option<(f64, f64)>> {
+        if self.agent.is_none() {
+            return Ok(None);
+        }
+        let text = output(
+            self.node()
+                .cmd("curl")
+                .args(["-s", &format!("http://127.0.0.1:{AGENT_PORT}/metrics")]),
+        )?;
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("vethfp_tcp_handoff_delay_seconds_bucket{le=\"")
+            else {
+                continue;
+            };
+            let Some((le, n)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse()?
+            };
+            buckets.push((le, n.trim().parse()?));
+        }
+        let Some(&(_, total)) = buckets.last() else {
+            return Ok(None);
+        };
+        if total == 0.0 {
+            return Ok(None);
+        }
+        let q = |p: f64| {
+            buckets
+                .iter()
+                .find(|(_, n)| *n >= p * total)
+                .map(|(le, _)| le * 1e6)
+                .unwrap_or(f64::NAN)
+        };
+        Ok(Some((q(0.5), q(0.99))))
     }
 
     /// Node ↔ container over the uplink: the client is a remote host on the node's uplink
@@ -575,6 +667,13 @@ fn docker_like_filtering(node: &Netns) -> Result<()> {
 
 /// ~1000 docker/kube-proxy-style FORWARD rules that match nothing of the bench's traffic
 /// (walked by every packet the kernel forwards), conntrack (ESTABLISHED accept), then `last`.
+/// Where the stock-node agent serves /metrics (in the node's namespace).
+const AGENT_PORT: u16 = 9750;
+
+/// The end of the node ruleset: kube-proxy's INVALID drop, then accept the rest.
+const ACCEPT_REST: &str =
+    "-A FORWARD -m conntrack --ctstate INVALID -j DROP\n-A FORWARD -j ACCEPT\n";
+
 fn node_ruleset(node: &Netns, last: &str) -> Result<()> {
     let mut rules =
         String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
