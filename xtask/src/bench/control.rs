@@ -712,7 +712,7 @@ fn measure(cs: &[Netns], ips: &[String], secs: u32) -> Result<(f64, f64)> {
         &SOCKPERF_UDP_PORT.to_string(),
     ]))?;
     wait_listening(&cs[1], "-lun", SOCKPERF_UDP_PORT)?;
-    pingpong(&cs[0], &ips[1], SOCKPERF_UDP_PORT, false, secs)
+    pingpong(&cs[0], &ips[1], SOCKPERF_UDP_PORT, false, secs, None)
 }
 
 #[cfg(test)]

@@ -20,7 +20,10 @@ use report::{Metric, Report, TopoResult};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-use topo::{CRR_PORT, IPERF_PORT, Kind, SOCKPERF_TCP_PORT, SOCKPERF_UDP_PORT, Topo};
+use topo::{
+    CRR_PORT, IPERF_PORT, Kind, PIN_CPU, SOCKPERF_TCP_PIN_PORT, SOCKPERF_TCP_PORT,
+    SOCKPERF_UDP_PIN_PORT, SOCKPERF_UDP_PORT, Topo,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,6 +51,10 @@ pub struct Args {
     /// Run only these sections (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Option<Vec<Section>>,
+    /// Data-path topologies to build, by name (default: all), e.g.
+    /// `--topology direct,routed+rules,vethfp-stock`.
+    #[arg(long, value_delimiter = ',')]
+    topology: Option<Vec<String>>,
     /// vethfp binary to bench (default: $VETHFP_BIN, else a fresh release build).
     #[arg(long)]
     vethfp_bin: Option<PathBuf>,
@@ -64,6 +71,7 @@ impl Args {
             endpoints: None,
             burst: None,
             only: None,
+            topology: None,
             vethfp_bin: Some(vethfp_bin),
         }
     }
@@ -166,7 +174,23 @@ pub fn bench(args: Args) -> Result<()> {
     // Build every topology up front; they stay up for all rounds (idle servers cost nothing).
     let mut topos = Vec::new();
     let mut skipped = BTreeMap::new();
-    for kind in Kind::ALL.into_iter().filter(|_| want(Section::Datapath)) {
+    if let Some(names) = &args.topology
+        && let Some(bad) = names
+            .iter()
+            .find(|n| !Kind::ALL.iter().any(|k| k.name() == n.as_str()))
+    {
+        let all: Vec<_> = Kind::ALL.iter().map(|k| k.name()).collect();
+        bail!("unknown topology `{bad}`: choose from {}", all.join(", "));
+    }
+    let want_topo = |k: Kind| {
+        args.topology
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|n| n == k.name()))
+    };
+    for kind in Kind::ALL
+        .into_iter()
+        .filter(|k| want(Section::Datapath) && want_topo(*k))
+    {
         check_interrupted()?;
         if kind.needs_vethfp()
             && let Err(why) = &vethfp
@@ -193,10 +217,15 @@ pub fn bench(args: Args) -> Result<()> {
             let name = t.kind.name().to_owned();
             let mut add = |m: Metric, v: f64| samples.entry((name.clone(), m)).or_default().push(v);
             let ip = t.server_ip();
-            let (p50, p99) = work::pingpong(&t.client, ip, SOCKPERF_UDP_PORT, false, secs)?;
+            let pin = Some(PIN_CPU);
+            let (p50, _) = work::pingpong(&t.client, ip, SOCKPERF_UDP_PIN_PORT, false, secs, pin)?;
+            add(Metric::UdpRrPinP50, p50);
+            let (p50, _) = work::pingpong(&t.client, ip, SOCKPERF_TCP_PIN_PORT, true, secs, pin)?;
+            add(Metric::TcpRrPinP50, p50);
+            let (p50, p99) = work::pingpong(&t.client, ip, SOCKPERF_UDP_PORT, false, secs, None)?;
             add(Metric::UdpRrP50, p50);
             add(Metric::UdpRrP99, p99);
-            let (p50, p99) = work::pingpong(&t.client, ip, SOCKPERF_TCP_PORT, true, secs)?;
+            let (p50, p99) = work::pingpong(&t.client, ip, SOCKPERF_TCP_PORT, true, secs, None)?;
             add(Metric::TcpRrP50, p50);
             add(Metric::TcpRrP99, p99);
             add(

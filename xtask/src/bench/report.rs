@@ -7,6 +7,8 @@ use std::fmt::Write;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Metric {
+    UdpRrPinP50,
+    TcpRrPinP50,
     UdpRrP50,
     UdpRrP99,
     TcpRrP50,
@@ -23,7 +25,9 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 13] = [
+    pub const ALL: [Metric; 15] = [
+        Metric::UdpRrPinP50,
+        Metric::TcpRrPinP50,
         Metric::UdpRrP50,
         Metric::UdpRrP99,
         Metric::TcpRrP50,
@@ -41,6 +45,8 @@ impl Metric {
 
     pub fn key(self) -> &'static str {
         match self {
+            Metric::UdpRrPinP50 => "udp_rr_same_cpu_p50_us",
+            Metric::TcpRrPinP50 => "tcp_rr_same_cpu_p50_us",
             Metric::UdpRrP50 => "udp_rr_p50_us",
             Metric::UdpRrP99 => "udp_rr_p99_us",
             Metric::TcpRrP50 => "tcp_rr_p50_us",
@@ -59,6 +65,8 @@ impl Metric {
 
     pub fn label(self) -> &'static str {
         match self {
+            Metric::UdpRrPinP50 => "UDP ping-pong 64 B, same CPU, median (µs, RTT/2)",
+            Metric::TcpRrPinP50 => "TCP ping-pong 64 B, same CPU, median (µs, RTT/2)",
             Metric::UdpRrP50 => "UDP ping-pong 64 B, median (µs, RTT/2)",
             Metric::UdpRrP99 => "UDP ping-pong 64 B, p99 (µs, RTT/2)",
             Metric::TcpRrP50 => "TCP ping-pong 64 B, median (µs, RTT/2)",
@@ -281,11 +289,13 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| metric | topology | median | min–max | vs direct | vs bridge |"
+            "| metric | topology | median | min–max | vs direct | vs bridge | vs routed+rules |"
         );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
         let direct = self.topo("direct");
         let bridge = self.topo("bridge");
+        // The do-no-harm reference: the same node and rules without vethfp.
+        let rules = self.topo("routed+rules");
         for metric in Metric::ALL {
             for t in &self.topologies {
                 let Some(v) = t.get(metric) else { continue };
@@ -297,14 +307,15 @@ impl Report {
                 };
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {}–{} | {} | {} |",
+                    "| {} | {} | {} | {}–{} | {} | {} | {} |",
                     metric.label(),
                     t.name,
                     num(v.median),
                     num(v.min),
                     num(v.max),
                     ratio(direct),
-                    ratio(bridge)
+                    ratio(bridge),
+                    ratio(rules)
                 );
             }
         }
@@ -318,8 +329,11 @@ impl Report {
         const PH: f64 = 340.0;
         let all_panels: [(&str, &[(Metric, &str)]); 3] = [
             (
-                "Latency, median (µs, lower is better)",
-                &[(Metric::UdpRrP50, "#4e79a7"), (Metric::TcpRrP50, "#f28e2b")],
+                "Same-CPU latency, median (µs, lower is better)",
+                &[
+                    (Metric::UdpRrPinP50, "#4e79a7"),
+                    (Metric::TcpRrPinP50, "#f28e2b"),
+                ],
             ),
             (
                 "TCP throughput (Gbit/s, higher is better)",

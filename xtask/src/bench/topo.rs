@@ -11,6 +11,12 @@ pub const CLIENT_IP: &str = "10.210.0.2";
 pub const SERVER_IP: &str = "10.210.0.3";
 pub const SOCKPERF_UDP_PORT: u16 = 11111;
 pub const SOCKPERF_TCP_PORT: u16 = 11112;
+/// sockperf servers pinned to [`PIN_CPU`], for the same-CPU ping-pong: the path's CPU cost per
+/// round trip without the cross-CPU wake-ups that make free-running latency noisy.
+pub const SOCKPERF_UDP_PIN_PORT: u16 = 11113;
+pub const SOCKPERF_TCP_PIN_PORT: u16 = 11114;
+/// The CPU that pinned clients and servers share.
+pub const PIN_CPU: &str = "1";
 pub const IPERF_PORT: u16 = 5201;
 /// The connection-rate workload's server (a thread of the bench itself).
 pub const CRR_PORT: u16 = 11200;
@@ -621,10 +627,33 @@ impl Topo {
                     .args(["server", "--tcp", "-i", SERVER_IP, "-p", &tcp]),
             )?,
             Bg::spawn(s.cmd("iperf3").args(["-s", "-B", SERVER_IP, "-p", &ip3]))?,
+            Bg::spawn(s.cmd("taskset").args([
+                "-c",
+                PIN_CPU,
+                "sockperf",
+                "server",
+                "-i",
+                SERVER_IP,
+                "-p",
+                &SOCKPERF_UDP_PIN_PORT.to_string(),
+            ]))?,
+            Bg::spawn(s.cmd("taskset").args([
+                "-c",
+                PIN_CPU,
+                "sockperf",
+                "server",
+                "--tcp",
+                "-i",
+                SERVER_IP,
+                "-p",
+                &SOCKPERF_TCP_PIN_PORT.to_string(),
+            ]))?,
         ];
         wait_listening(s, "-ltn", IPERF_PORT)?;
         wait_listening(s, "-ltn", SOCKPERF_TCP_PORT)?;
         wait_listening(s, "-lun", SOCKPERF_UDP_PORT)?;
+        wait_listening(s, "-ltn", SOCKPERF_TCP_PIN_PORT)?;
+        wait_listening(s, "-lun", SOCKPERF_UDP_PIN_PORT)?;
         for srv in &mut servers {
             srv.ensure_running()?;
         }

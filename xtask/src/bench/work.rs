@@ -6,9 +6,23 @@ use anyhow::{Context, Result, bail};
 use std::time::Instant;
 
 /// sockperf ping-pong, 64-byte messages; returns (median, p99) latency in µs as sockperf
-/// reports it (half the round trip).
-pub fn pingpong(client: &Netns, ip: &str, port: u16, tcp: bool, secs: u32) -> Result<(f64, f64)> {
-    let mut c = client.cmd("sockperf");
+/// reports it (half the round trip). With `pin`, the client runs on that CPU only (`taskset`).
+pub fn pingpong(
+    client: &Netns,
+    ip: &str,
+    port: u16,
+    tcp: bool,
+    secs: u32,
+    pin: Option<&str>,
+) -> Result<(f64, f64)> {
+    let mut c = match pin {
+        Some(cpu) => {
+            let mut c = client.cmd("taskset");
+            c.args(["-c", cpu, "sockperf"]);
+            c
+        }
+        None => client.cmd("sockperf"),
+    };
     c.args([
         "ping-pong",
         "-i",
