@@ -130,11 +130,15 @@ impl Stock {
 
     /// Polls until `f` holds (deadline LONG).
     fn wait(&self, what: &str, f: impl Fn(&Stock) -> bool) {
-        let deadline = Instant::now() + LONG;
+        self.wait_for(what, LONG, f)
+    }
+
+    fn wait_for(&self, what: &str, limit: Duration, f: impl Fn(&Stock) -> bool) {
+        let deadline = Instant::now() + limit;
         while !f(self) {
             assert!(
                 Instant::now() < deadline,
-                "{what}: not within {LONG:?}; flows {:?}; agent log:\n{}",
+                "{what}: not within {limit:?}; flows {:?}; agent log:\n{}",
                 self.tcp_flows(),
                 self.agent.as_ref().map(|a| a.log()).unwrap_or_default()
             );
@@ -193,9 +197,23 @@ fn rr(
     close: Close,
     bind: Option<SocketAddr>,
 ) -> Result<(), String> {
+    rr_via(client, server, to, to, rounds, close, bind)
+}
+
+/// [`rr`] with the server listening on `listen` and the client connecting to `to` (a Service
+/// address the node translates to `listen`).
+fn rr_via(
+    client: &str,
+    server: &str,
+    listen: SocketAddr,
+    to: SocketAddr,
+    rounds: usize,
+    close: Close,
+    bind: Option<SocketAddr>,
+) -> Result<(), String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let srv = in_netns(server, move || -> Result<(), String> {
-        let l = TcpListener::bind(to).map_err(|e| format!("bind {to}: {e}"))?;
+        let l = TcpListener::bind(listen).map_err(|e| format!("bind {listen}: {e}"))?;
         tx.send(()).unwrap();
         let (mut s, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
         s.set_nodelay(true).unwrap();
@@ -338,13 +356,13 @@ fn long_connections_are_handed_off_and_close_cleanly_xdp() {
     long_connections(122, "xdp");
 }
 
-/// 300 short connections (connect, one round, close), each likely to close before its
+/// 500 short connections (connect, one round, close), each likely to close before its
 /// hand-off: all complete, nothing INVALID, no entry left behind.
 #[test]
 fn short_connections_leave_nothing_behind() {
     let s = Stock::new(123, "tc");
     let (a, b) = (&s.c[0], &s.c[1]);
-    for i in 0..300u16 {
+    for i in 0..500u16 {
         let to = SocketAddr::new(b.v4(), 8000 + (i % 50));
         rr(a.name(), b.name(), to, 1, Close::Fin, None)
             .unwrap_or_else(|e| panic!("connection {i}: {e}"));
@@ -494,5 +512,45 @@ fn without_the_agent_tcp_stays_on_the_kernel_path() {
     let d = s.node.stats(&b.host_if).since(&before);
     assert_eq!(d.to("fast").packets, 0, "{d:?}");
     assert!(s.tcp_flows().is_empty(), "TCP is not even tracked");
+    assert_eq!(s.invalid(), 0);
+}
+
+/// A Service flow the node DNATs (kube-proxy's ClusterIP rule in PREROUTING) is never handed
+/// off: the kernel rewrites it, so its two directions never match as one unchanged flow. It
+/// works on the kernel path, nothing of it is fast, nothing INVALID, nothing left behind.
+#[test]
+fn dnat_service_flow_is_never_handed_off() {
+    let s = Stock::new(130, "tc");
+    let (a, b) = (&s.c[0], &s.c[1]);
+    let listen = SocketAddr::new(b.v4(), 7600);
+    let vip = SocketAddr::new("10.130.200.1".parse().unwrap(), 80);
+    ipt(
+        s.ns(),
+        false,
+        &format!(
+            "-t nat -A PREROUTING -d {} -p tcp --dport {} -j DNAT --to-destination {listen}",
+            vip.ip(),
+            vip.port()
+        ),
+    );
+    let (ba, bb) = (s.node.stats(&a.host_if), s.node.stats(&b.host_if));
+    let h0 = s.handoffs();
+    rr_via(a.name(), b.name(), listen, vip, 3000, Close::Fin, None)
+        .expect("the Service works on the kernel path");
+    let (da, db) = (
+        s.node.stats(&a.host_if).since(&ba),
+        s.node.stats(&b.host_if).since(&bb),
+    );
+    assert!(da.from("stack").packets >= 3000, "{da:?}");
+    assert_eq!(da.from("fast").packets + da.to("fast").packets, 0, "{da:?}");
+    assert_eq!(db.from("fast").packets + db.to("fast").packets, 0, "{db:?}");
+    assert_eq!(s.handoffs(), h0, "never handed off");
+    // Each direction of the translated flow is an entry of its own and neither sees both
+    // FINs: the agent sweeps the closing halves (half the idle time after their last packet,
+    // checked every 5 s).
+    s.wait_for("the Service flow's halves swept", 2 * LONG, |s| {
+        s.tcp_flows().is_empty()
+    });
+    s.assert_none_established(7600);
     assert_eq!(s.invalid(), 0);
 }

@@ -392,15 +392,21 @@ impl Clock {
         FlowStateName::Admitted
     }
 
-    /// An entry nothing will make fast again without the kernel: pending, closing or
-    /// expired for longer than twice the idle time (removed by the agent's sweep; its flow,
-    /// if it lives on, is noted afresh by its next packet).
+    /// An entry nothing will make fast again without the kernel: pending or expired for
+    /// longer than twice the idle time, closing for longer than half of it (removed by the
+    /// agent's sweep; its flow, if it lives on, is noted afresh by its next packet).
+    ///
+    /// Closing entries go sooner: a close normally removes its entry at the last ACK, so one
+    /// that stays is a half of a flow the kernel rewrote (a DNAT'd Service flow: each direction
+    /// is its own entry, and neither sees both FINs) or a close whose last packets were lost.
     pub(crate) fn stale(&self, k: &FlowKey, v: &FlowState) -> bool {
-        let limit = 2 * self.idle_s as u64 * 1_000_000_000;
-        match self.state(k, v) {
-            FlowStateName::Admitted | FlowStateName::Waiting => false,
-            _ => self.now.saturating_sub(v.last_seen) > limit,
-        }
+        let s = 1_000_000_000u64;
+        let limit = match self.state(k, v) {
+            FlowStateName::Admitted | FlowStateName::Waiting => return false,
+            FlowStateName::Closing => (self.idle_s as u64 / 2).max(1) * s,
+            FlowStateName::Pending | FlowStateName::Expired => 2 * self.idle_s as u64 * s,
+        };
+        self.now.saturating_sub(v.last_seen) > limit
     }
 }
 
@@ -508,4 +514,60 @@ pub fn list(reg: &mut Registry) -> Result<Vec<FlowView>, EndpointError> {
     }
     out.sort_by(|x, y| (x.state, &x.a, &x.b).cmp(&(y.state, &y.a, &y.b)));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn tcp() -> FlowKey {
+        FlowKey {
+            family: AF_V4,
+            proto: 6,
+            _pad: [0; 2],
+            network: 1,
+            addr_lo: [0; 16],
+            addr_hi: [0; 16],
+            port_lo: [0; 2],
+            port_hi: [0; 2],
+        }
+    }
+
+    fn entry(flags: u64, last_seen: u64) -> FlowState {
+        FlowState {
+            flags,
+            egress_ifindex: [0; 2],
+            admitted_at: last_seen,
+            last_seen,
+            packets: 0,
+        }
+    }
+
+    fn clock(now: u64) -> Clock {
+        Clock {
+            now,
+            reverify_s: DEFAULT_REVERIFY_S,
+            idle_s: 20,
+            flags: CFG_TCP_HANDOFF,
+        }
+    }
+
+    #[test]
+    fn closing_entries_go_after_half_the_idle_time_pending_after_twice_it() {
+        let k = tcp();
+        let closing = entry(FLOW_FIN[1], 100 * S);
+        let pending = entry(0, 100 * S);
+        let waiting = entry(FLOW_ADMITTED, 100 * S);
+        assert_eq!(clock(105 * S).state(&k, &closing), FlowStateName::Closing);
+        assert!(!clock(109 * S).stale(&k, &closing));
+        assert!(clock(111 * S).stale(&k, &closing));
+        assert_eq!(clock(111 * S).state(&k, &pending), FlowStateName::Pending);
+        assert!(!clock(139 * S).stale(&k, &pending));
+        assert!(clock(141 * S).stale(&k, &pending));
+        // A TCP flow waiting for the agent is never swept: the agent decides about it.
+        assert_eq!(clock(1000 * S).state(&k, &waiting), FlowStateName::Waiting);
+        assert!(!clock(1000 * S).stale(&k, &waiting));
+    }
 }
