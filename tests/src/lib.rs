@@ -28,3 +28,19 @@ pub use traffic::{
     TIMEOUT, TcpFlow, UdpReceiver, ping, ping_from, tcp_echo, tcp_flow, udp_frame_len, udp_recv,
     udp_send, udp_send_paced, udp_send_to, udp_transfer,
 };
+
+/// `iptables ARGS` (or ip6tables) inside namespace `ns`; panics with stderr on failure.
+pub fn ipt(ns: &str, v6: bool, args: &str) -> String {
+    let bin = if v6 { "ip6tables" } else { "iptables" };
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, bin, "-w"])
+        .args(args.split_whitespace())
+        .output()
+        .expect("run iptables");
+    assert!(
+        out.status.success(),
+        "{bin} {args} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

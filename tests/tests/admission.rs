@@ -10,26 +10,10 @@ use std::{
     time::Duration,
 };
 
-use vethfp_tests::{Container, Node, in_netns, join, run_in_netns, tcp_flow};
+use vethfp_tests::{Container, Node, in_netns, ipt, join, run_in_netns, tcp_flow};
 
 const SHORT: Duration = Duration::from_secs(2);
 const LONG: Duration = Duration::from_secs(10);
-
-/// `iptables ARGS` (or ip6tables) inside namespace `ns`; panics with stderr on failure.
-fn ipt(ns: &str, v6: bool, args: &str) -> String {
-    let bin = if v6 { "ip6tables" } else { "iptables" };
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, bin, "-w"])
-        .args(args.split_whitespace())
-        .output()
-        .expect("run iptables");
-    assert!(
-        out.status.success(),
-        "{bin} {args} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Packets counted by the rule of `chain` (filter table) whose text contains `comment`.
 fn rule_packets(ns: &str, v6: bool, chain: &str, comment: &str) -> u64 {

@@ -12,25 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vethfp_tests::{Agent, Container, Node, in_netns, join, run_in_netns, tcp_flow, unique_name};
+use vethfp_tests::{
+    Agent, Container, Node, in_netns, ipt, join, run_in_netns, tcp_flow, unique_name,
+};
 
 const LONG: Duration = Duration::from_secs(20);
-
-/// `iptables`/`ip6tables ARGS` in namespace `ns`.
-fn ipt(ns: &str, v6: bool, args: &str) -> String {
-    let bin = if v6 { "ip6tables" } else { "iptables" };
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, bin, "-w"])
-        .args(args.split_whitespace())
-        .output()
-        .expect("run iptables");
-    assert!(
-        out.status.success(),
-        "{bin} {args} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// `conntrack ARGS` in namespace `ns`: stdout (the tool prints its summary on stderr).
 fn conntrack(ns: &str, args: &[&str]) -> String {

@@ -500,7 +500,9 @@ impl Topo {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             let st = v.run(self.node(), &["status", "--json"])?;
-            if st.contains("\"tcp\":\"handoff\"") {
+            let v: serde_json::Value =
+                serde_json::from_str(&st).context("`vethfp status --json` is not JSON")?;
+            if v["tcp"] == "handoff" {
                 return Ok(());
             }
             if let Some(a) = &mut self.agent {
