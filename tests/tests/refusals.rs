@@ -213,7 +213,7 @@ fn state_of_another_namespace_is_refused_and_left_alone() {
 #[test]
 fn not_a_bpffs_is_refused_and_nothing_made() {
     let node = Node::new();
-    let base: PathBuf = std::env::temp_dir().join(unique_name("vfr-plain"));
+    let base: PathBuf = std::env::temp_dir().join(format!("vethfp-plain-{}", unique_name("p")));
     std::fs::create_dir(&base).unwrap();
     let dir = base.join("vethfp");
     for args in [&["status"][..], &["pair", "list"], &["admission", "always"]] {
@@ -242,8 +242,14 @@ fn previous_build_state_is_upgraded() {
     assert!(dir.join(MAP_HANDOFF).exists(), "VFP_HANDOFF was added");
     let now = listing(node.bpffs.mount_point());
     for (name, v) in &old {
-        assert_eq!(now.get(name), Some(v), "{name} is kept as it was");
+        if name != "vethfp/version" {
+            assert_eq!(now.get(name), Some(v), "{name} is kept as it was");
+        }
     }
+    assert!(
+        std::fs::read_link(dir.join("version")).is_ok(),
+        "the upgrade is recorded"
+    );
     let ours = now
         .keys()
         .filter(|n| n.starts_with("vethfp/progs/") && !n.ends_with(OTHER_HASH))

@@ -20,7 +20,7 @@ use vethfp::{DEFAULT_BPFFS, OpenOptions, Registry};
 #[derive(Parser)]
 #[command(
     name = "vethfp",
-    version,
+    version = vethfp::LONG_VERSION,
     about = "eBPF veth fast path: veth pairs whose traffic skips the bridge, the node's stack and the backlog",
     propagate_version = true
 )]

@@ -90,6 +90,16 @@ fn tcp_line(st: &Status) -> String {
 
 fn print_status(st: &Status) {
     outln!("state:     {}", st.bpffs);
+    match &st.datapath_version {
+        Some(v) => outln!("datapath:  vethfp {v}"),
+        None => outln!("datapath:  vethfp 0.1.0 or older (it did not record its version)"),
+    }
+    if st.datapath_version.as_deref() != Some(st.version) {
+        outln!(
+            "vethfp:    {} (this command, not the vethfp that last upgraded the state)",
+            st.version
+        );
+    }
     outln!("endpoints: {}", st.endpoints);
     outln!("fast path: {}", if st.fast_path { "on" } else { "off" });
     outln!("egress:    {}", st.egress);

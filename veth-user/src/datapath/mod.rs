@@ -47,6 +47,10 @@ use veth_common::{
 /// The BPF object built from `veth-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veth-ebpf"));
 
+/// The symlink in the state dir whose target is the version (`LONG_VERSION`) of the vethfp
+/// that created the state or last upgraded it (loaded its programs or maps into it).
+pub const VERSION_LINK: &str = "version";
+
 /// Default state directory.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/vethfp";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -146,17 +150,20 @@ type Result<T, E = DatapathError> = std::result::Result<T, E>;
 
 /// What a refused state of another map ABI is, and what to do about it (nothing was changed).
 fn abi_message(dir: &Path, found: u32, want: u32) -> String {
+    let by = fs::read_link(dir.join(VERSION_LINK))
+        .map(|t| format!(" {}", t.to_string_lossy()))
+        .unwrap_or_default();
     let dir = dir.display();
     if found < want {
         format!(
-            "pinned state in {dir} was made by an older vethfp (map ABI {found}; this vethfp \
-             uses {want}) and is left as it is: remove its endpoints, uplinks and bridges with \
+            "pinned state in {dir} was made by an older vethfp{by} (map ABI {found}; this \
+             vethfp uses {want}) and is left as it is: remove its endpoints, uplinks and bridges with \
              the vethfp that made them, then delete {dir} (or keep using that vethfp)"
         )
     } else {
         format!(
-            "pinned state in {dir} was made by a newer vethfp (map ABI {found}; this vethfp \
-             uses {want}) and is left as it is: use that vethfp (or a newer one) on it, or \
+            "pinned state in {dir} was made by a newer vethfp{by} (map ABI {found}; this \
+             vethfp uses {want}) and is left as it is: use that vethfp (or a newer one) on it, or \
              pass another --bpffs directory"
         )
     }
@@ -492,6 +499,10 @@ impl Datapath {
             dp.maps = Self::load_and_pin(dir)?;
         }
         dp.stamp_abi()?;
+        if !missing.is_empty() {
+            // Last, once nothing can fail: a refused or failed open never records itself.
+            dp.record_version();
+        }
         Ok(dp)
     }
 
@@ -554,6 +565,30 @@ impl Datapath {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The version that created or last upgraded this state ([`VERSION_LINK`]); None for a
+    /// state made by a vethfp that did not record it (0.1.0).
+    pub fn state_version(&self) -> Option<String> {
+        fs::read_link(self.dir.join(VERSION_LINK))
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned())
+    }
+
+    /// Records this build as the state's version (atomically: a new link renamed over the
+    /// old). A failure is logged, not fatal: the record is informational.
+    fn record_version(&self) {
+        let link = self.dir.join(VERSION_LINK);
+        let tmp = self
+            .dir
+            .join(format!("{VERSION_LINK}-new-{}", std::process::id())); // bpffs: no dots
+        let _ = fs::remove_file(&tmp);
+        if let Err(e) = std::os::unix::fs::symlink(crate::LONG_VERSION, &tmp)
+            .and_then(|()| fs::rename(&tmp, &link))
+        {
+            let _ = fs::remove_file(&tmp);
+            log::warn!("recording the state's version in {}: {e}", link.display());
+        }
     }
 
     /// Refuses a state of another map ABI (reads only).

@@ -304,6 +304,11 @@ impl Serialize for UplinkStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub bpffs: String,
+    /// The version of the vethfp that created or last upgraded the state (its datapath);
+    /// None if that vethfp did not record it (0.1.0).
+    pub datapath_version: Option<String>,
+    /// This vethfp's version.
+    pub version: &'static str,
     pub endpoints: usize,
     pub fast_path: bool,
     /// "fast" or "kernel".
@@ -1699,6 +1704,8 @@ impl Registry {
         }
         Ok(Status {
             bpffs: self.dp.dir().display().to_string(),
+            datapath_version: self.dp.state_version(),
+            version: crate::LONG_VERSION,
             endpoints: self.records()?.len(),
             fast_path: flags & CFG_FASTPATH_OFF == 0,
             egress: if flags & CFG_EGRESS_FAST != 0 {
