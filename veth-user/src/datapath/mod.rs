@@ -6,6 +6,7 @@
 //! DIR/VFP_EP4, VFP_EP6, VFP_ENDPOINTS, VFP_COUNTERS, VFP_CONFIG   maps, by name
 //! DIR/progs/<program>-<object hash>                                 loaded programs
 //! DIR/links/xdp-<ifindex>, uplink-ingress-<ifindex>, uplink-egress-<ifindex>   pinned links
+//! DIR/version -> "VERSION (commit C)"     the vethfp that created or last upgraded the state
 //! ```
 //! Endpoint host ends carry no pinned link for their tc hooks: those are cls_bpf filters on
 //! the device's clsact qdisc ([`filters`]), which live with the device.
