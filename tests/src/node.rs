@@ -324,6 +324,25 @@ impl Node {
         child
     }
 
+    /// `vethfp --bpffs DIR ARGS...` inside the node as a [`Command`] whose stdio the caller
+    /// sets (e.g. a pipe it closes early); the caller spawns it and waits for it.
+    pub fn vethfp_command(&self, args: &[&str]) -> Command {
+        let nsf = open_netns(self.name());
+        let mut cmd = Command::new(vethfp_bin());
+        cmd.arg("--bpffs").arg(self.bpffs_dir()).args(args);
+        // SAFETY: only setns (async-signal-safe) between fork and exec; the namespace file
+        // lives in the closure, so as long as the Command.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
     /// Run `vethfp --bpffs DIR ARGS...` inside the node.
     pub fn vethfp(&self, args: &[&str]) -> Output {
         let mut a: Vec<OsString> = vec!["--bpffs".into(), self.bpffs_dir().into()];

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use vethfp::{Admission, FlowView};
 
-use super::{Ctx, print_json, table::Plain};
+use super::{Ctx, out::outln, print_json, table::Plain};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum AdmissionArg {
@@ -30,11 +30,11 @@ pub enum FlowsCmd {
 
 pub fn admission(ctx: &Ctx, mode: Option<AdmissionArg>) -> anyhow::Result<()> {
     match mode {
-        None => println!("{}", ctx.read()?.admission()?),
+        None => outln!("{}", ctx.read()?.admission()?),
         Some(m) => {
             let m = Admission::from(m);
             ctx.write()?.set_admission(m).context("admission")?;
-            println!("admission {m}");
+            outln!("admission {m}");
         }
     }
     Ok(())
@@ -44,7 +44,7 @@ pub fn flows(ctx: &Ctx, cmd: Option<FlowsCmd>, json: bool) -> anyhow::Result<()>
     match cmd {
         Some(FlowsCmd::Flush) => {
             let n = ctx.write()?.flush_flows().context("flows flush")?;
-            println!("flushed {n} flow(s)");
+            outln!("flushed {n} flow(s)");
         }
         None => {
             let flows = ctx.read()?.flows()?;

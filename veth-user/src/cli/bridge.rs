@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::Subcommand;
 
-use super::{Ctx, print_json, table::Plain};
+use super::{Ctx, out::outln, print_json, table::Plain};
 
 #[derive(Subcommand)]
 pub enum BridgeCmd {
@@ -51,7 +51,7 @@ pub fn run(ctx: &Ctx, cmd: BridgeCmd) -> anyhow::Result<()> {
             for (port, why) in skipped {
                 eprintln!("vethfp: {bridge}: skipped port {port}: {why}");
             }
-            println!(
+            outln!(
                 "{bridge}: {} port(s) accelerated{}{}",
                 ports.len(),
                 if ports.is_empty() { "" } else { ": " },
@@ -62,7 +62,7 @@ pub fn run(ctx: &Ctx, cmd: BridgeCmd) -> anyhow::Result<()> {
                     .join(", ")
             );
             if !sync.removed.is_empty() {
-                println!(
+                outln!(
                     "{bridge}: {} gone port(s) removed: {}",
                     sync.removed.len(),
                     sync.removed.join(", ")
@@ -74,7 +74,7 @@ pub fn run(ctx: &Ctx, cmd: BridgeCmd) -> anyhow::Result<()> {
                 .write()?
                 .bridge_release_all(&bridge)
                 .with_context(|| format!("bridge release {bridge}"))?;
-            println!("{bridge}: {} port(s) released", ports.len());
+            outln!("{bridge}: {} port(s) released", ports.len());
         }
         BridgeCmd::Status { bridge, json } => {
             let st = ctx
@@ -84,7 +84,7 @@ pub fn run(ctx: &Ctx, cmd: BridgeCmd) -> anyhow::Result<()> {
             if json {
                 return print_json(&st);
             }
-            println!(
+            outln!(
                 "{}: {}",
                 st.bridge,
                 match (st.accelerated, st.forced) {

@@ -10,17 +10,15 @@ pub enum Shell {
     Fish,
 }
 
-/// Prints the script; a closed stdout (the reader stopped) is not an error.
+/// Prints the script (a closed stdout ends the command as SIGPIPE would: see `out`).
 pub fn print(shell: Shell) {
     let shell = match shell {
         Shell::Bash => clap_complete::Shell::Bash,
         Shell::Zsh => clap_complete::Shell::Zsh,
         Shell::Fish => clap_complete::Shell::Fish,
     };
-    // Into a buffer first: clap_complete panics on a write error, and a reader that stops
-    // early (`| head`) is not an error of ours.
+    // Into a buffer first: clap_complete panics on a write error.
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut super::Cli::command(), "vethfp", &mut script);
-    use std::io::Write as _;
-    let _ = std::io::stdout().lock().write_all(&script);
+    super::out::bytes(&script);
 }

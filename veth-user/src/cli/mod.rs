@@ -5,6 +5,7 @@ mod admission;
 mod agent;
 mod bridge;
 mod completions;
+pub mod out;
 mod pair;
 mod status;
 mod table;
@@ -19,7 +20,7 @@ use vethfp::{DEFAULT_BPFFS, OpenOptions, Registry};
 #[derive(Parser)]
 #[command(
     name = "vethfp",
-    version,
+    version = vethfp::LONG_VERSION,
     about = "eBPF veth fast path: veth pairs whose traffic skips the bridge, the node's stack and the backlog",
     propagate_version = true
 )]
@@ -110,7 +111,10 @@ pub fn main() -> ExitCode {
                 e.kind(),
                 DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
             ) {
-                let _ = e.print();
+                if let Err(err) = e.print() {
+                    out::fail(err);
+                }
+                out::flush();
                 return ExitCode::SUCCESS;
             }
             // One line, like every other error: clap's first line without its prefix.
@@ -127,7 +131,10 @@ pub fn main() -> ExitCode {
         init_env_logger();
     }
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            out::flush();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("vethfp: error: {msg}");
@@ -187,6 +194,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    out::outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

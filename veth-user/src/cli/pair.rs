@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use vethfp::{AddRequest, Cidr, EndpointView, IfName, Mac, Mode, Spoof};
 
-use super::{Ctx, print_json, table::Plain};
+use super::{Ctx, out::outln, print_json, table::Plain};
 
 #[derive(Subcommand)]
 pub enum PairCmd {
@@ -113,7 +113,7 @@ pub fn run(ctx: &Ctx, cmd: PairCmd) -> anyhow::Result<()> {
                 .write()?
                 .add(&req)
                 .with_context(|| format!("pair add {}", req.host))?;
-            println!(
+            outln!(
                 "added {} (ifindex {}) -> {} in {} [{}]",
                 view.host_if,
                 view.host_ifindex,
@@ -126,14 +126,14 @@ pub fn run(ctx: &Ctx, cmd: PairCmd) -> anyhow::Result<()> {
             ctx.write()?
                 .del(&host_if)
                 .with_context(|| format!("pair del {host_if}"))?;
-            println!("removed {host_if}");
+            outln!("removed {host_if}");
         }
         PairCmd::Mode { host_if, mode } => {
             let view = ctx
                 .write()?
                 .set_mode(&host_if, mode.into())
                 .with_context(|| format!("pair mode {host_if}"))?;
-            println!("{} is now in {} mode", view.host_if, view.mode);
+            outln!("{} is now in {} mode", view.host_if, view.mode);
         }
         PairCmd::List { json } => {
             let list = ctx.read()?.list()?;

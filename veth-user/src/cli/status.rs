@@ -3,7 +3,7 @@
 use clap::Args;
 use vethfp::{Dir, EndpointStats, Status, Verdict};
 
-use super::{Ctx, print_json, table::Plain};
+use super::{Ctx, out::outln, print_json, table::Plain};
 
 #[derive(Args)]
 pub struct StatsArgs {
@@ -29,14 +29,14 @@ pub fn stats(ctx: &Ctx, a: StatsArgs) -> anyhow::Result<()> {
         if !(a.interval.is_finite() && (0.01..=86400.0).contains(&a.interval)) {
             anyhow::bail!("--interval {}: use 0.01 to 86400 seconds", a.interval);
         }
-        let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let tty = super::out::is_terminal();
         super::watch::run(
             &ctx.dir,
             a.host_if.as_deref(),
             std::time::Duration::from_secs_f64(a.interval),
             a.count,
             tty,
-            &mut std::io::stdout().lock(),
+            &mut super::out::writer(),
         )?;
         return Ok(());
     }
@@ -89,16 +89,26 @@ fn tcp_line(st: &Status) -> String {
 }
 
 fn print_status(st: &Status) {
-    println!("state:     {}", st.bpffs);
-    println!("endpoints: {}", st.endpoints);
-    println!("fast path: {}", if st.fast_path { "on" } else { "off" });
-    println!("egress:    {}", st.egress);
-    println!("admission: {}", st.admission);
+    outln!("state:     {}", st.bpffs);
+    match &st.datapath_version {
+        Some(v) => outln!("datapath:  vethfp {v}"),
+        None => outln!("datapath:  vethfp 0.1.0 or older (it did not record its version)"),
+    }
+    if st.datapath_version.as_deref() != Some(st.version) {
+        outln!(
+            "vethfp:    {} (this command, not the vethfp that last upgraded the state)",
+            st.version
+        );
+    }
+    outln!("endpoints: {}", st.endpoints);
+    outln!("fast path: {}", if st.fast_path { "on" } else { "off" });
+    outln!("egress:    {}", st.egress);
+    outln!("admission: {}", st.admission);
     if st.admission == "netfilter" {
-        println!("tcp:       {}", tcp_line(st));
+        outln!("tcp:       {}", tcp_line(st));
     }
     let t = &st.flow_table;
-    println!(
+    outln!(
         "flows:     {} of {} ({} admitted, {} pending, {} waiting for hand-off, {} closing, {} expired; {} handed off); created {} admitted {} torn_down {} expired {} insert_failed {}",
         t.entries,
         t.capacity,
@@ -115,7 +125,7 @@ fn print_status(st: &Status) {
         t.counters["insert_failed"]
     );
     if st.uplinks.is_empty() {
-        println!("uplinks:   none");
+        outln!("uplinks:   none");
         return;
     }
     let mut tb = Plain::new(

@@ -3,6 +3,8 @@
 
 use comfy_table::{CellAlignment, ContentArrangement, Table, presets::NOTHING};
 
+use super::out::outln;
+
 /// A borderless table; columns listed in `right` are right-aligned (numbers).
 pub struct Plain {
     table: Table,
@@ -42,7 +44,7 @@ impl Plain {
             c.set_padding((0, 1));
         }
         for line in self.table.lines() {
-            println!("{}", line.trim_end());
+            outln!("{}", line.trim_end());
         }
     }
 }

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::Subcommand;
 
-use super::Ctx;
+use super::{Ctx, out::outln};
 
 #[derive(Subcommand)]
 pub enum UplinkCmd {
@@ -34,7 +34,7 @@ pub fn run(ctx: &Ctx, cmd: UplinkCmd) -> anyhow::Result<()> {
                 .write()?
                 .uplink_attach(&iface, egress == Egress::Fast)
                 .with_context(|| format!("uplink attach {iface}"))?;
-            println!(
+            outln!(
                 "uplink {} (ifindex {}) attached, egress {}",
                 up.name,
                 up.ifindex,
@@ -49,7 +49,7 @@ pub fn run(ctx: &Ctx, cmd: UplinkCmd) -> anyhow::Result<()> {
             ctx.write()?
                 .uplink_detach(&iface)
                 .with_context(|| format!("uplink detach {iface}"))?;
-            println!("uplink {iface} detached");
+            outln!("uplink {iface} detached");
         }
     }
     Ok(())

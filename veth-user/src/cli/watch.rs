@@ -195,9 +195,9 @@ pub fn run(
                 .unwrap_or_default();
             lines(&rows, unix)
         };
-        // A closed pipe (e.g. `| head`) ends the watch quietly.
-        if write_all(out, &text).is_err() {
-            return Ok(());
+        // A closed pipe (e.g. `| head`) ends the watch quietly, as SIGPIPE would.
+        if let Err(e) = write_all(out, &text) {
+            super::out::fail(e);
         }
         if tty || prev_at.is_some() {
             printed += 1;

@@ -6,6 +6,7 @@
 //! DIR/VFP_EP4, VFP_EP6, VFP_ENDPOINTS, VFP_COUNTERS, VFP_CONFIG   maps, by name
 //! DIR/progs/<program>-<object hash>                                 loaded programs
 //! DIR/links/xdp-<ifindex>, uplink-ingress-<ifindex>, uplink-egress-<ifindex>   pinned links
+//! DIR/version -> "VERSION (commit C)"     the vethfp that created or last upgraded the state
 //! ```
 //! Endpoint host ends carry no pinned link for their tc hooks: those are cls_bpf filters on
 //! the device's clsact qdisc ([`filters`]), which live with the device.
@@ -46,6 +47,10 @@ use veth_common::{
 
 /// The BPF object built from `veth-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veth-ebpf"));
+
+/// The symlink in the state dir whose target is the version (`LONG_VERSION`) of the vethfp
+/// that created the state or last upgraded it (loaded its programs or maps into it).
+pub const VERSION_LINK: &str = "version";
 
 /// Default state directory.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/vethfp";
@@ -89,10 +94,7 @@ pub enum DatapathError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "pinned state in {dir} has map ABI version {found}, this vethfp uses {want}: \
-         remove the old endpoints with the vethfp that made them, or delete {dir}"
-    )]
+    #[error("{}", abi_message(dir, *found, *want))]
     Abi { dir: PathBuf, found: u32, want: u32 },
     #[error("loading the BPF object failed: {0}")]
     Load(#[from] aya::EbpfError),
@@ -147,6 +149,27 @@ pub enum DatapathError {
 
 type Result<T, E = DatapathError> = std::result::Result<T, E>;
 
+/// What a refused state of another map ABI is, and what to do about it (nothing was changed).
+fn abi_message(dir: &Path, found: u32, want: u32) -> String {
+    let by = fs::read_link(dir.join(VERSION_LINK))
+        .map(|t| format!(" {}", t.to_string_lossy()))
+        .unwrap_or_default();
+    let dir = dir.display();
+    if found < want {
+        format!(
+            "pinned state in {dir} was made by an older vethfp{by} (map ABI {found}; this \
+             vethfp uses {want}) and is left as it is: remove its endpoints, uplinks and bridges with \
+             the vethfp that made them, then delete {dir} (or keep using that vethfp)"
+        )
+    } else {
+        format!(
+            "pinned state in {dir} was made by a newer vethfp{by} (map ABI {found}; this \
+             vethfp uses {want}) and is left as it is: use that vethfp (or a newer one) on it, or \
+             pass another --bpffs directory"
+        )
+    }
+}
+
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DatapathError {
     let what = what.into();
     move |source| DatapathError::Io { what, source }
@@ -155,6 +178,12 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DatapathError {
 /// Ensures `dir` can hold pins: it is (or will be created) inside a mounted bpffs. If nothing is
 /// mounted at /sys/fs/bpf and `dir` is under it, bpffs is mounted there first.
 pub fn prepare_bpffs(dir: &Path) -> Result<()> {
+    prepare_bpffs_made(dir).map(drop)
+}
+
+/// [`prepare_bpffs`], returning the directories it created (outermost first), so that a
+/// caller that then fails can take them away again ([`remove_made_dirs`]).
+pub(crate) fn prepare_bpffs_made(dir: &Path) -> Result<Vec<PathBuf>> {
     let existing = dir
         .ancestors()
         .find(|p| p.exists())
@@ -204,17 +233,43 @@ fn is_bpffs(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn make_dir(dir: &Path) -> Result<()> {
+fn make_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    // The missing ancestors of `dir` too: all of them are this call's to take back.
+    let mut made: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|p| !p.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    made.reverse();
+    made.extend(
+        [dir.join("progs"), dir.join("links")]
+            .into_iter()
+            .filter(|p| !p.exists()),
+    );
     for d in [dir.to_path_buf(), dir.join("progs"), dir.join("links")] {
         match fs::DirBuilder::new().recursive(true).mode(0o700).create(&d) {
             Ok(()) => {}
-            Err(source) => return Err(DatapathError::StateDir { path: d, source }),
+            Err(source) => {
+                remove_made_dirs(&made);
+                return Err(DatapathError::StateDir { path: d, source });
+            }
         }
     }
     for d in [dir.to_path_buf(), dir.join("progs"), dir.join("links")] {
-        restrict(&d, 0o700)?;
+        if let Err(e) = restrict(&d, 0o700) {
+            remove_made_dirs(&made);
+            return Err(e);
+        }
     }
-    Ok(())
+    Ok(made)
+}
+
+/// Removes directories a failed call created ([`prepare_bpffs_made`]), innermost first; only
+/// empty ones go (`rmdir`): whatever another process put there meanwhile stays.
+pub(crate) fn remove_made_dirs(made: &[PathBuf]) {
+    for d in made.iter().rev() {
+        let _ = fs::remove_dir(d);
+    }
 }
 
 /// Pins and state directories are root's alone: whoever can open a pinned map can change the
@@ -386,22 +441,69 @@ impl Datapath {
     /// maps), verifies every program and pins it. Later calls open maps and programs from their
     /// pins and never parse the object or the kernel's BTF: that is most of a CLI call's cost.
     pub fn open(dir: &Path) -> Result<Datapath> {
-        prepare_bpffs(dir)?;
-        let all_pinned = MAPS.iter().all(|m| dir.join(m).exists())
-            && PROGRAMS.iter().all(|p| prog_pin(dir, p).exists());
-        let maps = if all_pinned {
-            MAPS.into_iter()
-                .map(|m| Ok((m, map_from_pin(dir, m)?)))
-                .collect::<Result<_>>()?
-        } else {
-            Self::load_and_pin(dir)?
-        };
+        Self::open_checked(dir, |_| Ok::<(), DatapathError>(()))
+    }
+
+    /// [`Datapath::open`] that first runs `check` on the state as it was found (its pinned
+    /// maps; not run on a state without a config map, i.e. a new one). Nothing is loaded,
+    /// pinned or written before the map ABI and `check` accept the state, and a call that
+    /// fails for any reason removes the pins and directories it created: a refused state is
+    /// left exactly as it was. A state missing only what a newer build added (a map, this
+    /// build's programs) is completed: that is an upgrade.
+    pub fn open_checked<E: From<DatapathError>>(
+        dir: &Path,
+        check: impl FnOnce(&mut Datapath) -> Result<(), E>,
+    ) -> Result<Datapath, E> {
+        let made = prepare_bpffs_made(dir)?;
+        // Map and program pins missing now: whatever of them exists after a failure is ours.
+        let missing: Vec<PathBuf> = MAPS
+            .iter()
+            .map(|m| dir.join(m))
+            .chain(PROGRAMS.iter().map(|p| prog_pin(dir, p)))
+            .filter(|p| !p.exists())
+            .collect();
+        let r = Self::open_found(dir, &missing, check);
+        if r.is_err() {
+            for p in &missing {
+                match fs::remove_file(p) {
+                    Ok(()) => log::debug!("removed {} (made by this failed open)", p.display()),
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => log::warn!("removing {}: {e}", p.display()),
+                }
+            }
+            remove_made_dirs(&made);
+        }
+        r
+    }
+
+    fn open_found<E: From<DatapathError>>(
+        dir: &Path,
+        missing: &[PathBuf],
+        check: impl FnOnce(&mut Datapath) -> Result<(), E>,
+    ) -> Result<Datapath, E> {
+        // The state as found: its pinned maps only.
+        let maps = MAPS
+            .into_iter()
+            .filter(|m| dir.join(m).exists())
+            .map(|m| Ok((m, map_from_pin(dir, m)?)))
+            .collect::<Result<_>>()?;
         let mut dp = Datapath {
             dir: dir.to_path_buf(),
             maps,
             tc: Default::default(),
         };
-        dp.check_abi()?;
+        if dp.maps.contains_key(MAP_CONFIG) {
+            dp.check_abi()?;
+            check(&mut dp)?;
+        }
+        if !missing.is_empty() {
+            dp.maps = Self::load_and_pin(dir)?;
+        }
+        dp.stamp_abi()?;
+        if !missing.is_empty() {
+            // Last, once nothing can fail: a refused or failed open never records itself.
+            dp.record_version();
+        }
         Ok(dp)
     }
 
@@ -466,18 +568,49 @@ impl Datapath {
         &self.dir
     }
 
+    /// The version that created or last upgraded this state ([`VERSION_LINK`]); None for a
+    /// state made by a vethfp that did not record it (0.1.0).
+    pub fn state_version(&self) -> Option<String> {
+        fs::read_link(self.dir.join(VERSION_LINK))
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned())
+    }
+
+    /// Records this build as the state's version (atomically: a new link renamed over the
+    /// old). A failure is logged, not fatal: the record is informational.
+    fn record_version(&self) {
+        let link = self.dir.join(VERSION_LINK);
+        let tmp = self
+            .dir
+            .join(format!("{VERSION_LINK}-new-{}", std::process::id())); // bpffs: no dots
+        let _ = fs::remove_file(&tmp);
+        if let Err(e) = std::os::unix::fs::symlink(crate::LONG_VERSION, &tmp)
+            .and_then(|()| fs::rename(&tmp, &link))
+        {
+            let _ = fs::remove_file(&tmp);
+            log::warn!("recording the state's version in {}: {e}", link.display());
+        }
+    }
+
+    /// Refuses a state of another map ABI (reads only).
     fn check_abi(&mut self) -> Result<()> {
-        let mut cfg = self.config()?;
-        let found = cfg.get(&CONFIG_ABI, 0).map_err(map_err(MAP_CONFIG))?;
-        if found == 0 {
-            cfg.set(CONFIG_ABI, ABI_VERSION, 0)
-                .map_err(map_err(MAP_CONFIG))?;
-        } else if found != ABI_VERSION {
+        let found = self.config_slot(CONFIG_ABI)?;
+        if found != 0 && found != ABI_VERSION {
             return Err(DatapathError::Abi {
                 dir: self.dir.clone(),
                 found,
                 want: ABI_VERSION,
             });
+        }
+        Ok(())
+    }
+
+    /// Records this build's map ABI in a state that has none yet (a new one).
+    fn stamp_abi(&mut self) -> Result<()> {
+        if self.config_slot(CONFIG_ABI)? == 0 {
+            self.config()?
+                .set(CONFIG_ABI, ABI_VERSION, 0)
+                .map_err(map_err(MAP_CONFIG))?;
         }
         Ok(())
     }

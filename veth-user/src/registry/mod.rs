@@ -28,7 +28,10 @@ use veth_common::{
 };
 
 use crate::{
-    datapath::{Datapath, DatapathError, OpsLock, StateLock, current_netns_cookie, prepare_bpffs},
+    datapath::{
+        Datapath, DatapathError, OpsLock, StateLock, current_netns_cookie, prepare_bpffs_made,
+        remove_made_dirs,
+    },
     sys::netlink::{self, NetlinkError, Netns, VethRequest},
     types::{Cidr, IfName, Mac, Mode, Spoof},
 };
@@ -301,6 +304,11 @@ impl Serialize for UplinkStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub bpffs: String,
+    /// The version of the vethfp that created or last upgraded the state (its datapath);
+    /// None if that vethfp did not record it (0.1.0).
+    pub datapath_version: Option<String>,
+    /// This vethfp's version.
+    pub version: &'static str,
     pub endpoints: usize,
     pub fast_path: bool,
     /// "fast" or "kernel".
@@ -559,16 +567,24 @@ impl Registry {
     /// [`Registry::open`] with options that apply when the state's maps are first created.
     pub fn open_with(dir: &Path, opts: &OpenOptions) -> Result<Registry> {
         crate::datapath::set_flow_table_size(opts.flow_table_size);
-        prepare_bpffs(dir)?;
+        // A refused or failed open leaves no directory it made behind (nor any pin: see
+        // Datapath::open_checked).
+        let made = prepare_bpffs_made(dir)?;
+        let r = Self::open_locked(dir);
+        if r.is_err() {
+            remove_made_dirs(&made);
+        }
+        r
+    }
+
+    fn open_locked(dir: &Path) -> Result<Registry> {
         // One-time work that needs no lock, done before it: concurrent writers queue for it.
         crate::datapath::detect_features();
         if let Err(e) = netlink::warm() {
             log::debug!("netlink session: {e}"); // the first real call reports it
         }
         let lock = StateLock::acquire(dir)?;
-        let mut dp = Datapath::open(dir)?;
-        // Every write operation re-reads the node's conntrack TCP policy (see admission.rs).
-        crate::registry::flows::sync_tcp(&mut dp)?;
+        let dp = Datapath::open_checked(dir, Self::check_owner)?;
         let mut reg = Registry {
             dp,
             lock: Some(lock),
@@ -576,6 +592,8 @@ impl Registry {
             snapshot: None,
         };
         reg.bind(true)?;
+        // Every write operation re-reads the node's conntrack TCP policy (see admission.rs).
+        crate::registry::flows::sync_tcp(&mut reg.dp)?;
         for (name, what) in reg.recover()? {
             log::warn!("{name}: {what}");
         }
@@ -594,7 +612,7 @@ impl Registry {
     /// [`Registry::open_read`] with options that apply if this call creates the state.
     pub fn open_read_with(dir: &Path, opts: &OpenOptions) -> Result<Registry> {
         crate::datapath::set_flow_table_size(opts.flow_table_size);
-        let dp = Datapath::open(dir)?;
+        let dp = Datapath::open_checked(dir, Self::check_owner)?;
         let mut reg = Registry {
             dp,
             lock: None,
@@ -628,16 +646,8 @@ impl Registry {
             }
             return Ok(());
         }
-        let live = self.dp.attached_link_ifindexes().len();
+        Self::check_owner(&mut self.dp)?;
         let dir = self.dp.dir().display().to_string();
-        if live > 0 {
-            return Err(EndpointError::OtherNamespace {
-                dir,
-                owner: bound,
-                here,
-                live,
-            });
-        }
         if !write {
             log::warn!(
                 "state {dir} was made in network namespace cookie {bound}, which has none of its \
@@ -654,6 +664,27 @@ impl Registry {
              gone: cleared its {n} stale endpoint record(s); now bound to this namespace \
              (cookie {here}, state id {id:016x})"
         );
+        Ok(())
+    }
+
+    /// Refuses a state bound to another node namespace that is still alive (any of its
+    /// interfaces still attached). Reads only: run on the state as found, before anything is
+    /// loaded or pinned ([`Datapath::open_checked`]).
+    fn check_owner(dp: &mut Datapath) -> Result<()> {
+        let here = current_netns_cookie().map_err(EndpointError::Cookie)?;
+        let bound = dp.netns_cookie()?;
+        if bound == 0 || bound == here {
+            return Ok(());
+        }
+        let live = dp.attached_link_ifindexes().len();
+        if live > 0 {
+            return Err(EndpointError::OtherNamespace {
+                dir: dp.dir().display().to_string(),
+                owner: bound,
+                here,
+                live,
+            });
+        }
         Ok(())
     }
 
@@ -1673,6 +1704,8 @@ impl Registry {
         }
         Ok(Status {
             bpffs: self.dp.dir().display().to_string(),
+            datapath_version: self.dp.state_version(),
+            version: crate::LONG_VERSION,
             endpoints: self.records()?.len(),
             fast_path: flags & CFG_FASTPATH_OFF == 0,
             egress: if flags & CFG_EGRESS_FAST != 0 {

@@ -267,6 +267,7 @@ impl Registry {
         for m in veth_common::MAPS {
             let _ = fs::remove_file(dir.join(m));
         }
+        let _ = fs::remove_file(dir.join(crate::datapath::VERSION_LINK));
         // Anything else in there is not ours: leave the directory if it is not empty.
         let _ = fs::remove_dir(&dir);
         Ok(eps.len())
