@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_cri::v1::{
+use crate::cri_v1::{
     self as cri, image_service_client::ImageServiceClient,
     runtime_service_client::RuntimeServiceClient,
 };

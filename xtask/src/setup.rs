@@ -28,10 +28,9 @@ const DEB_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
-    // Kubernetes node end to end (tests/tests/cri_*.rs): containerd's CRI drives vethfp;
-    // protoc builds the CRI gRPC types (k8s-cri) of the test crate.
+    // Kubernetes node end to end (tests/tests/cri_*.rs): containerd's CRI drives vethfp.
+    // (The CRI gRPC types are checked in, tests/src/cri_v1: no protoc.)
     "containerd",
-    "protobuf-compiler",
     // Docker end to end (tests/tests/docker_e2e.rs): the daemon and client of Debian's
     // docker.io (20.10), run as /usr/sbin/dockerd and /usr/bin/docker.
     "docker.io",
