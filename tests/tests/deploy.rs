@@ -646,3 +646,166 @@ fn agent_runs_with_only_the_daemonsets_capabilities() {
     );
     drop(nsf);
 }
+
+/// Labels Prometheus adds to every series of a target (not in /metrics).
+const TARGET_LABELS: &[&str] = &["instance", "job"];
+
+/// The PromQL of the dashboard: every panel target's `expr` and every templating query.
+fn dashboard_queries() -> Vec<String> {
+    let d: Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy::repo_root().join("deploy/grafana/vethfp.json"))
+            .expect("deploy/grafana/vethfp.json"),
+    )
+    .expect("the dashboard is JSON");
+    let mut q = Vec::new();
+    let mut panels: Vec<&Value> = d["panels"].as_array().unwrap().iter().collect();
+    while let Some(p) = panels.pop() {
+        panels.extend(p["panels"].as_array().into_iter().flatten());
+        for t in p["targets"].as_array().into_iter().flatten() {
+            q.push(t["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    for v in d["templating"]["list"].as_array().unwrap() {
+        if let Some(s) = v["query"]["query"].as_str() {
+            q.push(s.to_string());
+        }
+    }
+    q
+}
+
+/// (metric names, label names) one PromQL expression uses: metric names are the `vethfp_*`
+/// identifiers; labels are those in `{…}` matchers, `by (…)`/`without (…)` and
+/// `label_values(…, label)`.
+fn metrics_and_labels(expr: &str) -> (Vec<String>, Vec<String>) {
+    let ident = |s: &str| -> Vec<String> {
+        s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let metrics: Vec<String> = ident(expr)
+        .into_iter()
+        .filter(|w| w.starts_with("vethfp_"))
+        .collect();
+    let mut labels = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find('{') {
+        let j = rest[i..].find('}').expect("closing }") + i;
+        for m in rest[i + 1..j].split(',') {
+            let name = m.split(['=', '!']).next().unwrap().trim();
+            if !name.is_empty() {
+                labels.push(name.to_string());
+            }
+        }
+        rest = &rest[j + 1..];
+    }
+    for kw in ["by (", "without ("] {
+        let mut rest = expr;
+        while let Some(i) = rest.find(kw) {
+            let j = rest[i..].find(')').unwrap() + i;
+            labels.extend(ident(&rest[i + kw.len()..j]));
+            rest = &rest[j..];
+        }
+    }
+    if let Some(a) = expr.strip_prefix("label_values(") {
+        labels.extend(ident(a.rsplit(',').next().unwrap()));
+    }
+    (metrics, labels)
+}
+
+/// Every metric and label the Grafana dashboard queries is in the agent's /metrics output,
+/// on a node where each family has samples: endpoints with traffic and drops, a TCP flow
+/// handed off then demoted (conntrack entry deleted), a hand-off refused (no conntrack entry), an
+/// endpoint repaired after its host end went down and up.
+#[test]
+fn dashboard_queries_only_what_the_agent_serves() {
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 15, "{queries:?}");
+    for m in [
+        "vethfp_tcp_handoffs_total",
+        "vethfp_tcp_handoff_refusals_total",
+        "vethfp_tcp_demotions_total",
+        "vethfp_tcp_handoff_delay_seconds",
+        "vethfp_flow_table_flows",
+        "vethfp_endpoint_drops_total",
+        "vethfp_agent_repairs_total",
+    ] {
+        assert!(
+            queries.iter().any(|q| q.contains(m)),
+            "the dashboard shows {m}"
+        );
+    }
+
+    let node = Node::netfilter(143);
+    let a = node.add_container("vdash1", &["10.143.0.2/24"]);
+    let b = node.add_container("vdash2", &["10.143.0.3/24"]);
+    let agent = vethfp_tests::Agent::start(&node, &[]);
+    assert!(ping(a.name(), b.v4()));
+    let ipt = |args: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", node.name(), "iptables", "-w"])
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "iptables {args}: {out:?}");
+    };
+    let wait = |what: &str, f: &dyn Fn(&vethfp_tests::Metrics) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f(&agent.scrape()) {
+            assert!(Instant::now() < deadline, "{what}:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let sum =
+        |m: &vethfp_tests::Metrics, name: &str| -> f64 { m.all(name).iter().map(|(_, v)| v).sum() };
+    // Before anything in the node uses conntrack, no TCP flow has an entry: refused.
+    let flow = vethfp_tests::tcp_flow(a.name(), b.name(), b.v4());
+    assert!(flow.wait_echoed(1 << 20, Duration::from_secs(20)));
+    wait("a refusal", &|m| {
+        sum(m, "vethfp_tcp_handoff_refusals_total") >= 1.0
+    });
+    flow.finish().expect("the flow completes");
+    // With kube-proxy's INVALID rule conntrack tracks the node's flows: a TCP flow is handed
+    // off; deleting its conntrack entry demotes it.
+    ipt("-A FORWARD -m conntrack --ctstate INVALID -j DROP");
+    let flow = vethfp_tests::tcp_flow(a.name(), b.name(), b.v4());
+    assert!(flow.wait_echoed(1 << 20, Duration::from_secs(20)));
+    wait("a hand-off", &|m| {
+        sum(m, "vethfp_tcp_handoffs_total") >= 1.0
+    });
+    let out = Command::new("ip")
+        .args(["netns", "exec", node.name(), "conntrack", "-D", "-p", "tcp"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "conntrack -D: {out:?}");
+    wait("a demotion", &|m| {
+        sum(m, "vethfp_tcp_demotions_total") >= 1.0
+    });
+    flow.finish().expect("the flow completes");
+    // A repair.
+    node.ns.ip(&["link", "set", "vdash1", "down"]);
+    node.ns.ip(&["link", "set", "vdash1", "up"]);
+    wait("a repair", &|m| sum(m, "vethfp_agent_repairs_total") >= 1.0);
+
+    let m = agent.scrape();
+    let mut checked = 0;
+    for q in &queries {
+        let (metrics, labels) = metrics_and_labels(q);
+        assert!(!metrics.is_empty(), "no vethfp metric in {q}");
+        for name in &metrics {
+            let samples = m.all(name);
+            assert!(!samples.is_empty(), "{name} (in `{q}`) is not in /metrics");
+            for l in labels
+                .iter()
+                .filter(|l| !TARGET_LABELS.contains(&l.as_str()))
+            {
+                assert!(
+                    samples.iter().any(|(ls, _)| ls.contains_key(l)),
+                    "label {l} of {name} (in `{q}`) is not in /metrics: {samples:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "{checked} labels checked");
+}
