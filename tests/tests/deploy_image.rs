@@ -19,7 +19,7 @@ use vethfp_tests::{
     Node,
     agent::http_get,
     cni::{CniEnv, TempDir, container_id, container_ns, exec_plugin},
-    cri::have,
+    cri::{CriNode, have},
     deploy::{self, Mount},
     ns::{open_netns, unique_name},
     ping, udp_transfer,
@@ -33,8 +33,8 @@ fn image(ds: &Value) -> String {
         .to_string()
 }
 
-fn podman(node: &Node, args: &[String]) -> Output {
-    let nsf = open_netns(node.name());
+fn podman(node: &str, args: &[String]) -> Output {
+    let nsf = open_netns(node);
     let fd = nsf.as_raw_fd();
     // podman's default sysctls (net.ipv4.ping_group_range) are for a pod network namespace;
     // runc refuses them in a host one, and kubelet sets none for a hostNetwork pod.
@@ -139,14 +139,14 @@ fn run_args(
     a
 }
 
-struct Running<'a> {
-    node: &'a Node,
+struct Running {
+    node: String,
     name: String,
 }
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
-        podman(self.node, &["rm".into(), "-f".into(), self.name.clone()]);
+        podman(&self.node, &["rm".into(), "-f".into(), self.name.clone()]);
     }
 }
 
@@ -210,7 +210,7 @@ fn image_runs_as_the_daemonset_does() {
     let init = deploy::container(&ds, "install-cni");
     let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
     args.extend(run_args(&ds, &init, &node, &host, &cm, &env));
-    let out = podman(&node, &args);
+    let out = podman(node.name(), &args);
     assert!(
         out.status.success(),
         "init container: {}",
@@ -231,18 +231,18 @@ fn image_runs_as_the_daemonset_does() {
     let name = unique_name("vfpag");
     let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
     args.extend(run_args(&ds, &agent, &node, &host, &cm, &env));
-    let out = podman(&node, &args);
+    let out = podman(node.name(), &args);
     assert!(
         out.status.success(),
         "agent container: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let running = Running {
-        node: &node,
+        node: node.name().to_string(),
         name: name.clone(),
     };
     let logs = || {
-        let o = podman(&node, &["logs".into(), name.clone()]);
+        let o = podman(node.name(), &["logs".into(), name.clone()]);
         String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout)
     };
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -301,7 +301,7 @@ fn image_runs_as_the_daemonset_does() {
 
     // SIGTERM (podman stop, as kubelet stops a container): the pods keep the fast path.
     let out = podman(
-        &node,
+        node.name(),
         &["stop".into(), "-t".into(), "30".into(), name.clone()],
     );
     assert!(out.status.success());
@@ -319,4 +319,144 @@ fn image_runs_as_the_daemonset_does() {
         "after stop: fast {before} -> {after}"
     );
     drop(running);
+}
+
+/// The same DaemonSet containers on a containerd node of the CRI harness (as in
+/// tests/tests/cri_node.rs): the init container fills containerd's (empty) CNI bin and conf
+/// dirs before containerd starts; containerd then creates pods with the plugin, conflist and
+/// host-local the image installed (the conflist unchanged: its bpffs /sys/fs/bpf/vethfp is
+/// the node's bpffs there); pod-to-pod pings are counted fast; the agent's probes answer;
+/// after the agent container is stopped the pods keep working on the fast path.
+#[test]
+fn containerd_runs_pods_with_the_plugin_the_image_installed() {
+    if let Err(why) = vethfp_tests::cri::containerd_available() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    for (bin, pkg) in [("podman", "podman"), ("runc", "runc")] {
+        if !have(bin) {
+            eprintln!("SKIPPED: {bin} is not installed (apt-get install {pkg})");
+            return;
+        }
+    }
+    let ds = deploy::daemonset();
+    assert!(
+        Command::new("podman")
+            .args(["image", "exists", &image(&ds)])
+            .status()
+            .unwrap()
+            .success(),
+        "{} is not in podman's store: run `cargo xtask image`",
+        image(&ds)
+    );
+    let dir = TempDir::new("imgk");
+    std::fs::create_dir_all(dir.path().join("cm")).unwrap();
+    std::fs::write(dir.path().join("xtables.lock"), "").unwrap();
+    std::fs::write(
+        dir.path().join("cm/conflist.json"),
+        serde_json::to_string_pretty(&deploy::conflist_template()).unwrap(),
+    )
+    .unwrap();
+    let d = dir.path().to_path_buf();
+    let cm = |n: &str| -> PathBuf {
+        assert_eq!(n, "vethfp-cni");
+        d.join("cm")
+    };
+    let env = |e: &Value| -> String {
+        match e["name"].as_str().unwrap() {
+            "NODE_NAME" => "test-node".into(),
+            "POD_CIDRS" => vethfp_tests::cri::POD_V4.into(),
+            _ => e["value"].as_str().unwrap_or_default().into(),
+        }
+    };
+    let mut k = CriNode::start_installed(|node, bin, conf| {
+        let bpffs = node.bpffs_dir().parent().unwrap().to_path_buf();
+        let host = |p: &str| -> PathBuf {
+            match p {
+                "/sys/fs/bpf" => bpffs.clone(),
+                "/opt/cni/bin" => bin.to_path_buf(),
+                "/etc/cni/net.d" => conf.to_path_buf(),
+                other => panic!("hostPath {other} is not mapped for the init container"),
+            }
+        };
+        let init = deploy::container(&ds, "install-cni");
+        let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
+        args.extend(run_args(&ds, &init, node, &host, &cm, &env));
+        let out = podman(node.name(), &args);
+        assert!(
+            out.status.success(),
+            "init container: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    // The agent. containerd's pod netns mounts live in the harness's private mount namespace
+    // (a bind from another mount namespace is refused), so its /run/netns is an empty dir
+    // here; nothing below needs the agent to enter a pod.
+    let run_netns = d.join("netns");
+    std::fs::create_dir_all(&run_netns).unwrap();
+    let bpffs = k.node.bpffs_dir().parent().unwrap().to_path_buf();
+    let host = |p: &str| -> PathBuf {
+        match p {
+            "/sys/fs/bpf" => bpffs.clone(),
+            "/run/netns" => run_netns.clone(),
+            "/run/xtables.lock" => d.join("xtables.lock"),
+            other => panic!("hostPath {other} is not mapped for the agent"),
+        }
+    };
+    let agent = deploy::container(&ds, "agent");
+    let name = unique_name("vfpak");
+    let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
+    args.extend(run_args(&ds, &agent, &k.node, &host, &cm, &env));
+    let out = podman(k.node.name(), &args);
+    assert!(
+        out.status.success(),
+        "agent container: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _running = Running {
+        node: k.node.name().to_string(),
+        name: name.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(k.node.name(), "/readyz").map(|r| r.0) != Ok(200) {
+        assert!(Instant::now() < deadline, "agent not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http_get(k.node.name(), "/healthz").unwrap().0, 200);
+
+    let a = k.run_pod("pod-a", &[]);
+    let b = k.run_pod("pod-b", &[]);
+    let client = k.run_container(&a, "client", &["/bin/sleep", "2147483647"]);
+    let _server = k.run_container(&b, "server", &["/bin/sleep", "2147483647"]);
+    let fast = |k: &CriNode| -> u64 {
+        k.node
+            .all_stats()
+            .values()
+            .map(|s| s.from("fast").packets)
+            .sum()
+    };
+    let pings = |k: &mut CriNode| {
+        k.exec_ok(
+            &client,
+            &["/bin/ping", "-c", "20", "-i", "0.05", "-w", "10", &b.v4],
+        );
+    };
+    let before = fast(&k);
+    pings(&mut k);
+    let after = fast(&k);
+    assert!(after - before >= 30, "pod to pod fast: {before} -> {after}");
+
+    let out = podman(
+        k.node.name(),
+        &["stop".into(), "-t".into(), "30".into(), name.clone()],
+    );
+    assert!(out.status.success());
+    let before = fast(&k);
+    pings(&mut k);
+    let after = fast(&k);
+    assert!(
+        after - before >= 30,
+        "after the agent stopped: {before} -> {after}"
+    );
+    drop(_running);
 }
