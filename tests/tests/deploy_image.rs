@@ -38,7 +38,7 @@ fn podman(node: &str, args: &[String]) -> Output {
     let fd = nsf.as_raw_fd();
     // podman's default sysctls (net.ipv4.ping_group_range) are for a pod network namespace;
     // runc refuses them in a host one, and kubelet sets none for a hostNetwork pod.
-    let conf = std::env::temp_dir().join(format!("vethfp-it-podman-{}.conf", std::process::id()));
+    let conf = std::env::temp_dir().join(format!("vethfp-it-{}.conf", unique_name("pod")));
     // Limits within what this kind of machine allows (as cni_podman.rs), runc, no systemd.
     std::fs::write(
         &conf,
