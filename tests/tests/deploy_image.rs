@@ -231,16 +231,17 @@ fn image_runs_as_the_daemonset_does() {
     let name = unique_name("vfpag");
     let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
     args.extend(run_args(&ds, &agent, &node, &host, &cm, &env));
+    // Removed on every exit, also when it was created but did not start.
+    let running = Running {
+        node: node.name().to_string(),
+        name: name.clone(),
+    };
     let out = podman(node.name(), &args);
     assert!(
         out.status.success(),
         "agent container: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let running = Running {
-        node: node.name().to_string(),
-        name: name.clone(),
-    };
     let logs = || {
         let o = podman(node.name(), &["logs".into(), name.clone()]);
         String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout)
@@ -407,16 +408,17 @@ fn containerd_runs_pods_with_the_plugin_the_image_installed() {
     let name = unique_name("vfpak");
     let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
     args.extend(run_args(&ds, &agent, &k.node, &host, &cm, &env));
+    // Removed on every exit, also when it was created but did not start.
+    let _running = Running {
+        node: k.node.name().to_string(),
+        name: name.clone(),
+    };
     let out = podman(k.node.name(), &args);
     assert!(
         out.status.success(),
         "agent container: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _running = Running {
-        node: k.node.name().to_string(),
-        name: name.clone(),
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while http_get(k.node.name(), "/readyz").map(|r| r.0) != Ok(200) {
         assert!(Instant::now() < deadline, "agent not ready");
