@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_cri::v1::{
+use crate::cri_v1::{
     self as cri, image_service_client::ImageServiceClient,
     runtime_service_client::RuntimeServiceClient,
 };
@@ -124,6 +124,9 @@ pub struct CriNode {
     rt: tokio::runtime::Runtime,
     runtime: Option<RuntimeServiceClient<Channel>>,
     images: Option<ImageServiceClient<Channel>>,
+    /// The CNI bin and conf dirs were filled by someone else ([`CriNode::start_installed`]);
+    /// the node's bpffs is bound onto /sys/fs/bpf in containerd's mount namespace.
+    installed: bool,
 }
 
 impl CriNode {
@@ -135,6 +138,24 @@ impl CriNode {
 
     /// [`CriNode::start`], IPv4-only pods unless `dual_stack`.
     pub fn start_with(mode: NetMode, dual_stack: bool) -> CriNode {
+        CriNode::start_inner(mode, dual_stack, None)
+    }
+
+    /// A node whose CNI bin dir (`bin`) and conf dir (`net.d`) are empty until
+    /// `install(node, bin, conf)` fills them — as a DaemonSet's init container does on a real
+    /// node — before containerd starts. In containerd's mount namespace the node's bpffs is
+    /// bound onto /sys/fs/bpf, so a conflist naming `/sys/fs/bpf/vethfp` reaches the node's
+    /// state. IPv4 pods; `mode` is only what [`CriNode::conflist`] would return.
+    pub fn start_installed(install: impl FnOnce(&Node, &Path, &Path)) -> CriNode {
+        CriNode::start_inner(NetMode::Tc, false, Some(Box::new(install)))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_inner(
+        mode: NetMode,
+        dual_stack: bool,
+        install: Option<Box<dyn FnOnce(&Node, &Path, &Path) + '_>>,
+    ) -> CriNode {
         let node = Node::new();
         let dir = TempDir::new("cri");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -153,8 +174,12 @@ impl CriNode {
             rt,
             runtime: None,
             images: None,
+            installed: install.is_some(),
         };
         n.prepare();
+        if let Some(install) = install {
+            install(&n.node, &n.d("bin"), &n.d("net.d"));
+        }
         n.start_holder();
         n.start_containerd();
         n.import_image();
@@ -203,6 +228,10 @@ impl CriNode {
             "opt",
         ] {
             std::fs::create_dir_all(self.d(p)).unwrap();
+        }
+        if self.installed {
+            std::fs::write(self.d("config.toml"), self.config_toml()).unwrap();
+            return;
         }
         // Installed as docs/CNI.md says: the binary under its type name in the CNI bin dir
         // (containerd 1.6 takes one bin dir, so the reference plugins are linked in too).
@@ -270,9 +299,18 @@ state = "{d}/state"
     /// The process holding containerd's mount namespace: private tmpfs over /run and
     /// /var/lib, libcni's cache bound from the temp dir. Runs in the node's netns.
     fn start_holder(&mut self) {
+        let bpffs = if self.installed {
+            let m = self.node.bpffs_dir();
+            format!(
+                "mount --bind '{}' /sys/fs/bpf\n",
+                m.parent().unwrap().display()
+            )
+        } else {
+            String::new()
+        };
         let script = format!(
             "set -e
-mount -t tmpfs -o mode=0755 vethfp-cri-run /run
+{bpffs}mount -t tmpfs -o mode=0755 vethfp-cri-run /run
 mkdir -p /run/netns
 mount -t tmpfs -o mode=0755 vethfp-cri-lib /var/lib
 mkdir -p /var/lib/cni

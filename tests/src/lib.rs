@@ -13,6 +13,8 @@
 pub mod agent;
 pub mod cni;
 pub mod cri;
+pub mod cri_v1;
+pub mod deploy;
 pub mod node;
 pub mod ns;
 pub mod raw;

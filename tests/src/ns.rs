@@ -49,7 +49,7 @@ fn netns_path(name: &str) -> PathBuf {
 }
 
 /// Open a named namespace, refusing the machine's own.
-pub(crate) fn open_netns(name: &str) -> File {
+pub fn open_netns(name: &str) -> File {
     let path = netns_path(name);
     let f = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let ino = f.metadata().expect("stat netns").ino();

@@ -201,3 +201,37 @@ fn stats_watch_prints_rates_as_plain_lines_when_not_a_terminal() {
     node.fails(&["stats", "--watch", "--interval", "0"]);
     node.fails(&["stats", "--interval", "1"]);
 }
+
+/// The probes a DaemonSet's kubelet uses (deploy/kubernetes/daemonset.yaml): /healthz answers
+/// while the agent runs, /readyz once the start reconciliation ran and the pinned state opens
+/// (checked per request: after the state dir is removed, the agent opens it anew and stays
+/// ready).
+#[test]
+fn health_and_readiness_probes() {
+    let node = Node::new();
+    let _c1 = node.add_container("vh1", &["10.1.0.2/24"]);
+    let agent = Agent::start(&node, &[]);
+    let (code, ctype, body) = http_get(node.name(), "/healthz").unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok\n"), "{}", agent.log());
+    assert!(ctype.starts_with("text/plain"), "{ctype}");
+    let (code, _, body) = http_get(node.name(), "/readyz").unwrap();
+    assert_eq!((code, body.as_str()), (200, "ready\n"), "{}", agent.log());
+    assert!(
+        agent
+            .scrape()
+            .get("vethfp_agent_reconciles_total", &[])
+            .unwrap()
+            >= 1.0
+    );
+
+    std::fs::remove_dir_all(node.bpffs_dir()).unwrap();
+    let (code, _, body) = http_get(node.name(), "/readyz").unwrap();
+    assert_eq!((code, body.as_str()), (200, "ready\n"), "{}", agent.log());
+    assert_eq!(
+        agent.scrape().get("vethfp_agent_state_reopened_total", &[]),
+        Some(1.0),
+        "the readiness check re-opened the removed state"
+    );
+    let (st, log) = agent.terminate();
+    assert!(st.success(), "{log}");
+}

@@ -23,6 +23,7 @@ pub fn test() -> Result<()> {
     crate::public_api::public_api(false)?;
     step("cargo build --workspace --bins");
     run(cargo_cmd().args(["build", "--workspace", "--bins"]))?;
+    crate::image::build_for_tests()?;
     let bin = target_dir()?.join("debug").join("vethfp");
     step(&format!(
         "cargo test --workspace (VETHFP_BIN={})",

@@ -11,6 +11,8 @@ pub const E2E_TESTS: &[&str] = &[
     "cri_node",
     // podman 4.3 with the CNI backend.
     "cni_podman",
+    // The DaemonSet's image (`cargo xtask image`) run as kubelet would, under podman.
+    "deploy_image",
 ];
 
 pub fn e2e() -> Result<()> {
@@ -18,6 +20,7 @@ pub fn e2e() -> Result<()> {
     crate::setup::setup()?;
     step("cargo build -p veth-user");
     run(cargo_cmd().args(["build", "-p", "veth-user"]))?;
+    crate::image::build_for_tests()?;
     let bin = target_dir()?.join("debug").join("vethfp");
     let mut cmd = cargo_cmd();
     cmd.args(["test", "-p", "vethfp-tests"]);

@@ -1,9 +1,10 @@
-//! Project automation: `cargo xtask setup | test | e2e | demo | bench`.
+//! Project automation: `cargo xtask setup | test | e2e | image | demo | bench`.
 
 mod bench;
 mod ci;
 mod demo;
 mod e2e;
+mod image;
 mod public_api;
 mod setup;
 mod util;
@@ -26,6 +27,9 @@ enum Cmd {
     Test,
     /// Only the end-to-end tests: containerd (CRI) and podman driving vethfp as their CNI.
     E2e,
+    /// Build the container image of the Kubernetes DaemonSet (Debian minbase + vethfp) and
+    /// load it into podman's and containerd's image stores.
+    Image(image::Args),
     /// Three containers on a throwaway node, wired by vethfp; pings, a UDP burst, counters.
     Demo,
     /// Compare vethfp with direct veth, bridge, docker-like bridge and kernel routing.
@@ -53,6 +57,7 @@ fn main() {
         Cmd::Setup => setup::setup(),
         Cmd::Test => ci::test(),
         Cmd::E2e => e2e::e2e(),
+        Cmd::Image(args) => image::image(args),
         Cmd::Demo => demo::demo(),
         Cmd::Bench(args) => bench::bench(args),
         Cmd::PublicApi { bless } => public_api::public_api(bless),

@@ -28,10 +28,16 @@ const DEB_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
-    // Kubernetes node end to end (tests/tests/cri_*.rs): containerd's CRI drives vethfp;
-    // protoc builds the CRI gRPC types (k8s-cri) of the test crate.
+    // Kubernetes node end to end (tests/tests/cri_*.rs): containerd's CRI drives vethfp.
+    // (The CRI gRPC types are checked in, tests/src/cri/runtime.v1.rs: no protoc.)
     "containerd",
-    "protobuf-compiler",
+    // The Kubernetes deployment (deploy/, tests/tests/deploy.rs): a venv for the
+    // kubernetes-validate schema check, openssl for the API stand-in's certificate, jq as
+    // the install step uses it; debootstrap builds the image (`cargo xtask image`).
+    "python3-venv",
+    "openssl",
+    "jq",
+    "debootstrap",
     // Docker end to end (tests/tests/docker_e2e.rs): the daemon and client of Debian's
     // docker.io (20.10), run as /usr/sbin/dockerd and /usr/bin/docker.
     "docker.io",
@@ -47,6 +53,51 @@ pub fn setup() -> Result<()> {
     rust_toolchains()?;
     bpf_linker()?;
     debian_packages()?;
+    kubernetes_validate()?;
+    Ok(())
+}
+
+/// The Kubernetes schema check of deploy/kubernetes (tests/tests/deploy.rs), from PyPI.
+pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// Where `kubernetes-validate` is installed: a venv under the target dir.
+pub fn kubernetes_validate_venv() -> Result<std::path::PathBuf> {
+    Ok(crate::util::target_dir()?.join("kubernetes-validate"))
+}
+
+fn kubernetes_validate() -> Result<()> {
+    let what = format!("kubernetes-validate {KUBERNETES_VALIDATE_VERSION} (venv)");
+    let venv = kubernetes_validate_venv()?;
+    let bin = venv.join("bin/kubernetes-validate");
+    let current = raw_output(Command::new(&bin).arg("--version"))
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if current
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().last() == Some(KUBERNETES_VALIDATE_VERSION))
+    {
+        line(&what, "already present");
+        return Ok(());
+    }
+    // Debian's python (python3-venv installed above), not whichever python3 is first in PATH.
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| !p.starts_with('/') || std::path::Path::new(p).exists())
+        .unwrap_or("python3");
+    run(Command::new(python)
+        .arg("-m")
+        .arg("venv")
+        .arg("--clear")
+        .arg(&venv))
+    .context("creating the kubernetes-validate venv failed: apt-get install python3-venv")?;
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "-q",
+        &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+    ]))
+    .context("pip install kubernetes-validate failed: it needs network access to PyPI")?;
+    line(&what, "installed");
     Ok(())
 }
 

@@ -416,8 +416,10 @@ impl Collector for DatapathCollector {
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves HTTP/1.1 on `listener` until the task is dropped.
-pub(crate) async fn serve(listener: TcpListener, registry: Arc<PromRegistry>) {
+/// Serves HTTP/1.1 on `listener` until the task is dropped: `/metrics`, and the probes
+/// `/healthz` (the agent's event loop answers) and `/readyz` (the pinned state is open and the
+/// start reconciliation has run; checked on every request).
+pub(crate) async fn serve(listener: TcpListener, registry: Arc<PromRegistry>, shared: Arc<Shared>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -428,10 +430,12 @@ pub(crate) async fn serve(listener: TcpListener, registry: Arc<PromRegistry>) {
             }
         };
         let registry = registry.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let registry = registry.clone();
-                async move { Ok::<_, Infallible>(handle(req, registry).await) }
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(req, registry, shared).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -454,9 +458,44 @@ fn response(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response
     r
 }
 
-async fn handle(req: Request<Incoming>, registry: Arc<PromRegistry>) -> Response<Full<Bytes>> {
+/// Why the agent is not ready, or `None` when it is: the start reconciliation has run and the
+/// pinned state opens (re-opened if it was removed or replaced).
+fn not_ready(shared: &Shared) -> Option<String> {
+    if shared.metrics.reconciles.get() == 0 {
+        return Some("the start reconciliation has not run yet".into());
+    }
+    match shared.read() {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "the pinned state under {} does not open: {e}",
+            shared.dir.display()
+        )),
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    registry: Arc<PromRegistry>,
+    shared: Arc<Shared>,
+) -> Response<Full<Bytes>> {
     let text = "text/plain; charset=utf-8";
     match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/healthz") => response(StatusCode::OK, text, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/readyz") => {
+            match tokio::task::spawn_blocking(move || not_ready(&shared)).await {
+                Ok(None) => response(StatusCode::OK, text, "ready\n"),
+                Ok(Some(why)) => response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    text,
+                    format!("not ready: {why}\n"),
+                ),
+                Err(e) => response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    text,
+                    format!("readiness check failed: {e}\n"),
+                ),
+            }
+        }
         (&Method::GET | &Method::HEAD, "/metrics") => {
             // Map reads are syscalls: keep them off the event loop.
             let body = tokio::task::spawn_blocking(move || {
@@ -470,9 +509,11 @@ async fn handle(req: Request<Incoming>, registry: Arc<PromRegistry>) -> Response
                 _ => response(StatusCode::INTERNAL_SERVER_ERROR, text, "encoding failed\n"),
             }
         }
-        (&Method::GET, "/") => {
-            response(StatusCode::OK, text, "vethfp agent: metrics at /metrics\n")
-        }
+        (&Method::GET, "/") => response(
+            StatusCode::OK,
+            text,
+            "vethfp agent: /metrics, /healthz, /readyz\n",
+        ),
         (_, "/metrics") => {
             let mut r = response(StatusCode::METHOD_NOT_ALLOWED, text, "use GET\n");
             if let Ok(v) = "GET, HEAD".parse() {
@@ -480,6 +521,10 @@ async fn handle(req: Request<Incoming>, registry: Arc<PromRegistry>) -> Response
             }
             r
         }
-        _ => response(StatusCode::NOT_FOUND, text, "not found: try /metrics\n"),
+        _ => response(
+            StatusCode::NOT_FOUND,
+            text,
+            "not found: try /metrics, /healthz or /readyz\n",
+        ),
     }
 }

@@ -9,7 +9,7 @@
 //!   with its container's namespace, is cleaned up right away;
 //! - TCP hand-off ([`handoff`]): each TCP flow the kernel admitted gets its conntrack entry
 //!   made liberal, then the fast path; destroy notifications demote it;
-//! - Prometheus metrics over HTTP ([`crate::agent::metrics`]);
+//! - Prometheus metrics and the probes `/healthz`, `/readyz` over HTTP ([`crate::agent::metrics`]);
 //! - optionally, BPF debug events through aya-log (`--bpf-log`).
 //!
 //! Concurrency with the CLI: every change the agent makes happens under the same state lock
@@ -224,7 +224,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         })?;
     let local = listener.local_addr().ok();
     let registry = Arc::new(metrics::registry(shared.clone()));
-    tokio::spawn(metrics::serve(listener, registry));
+    tokio::spawn(metrics::serve(listener, registry, shared.clone()));
     info!(
         bpffs = %cfg.bpffs.display(),
         metrics = ?local,
