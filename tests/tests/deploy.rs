@@ -95,6 +95,16 @@ fn manifests_agree_with_the_install_step_and_the_agent() {
         "least RBAC: get nodes only"
     );
 
+    // Both containers run the image `cargo xtask image` builds: tagged with this version.
+    let image = concat!("localhost/vethfp:", env!("CARGO_PKG_VERSION"));
+    for c in ["install-cni", "agent"] {
+        assert_eq!(
+            deploy::container(&ds, c)["image"],
+            image,
+            "{c}: the image of this release (bump the manifest with the version)"
+        );
+    }
+
     // Install step: the script's default dirs are where the host's dirs are mounted.
     let init = deploy::container(&ds, "install-cni");
     assert_eq!(
