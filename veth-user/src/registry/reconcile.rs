@@ -342,9 +342,15 @@ impl Registry {
             tcp: !crate::registry::flows::tcp_in_sync(self.datapath())?,
             ..Survey::default()
         };
-        let busy = self.in_flight()?;
-        s.journal = !busy.is_empty();
+        // Records first, then the journal: an endpoint whose operation is still running has
+        // its journal entry until it is complete, so it is seen busy, never half-made.
         let records = self.records()?;
+        let busy = self.in_flight()?;
+        // Entries whose operation still runs are its own; recovery has work only when none
+        // runs (the ops lock, taken and let go at once: a writer starting meanwhile waits
+        // for that instant only).
+        s.journal = !busy.is_empty()
+            && crate::datapath::OpsLock::try_exclusive(self.datapath().dir())?.is_some();
         let kernel: std::collections::HashMap<u32, netlink::Link> = netlink::links()?
             .into_iter()
             .map(|l| (l.ifindex, l))
