@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `vethfp_endpoint_packets_total`, `vethfp_endpoint_bytes_total` | host_if, netns, direction, verdict |
 //! | `vethfp_endpoint_drops_total` (packets, both directions) | host_if, netns, reason |
+//! | (the three above only with `agent --per-endpoint-metrics=true`, the default) | |
 //! | `vethfp_endpoints` | |
 //! | `vethfp_uplink_packets_total`, `vethfp_uplink_bytes_total` | uplink, counter (received_fast, received_stack, sent_fast) |
 //! | `vethfp_fast_path_enabled` | |
@@ -16,6 +17,7 @@
 //! | `vethfp_flow_table_handed_off` | |
 //! | `vethfp_tcp_handoffs_total`, `vethfp_tcp_handoff_delay_seconds` (histogram), `vethfp_flows_swept_total` | |
 //! | `vethfp_tcp_handoff_refusals_total`, `vethfp_tcp_demotions_total` | reason |
+//! | `vethfp_agent_reconcile_pass_seconds`, `vethfp_agent_reconcile_lock_held_seconds` (histograms), `vethfp_agent_container_checks_total` | |
 //! | `vethfp_agent_reconciles_total`, `vethfp_agent_reconcile_duration_seconds` (last pass), `vethfp_agent_endpoints_removed_total`, `vethfp_agent_links_reattached_total`, `vethfp_agent_programs_replaced_total`, `vethfp_agent_event_cleanup_seconds` (histogram: link event → state removed) | |
 
 use std::{convert::Infallible, sync::Arc, sync::atomic::AtomicU64, time::Duration};

@@ -4,7 +4,9 @@
 //! killed or upgraded while traffic flows. What the agent adds:
 //! - on start, and every `reconcile_interval` as a safety net, a reconciliation pass
 //!   ([`crate::registry::reconcile`]): vanished endpoints removed, missing links re-attached, links of
-//!   an older build switched in place to this build's programs;
+//!   an older build switched in place to this build's programs. A pass reads without the
+//!   state lock (one dump per kind of object, container sides a round-robin slice) and takes
+//!   the lock only to repair what it found;
 //! - a netlink link watch ([`crate::sys::events`]): a host end deleted by someone else, or gone
 //!   with its container's namespace, is cleaned up right away;
 //! - TCP hand-off ([`handoff`]): each TCP flow the kernel admitted gets its conntrack entry

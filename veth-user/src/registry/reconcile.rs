@@ -23,7 +23,10 @@
 //!   builds that no filter or link runs any more are removed, so nothing accumulates. A link is never deleted unless a record or
 //!   an intent of this state names it with its exact MAC.
 //!
-//! Callers hold the state lock (see [`crate::datapath::StateLock`]).
+//! [`Registry::reconcile`] does all of it in one go; its callers hold the state lock (see
+//! [`crate::datapath::StateLock`]). The agent splits a pass in two: `Registry::survey` reads
+//! without the lock and names the endpoints with something wrong, `Registry::repair_surveyed`
+//! repairs those under the lock, so a pass with nothing to repair never takes it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -518,7 +521,7 @@ impl Registry {
         let want_up = self.datapath().program_id(PROG_UPLINK_INGRESS)?;
         let want_up_eg = self.datapath().program_id(PROG_UPLINK_EGRESS)?;
         for up in self.uplinks()? {
-            if !kernel.get(&up.ifindex).is_some_and(|l| l.name == up.name) {
+            if kernel.get(&up.ifindex).is_none_or(|l| l.name != up.name) {
                 s.uplinks = true;
                 continue;
             }
