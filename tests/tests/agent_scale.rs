@@ -305,13 +305,17 @@ fn measure(fleet: &Fleet, bin: &Path, new: bool) -> Numbers {
             })
             .collect()
     };
-    // Idle: 2 intervals.
+    // Idle: 2 intervals, and at least 2 finished periodic passes.
     let log0 = agent.log();
     let (h0, _) = lock_held_us(&log0);
     let p0 = passes_of(&log0);
     let c0 = cpu_ticks(agent.pid());
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(interval * 2.0 + 0.5));
+    // A pass longer than that (the old agent at 1000 endpoints): wait for two to finish.
+    while passes_of(&agent.log()) < p0 + 2 && t0.elapsed() < Duration::from_secs(150) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let c1 = cpu_ticks(agent.pid());
     let wall = t0.elapsed().as_secs_f64();
     let log1 = agent.log();
