@@ -641,7 +641,14 @@ impl Registry {
                 }
             }
         }
-        if survey.prune || !report.removed.is_empty() || !report.removed_uplinks.is_empty() {
+        // Programs switched in place, endpoints removed or operations recovered free pins
+        // the read saw in use.
+        if survey.prune
+            || !report.removed.is_empty()
+            || !report.removed_uplinks.is_empty()
+            || !report.replaced.is_empty()
+            || !report.leftovers.is_empty()
+        {
             let mut live = BTreeSet::new();
             for ep in self.list()? {
                 for hook in [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP] {
