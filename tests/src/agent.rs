@@ -36,9 +36,15 @@ impl Agent {
 
     /// Starts the agent without waiting.
     pub fn spawn(node: &Node, extra: &[&str]) -> Agent {
+        Agent::spawn_bin(node, &vethfp_bin(), extra)
+    }
+
+    /// [`Agent::spawn`] with another `vethfp` binary (an older build, for before/after
+    /// measurements).
+    pub fn spawn_bin(node: &Node, bin: &std::path::Path, extra: &[&str]) -> Agent {
         let nsf = open_netns(node.name());
         let fd = nsf.as_raw_fd();
-        let mut cmd = Command::new(vethfp_bin());
+        let mut cmd = Command::new(bin);
         cmd.arg("--bpffs")
             .arg(node.bpffs_dir())
             .args(["agent", "--metrics-addr", METRICS_ADDR])

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `vethfp_endpoint_packets_total`, `vethfp_endpoint_bytes_total` | host_if, netns, direction, verdict |
 //! | `vethfp_endpoint_drops_total` (packets, both directions) | host_if, netns, reason |
+//! | (the three above only with `agent --per-endpoint-metrics=true`, the default) | |
 //! | `vethfp_endpoints` | |
 //! | `vethfp_uplink_packets_total`, `vethfp_uplink_bytes_total` | uplink, counter (received_fast, received_stack, sent_fast) |
 //! | `vethfp_fast_path_enabled` | |
@@ -16,6 +17,7 @@
 //! | `vethfp_flow_table_handed_off` | |
 //! | `vethfp_tcp_handoffs_total`, `vethfp_tcp_handoff_delay_seconds` (histogram), `vethfp_flows_swept_total` | |
 //! | `vethfp_tcp_handoff_refusals_total`, `vethfp_tcp_demotions_total` | reason |
+//! | `vethfp_agent_reconcile_pass_seconds`, `vethfp_agent_reconcile_lock_held_seconds` (histograms), `vethfp_agent_container_checks_total` | |
 //! | `vethfp_agent_reconciles_total`, `vethfp_agent_reconcile_duration_seconds` (last pass), `vethfp_agent_endpoints_removed_total`, `vethfp_agent_links_reattached_total`, `vethfp_agent_programs_replaced_total`, `vethfp_agent_event_cleanup_seconds` (histogram: link event → state removed) | |
 
 use std::{convert::Infallible, sync::Arc, sync::atomic::AtomicU64, time::Duration};
@@ -73,6 +75,13 @@ pub struct AgentMetrics {
     pub handoff_delay: Histogram,
     /// Flow-table entries removed by the sweep (stale pending, closing or expired).
     pub flows_swept: Counter,
+    /// Duration of each reconciliation pass (read, and repair if any).
+    pub pass_seconds: Histogram,
+    /// State lock held by a pass that repaired something (a pass that found nothing to
+    /// repair never takes the lock and is not observed here).
+    pub lock_held: Histogram,
+    /// Container sides looked at by passes (a round-robin slice each).
+    pub container_checks: Counter,
 }
 
 impl AgentMetrics {
@@ -112,13 +121,18 @@ impl Default for AgentMetrics {
             handoff_delay: Histogram::new(exponential_buckets(0.00001, 2.0, 16)),
             flows_swept: Counter::default(),
             // 100 µs .. ~3.3 s
+            pass_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            // 10 µs .. ~0.33 s
+            lock_held: Histogram::new(exponential_buckets(0.00001, 2.0, 16)),
+            container_checks: Counter::default(),
+            // 100 µs .. ~3.3 s
             event_cleanup: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         }
     }
 }
 
 /// The registry served at /metrics.
-pub(crate) fn registry(shared: Arc<Shared>) -> PromRegistry {
+pub(crate) fn registry(shared: Arc<Shared>, per_endpoint: bool) -> PromRegistry {
     let mut r = PromRegistry::default();
     r.register(
         "vethfp_agent",
@@ -191,14 +205,35 @@ pub(crate) fn registry(shared: Arc<Shared>) -> PromRegistry {
         "Flow-table entries the agent removed: pending, closing or expired longer than twice the idle time",
         m.flows_swept.clone(),
     );
-    r.register_collector(Box::new(DatapathCollector { shared }));
+    r.register(
+        "vethfp_agent_reconcile_pass_seconds",
+        "Duration of each reconciliation pass: the read without the state lock, and the repair if it found something",
+        m.pass_seconds.clone(),
+    );
+    r.register(
+        "vethfp_agent_reconcile_lock_held_seconds",
+        "State lock held by each reconciliation pass that repaired something (a pass with nothing to repair never takes it)",
+        m.lock_held.clone(),
+    );
+    r.register(
+        "vethfp_agent_container_checks",
+        "Container sides the reconciliation passes looked at (a round-robin slice per pass)",
+        m.container_checks.clone(),
+    );
+    r.register_collector(Box::new(DatapathCollector {
+        shared,
+        per_endpoint,
+    }));
     r
 }
 
-/// Reads the pinned maps on every scrape.
+/// Reads the pinned maps on every scrape: one pass over the endpoint records and one
+/// counter lookup per endpoint (per-endpoint series on), the config, uplinks and flow table.
 #[derive(Debug)]
 struct DatapathCollector {
     shared: Arc<Shared>,
+    /// Serve `vethfp_endpoint_*` (`agent --per-endpoint-metrics`).
+    per_endpoint: bool,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -229,14 +264,18 @@ fn family(
 
 impl Collector for DatapathCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let per_endpoint = self.per_endpoint;
         let read = (|| {
             let mut reg = self.shared.read()?;
-            let list = reg.list()?;
-            let stats = reg.stats(None)?;
+            let stats = if per_endpoint {
+                reg.stats_with_netns()?
+            } else {
+                Vec::new()
+            };
             let status = reg.status()?;
-            Ok::<_, crate::registry::EndpointError>((list, stats, status))
+            Ok::<_, crate::registry::EndpointError>((stats, status))
         })();
-        let (list, stats, status) = match read {
+        let (stats, status) = match read {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!("metrics: reading the maps failed: {e}");
@@ -246,12 +285,7 @@ impl Collector for DatapathCollector {
         let mut packets = Vec::new();
         let mut bytes = Vec::new();
         let mut drops = Vec::new();
-        for s in &stats {
-            let netns = list
-                .iter()
-                .find(|e| e.host_ifindex == s.host_ifindex)
-                .map(|e| e.netns.clone())
-                .unwrap_or_default();
+        for (s, netns) in &stats {
             for (d, dir) in DIR_NAMES.iter().enumerate() {
                 for v in (0..VERDICTS).filter(|v| *v != V_RESERVED) {
                     let labels: Labels = vec![
@@ -283,27 +317,29 @@ impl Collector for DatapathCollector {
                 ));
             }
         }
-        family(
-            &mut enc,
-            "vethfp_endpoint_packets",
-            "Packets per endpoint by direction and verdict (as `vethfp stats --json`)",
-            MetricType::Counter,
-            &packets,
-        )?;
-        family(
-            &mut enc,
-            "vethfp_endpoint_bytes",
-            "Bytes (frame length incl. Ethernet header) per endpoint by direction and verdict",
-            MetricType::Counter,
-            &bytes,
-        )?;
-        family(
-            &mut enc,
-            "vethfp_endpoint_drops",
-            "Packets dropped per endpoint by reason, both directions",
-            MetricType::Counter,
-            &drops,
-        )?;
+        if per_endpoint {
+            family(
+                &mut enc,
+                "vethfp_endpoint_packets",
+                "Packets per endpoint by direction and verdict (as `vethfp stats --json`)",
+                MetricType::Counter,
+                &packets,
+            )?;
+            family(
+                &mut enc,
+                "vethfp_endpoint_bytes",
+                "Bytes (frame length incl. Ethernet header) per endpoint by direction and verdict",
+                MetricType::Counter,
+                &bytes,
+            )?;
+            family(
+                &mut enc,
+                "vethfp_endpoint_drops",
+                "Packets dropped per endpoint by reason, both directions",
+                MetricType::Counter,
+                &drops,
+            )?;
+        }
         family(
             &mut enc,
             "vethfp_endpoints",

@@ -4,7 +4,9 @@
 //! killed or upgraded while traffic flows. What the agent adds:
 //! - on start, and every `reconcile_interval` as a safety net, a reconciliation pass
 //!   ([`crate::registry::reconcile`]): vanished endpoints removed, missing links re-attached, links of
-//!   an older build switched in place to this build's programs;
+//!   an older build switched in place to this build's programs. A pass reads without the
+//!   state lock (one dump per kind of object, container sides a round-robin slice) and takes
+//!   the lock only to repair what it found;
 //! - a netlink link watch ([`crate::sys::events`]): a host end deleted by someone else, or gone
 //!   with its container's namespace, is cleaned up right away;
 //! - TCP hand-off ([`handoff`]): each TCP flow the kernel admitted gets its conntrack entry
@@ -24,7 +26,10 @@ use std::{
     collections::BTreeSet,
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -53,6 +58,9 @@ pub struct Config {
     pub bpf_log: bool,
     /// Period of the safety-net reconciliation.
     pub reconcile_interval: Duration,
+    /// Serve the per-endpoint series (`vethfp_endpoint_*`, ~40 per endpoint) at /metrics.
+    /// Off, a scrape reads no per-endpoint map entry: node-wide series only.
+    pub per_endpoint_metrics: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +88,9 @@ pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
     reg: Mutex<Opened>,
     pub(crate) metrics: AgentMetrics,
+    /// Where the next pass's round of container-side checks starts (position in the records
+    /// sorted by host end name).
+    container_cursor: AtomicUsize,
 }
 
 /// The registry and the identity (device, inode) of the config map pin it was opened from:
@@ -160,15 +171,31 @@ impl Shared {
         T: Send + 'static,
         F: FnOnce(&mut Registry) -> Result<T, EndpointError> + Send + 'static,
     {
+        Ok(self.write_timed(f).await?.0)
+    }
+
+    /// [`Shared::write`], also returning how long the state lock was held.
+    pub(crate) async fn write_timed<T, F>(
+        self: &Arc<Self>,
+        f: F,
+    ) -> Result<(T, Duration), AgentError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Registry) -> Result<T, EndpointError> + Send + 'static,
+    {
         let sh = self.clone();
         tokio::task::spawn_blocking(move || {
-            let _lock = node::lock_state(&sh.dir)?;
+            let lock = node::lock_state(&sh.dir)?;
+            let taken = Instant::now();
             let mut g = sh.lock_inner();
             if !sh.current(&g) {
                 sh.reopen(&mut g)?;
             }
             g.bind(true)?;
-            Ok(f(&mut g)?)
+            let out = f(&mut g)?;
+            drop(g);
+            drop(lock);
+            Ok((out, taken.elapsed()))
         })
         .await?
     }
@@ -185,6 +212,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         dir: cfg.bpffs.clone(),
         reg: Mutex::new(Opened { reg, ident }),
         metrics: AgentMetrics::default(),
+        container_cursor: AtomicUsize::new(0),
     });
 
     // Subscribe before the first pass, so no deletion can fall between the two.
@@ -223,7 +251,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             source,
         })?;
     let local = listener.local_addr().ok();
-    let registry = Arc::new(metrics::registry(shared.clone()));
+    let registry = Arc::new(metrics::registry(shared.clone(), cfg.per_endpoint_metrics));
     tokio::spawn(metrics::serve(listener, registry, shared.clone()));
     info!(
         bpffs = %cfg.bpffs.display(),
@@ -286,12 +314,55 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Container sides looked at per pass: at least [`CONTAINER_CHECKS_MIN`], and enough that a
+/// full round over every endpoint takes at most [`CONTAINER_ROUND_PASSES`] passes.
+const CONTAINER_CHECKS_MIN: usize = 16;
+const CONTAINER_ROUND_PASSES: usize = 32;
+
+fn container_checks(endpoints: usize) -> usize {
+    CONTAINER_CHECKS_MIN.max(endpoints.div_ceil(CONTAINER_ROUND_PASSES))
+}
+
+/// One reconciliation pass: the read half ([`Registry::survey`]) without the state lock,
+/// then, only if it found something, the repair ([`Registry::repair_surveyed`]) under it.
+/// A pass with nothing to repair never takes the lock, so CLI writes and CNI calls never
+/// wait for one; a repair holds it for the suspects' endpoints only.
 async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, AgentError> {
-    let report = shared.write(|reg| reg.reconcile()).await?;
-    bridges::follow(shared, &[], true).await;
+    let started = Instant::now();
+    let sh = shared.clone();
+    let survey = tokio::task::spawn_blocking(move || -> Result<_, EndpointError> {
+        let mut reg = sh.read()?;
+        let mut cursor = sh.container_cursor.load(Ordering::Relaxed);
+        let n = reg.list_len()?;
+        let s = reg.survey(&mut cursor, container_checks(n))?;
+        sh.container_cursor.store(cursor, Ordering::Relaxed);
+        Ok(s)
+    })
+    .await??;
     let m = &shared.metrics;
+    m.container_checks.inc_by(survey.containers_checked as u64);
+    let (report, held) = if survey.clean() {
+        let report = Report {
+            endpoints: survey.endpoints,
+            took: survey.took,
+            ..Report::default()
+        };
+        (report, None)
+    } else {
+        for s in &survey.suspects {
+            debug!(host_if = %s.name, seen = s.why, why, "reconcile: suspect, repairing under the lock");
+        }
+        let (report, held) = shared
+            .write_timed(move |reg| reg.repair_surveyed(&survey))
+            .await?;
+        m.lock_held.observe(held.as_secs_f64());
+        (report, Some(held))
+    };
+    let took = started.elapsed();
+    m.pass_seconds.observe(took.as_secs_f64());
+    bridges::follow(shared, &[], true).await;
     m.reconciles.inc();
-    m.reconcile_seconds.set(report.took.as_secs_f64());
+    m.reconcile_seconds.set(took.as_secs_f64());
     m.removed
         .inc_by((report.removed.len() + report.removed_uplinks.len()) as u64);
     m.reattached.inc_by(report.attached.len() as u64);
@@ -319,6 +390,7 @@ async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, Ag
         );
     }
     let level_info = report.changed() || why == "start";
+    let lock_held_us = held.map(|h| h.as_micros() as u64).unwrap_or(0);
     if level_info {
         info!(
             why,
@@ -326,14 +398,17 @@ async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, Ag
             uplinks = report.uplinks,
             pruned_link_pins = report.pruned_link_pins,
             pruned_prog_pins = report.pruned_prog_pins,
-            took_us = report.took.as_micros() as u64,
+            took_us = took.as_micros() as u64,
+            lock_held_us,
             "reconciled"
         );
     } else {
         debug!(
             why,
             endpoints = report.endpoints,
-            took_us = report.took.as_micros() as u64,
+            took_us = took.as_micros() as u64,
+            locked = held.is_some(),
+            lock_held_us,
             "reconciled, nothing to do"
         );
     }

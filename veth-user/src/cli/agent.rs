@@ -22,6 +22,10 @@ pub struct AgentArgs {
     /// Seconds between safety-net reconciliations (link events are handled at once).
     #[arg(long, value_name = "S", default_value_t = 10.0)]
     reconcile_interval: f64,
+    /// Serve the per-endpoint series (`vethfp_endpoint_*`, about 40 per endpoint) at
+    /// /metrics; `false` keeps a scrape small and cheap on a full node (node-wide series only).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    per_endpoint_metrics: bool,
 }
 
 /// Structured logs (tracing); `log` records (library, aya-log) are forwarded to it.
@@ -54,6 +58,7 @@ pub fn run(ctx: &Ctx, a: AgentArgs) -> anyhow::Result<()> {
         cleanup_on_exit: a.cleanup_on_exit,
         bpf_log: a.bpf_log,
         reconcile_interval: std::time::Duration::from_secs_f64(a.reconcile_interval),
+        per_endpoint_metrics: a.per_endpoint_metrics,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -177,6 +177,49 @@ impl Datapath {
         }
     }
 
+    /// True if [`Datapath::prune_pins`] would remove something: a link pin whose (hook,
+    /// ifindex) is not in `live`, or a program pin of another build whose id is not in
+    /// `in_use` (the programs the caller saw running). Reads directories only.
+    pub fn would_prune(
+        &self,
+        live: &BTreeSet<(&'static str, u32)>,
+        in_use: &BTreeSet<u32>,
+    ) -> Result<bool, DatapathError> {
+        let io = |what: &Path| {
+            let what = what.display().to_string();
+            move |source| DatapathError::Io { what, source }
+        };
+        let dir = self.dir().join("links");
+        for e in fs::read_dir(&dir).map_err(io(&dir))? {
+            let name = e
+                .map_err(io(&dir))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            let keep = name.rsplit_once('-').is_some_and(|(hook, idx)| {
+                let hook = [HOOK_XDP, HOOK_UPLINK, HOOK_UPLINK_EGRESS]
+                    .into_iter()
+                    .find(|h| *h == hook);
+                matches!((hook, idx.parse::<u32>()), (Some(h), Ok(i)) if live.contains(&(h, i)))
+            });
+            if !keep {
+                return Ok(true);
+            }
+        }
+        let suffix = format!("-{:016x}", object_hash());
+        let dir = self.dir().join("progs");
+        for e in fs::read_dir(&dir).map_err(io(&dir))? {
+            let e = e.map_err(io(&dir))?;
+            if e.file_name().to_string_lossy().ends_with(&suffix) {
+                continue;
+            }
+            if !ProgramInfo::from_pin(e.path()).is_ok_and(|i| in_use.contains(&i.id())) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Removes link pins whose (hook, ifindex) is not in `live` (endpoint tcx link pins of
     /// builds before cls_bpf among them), and program pins of other builds that no kept link
     /// and no filter of a recorded endpoint runs any more. Returns (link pins removed,

@@ -180,6 +180,21 @@ pub fn agent_running(dir: &std::path::Path) -> bool {
 /// (`CFG_TCP_HANDOFF`) while an agent runs, else node-wide (`CFG_ADMIT_TCP`) while the node's
 /// conntrack is liberal, else not at all.
 pub fn sync_tcp(dp: &mut Datapath) -> Result<(), DatapathError> {
+    let (flags, want) = tcp_flags(dp)?;
+    if want != flags {
+        dp.set_flags(want)?;
+    }
+    Ok(())
+}
+
+/// True if [`sync_tcp`] would change nothing (a read: no lock needed).
+pub(crate) fn tcp_in_sync(dp: &mut Datapath) -> Result<bool, DatapathError> {
+    let (flags, want) = tcp_flags(dp)?;
+    Ok(flags == want)
+}
+
+/// (config flags now, config flags [`sync_tcp`] wants).
+fn tcp_flags(dp: &mut Datapath) -> Result<(u32, u32), DatapathError> {
     let flags = dp.flags()?;
     let base = flags & !(CFG_ADMIT_TCP | CFG_TCP_HANDOFF);
     let conntrack = tcp_admissible();
@@ -192,10 +207,7 @@ pub fn sync_tcp(dp: &mut Datapath) -> Result<(), DatapathError> {
     } else {
         base
     };
-    if want != flags {
-        dp.set_flags(want)?;
-    }
-    Ok(())
+    Ok((flags, want))
 }
 
 /// Sets the node-wide admission mode. Takes effect with the next packet; nothing is

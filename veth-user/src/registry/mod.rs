@@ -1888,12 +1888,38 @@ impl Registry {
         Ok(names)
     }
 
+    /// How many endpoints are recorded (keys only: no record is copied out).
+    pub(crate) fn list_len(&mut self) -> Result<usize> {
+        let map = self.dp.endpoints()?;
+        Ok(map.keys().filter(|k| k.is_ok()).count())
+    }
+
     pub fn list(&mut self) -> Result<Vec<EndpointView>> {
         Ok(self
             .records()?
             .iter()
             .map(EndpointView::from_record)
             .collect())
+    }
+
+    /// Counters of every endpoint with its namespace: one pass over the records (the
+    /// metrics encoder's read; [`Registry::stats`] and [`Registry::list`] would read them
+    /// twice and leave the caller to join them).
+    pub(crate) fn stats_with_netns(&mut self) -> Result<Vec<(EndpointStats, String)>> {
+        let recs = self.records()?;
+        let mut out = Vec::with_capacity(recs.len());
+        for r in recs {
+            let counters = self.dp.read_counters(r.target.slot)?;
+            out.push((
+                EndpointStats {
+                    host_if: get_str(&r.host_name),
+                    host_ifindex: r.target.ifindex,
+                    counters,
+                },
+                get_str(&r.netns),
+            ));
+        }
+        Ok(out)
     }
 
     /// Counters of every endpoint, or of `name` only.

@@ -23,7 +23,10 @@
 //!   builds that no filter or link runs any more are removed, so nothing accumulates. A link is never deleted unless a record or
 //!   an intent of this state names it with its exact MAC.
 //!
-//! Callers hold the state lock (see [`crate::datapath::StateLock`]).
+//! [`Registry::reconcile`] does all of it in one go; its callers hold the state lock (see
+//! [`crate::datapath::StateLock`]). The agent splits a pass in two: `Registry::survey` reads
+//! without the lock and names the endpoints with something wrong, `Registry::repair_surveyed`
+//! repairs those under the lock, so a pass with nothing to repair never takes it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -277,4 +280,392 @@ impl Registry {
 /// Is the interface `ifindex` named `name` gone (or renamed) now?
 fn gone(ifindex: u32, name: &str) -> bool {
     !matches!(netlink::link_by_index(ifindex), Ok(Some(l)) if l.name == name)
+}
+
+/// An endpoint the unlocked look found something wrong with (see [`Registry::survey`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Suspect {
+    pub ifindex: u32,
+    pub name: String,
+    /// What was seen: "gone", "hook", "devmap", "l2", "addr", "node", "container".
+    pub why: &'static str,
+}
+
+/// What one look at the node without the state lock found: the periodic pass's read half.
+/// Everything in it is a hint, re-checked under the lock before anything is changed.
+#[derive(Debug, Default)]
+pub(crate) struct Survey {
+    pub suspects: Vec<Suspect>,
+    /// The journal holds entries (operations in flight, or interrupted ones to recover).
+    pub journal: bool,
+    /// The TCP admission flags are not what [`crate::registry::flows::sync_tcp`] wants.
+    pub tcp: bool,
+    /// An uplink is gone or its link is missing or runs another program.
+    pub uplinks: bool,
+    /// An accelerated bridge has a veth port no record names.
+    pub bridges: bool,
+    /// A link pin or program pin would be pruned.
+    pub prune: bool,
+    pub endpoints: usize,
+    /// Container sides looked at (the round-robin slice of this pass).
+    pub containers_checked: usize,
+    pub took: Duration,
+}
+
+impl Survey {
+    /// Nothing to repair: the pass never takes the state lock.
+    pub fn clean(&self) -> bool {
+        self.suspects.is_empty()
+            && !self.journal
+            && !self.tcp
+            && !self.uplinks
+            && !self.bridges
+            && !self.prune
+    }
+}
+
+impl Registry {
+    /// The read half of a reconciliation pass, without the state lock: one dump each of the
+    /// endpoint records, the journal, the address maps, the devmap, the L2 map, the node's
+    /// links, routes and permanent neighbours; per endpoint a lookup in those, plus its two
+    /// tc filters (the kernel dumps filters per device only). Container sides are entered
+    /// for `containers` endpoints only, starting at position `*cursor` of the records
+    /// (sorted by name) and moving the cursor on: a full round takes several passes, and
+    /// a container whose host end comes up again, or whose endpoint is a suspect for any
+    /// other reason, is checked (and repaired) at once. What it finds is repaired by
+    /// [`Registry::repair_surveyed`] under the lock.
+    pub(crate) fn survey(
+        &mut self,
+        cursor: &mut usize,
+        containers: usize,
+    ) -> Result<Survey, EndpointError> {
+        use crate::registry::{get_str, record_addrs};
+        use veth_common::{EP_ADOPTED, EP_BRIDGE_PORT, MODE_XDP, Target};
+        let start = Instant::now();
+        let mut s = Survey {
+            tcp: !crate::registry::flows::tcp_in_sync(self.datapath())?,
+            ..Survey::default()
+        };
+        // Records first, then the journal: an endpoint whose operation is still running has
+        // its journal entry until it is complete, so it is seen busy, never half-made.
+        let records = self.records()?;
+        let busy = self.in_flight()?;
+        // Entries whose operation still runs are its own; recovery has work only when none
+        // runs (the ops lock, taken and let go at once: a writer starting meanwhile waits
+        // for that instant only).
+        s.journal = !busy.is_empty()
+            && crate::datapath::OpsLock::try_exclusive(self.datapath().dir())?.is_some();
+        let kernel: std::collections::HashMap<u32, netlink::Link> = netlink::links()?
+            .into_iter()
+            .map(|l| (l.ifindex, l))
+            .collect();
+        let view = match netlink::NodeView::dump() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                log::warn!("listing the node's routes and neighbours: {e}");
+                None
+            }
+        };
+        macro_rules! dump {
+            ($m:ident) => {{
+                let m = self.datapath().$m()?;
+                let mut out = std::collections::HashMap::new();
+                for (k, v) in m.iter().flatten() {
+                    out.insert(k, v);
+                }
+                out
+            }};
+        }
+        let ep4: std::collections::HashMap<[u8; 4], Target> = dump!(ep4);
+        let ep6: std::collections::HashMap<[u8; 16], Target> = dump!(ep6);
+        let l2: std::collections::HashMap<[u8; 6], Target> = dump!(l2);
+        let devmap: BTreeSet<u32> = self
+            .datapath()
+            .devmap()?
+            .keys()
+            .filter_map(|k| k.ok())
+            .collect();
+        let want_in = self.datapath().program_id(PROG_TC_INGRESS)?;
+        let want_l2 = self.datapath().program_id(PROG_L2_INGRESS)?;
+        let want_eg = self.datapath().program_id(PROG_TC_EGRESS)?;
+        let want_xdp = self.datapath().program_id(PROG_XDP)?;
+        // Program ids our filters and links run: program pins of other builds still in use.
+        let mut in_use = BTreeSet::new();
+        let mut live: BTreeSet<(&'static str, u32)> = BTreeSet::new();
+        let n = records.len();
+        let first = if n == 0 { 0 } else { *cursor % n };
+        let slice = containers.min(n);
+        *cursor = if n == 0 { 0 } else { (first + slice) % n };
+        let suspect = |s: &mut Survey, rec: &crate::registry::EndpointRecord, why| {
+            s.suspects.push(Suspect {
+                ifindex: rec.target.ifindex,
+                name: get_str(&rec.host_name),
+                why,
+            })
+        };
+        for (pos, rec) in records.iter().enumerate() {
+            let ifindex = rec.target.ifindex;
+            let name = get_str(&rec.host_name);
+            for hook in [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP] {
+                live.insert((hook, ifindex));
+            }
+            if busy.contains(&name) {
+                continue; // its operation finishes it
+            }
+            let Some(link) = kernel.get(&ifindex).filter(|l| l.name == name) else {
+                suspect(&mut s, rec, "gone");
+                continue;
+            };
+            s.endpoints += 1;
+            let bridge = rec.flags & EP_BRIDGE_PORT != 0;
+            let ingress = if bridge { want_l2 } else { want_in };
+            let mut hooks_ok = true;
+            for (hook, want) in [(HOOK_TC_INGRESS, ingress), (HOOK_TC_EGRESS, want_eg)] {
+                match self.datapath().link_state(hook, ifindex) {
+                    Ok(Some(st)) => {
+                        in_use.insert(st.prog_id);
+                        hooks_ok &= st.prog_id == want;
+                    }
+                    Ok(None) => hooks_ok = false,
+                    // Gone meanwhile, or a netlink error: the locked half looks again.
+                    Err(e) => {
+                        log::debug!("{name}: listing filters: {e}");
+                        hooks_ok = false;
+                    }
+                }
+            }
+            if rec.target.mode == MODE_XDP {
+                match self.datapath().link_state(HOOK_XDP, ifindex) {
+                    Ok(Some(st)) => {
+                        in_use.insert(st.prog_id);
+                        hooks_ok &= st.prog_id == want_xdp;
+                    }
+                    _ => hooks_ok = false,
+                }
+            }
+            if !hooks_ok {
+                suspect(&mut s, rec, "hook");
+                continue;
+            }
+            if !devmap.contains(&ifindex) {
+                suspect(&mut s, rec, "devmap");
+                continue;
+            }
+            if bridge {
+                if l2.get(&rec.target.container_mac) != Some(&rec.target) {
+                    suspect(&mut s, rec, "l2");
+                }
+                continue;
+            }
+            let addrs: Vec<crate::types::Cidr> = record_addrs(rec).collect();
+            let published = addrs.iter().all(|a| {
+                let t = match a.addr {
+                    std::net::IpAddr::V4(v4) => ep4.get(&v4.octets()),
+                    std::net::IpAddr::V6(v6) => ep6.get(&v6.octets()),
+                };
+                t == Some(&rec.target)
+            });
+            if !published {
+                // Published for another endpoint is left alone by the repair (logged there).
+                suspect(&mut s, rec, "addr");
+                continue;
+            }
+            if rec.flags & EP_ADOPTED != 0 {
+                continue;
+            }
+            let mac = crate::types::Mac(rec.target.container_mac);
+            if link.up
+                && let Some(v) = &view
+                && !v.node_complete(ifindex, &addrs, mac)
+            {
+                suspect(&mut s, rec, "node");
+                continue;
+            }
+            // The round-robin slice: positions first .. first + slice (mod n).
+            let in_slice = (pos + n - first) % n.max(1) < slice;
+            if in_slice && let Some(host_mac) = link.mac {
+                s.containers_checked += 1;
+                let spec = get_str(&rec.netns);
+                let Ok(ns) = netlink::Netns::open(&spec) else {
+                    continue;
+                };
+                if ns.ino() != rec.netns_ino {
+                    continue;
+                }
+                match netlink::container_missing(&ns, &get_str(&rec.peer_name), &addrs, host_mac) {
+                    Ok(0) => {}
+                    Ok(_) => suspect(&mut s, rec, "container"),
+                    Err(e) => log::debug!("{name}: looking at the container side: {e}"),
+                }
+            }
+        }
+        // Accelerated bridges: a veth port (peer elsewhere) no record names is new.
+        let mut bridges: Vec<String> = records
+            .iter()
+            .filter(|r| r.flags & EP_BRIDGE_PORT != 0)
+            .map(|r| get_str(&r.network_name))
+            .collect();
+        bridges.sort();
+        bridges.dedup();
+        let known: BTreeSet<u32> = records.iter().map(|r| r.target.ifindex).collect();
+        for br in &bridges {
+            let Some(b) = kernel.values().find(|l| &l.name == br) else {
+                continue;
+            };
+            s.bridges |= kernel.values().any(|l| {
+                l.master == Some(b.ifindex)
+                    && l.kind.as_deref() == Some("veth")
+                    && l.link_netnsid.is_some()
+                    && !known.contains(&l.ifindex)
+            });
+        }
+        let want_up = self.datapath().program_id(PROG_UPLINK_INGRESS)?;
+        let want_up_eg = self.datapath().program_id(PROG_UPLINK_EGRESS)?;
+        for up in self.uplinks()? {
+            if kernel.get(&up.ifindex).is_none_or(|l| l.name != up.name) {
+                s.uplinks = true;
+                continue;
+            }
+            for (hook, want) in [(HOOK_UPLINK, want_up), (HOOK_UPLINK_EGRESS, want_up_eg)] {
+                live.insert((hook, up.ifindex));
+                match self.datapath().link_state(hook, up.ifindex) {
+                    Ok(Some(st)) => {
+                        in_use.insert(st.prog_id);
+                        s.uplinks |= st.prog_id != want;
+                    }
+                    _ => s.uplinks = true,
+                }
+            }
+        }
+        s.prune = self.datapath().would_prune(&live, &in_use)?;
+        s.took = start.elapsed();
+        Ok(s)
+    }
+
+    /// The write half of a pass, under the state lock: repairs what [`Registry::survey`]
+    /// found, each suspect re-checked first (it may have been fixed, removed or taken over
+    /// by an operation meanwhile). Only the suspects' endpoints are touched, each with the
+    /// full repair (hooks, maps, node routes and neighbours, container side).
+    pub(crate) fn repair_surveyed(&mut self, survey: &Survey) -> Result<Report, EndpointError> {
+        let start = Instant::now();
+        let mut report = Report::default();
+        crate::registry::flows::sync_tcp(self.datapath())?;
+        if survey.journal {
+            match self.recover() {
+                Ok(l) => report.leftovers = l,
+                Err(e) => log::warn!("completing interrupted operations (journal): {e}"),
+            }
+        }
+        if !survey.suspects.is_empty() {
+            let busy = self.in_flight()?;
+            let view = match netlink::NodeView::dump() {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    log::warn!("listing the node's routes and neighbours: {e}");
+                    None
+                }
+            };
+            for sus in &survey.suspects {
+                if busy.contains(&sus.name) {
+                    report.in_flight.push(sus.name.clone());
+                    continue;
+                }
+                // Re-validate: the record must still name this host end.
+                let Some(rec) = self.record_by_ifindex(sus.ifindex)? else {
+                    continue;
+                };
+                if crate::registry::get_str(&rec.host_name) != sus.name {
+                    continue;
+                }
+                if gone(sus.ifindex, &sus.name) {
+                    match self.remove_by_ifindex(sus.ifindex) {
+                        Ok(_) => report.removed.push(sus.name.clone()),
+                        Err(e) => log::warn!("removing vanished endpoint {}: {e}", sus.name),
+                    }
+                    continue;
+                }
+                let ingress = if rec.flags & veth_common::EP_BRIDGE_PORT != 0 {
+                    PROG_L2_INGRESS
+                } else {
+                    PROG_TC_INGRESS
+                };
+                let mut hooks = vec![(HOOK_TC_INGRESS, ingress), (HOOK_TC_EGRESS, PROG_TC_EGRESS)];
+                if rec.target.mode == veth_common::MODE_XDP {
+                    hooks.push((HOOK_XDP, PROG_XDP));
+                }
+                for (hook, prog) in hooks {
+                    self.ensure(&sus.name, sus.ifindex, hook, prog, &mut report);
+                }
+                match self.repair_endpoint_with(&rec, view.as_ref()) {
+                    Ok(parts) => report
+                        .repaired
+                        .extend(parts.into_iter().map(|p| (sus.name.clone(), p))),
+                    Err(e) if gone(sus.ifindex, &sus.name) => {
+                        log::debug!("{}: repairing: {e} (gone)", sus.name)
+                    }
+                    Err(e) => log::warn!("{}: repairing: {e}", sus.name),
+                }
+            }
+        }
+        if survey.bridges {
+            let mut bridges: Vec<String> = self
+                .list()?
+                .into_iter()
+                .filter(|e| e.mode == Mode::Bridge)
+                .map(|e| e.network)
+                .collect();
+            bridges.sort();
+            bridges.dedup();
+            for br in bridges {
+                match self.bridge_accelerate(&br, false) {
+                    Ok((added, _skipped)) => report
+                        .bridge_ports_added
+                        .extend(added.into_iter().map(|v| v.host_if)),
+                    Err(e) => log::warn!("following bridge {br}: {e}"),
+                }
+            }
+        }
+        if survey.uplinks {
+            for up in self.uplinks()? {
+                if gone(up.ifindex, &up.name) {
+                    match self.uplink_detach(&up.name) {
+                        Ok(()) => report.removed_uplinks.push(up.name),
+                        Err(e) => log::warn!("removing vanished uplink {}: {e}", up.name),
+                    }
+                    continue;
+                }
+                for (hook, prog) in [
+                    (HOOK_UPLINK, PROG_UPLINK_INGRESS),
+                    (HOOK_UPLINK_EGRESS, PROG_UPLINK_EGRESS),
+                ] {
+                    self.ensure(&up.name, up.ifindex, hook, prog, &mut report);
+                }
+            }
+        }
+        // Programs switched in place, endpoints removed or operations recovered free pins
+        // the read saw in use.
+        if survey.prune
+            || !report.removed.is_empty()
+            || !report.removed_uplinks.is_empty()
+            || !report.replaced.is_empty()
+            || !report.leftovers.is_empty()
+        {
+            let mut live = BTreeSet::new();
+            for ep in self.list()? {
+                for hook in [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP] {
+                    live.insert((hook, ep.host_ifindex));
+                }
+            }
+            for up in self.uplinks()? {
+                live.insert((HOOK_UPLINK, up.ifindex));
+                live.insert((HOOK_UPLINK_EGRESS, up.ifindex));
+            }
+            let (links, progs) = self.datapath().prune_pins(&live)?;
+            report.pruned_link_pins = links;
+            report.pruned_prog_pins = progs;
+        }
+        report.endpoints = survey.endpoints;
+        report.took = start.elapsed();
+        Ok(report)
+    }
 }

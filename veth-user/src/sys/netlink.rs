@@ -930,13 +930,37 @@ pub struct NodeRepair {
 pub struct NodeView {
     routes: Vec<(u32, IpAddr, u8)>,
     neighbours: Vec<(u32, IpAddr, Vec<u8>)>,
+    /// The same, indexed: (oif, destination, prefix length) and (ifindex, address) → lladdr.
+    route_set: std::collections::HashSet<(u32, IpAddr, u8)>,
+    neigh_map: std::collections::HashMap<(u32, IpAddr), Vec<u8>>,
 }
 
 impl NodeView {
     pub fn dump() -> Result<NodeView, NetlinkError> {
+        let routes = main_routes()?;
+        let neighbours = permanent_neighbours()?;
         Ok(NodeView {
-            routes: main_routes()?,
-            neighbours: permanent_neighbours()?,
+            route_set: routes.iter().copied().collect(),
+            neigh_map: neighbours
+                .iter()
+                .map(|(i, ip, ll)| ((*i, *ip), ll.clone()))
+                .collect(),
+            routes,
+            neighbours,
+        })
+    }
+
+    /// True if everything [`repair_node`] would restore for host end `host_ifindex` is in
+    /// this view: a /32 (/128) route and a permanent neighbour → `container_mac` per
+    /// address. Two hash lookups per address, no syscall.
+    pub fn node_complete(&self, host_ifindex: u32, addrs: &[Cidr], container_mac: Mac) -> bool {
+        addrs.iter().all(|a| {
+            self.route_set
+                .contains(&(host_ifindex, a.addr, a.host_prefix()))
+                && self
+                    .neigh_map
+                    .get(&(host_ifindex, a.addr))
+                    .is_some_and(|ll| ll[..] == container_mac.0[..])
         })
     }
 }
@@ -1088,6 +1112,28 @@ pub fn repair_container(
     addrs: &[Cidr],
     gateway_mac: Mac,
 ) -> Result<usize, NetlinkError> {
+    container_side(ns, ifname, addrs, gateway_mac, false)
+}
+
+/// What [`repair_container`] would restore, counted without changing anything (the
+/// agent's unlocked look at a container before it takes the state lock for a repair).
+pub fn container_missing(
+    ns: &Netns,
+    ifname: &str,
+    addrs: &[Cidr],
+    gateway_mac: Mac,
+) -> Result<usize, NetlinkError> {
+    container_side(ns, ifname, addrs, gateway_mac, true)
+}
+
+/// [`repair_container`] (`dry`: count only).
+fn container_side(
+    ns: &Netns,
+    ifname: &str,
+    addrs: &[Cidr],
+    gateway_mac: Mac,
+    dry: bool,
+) -> Result<usize, NetlinkError> {
     check_ifname(ifname)?;
     if !gateway_mac.is_unicast() {
         return Err(NetlinkError::InvalidMac(gateway_mac));
@@ -1112,6 +1158,10 @@ pub fn repair_container(
                 .map(|c| c.addr)
                 .collect();
             for a in addrs.iter().filter(|a| !have.contains(&a.addr)) {
+                if dry {
+                    done += 1;
+                    continue;
+                }
                 let mut flags = AddressFlags::Noprefixroute;
                 if !a.is_v4() {
                     flags |= AddressFlags::Nodad;
@@ -1172,6 +1222,10 @@ pub fn repair_container(
                 {
                     continue;
                 }
+                if dry {
+                    done += 1;
+                    continue;
+                }
                 h.neighbours()
                     .add(idx, gw)
                     .state(NeighbourState::Permanent)
@@ -1186,6 +1240,9 @@ pub fn repair_container(
                         )
                     })?;
                 done += 1;
+            }
+            if dry {
+                return Ok(done + want.len());
             }
             // The on-link gateway route first: the default routes resolve through it.
             for (msg, desc) in want {
