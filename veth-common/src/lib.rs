@@ -91,6 +91,12 @@ pub const CFG_ADMIT_TCP: u32 = 1 << 4;
 /// [`FLOW_LIBERAL`], which the fast path requires of TCP. Set by the agent while it runs;
 /// takes precedence over [`CFG_ADMIT_TCP`] (which is then clear).
 pub const CFG_TCP_HANDOFF: u32 = 1 << 5;
+/// Under [`CFG_TCP_HANDOFF`], a confirmed TCP flow is reported to the agent once this many
+/// more packets (either direction, not FIN/RST/SYN) crossed the kernel: a request/response
+/// connection that closes right after its answer is never handed off (the agent's
+/// ctnetlink round trip would cost more than it saves), a flow that lives on is, two round
+/// trips later. The agent's periodic check hands off waiting flows that went quiet earlier.
+pub const HANDOFF_AFTER_PACKETS: u64 = 4;
 /// Config slot: seconds after which an admitted flow must be confirmed by the kernel again
 /// (0 = [`DEFAULT_REVERIFY_S`]).
 pub const CONFIG_REVERIFY: u32 = 2;

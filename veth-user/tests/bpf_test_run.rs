@@ -1346,9 +1346,11 @@ fn admission_tcp_control_packets_never_confirm() {
     assert_eq!(rig.flow().1.flags & FLOW_ADMITTED, FLOW_ADMITTED);
 }
 
-/// Under CFG_TCP_HANDOFF a TCP flow confirmed both ways is reported once on VFP_HANDOFF and
-/// stays on the kernel path (with no map write per packet) until FLOW_LIBERAL is set; a SYN
-/// on the tuple starts it over without FLOW_LIBERAL; UDP is not affected.
+/// Under CFG_TCP_HANDOFF a TCP flow confirmed both ways is reported once on VFP_HANDOFF after
+/// HANDOFF_AFTER_PACKETS more kernel-path packets (not at once: a connection that closes after
+/// its answer is never reported) and stays on the kernel path (with no map write per packet
+/// once reported) until FLOW_LIBERAL is set; a SYN on the tuple starts it over without
+/// FLOW_LIBERAL.
 #[test]
 fn tcp_handoff_waits_for_the_liberal_mark() {
     let mut rig = Rig::new();
@@ -1356,6 +1358,12 @@ fn tcp_handoff_waits_for_the_liberal_mark() {
     let fwd = tcp_frame([10, 0, 0, 9], [10, 0, 0, 2], 40000, 80, ACK);
     let reply = tcp_frame([10, 0, 0, 2], [10, 0, 0, 9], 80, 40000, ACK);
     rig.admit(&fwd, &reply);
+    assert_eq!(rig.flow_stat(FS_REPORTED), 0, "not at the confirmation");
+    for i in 1..HANDOFF_AFTER_PACKETS {
+        assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TCX_NEXT);
+        assert_eq!(rig.flow_stat(FS_REPORTED), 0, "not after {i} packets");
+    }
+    assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TCX_NEXT);
     assert_eq!(rig.flow_stat(FS_REPORTED), 1, "reported to the agent");
     let mut ring: RingBuf<_> = RingBuf::try_from(rig.ebpf.map_mut(MAP_HANDOFF).unwrap()).unwrap();
     let item = ring.next().expect("one report in the ring");

@@ -12,7 +12,8 @@
 //! TCP (see docs/ARCHITECTURE.md, "TCP hand-off"): SYN, FIN and RST always take the kernel
 //! path and never confirm a direction, so a flow is confirmed by the packets after the
 //! handshake, when conntrack has the entry ESTABLISHED and ASSURED. Under `CFG_TCP_HANDOFF`
-//! the packet completing the confirmation reports the flow on `VFP_HANDOFF`; the agent makes
+//! a confirmed flow is reported on `VFP_HANDOFF` once `HANDOFF_AFTER_PACKETS` more packets
+//! crossed the kernel (a connection that closes after one answer is not); the agent makes
 //! that conntrack entry liberal about windows and sets `FLOW_LIBERAL`, without which no TCP
 //! packet takes the fast path. A FIN marks its direction closing (every later packet of the
 //! flow takes the kernel path, with no map write); the first packet after both FINs (the last
@@ -28,7 +29,8 @@ use veth_common::{
     AF_V4, AF_V6, CFG_ADMIT_ALWAYS, CFG_ADMIT_TCP, CFG_TCP_HANDOFF, CONFIG_IDLE, CONFIG_REVERIFY,
     DEFAULT_IDLE_S, DEFAULT_REVERIFY_S, FLOW_ADMITTED, FLOW_CONFIRMED, FLOW_FIN, FLOW_LIBERAL,
     FLOW_PENDING, FLOW_REPORTED, FS_ADMITTED, FS_CREATED, FS_EXPIRED, FS_INSERT_FAILED,
-    FS_REPORT_LOST, FS_REPORTED, FS_TORN_DOWN, FlowKey, FlowState, HandoffEvent,
+    FS_REPORT_LOST, FS_REPORTED, FS_TORN_DOWN, FlowKey, FlowState, HANDOFF_AFTER_PACKETS,
+    HandoffEvent,
 };
 
 use crate::dp::{
@@ -396,7 +398,18 @@ pub fn admit(f: &Flow, egress_ifindex: u32) -> bool {
     }
     if cur & FLOW_ADMITTED == FLOW_ADMITTED {
         if f.handoff && cur & FLOW_LIBERAL == 0 && fresh(st, now()) {
-            return false; // waiting for the agent's hand-off: nothing to write
+            // Waiting for the agent's hand-off: counted until reported, then nothing to write.
+            if cur & FLOW_REPORTED == 0 {
+                // SAFETY: map value pointer; a lost update between CPUs only delays the report.
+                let n = unsafe {
+                    (*st).packets += 1;
+                    (*st).packets
+                };
+                if n >= HANDOFF_AFTER_PACKETS {
+                    report(f, &flags);
+                }
+            }
+            return false;
         }
         // Expired: the kernel must confirm the flow again (a handed-off flow keeps
         // FLOW_LIBERAL: its conntrack entry stays liberal).
@@ -419,7 +432,7 @@ pub fn admit(f: &Flow, egress_ifindex: u32) -> bool {
 /// An egress hook saw the kernel send this packet out of `ifindex`: if its direction is
 /// pending there with the same tuple, it is confirmed; both directions confirmed = admitted
 /// (counted once, by whichever CPU set the second bit; a TCP flow that needs the hand-off is
-/// reported to the agent then). False if the flow has no entry.
+/// reported to the agent by [`admit`] a few packets later). False if the flow has no entry.
 #[inline(always)]
 pub fn confirm(f: &Flow, ifindex: u32) -> bool {
     let Some(st) = VFP_FLOWS.get_ptr_mut(&f.key) else {
@@ -455,9 +468,6 @@ pub fn confirm(f: &Flow, ifindex: u32) -> bool {
         && (old | confirmed(f.dir)) & FLOW_ADMITTED == FLOW_ADMITTED
     {
         stat(FS_ADMITTED);
-        if f.handoff && old & (FLOW_LIBERAL | FLOW_REPORTED) == 0 {
-            report(f, &flags);
-        }
     }
     true
 }
