@@ -540,3 +540,42 @@ fn dnat_service_flow_is_never_handed_off() {
     s.assert_none_established(7600);
     assert_eq!(s.invalid(), 0);
 }
+
+/// Does a netfilter netlink socket of namespace `ns` listen to conntrack destroy
+/// notifications (`/proc/net/netlink`: protocol 12, group NFNLGRP_CONNTRACK_DESTROY = 3)?
+fn destroy_listener(ns: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/netlink"])
+        .output()
+        .expect("read /proc/net/netlink");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[1] == "12"
+                && u32::from_str_radix(f[3], 16).is_ok_and(|g| g & (1 << (3 - 1)) != 0)
+        })
+}
+
+/// The kernel builds a destroy notification for every conntrack entry that goes away while
+/// anyone listens (every short connection of the node): the agent listens only while it has
+/// handed-off flows.
+#[test]
+fn destroy_notifications_are_heard_only_while_flows_are_handed_off() {
+    let s = Stock::new(131, "tc");
+    let (a, b) = (&s.c[0], &s.c[1]);
+    assert!(!destroy_listener(s.ns()), "no hand-off yet, nobody listens");
+    let flow = tcp_flow(a.name(), b.name(), b.v4());
+    assert!(flow.wait_echoed(1 << 20, LONG));
+    s.wait_handed_off();
+    assert!(
+        destroy_listener(s.ns()),
+        "listening while a flow is handed off"
+    );
+    flow.finish().expect("clean close");
+    s.wait_no_tcp_flows();
+    s.wait("the agent stops listening", |s| !destroy_listener(s.ns()));
+    assert_eq!(s.invalid(), 0);
+}
