@@ -9,6 +9,11 @@ fn walk(dir: &Path, out: &mut Vec<(String, bool, u32)>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
         let md = std::fs::symlink_metadata(e.path()).unwrap();
+        if md.file_type().is_symlink() {
+            // DIR/version: a symlink whose target is the version string (a symlink's own mode
+            // is always 0777 and means nothing; it is inside the 0700 directory).
+            continue;
+        }
         out.push((
             e.path().display().to_string(),
             md.is_dir(),
