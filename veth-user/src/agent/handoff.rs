@@ -40,9 +40,9 @@ use crate::{
         node,
     },
     sys::ctnetlink::{
-        Conntrack, CtEvent, DestroyGroup, Entry, IP_CT_TCP_FLAG_BE_LIBERAL,
-        IP_CT_TCP_FLAG_MAXACK_SET, IPS_ASSURED, IPS_DST_NAT, IPS_OFFLOAD, IPS_SRC_NAT,
-        TCP_CONNTRACK_ESTABLISHED, Tuple, watch_destroy,
+        Conntrack, CtEvent, Entry, IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_MAXACK_SET,
+        IPS_ASSURED, IPS_DST_NAT, IPS_OFFLOAD, IPS_SRC_NAT, TCP_CONNTRACK_ESTABLISHED, Tuple,
+        watch_destroy,
     },
 };
 
@@ -72,19 +72,9 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Handoff, AgentError> {
     let (tx, rx) = std_mpsc::channel::<Cmd>();
     let dir = shared.dir.clone();
     let sh = shared.clone();
-    let (events, group) = match watch_destroy() {
-        Ok((events, group)) => (Some(events), Some(group)),
-        Err(e) => {
-            warn!(
-                "conntrack destroy notifications unavailable ({e}); handed-off flows are checked every {}s",
-                CHECK_INTERVAL.as_secs()
-            );
-            (None, None)
-        }
-    };
     std::thread::Builder::new()
         .name("vethfp-handoff".into())
-        .spawn(move || worker(sh, dir, group, rx))
+        .spawn(move || worker(sh, dir, rx))
         .map_err(|source| AgentError::Io {
             what: "starting the hand-off thread".into(),
             source,
@@ -124,22 +114,28 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Handoff, AgentError> {
         }
     })));
 
-    if let Some(mut events) = events {
-        let t = tx.clone();
-        tasks.push(AbortOnDrop(tokio::spawn(async move {
-            while let Some(ev) = events.recv().await {
-                let cmd = match ev {
-                    CtEvent::Destroyed { orig, .. } => Cmd::Destroyed(orig),
-                    CtEvent::Overrun => {
-                        warn!("conntrack destroy notifications were lost; checking every handed-off flow");
-                        Cmd::Check
+    match watch_destroy() {
+        Ok(mut events) => {
+            let t = tx.clone();
+            tasks.push(AbortOnDrop(tokio::spawn(async move {
+                while let Some(ev) = events.recv().await {
+                    let cmd = match ev {
+                        CtEvent::Destroyed { orig, .. } => Cmd::Destroyed(orig),
+                        CtEvent::Overrun => {
+                            warn!("conntrack destroy notifications were lost; checking every handed-off flow");
+                            Cmd::Check
+                        }
+                    };
+                    if t.send(cmd).is_err() {
+                        return;
                     }
-                };
-                if t.send(cmd).is_err() {
-                    return;
                 }
-            }
-        })));
+            })));
+        }
+        Err(e) => warn!(
+            "conntrack destroy notifications unavailable ({e}); handed-off flows are checked every {}s",
+            CHECK_INTERVAL.as_secs()
+        ),
     }
 
     tasks.push(AbortOnDrop(tokio::spawn(async move {
@@ -155,13 +151,8 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Handoff, AgentError> {
     Ok(Handoff { _tasks: tasks })
 }
 
-fn worker(
-    shared: Arc<Shared>,
-    dir: PathBuf,
-    group: Option<DestroyGroup>,
-    rx: std_mpsc::Receiver<Cmd>,
-) {
-    let mut w = match Worker::open(shared, dir, group) {
+fn worker(shared: Arc<Shared>, dir: PathBuf, rx: std_mpsc::Receiver<Cmd>) {
+    let mut w = match Worker::open(shared, dir) {
         Ok(w) => w,
         Err(e) => {
             warn!("TCP hand-off is off: {e}");
@@ -196,17 +187,10 @@ struct Worker {
     ct: Conntrack,
     /// Handed-off flows by their conntrack tuple (network 0, canonical order) → networks.
     index: HashMap<FlowKey, Vec<u32>>,
-    /// Destroy notifications: joined while there are handed-off flows (the kernel builds one
-    /// for every entry that goes away while anyone listens), left when there are none.
-    group: Option<DestroyGroup>,
 }
 
 impl Worker {
-    fn open(
-        shared: Arc<Shared>,
-        dir: PathBuf,
-        group: Option<DestroyGroup>,
-    ) -> Result<Worker, AgentError> {
+    fn open(shared: Arc<Shared>, dir: PathBuf) -> Result<Worker, AgentError> {
         let reg = Registry::open_read(&dir)?;
         let ct = Conntrack::open().map_err(|e| AgentError::Io {
             what: "opening ctnetlink".into(),
@@ -219,19 +203,7 @@ impl Worker {
             reg,
             ct,
             index: HashMap::new(),
-            group,
         })
-    }
-
-    /// Listen to destroy notifications (`on`) or stop listening. Joined before an entry is
-    /// made liberal, so no destroy of a handed-off flow's entry goes unheard; a failure leaves
-    /// the periodic check to find destroyed entries.
-    fn listen(&mut self, on: bool) {
-        if let Some(g) = &mut self.group
-            && let Err(e) = g.set(on)
-        {
-            warn!("TCP hand-off: {e}");
-        }
     }
 
     fn hand_off(&mut self, key: FlowKey, at_ns: Option<u64>) -> Result<(), AgentError> {
@@ -284,7 +256,6 @@ impl Worker {
             .tcp_flags
             .iter()
             .any(|f| f & IP_CT_TCP_FLAG_MAXACK_SET != 0);
-        self.listen(true);
         if !e.liberal() || maxack {
             match self.ct.set_tcp_flags(
                 &e.orig,
@@ -405,8 +376,6 @@ impl Worker {
                 waiting.push(k);
             }
         }
-        // Listen while there are handed-off flows (also ones an earlier agent handed off).
-        self.listen(!index.is_empty());
         self.index = index;
         let mut flows = self.reg.datapath().flows()?;
         for (k, why) in doomed {

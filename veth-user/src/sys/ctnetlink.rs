@@ -13,7 +13,6 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::Instant,
 };
 
@@ -247,81 +246,22 @@ pub enum CtEvent {
 }
 
 /// Follows the conntrack destroy notifications of the calling thread's network namespace
-/// from a background thread. Not subscribed yet: [`DestroyGroup::set`] joins and leaves.
-pub fn watch_destroy() -> Result<(mpsc::UnboundedReceiver<CtEvent>, DestroyGroup), CtError> {
+/// from a background thread. Subscribed when this returns.
+pub fn watch_destroy() -> Result<mpsc::UnboundedReceiver<CtEvent>, CtError> {
     let io = |op| move |source| CtError::Io { op, source };
     let mut sock = Socket::new(NETLINK_NETFILTER).map_err(io("opening an event socket"))?;
     sock.bind_auto().map_err(io("binding the event socket"))?;
+    sock.add_membership(NFNLGRP_CONNTRACK_DESTROY)
+        .map_err(io("subscribing to destroy notifications"))?;
     if let Err(e) = sock.set_rx_buf_sz(4 << 20) {
         log::debug!("conntrack event socket: SO_RCVBUF: {e}");
     }
-    // SAFETY: dup of a valid descriptor; the result is checked and owned.
-    let dup = unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        return Err(io("duplicating the event socket")(
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: `dup` is a new descriptor nobody else owns.
-    let group = DestroyGroup {
-        fd: unsafe { OwnedFd::from_raw_fd(dup) },
-        joined: false,
-    };
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("vethfp-ct-events".into())
         .spawn(move || pump(sock, tx))
         .map_err(io("starting the conntrack event thread"))?;
-    Ok((rx, group))
-}
-
-/// Membership of a [`watch_destroy`] socket in the destroy notifications. While anyone
-/// listens, the kernel builds a notification for every conntrack entry that goes away (every
-/// short connection of the node): the agent listens only while it has handed-off flows.
-pub struct DestroyGroup {
-    fd: OwnedFd,
-    joined: bool,
-}
-
-impl DestroyGroup {
-    /// Joins (`on`) or leaves the group; nothing to do if it is already so.
-    pub fn set(&mut self, on: bool) -> Result<(), CtError> {
-        if on == self.joined {
-            return Ok(());
-        }
-        let opt = if on {
-            libc::NETLINK_ADD_MEMBERSHIP
-        } else {
-            libc::NETLINK_DROP_MEMBERSHIP
-        };
-        let group = NFNLGRP_CONNTRACK_DESTROY;
-        // SAFETY: setsockopt with a valid descriptor and a u32 option value of its size.
-        let r = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_NETLINK,
-                opt,
-                (&raw const group).cast(),
-                size_of::<u32>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(CtError::Io {
-                op: if on {
-                    "subscribing to destroy notifications"
-                } else {
-                    "unsubscribing from destroy notifications"
-                },
-                source: io::Error::last_os_error(),
-            });
-        }
-        self.joined = on;
-        Ok(())
-    }
-
-    pub fn joined(&self) -> bool {
-        self.joined
-    }
+    Ok(rx)
 }
 
 fn pump(sock: Socket, tx: mpsc::UnboundedSender<CtEvent>) {
