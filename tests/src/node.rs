@@ -7,7 +7,7 @@ use std::{
     io::Read,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::{fd::AsRawFd, unix::process::CommandExt},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -229,6 +229,12 @@ impl Node {
         node
     }
 
+    /// Node X (forwarding off) whose state no vethfp has made yet: for a test that makes it
+    /// with another binary ([`Node::vethfp_bin`]).
+    pub fn without_state(x: u8) -> Node {
+        Node::bare(x)
+    }
+
     fn bare(x: u8) -> Node {
         let node = Node {
             ns: Netns::new("vfn"),
@@ -272,9 +278,13 @@ impl Node {
     }
 
     fn command(&self, args: &[OsString], uid: Option<u32>) -> Output {
+        self.command_bin(&vethfp_bin(), args, uid)
+    }
+
+    fn command_bin(&self, bin: &Path, args: &[OsString], uid: Option<u32>) -> Output {
         let nsf = open_netns(self.name());
         let fd = nsf.as_raw_fd();
-        let mut cmd = Command::new(vethfp_bin());
+        let mut cmd = Command::new(bin);
         cmd.args(args).env("RUST_BACKTRACE", "0");
         // SAFETY: only async-signal-safe libc calls between fork and exec. setns (not
         // `ip netns exec`, which remounts /sys) enters the node for this process only.
@@ -348,6 +358,14 @@ impl Node {
         let mut a: Vec<OsString> = vec!["--bpffs".into(), self.bpffs_dir().into()];
         a.extend(args.iter().map(OsString::from));
         self.command(&a, None)
+    }
+
+    /// Run another `vethfp` binary `bin` (e.g. the previous release, for upgrade tests) as
+    /// `bin --bpffs DIR ARGS...` inside the node.
+    pub fn vethfp_with(&self, bin: &Path, args: &[&str]) -> Output {
+        let mut a: Vec<OsString> = vec!["--bpffs".into(), self.bpffs_dir().into()];
+        a.extend(args.iter().map(OsString::from));
+        self.command_bin(bin, &a, None)
     }
 
     /// Run `vethfp ARGS...` inside the node with exactly the arguments given (no --bpffs).
@@ -476,6 +494,17 @@ impl Node {
     /// Create a container namespace and `pair add HOST_IF --netns C --addr ... EXTRA...`;
     /// waits until the container's and the host end's addresses have finished DAD.
     pub fn add_container_with(&self, host_if: &str, addrs: &[&str], extra: &[&str]) -> Container {
+        self.add_container_bin(&vethfp_bin(), host_if, addrs, extra)
+    }
+
+    /// [`Node::add_container_with`] by another `vethfp` binary `bin` (the previous release).
+    pub fn add_container_bin(
+        &self,
+        bin: &Path,
+        host_if: &str,
+        addrs: &[&str],
+        extra: &[&str],
+    ) -> Container {
         let ns = Netns::new("vfc");
         ns.quiet_ipv6();
         let mut args = vec!["pair", "add", host_if, "--netns", ns.name()];
@@ -483,7 +512,7 @@ impl Node {
             args.extend(["--addr", a]);
         }
         args.extend_from_slice(extra);
-        self.ok(&args);
+        check_ok(&self.vethfp_with(bin, &args), &args);
         let ifname = extra
             .iter()
             .position(|a| *a == "--ifname")

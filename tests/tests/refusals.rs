@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData, MapInfo};
-use veth_common::{CONFIG_ABI, MAP_CONFIG, MAP_HANDOFF};
+use veth_common::{ABI_VERSION, CONFIG_ABI, MAP_CONFIG, MAP_HANDOFF};
 use vethfp_tests::{Netns, Node, ping, unique_name};
 
 /// Program pins of "another build" (`progs/<name>-<hash>`).
@@ -174,19 +174,24 @@ fn older_abi_is_refused_and_left_alone() {
     assert!(!dir.join(MAP_HANDOFF).exists(), "no map was added");
 }
 
-/// A state made by a newer vethfp (map ABI 4, its own programs): refused, untouched.
+/// A state made by a newer vethfp (the next map ABI, its own programs): refused, untouched.
 #[test]
 fn newer_abi_is_refused_and_left_alone() {
     let node = Node::new();
     let _c = node.add_container("vfr1", &["10.1.0.2/24"]);
     let dir = node.bpffs_dir();
     other_build(&dir, false);
-    set_abi(&dir, 4);
+    let newer = ABI_VERSION + 1;
+    set_abi(&dir, newer);
     assert_refused(
         &node,
         &dir,
         node.bpffs.mount_point(),
-        &["newer vethfp", "map ABI 4", "use that vethfp"],
+        &[
+            "newer vethfp",
+            &format!("map ABI {newer}"),
+            "use that vethfp",
+        ],
     );
 }
 
@@ -227,19 +232,26 @@ fn not_a_bpffs_is_refused_and_nothing_made() {
     std::fs::remove_dir(&base).unwrap();
 }
 
-/// A state of the previous build (map ABI 3 without VFP_HANDOFF, its own programs) is an
-/// upgrade, not a refusal: it opens, gains the missing map and this build's programs, keeps
-/// its endpoint, and the endpoint keeps working.
+/// A state of the previous release (map ABI 3 without VFP_HANDOFF, its own programs) is an
+/// upgrade, not a refusal: it opens, gains the missing map and this build's programs, is
+/// migrated to this build's map ABI, keeps its endpoint, and the endpoint keeps working.
+/// (tests/tests/upgrade.rs does it with the real previous release.)
 #[test]
 fn previous_build_state_is_upgraded() {
     let node = Node::new();
     let c = node.add_container("vfr1", &["10.1.0.2/24"]);
     let dir = node.bpffs_dir();
     other_build(&dir, true);
+    set_abi(&dir, 3);
     let old = listing(node.bpffs.mount_point());
     let st = node.ok(&["status", "--json"]);
     assert!(st.contains("\"endpoints\": 1"), "{st}");
     assert!(dir.join(MAP_HANDOFF).exists(), "VFP_HANDOFF was added");
+    assert_eq!(
+        config(&dir).get(&CONFIG_ABI, 0).unwrap(),
+        ABI_VERSION,
+        "migrated"
+    );
     let now = listing(node.bpffs.mount_point());
     for (name, v) in &old {
         if name != "vethfp/version" {

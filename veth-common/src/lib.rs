@@ -10,8 +10,11 @@
 mod kinds;
 pub use kinds::{Dir, Hook, Mode, Program, Spoof, UnknownName, UnknownValue, Verdict};
 
-/// Version of the layouts below. Stored in [`CONFIG_ABI`] of the config map.
-pub const ABI_VERSION: u32 = 3;
+/// Version of the layouts and meanings below. Stored in [`CONFIG_ABI`] of the config map.
+/// 3: 0.1.0. 4: TCP per-flow hand-off (`VFP_HANDOFF`, [`FLOW_LIBERAL`], [`CFG_TCP_HANDOFF`]),
+/// which 0.1.0's programs do not honour. Every bump ships its migration step from the ABI
+/// before (veth-user `datapath::migrate`).
+pub const ABI_VERSION: u32 = 4;
 
 /// Map names (also the pin file names under `--bpffs DIR`).
 pub const MAP_EP4: &str = "VFP_EP4";

@@ -24,14 +24,18 @@ pub fn test() -> Result<()> {
     step("cargo build --workspace --bins");
     run(cargo_cmd().args(["build", "--workspace", "--bins"]))?;
     crate::image::build_for_tests()?;
+    let prev = crate::prev_release::build()?;
     let bin = target_dir()?.join("debug").join("vethfp");
     step(&format!(
-        "cargo test --workspace (VETHFP_BIN={})",
-        bin.display()
+        "cargo test --workspace (VETHFP_BIN={}, {}={})",
+        bin.display(),
+        crate::prev_release::ENV,
+        prev.display()
     ));
     run(cargo_cmd()
         .args(["test", "--workspace"])
-        .env("VETHFP_BIN", &bin))
+        .env("VETHFP_BIN", &bin)
+        .env(crate::prev_release::ENV, &prev))
     .context("tests failed (see above)")?;
     let out = std::env::temp_dir().join(format!("vethfp-bench-smoke-{}", std::process::id()));
     step(&format!(

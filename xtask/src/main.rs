@@ -1,10 +1,11 @@
-//! Project automation: `cargo xtask setup | test | e2e | image | demo | bench`.
+//! Project automation: `cargo xtask setup | test | e2e | image | prev-release | demo | bench`.
 
 mod bench;
 mod ci;
 mod demo;
 mod e2e;
 mod image;
+mod prev_release;
 mod public_api;
 mod setup;
 mod util;
@@ -30,6 +31,9 @@ enum Cmd {
     /// Build the container image of the Kubernetes DaemonSet (Debian minbase + vethfp) and
     /// load it into podman's and containerd's image stores.
     Image(image::Args),
+    /// Build the previous release's vethfp from git (cached by commit) for the upgrade tests;
+    /// prints its path (pass it as VETHFP_PREV_BIN). `cargo xtask test` does this itself.
+    PrevRelease,
     /// Three containers on a throwaway node, wired by vethfp; pings, a UDP burst, counters.
     Demo,
     /// Compare vethfp with direct veth, bridge, docker-like bridge and kernel routing.
@@ -58,6 +62,7 @@ fn main() {
         Cmd::Test => ci::test(),
         Cmd::E2e => e2e::e2e(),
         Cmd::Image(args) => image::image(args),
+        Cmd::PrevRelease => prev_release::build().map(|p| println!("{}", p.display())),
         Cmd::Demo => demo::demo(),
         Cmd::Bench(args) => bench::bench(args),
         Cmd::PublicApi { bless } => public_api::public_api(bless),

@@ -16,6 +16,7 @@
 pub mod filters;
 pub mod inspect;
 pub mod links;
+pub mod migrate;
 
 use std::{
     fs,
@@ -158,8 +159,10 @@ fn abi_message(dir: &Path, found: u32, want: u32) -> String {
     if found < want {
         format!(
             "pinned state in {dir} was made by an older vethfp{by} (map ABI {found}; this \
-             vethfp uses {want}) and is left as it is: remove its endpoints, uplinks and bridges with \
-             the vethfp that made them, then delete {dir} (or keep using that vethfp)"
+             vethfp uses {want}, and upgrades states of ABI {oldest} (0.1.0) and later in place) \
+             and is left as it is: remove its endpoints, uplinks and bridges with the vethfp \
+             that made them, then delete {dir} (or keep using that vethfp)",
+            oldest = migrate::OLDEST_MIGRATABLE_ABI
         )
     } else {
         format!(
@@ -492,15 +495,22 @@ impl Datapath {
             maps,
             tc: Default::default(),
         };
+        let mut found = 0;
         if dp.maps.contains_key(MAP_CONFIG) {
-            dp.check_abi()?;
+            found = dp.check_abi()?;
             check(&mut dp)?;
         }
         if !missing.is_empty() {
+            // What this build adds (maps, its programs) is created beside what exists.
             dp.maps = Self::load_and_pin(dir)?;
         }
+        // A state of an older map ABI (an earlier release) is migrated in place, one
+        // idempotent step per ABI (see [`migrate`]); 0 is a new state.
+        let migrated = found != 0 && migrate::migrate(&mut dp, found)?;
         dp.stamp_abi()?;
-        if !missing.is_empty() {
+        // Also when the link is missing although nothing else was: an earlier open that did
+        // the work was killed before it got here.
+        if !missing.is_empty() || migrated || dp.state_version().is_none() {
             // Last, once nothing can fail: a refused or failed open never records itself.
             dp.record_version();
         }
@@ -592,17 +602,19 @@ impl Datapath {
         }
     }
 
-    /// Refuses a state of another map ABI (reads only).
-    fn check_abi(&mut self) -> Result<()> {
+    /// Refuses a state of a map ABI this build cannot use: newer than this build's, or older
+    /// than the oldest it migrates ([`migrate::OLDEST_MIGRATABLE_ABI`]). Reads only; returns
+    /// the ABI found (0: none stamped yet).
+    fn check_abi(&mut self) -> Result<u32> {
         let found = self.config_slot(CONFIG_ABI)?;
-        if found != 0 && found != ABI_VERSION {
+        if found != 0 && !(migrate::OLDEST_MIGRATABLE_ABI..=ABI_VERSION).contains(&found) {
             return Err(DatapathError::Abi {
                 dir: self.dir.clone(),
                 found,
                 want: ABI_VERSION,
             });
         }
-        Ok(())
+        Ok(found)
     }
 
     /// Records this build's map ABI in a state that has none yet (a new one).
