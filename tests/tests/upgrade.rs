@@ -40,7 +40,7 @@ const UL: &str = "vup";
 const BR: &str = "br0";
 const PAYLOAD: usize = 200;
 /// Datagrams per stream and the gap between them: a stream lasts about N × GAP.
-const N: u64 = 24_000;
+const N: u64 = 30_000;
 const GAP: Duration = Duration::from_micros(500);
 
 /// The previous release's `vethfp`: `$VETHFP_PREV_BIN`, which `cargo xtask test` sets.
@@ -89,13 +89,18 @@ fn prog_hashes(dir: &Path) -> BTreeMap<String, usize> {
 
 /// Kernel program ids of the tc filters on `dev` (both directions).
 fn filter_prog_ids(ns: &Netns, dev: &str) -> BTreeSet<u64> {
-    let mut ids = BTreeSet::new();
+    filter_progs(ns, dev).into_iter().collect()
+}
+
+/// Kernel program id of each tc filter on `dev` (both directions).
+fn filter_progs(ns: &Netns, dev: &str) -> Vec<u64> {
+    let mut ids = Vec::new();
     for dir in ["ingress", "egress"] {
         let out = ns.tc(&["-j", "filter", "show", "dev", dev, dir]);
         let v: Value = serde_json::from_str(&out).unwrap_or(json!([]));
         for f in v.as_array().into_iter().flatten() {
             if let Some(id) = f["options"]["prog"]["id"].as_u64() {
-                ids.insert(id);
+                ids.push(id);
             }
         }
     }
@@ -571,4 +576,254 @@ impl OldNode {
             }
         }
     }
+}
+
+/// Where a killed takeover left the state: map ABI, program pins of the old build and of
+/// this one, and how many hooks (filters, links) still run the old build's programs.
+fn progress(o: &OldNode) -> String {
+    let dir = o.dir();
+    let h = prog_hashes(&dir);
+    let old = h.get(&o.old_hash).copied().unwrap_or(0);
+    let old_ids = pinned_prog_ids(&dir, &o.old_hash);
+    let mut hooks = ["vg1", "vg2", "vgp0", "vgp1"]
+        .iter()
+        .flat_map(|d| filter_progs(&o.node.ns, d))
+        .filter(|id| old_ids.contains(id))
+        .count();
+    for e in std::fs::read_dir(dir.join("links")).unwrap() {
+        let p = e.unwrap().path();
+        let id = aya::programs::links::PinnedLink::from_pin(&p)
+            .map(aya::programs::links::FdLink::from)
+            .and_then(|l| Ok(l.info().map(|i| i.program_id()).unwrap_or(0)))
+            .unwrap_or(0);
+        hooks += old_ids.contains(&(id as u64)) as usize;
+    }
+    format!(
+        "map ABI {}, program pins: {old} old, {} new; hooks (filters, links) running old programs: {hooks}",
+        state_abi(&dir),
+        h.values().sum::<usize>() - old
+    )
+}
+
+/// The takeover SIGKILLed at spread points: this build's first CLI call (which migrates the
+/// map ABI and pins its programs beside the old ones) every 60 ms further into it until one
+/// finishes on its own, then its agent right after its start and right after its first
+/// in-place program replacement (seen in its log), twice. No kill may cost a datagram or
+/// the connection; the next agent completes the upgrade.
+#[test]
+fn upgrade_killed_at_spread_points_resumes() {
+    let o = OldNode::new(72);
+    let new_version = version_of(&vethfp_bin());
+    let s0 = stats_by(&o.node, &o.old);
+    let traffic = Traffic::start(&o);
+    let mut seen = Vec::new();
+    let check = |what: String, seen: &mut Vec<String>| {
+        let abi = state_abi(&o.dir());
+        assert!(
+            abi == 3 || abi == ABI_VERSION,
+            "{what}: map ABI {abi} is 0.1.0's or this build's"
+        );
+        seen.push(format!("{what}: {}", progress(&o)));
+    };
+    let mut ms = 0u64;
+    loop {
+        let mut child = o.node.spawn(&["status"]);
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        let mut exited = None;
+        while exited.is_none() && Instant::now() < deadline {
+            exited = child.try_wait().expect("try_wait status");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if let Some(st) = exited.or(child.try_wait().expect("try_wait status")) {
+            assert!(st.success(), "status after the kills: {st}");
+            check(format!("status finished within {ms} ms"), &mut seen);
+            break;
+        }
+        child.kill().expect("SIGKILL status");
+        child.wait().expect("wait for the killed status");
+        check(format!("status killed after {ms} ms"), &mut seen);
+        ms += 60;
+        assert!(ms < 20_000, "status never finished: {seen:?}");
+    }
+    assert_eq!(state_abi(&o.dir()), ABI_VERSION, "migrated");
+    for kill_on in [None, Some("replaced by"), Some("replaced by")] {
+        let agent = Agent::spawn(&o.node, &[]);
+        if let Some(pat) = kill_on {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !agent.log().contains(pat) && prog_hashes(&o.dir()).contains_key(&o.old_hash) {
+                assert!(Instant::now() < deadline, "agent: {}", agent.log());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        agent.kill();
+        check(
+            format!(
+                "agent killed {}",
+                kill_on.map_or("at its start", |_| "after its first replacement")
+            ),
+            &mut seen,
+        );
+    }
+    eprintln!("{}", seen.join("\n"));
+    // Nothing was lost meanwhile: the next agent completes the upgrade.
+    let agent = Agent::start(&o.node, &[]);
+    wait_old_pins_gone(&o, &agent);
+    assert_taken_over(&o, &new_version);
+    traffic.assert_running("upgrade completed after the kills");
+    pair_add_del(&o, 72);
+    traffic.finish();
+    o.wait_quiet_new();
+    let s1 = o.node.all_stats();
+    assert_continuous(&s0, &s1, "after the kills and the upgrade");
+    assert_exact(&s0, &s1, &o);
+}
+
+/// Every entry under `root`: relative name → (inode, kernel id of the map or program pinned
+/// there, if it is one).
+fn listing(root: &Path) -> BTreeMap<String, (u64, Option<u32>)> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u64, Option<u32>)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd {
+            let p = e.expect("readdir").path();
+            let md = std::fs::symlink_metadata(&p).expect("stat");
+            let id = if md.is_dir() {
+                None
+            } else {
+                aya::maps::MapInfo::from_pin(&p)
+                    .map(|i| i.id())
+                    .ok()
+                    .or_else(|| {
+                        aya::programs::ProgramInfo::from_pin(&p)
+                            .map(|i| i.id())
+                            .ok()
+                    })
+            };
+            let name = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            out.insert(name, (std::os::unix::fs::MetadataExt::ino(&md), id));
+            if md.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn config_values(dir: &Path) -> Vec<u32> {
+    let data = MapData::from_pin(dir.join(MAP_CONFIG)).expect("open the config map pin");
+    let m: Array<MapData, u32> = Array::try_from(Map::Array(data)).expect("config array");
+    (0..m.len()).map(|i| m.get(&i, 0).expect("slot")).collect()
+}
+
+/// A downgrade: 0.1.0 run against the state this build upgraded is refused by every command
+/// (map ABI 4), and changes nothing but what it does before checking the ABI: it pins its own
+/// programs (`progs/<name>-<its hash>`). Maps, config, links, endpoints stay; this build's
+/// agent removes those pins (nothing runs them); the endpoints keep working.
+#[test]
+fn downgrade_to_previous_release_is_refused() {
+    let o = OldNode::new(73);
+    let new_version = version_of(&vethfp_bin());
+    o.node.ok(&["status"]);
+    let agent = Agent::start(&o.node, &[]);
+    wait_old_pins_gone(&o, &agent);
+    assert_taken_over(&o, &new_version);
+    // No agent of this build running: nothing else changes the state meanwhile.
+    let (st, log) = agent.terminate();
+    assert!(st.success(), "agent SIGTERM: {st}: {log}");
+
+    let mount = o.node.bpffs.mount_point().to_path_buf();
+    let before = listing(&mount);
+    let cfg = config_values(&o.dir());
+    let links = o.node.ns.link_names();
+    let list = o.node.list_json();
+    let c = Netns::new("vgd");
+    let cmds: Vec<Vec<&str>> = vec![
+        vec!["status"],
+        vec!["pair", "list"],
+        vec!["stats", "--json"],
+        vec![
+            "pair",
+            "add",
+            "vg5",
+            "--netns",
+            c.name(),
+            "--addr",
+            "10.73.0.20/24",
+        ],
+        vec!["pair", "del", "vg1"],
+        vec!["uplink", "detach", UL],
+        vec!["bridge", "release", BR],
+        vec!["admission", "netfilter"],
+        vec!["agent", "--metrics-addr", "127.0.0.1:9752"],
+    ];
+    let old_name = format!("-{}", o.old_hash);
+    for args in &cmds {
+        let out = o.node.vethfp_with(&o.old, args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "0.1.0 {args:?} refused: {stderr}");
+        assert!(
+            stderr.contains(&format!("map ABI version {ABI_VERSION}"))
+                && stderr.contains("this vethfp uses 3"),
+            "0.1.0 {args:?} names the ABI: {stderr}"
+        );
+        if args[0] != "agent" {
+            assert_eq!(out.status.code(), Some(1), "0.1.0 {args:?}: {stderr}");
+        }
+        let now = listing(&mount);
+        for (name, v) in &before {
+            assert_eq!(now.get(name), Some(v), "0.1.0 {args:?}: {name} unchanged");
+        }
+        let added: Vec<&String> = now.keys().filter(|n| !before.contains_key(*n)).collect();
+        assert!(
+            added
+                .iter()
+                .all(|n| n.starts_with("vethfp/progs/") && n.ends_with(&old_name)),
+            "0.1.0 {args:?} added only its program pins: {added:?}"
+        );
+        assert_eq!(config_values(&o.dir()), cfg, "0.1.0 {args:?}: config map");
+        assert_eq!(o.node.ns.link_names(), links, "0.1.0 {args:?}: node links");
+        assert_eq!(
+            c.link_names().len(),
+            1,
+            "0.1.0 {args:?}: container has only lo"
+        );
+    }
+    eprintln!(
+        "0.1.0 on the upgraded state added: {:?}",
+        listing(&mount)
+            .keys()
+            .filter(|n| !before.contains_key(*n))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(o.node.list_json(), list, "endpoints unchanged");
+
+    // This build's agent removes what 0.1.0 left; the state is as it was.
+    let agent = Agent::start(&o.node, &[]);
+    wait_old_pins_gone(&o, &agent);
+    assert_eq!(
+        listing(&mount),
+        before,
+        "the state is as before the downgrade"
+    );
+    // And works: exact fast path between two endpoints 0.1.0 made, pair add/del.
+    o.wait_quiet_new();
+    let s0 = o.node.all_stats();
+    let got = vethfp_tests::udp_transfer(
+        o.c[0].name(),
+        None,
+        o.c[1].name(),
+        o.c[1].v4(),
+        1000,
+        PAYLOAD,
+    );
+    assert_eq!(got, 1000);
+    let d = o.node.all_stats()["vg1"].since(&s0["vg1"]);
+    assert_eq!(
+        d.from("fast"),
+        Count::new(1000, 1000 * udp_frame_len(o.c[1].v4(), PAYLOAD))
+    );
+    pair_add_del(&o, 73);
 }

@@ -70,7 +70,8 @@ fn a_new_state_records_its_version() {
 }
 
 /// A state of 0.1.0 (map ABI 3, no record) is migrated by the first call, which records the
-/// version that upgraded it; a record lost after that (a call killed between its migration
+/// version that upgraded it (here everything else of this build is already there: the state
+/// a call killed right before its migration's ABI stamp leaves, deterministically); a record lost after that (a call killed between its migration
 /// and its record) is written by the next call; a record of another vethfp is shown next to
 /// this one's.
 #[test]

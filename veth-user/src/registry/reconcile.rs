@@ -232,9 +232,13 @@ impl Registry {
                 link_id,
                 old_prog,
                 new_prog,
-            }) => report
-                .replaced
-                .push((iface.to_string(), hook, link_id, old_prog, new_prog)),
+            }) => {
+                // As it happens (the pass's report comes at its end): an upgrade's progress.
+                log::debug!("{iface}: {hook}: program {old_prog} replaced by {new_prog} in place");
+                report
+                    .replaced
+                    .push((iface.to_string(), hook, link_id, old_prog, new_prog))
+            }
             // It left while this pass ran (its container's namespace went away): the next
             // pass, or the agent's link event, removes it. Not worth a warning.
             Err(e) if gone(ifindex, iface) => log::debug!("{iface}: {hook} link: {e} (gone)"),
