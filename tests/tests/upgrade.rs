@@ -593,9 +593,10 @@ fn progress(o: &OldNode) -> String {
     for e in std::fs::read_dir(dir.join("links")).unwrap() {
         let p = e.unwrap().path();
         let id = aya::programs::links::PinnedLink::from_pin(&p)
+            .ok()
             .map(aya::programs::links::FdLink::from)
-            .and_then(|l| Ok(l.info().map(|i| i.program_id()).unwrap_or(0)))
-            .unwrap_or(0);
+            .and_then(|l| l.info().ok())
+            .map_or(0, |i| i.program_id());
         hooks += old_ids.contains(&(id as u64)) as usize;
     }
     format!(
