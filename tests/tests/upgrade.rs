@@ -43,19 +43,39 @@ const PAYLOAD: usize = 200;
 const N: u64 = 30_000;
 const GAP: Duration = Duration::from_micros(500);
 
-/// The previous release's `vethfp`: `$VETHFP_PREV_BIN`, which `cargo xtask test` sets.
+/// The previous release's `vethfp`: `$VETHFP_PREV_BIN` (`cargo xtask test` sets it), else
+/// where `cargo xtask prev-release` leaves it for the release CHANGELOG.md records
+/// (`target/prev-release/<commit>/vethfp`). Missing: the test fails saying how to build it.
 fn prev_bin() -> PathBuf {
-    let Some(p) = std::env::var_os("VETHFP_PREV_BIN") else {
-        panic!(
-            "VETHFP_PREV_BIN is not set: the upgrade tests need the previous release's vethfp, \
-             built from git. Run `cargo xtask prev-release` and pass the path it prints as \
-             VETHFP_PREV_BIN (`cargo xtask test` does both)"
+    if let Some(p) = std::env::var_os("VETHFP_PREV_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "VETHFP_PREV_BIN={} does not exist: run `cargo xtask prev-release`",
+            p.display()
         );
-    };
-    let p = PathBuf::from(p);
+        return p;
+    }
+    let changelog = Path::new(env!("CARGO_MANIFEST_DIR")).join("../CHANGELOG.md");
+    let text = std::fs::read_to_string(&changelog).expect("reading CHANGELOG.md");
+    let commit = text
+        .lines()
+        .skip_while(|l| !(l.starts_with("## ") && !l.starts_with("## Unreleased")))
+        .find_map(|l| l.strip_prefix("Commit "))
+        .map(|c| c.trim_end_matches('.').to_string())
+        .expect("CHANGELOG.md records the previous release's commit");
+    // The test executable is target/<profile>/deps/upgrade-<hash>.
+    let exe = std::env::current_exe().expect("current_exe");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("target dir of the test executable");
+    let p = target.join("prev-release").join(&commit).join("vethfp");
     assert!(
         p.is_file(),
-        "VETHFP_PREV_BIN={} does not exist: run `cargo xtask prev-release`",
+        "the upgrade tests need the previous release's vethfp ({commit}), built from git: run \
+         `cargo xtask prev-release` (or set VETHFP_PREV_BIN; `cargo xtask test` does both); \
+         not found at {}",
         p.display()
     );
     p
