@@ -60,7 +60,7 @@ fn prev_bin() -> PathBuf {
     let text = std::fs::read_to_string(&changelog).expect("reading CHANGELOG.md");
     let commit = text
         .lines()
-        .skip_while(|l| !(l.starts_with("## ") && !l.starts_with("## Unreleased")))
+        .skip_while(|l| !l.starts_with("## ") || l.starts_with("## Unreleased"))
         .find_map(|l| l.strip_prefix("Commit "))
         .map(|c| c.trim_end_matches('.').to_string())
         .expect("CHANGELOG.md records the previous release's commit");
