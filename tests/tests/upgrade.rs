@@ -31,7 +31,7 @@ use aya::maps::{Array, Map, MapData};
 use serde_json::{Value, json};
 use veth_common::{ABI_VERSION, CONFIG_ABI, MAP_CONFIG};
 use vethfp_tests::{
-    Agent, Container, Count, EndpointStats, Netns, Node, TcpFlow,
+    Agent, Container, Count, EndpointStats, Netns, Node, TcpFlow, UplinkStats,
     cni::{CniEnv, TempDir, cni_plugin, exec_plugin, with_prev},
     ping, tcp_flow, udp_frame_len, udp_recv, udp_send_paced, vethfp_bin,
 };
@@ -157,6 +157,17 @@ fn stats_by(node: &Node, bin: &Path) -> BTreeMap<String, EndpointStats> {
             (s.host_if.clone(), s)
         })
         .collect()
+}
+
+/// The uplink's counters from `status --json` by `bin`.
+fn uplink_by(node: &Node, bin: &Path) -> UplinkStats {
+    let out = check_ok_bin(node, bin, &["status", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v["uplinks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["name"] == UL))
+        .map(UplinkStats::parse)
+        .unwrap_or_else(|| panic!("status --json: no uplink {UL}: {v}"))
 }
 
 /// Every counter of every endpoint of `before` is in `after` and did not go backwards
@@ -527,9 +538,12 @@ fn upgrade_from_previous_release_under_traffic() {
     assert_ne!(version_of(&o.old), new_version);
     assert_eq!(state_abi(&o.dir()), 3, "0.1.0 made a state of map ABI 3");
     let s0 = stats_by(&o.node, &o.old);
+    let u0 = uplink_by(&o.node, &o.old);
     let traffic = Traffic::start(&o);
     let s1 = stats_by(&o.node, &o.old);
     assert_continuous(&s0, &s1, "old build, streams running");
+    let u1 = uplink_by(&o.node, &o.old);
+    u1.since(&u0);
 
     // This build's first call migrates the state and pins its programs beside the old ones.
     let st = o.node.ok(&["status"]);
@@ -547,6 +561,8 @@ fn upgrade_from_previous_release_under_traffic() {
     );
     let s2 = o.node.all_stats();
     assert_continuous(&s1, &s2, "after this build's first call");
+    let u2 = o.node.uplink(UL);
+    u2.since(&u1);
 
     // Its agent swaps every hook to its programs and prunes the old pins.
     let agent = Agent::start(&o.node, &[]);
@@ -571,6 +587,12 @@ fn upgrade_from_previous_release_under_traffic() {
     let s4 = o.node.all_stats();
     assert_continuous(&s3, &s4, "at the end");
     assert_exact(&s0, &s4, &o);
+    let du = o.node.uplink(UL).since(&u2);
+    assert_eq!(
+        o.node.uplink(UL).since(&u0).received_fast.packets,
+        N,
+        "uplink received_fast: the uplink -> tc stream, each datagram once ({du:?} since the first call)"
+    );
     eprintln!(
         "upgrade under traffic: 3 x {N} datagrams, 0 lost; TCP {tcp_bytes} bytes; {:?}",
         t0.elapsed()
