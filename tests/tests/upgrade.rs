@@ -4,20 +4,23 @@
 //!
 //! The node (admission `always`: 0.1.0 has `netfilter` too, but only `always` puts every
 //! datagram on the fast path, so the counters can be checked to the packet; IPv4 forwarding
-//! on, which the uplink's FIB lookup needs) has two tc endpoints and an XDP endpoint, a Linux bridge with two ports
-//! accelerated in place, and an uplink to a remote namespace. Three paced UDP streams with
-//! sequence numbers (tc → tc, uplink → tc, bridge port → bridge port) and a TCP connection
-//! (tc ↔ XDP) run across the upgrade: this build's `status` (migrates the state's map ABI
-//! 3 → 4, pins its programs beside the old ones), its agent (switches every endpoint's
-//! program in place, prunes the old pins once nothing runs them), `pair add`/`pair del` and a
-//! CNI ADD/DEL. Not one datagram may be lost, the connection stays up, every counter goes on
-//! from where it was (never backwards) and equals what was sent.
+//! on, which the uplink's FIB lookup needs) has two tc endpoints and an XDP endpoint, a Linux
+//! bridge with two ports accelerated in place, and an uplink to a remote namespace. Three
+//! paced UDP streams with sequence numbers (tc → tc, uplink → tc, bridge port → bridge port)
+//! and a TCP connection (tc ↔ XDP) run across the upgrade, as a rollout does it: 0.1.0's
+//! agent runs while this build's `status` migrates the state's map ABI 3 → 4 and pins its
+//! programs beside the old ones; then it is stopped (SIGTERM) and this build's agent starts
+//! (switches every hook to its programs in place, prunes the old pins once nothing runs
+//! them); `pair add`/`pair del` and a CNI ADD/DEL follow. Not one datagram may be lost, the
+//! connection stays up, every counter (endpoints, bridge ports, uplink) goes on from where it
+//! was (never backwards) and equals what was sent.
 //!
-//! The same with the takeover SIGKILLed at spread points (CLI and agent, after 0 to 500 ms):
-//! the next call completes it, traffic never stops. And a downgrade: 0.1.0 refuses the
-//! upgraded state (map ABI 4). 0.1.0 pins its own programs before it checks the ABI (a bug of
-//! that release, fixed since); that is all it changes, and this build's agent removes those
-//! pins: asserted as exactly that.
+//! The same with the takeover SIGKILLed at spread points (the CLI every 60 ms further into
+//! it until it finishes on its own, the agent at its start and right after its first
+//! in-place replacement): the next call completes it, traffic never stops. And a downgrade:
+//! 0.1.0 refuses the upgraded state (map ABI 4). 0.1.0 pins its own programs before it checks
+//! the ABI (a bug of that release, fixed since); that is all it changes, and this build's
+//! agent removes those pins: asserted as exactly that.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -537,6 +540,9 @@ fn upgrade_from_previous_release_under_traffic() {
     let new_version = version_of(&vethfp_bin());
     assert_ne!(version_of(&o.old), new_version);
     assert_eq!(state_abi(&o.dir()), 3, "0.1.0 made a state of map ABI 3");
+    // 0.1.0's agent runs, as on a node, until the rollout stops it.
+    let mut old_agent = Agent::spawn_bin(&o.node, &o.old, &[]);
+    old_agent.wait_ready();
     let s0 = stats_by(&o.node, &o.old);
     let u0 = uplink_by(&o.node, &o.old);
     let traffic = Traffic::start(&o);
@@ -545,7 +551,9 @@ fn upgrade_from_previous_release_under_traffic() {
     let u1 = uplink_by(&o.node, &o.old);
     u1.since(&u0);
 
-    // This build's first call migrates the state and pins its programs beside the old ones.
+    // The rollout: the new binary is installed (its first call, here `status`, migrates the
+    // state and pins its programs beside the old ones) while 0.1.0's agent still runs; then
+    // that agent is stopped (SIGTERM leaves the datapath) and this build's starts.
     let st = o.node.ok(&["status"]);
     assert!(st.contains("datapath"), "{st}");
     assert_eq!(
@@ -564,7 +572,18 @@ fn upgrade_from_previous_release_under_traffic() {
     let u2 = o.node.uplink(UL);
     u2.since(&u1);
 
-    // Its agent swaps every hook to its programs and prunes the old pins.
+    // 0.1.0's agent ran across the migration; stopped now, it leaves the state as it is.
+    let (st, log) = old_agent.terminate();
+    assert!(
+        st.success(),
+        "0.1.0's agent stopped by SIGTERM: {st}: {log}"
+    );
+    assert_eq!(
+        state_abi(&o.dir()),
+        ABI_VERSION,
+        "0.1.0's agent left the ABI alone"
+    );
+    // This build's agent swaps every hook to its programs and prunes the old pins.
     let agent = Agent::start(&o.node, &[]);
     wait_old_pins_gone(&o, &agent);
     traffic.assert_running("programs swapped");
