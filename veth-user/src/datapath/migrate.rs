@@ -18,9 +18,10 @@
 //!
 //! Programs are not swapped here: the agent replaces each endpoint's program in place
 //! (`NLM_F_REPLACE` for a filter, `BPF_LINK_UPDATE` for a link) and removes the old build's
-//! program pins (and maps a step left for them) once nothing runs them (see
-//! `registry::reconcile`). Until then the old programs keep running against the same maps,
-//! which is why a step may only add beside, never remove or reinterpret in place.
+//! program pins once nothing runs them (see `registry::reconcile`; a step that leaves an old
+//! map beside its replacement must teach `prune_pins` to remove it the same way). Until then
+//! the old programs keep running against the same maps, which is why a step may only add
+//! beside, never remove or reinterpret in place.
 
 use veth_common::{ABI_VERSION, CONFIG_ABI, MAP_CONFIG, MAP_HANDOFF};
 
