@@ -129,6 +129,38 @@ pub fn find_vethfp(
     }))
 }
 
+/// Removes what a bench run that died without cleaning up (SIGKILL, a machine restart) left:
+/// its network namespaces, its bpffs dir and its IPAM dirs, all named `vfb<pid>…`, when no
+/// process of that pid is alive.
+fn sweep_dead_runs() {
+    let dead = |name: &str| -> bool {
+        let Some(rest) = name.strip_prefix("vfb") else {
+            return false;
+        };
+        let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    };
+    let names = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| dead(n))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for ns in names("/run/netns") {
+        println!("bench: removing namespace {ns} of a bench run that died");
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    }
+    for dir in ["/sys/fs/bpf", "/tmp"] {
+        for n in names(dir) {
+            let _ = std::fs::remove_dir_all(std::path::Path::new(dir).join(n));
+        }
+    }
+}
+
 pub fn bench(args: Args) -> Result<()> {
     let quick = args.quick;
     let rounds = args.rounds.unwrap_or(if quick { 1 } else { 5 }).max(1);
@@ -164,6 +196,7 @@ pub fn bench(args: Args) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the bench creates network namespaces: run it as root");
     }
+    sweep_dead_runs();
     let tag = format!("vfb{}", std::process::id());
     let vethfp = find_vethfp(args.vethfp_bin.as_deref(), &tag)?;
     if let Err(why) = &vethfp {
