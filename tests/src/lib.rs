@@ -46,3 +46,43 @@ pub fn ipt(ns: &str, v6: bool, args: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Every entry under `root` of a bpffs: relative name → (inode, kernel id of the map or program
+/// pinned there, if it is one). Two listings equal = the state dir was left as it was.
+pub fn pin_listing(
+    root: &std::path::Path,
+) -> std::collections::BTreeMap<String, (u64, Option<u32>)> {
+    fn walk(
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        out: &mut std::collections::BTreeMap<String, (u64, Option<u32>)>,
+    ) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd {
+            let p = e.expect("readdir").path();
+            let md = std::fs::symlink_metadata(&p).expect("stat");
+            let id = if md.is_dir() {
+                None
+            } else {
+                aya::maps::MapInfo::from_pin(&p)
+                    .map(|i| i.id())
+                    .ok()
+                    .or_else(|| {
+                        aya::programs::ProgramInfo::from_pin(&p)
+                            .map(|i| i.id())
+                            .ok()
+                    })
+            };
+            let name = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            out.insert(name, (std::os::unix::fs::MetadataExt::ino(&md), id));
+            if md.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}

@@ -6,49 +6,16 @@
 //! VFP_HANDOFF map, this build's programs) is not refused: it is upgraded in place.
 
 use std::{
-    collections::BTreeMap,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::Output,
 };
 
-use aya::maps::{Array, Map, MapData, MapInfo};
+use aya::maps::{Array, Map, MapData};
 use veth_common::{ABI_VERSION, CONFIG_ABI, MAP_CONFIG, MAP_HANDOFF};
 use vethfp_tests::{Netns, Node, ping, unique_name};
 
 /// Program pins of "another build" (`progs/<name>-<hash>`).
 const OTHER_HASH: &str = "00000000000000aa";
-
-/// Every entry under `root`: relative name → (inode, kernel id of the map or program pinned
-/// there, if it is one).
-fn listing(root: &Path) -> BTreeMap<String, (u64, Option<u32>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u64, Option<u32>)>) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in rd {
-            let p = e.expect("readdir").path();
-            let md = std::fs::symlink_metadata(&p).expect("stat");
-            let id = if md.is_dir() {
-                None
-            } else {
-                MapInfo::from_pin(&p).map(|i| i.id()).ok().or_else(|| {
-                    aya::programs::ProgramInfo::from_pin(&p)
-                        .map(|i| i.id())
-                        .ok()
-                })
-            };
-            let name = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            out.insert(name, (md.ino(), id));
-            if md.is_dir() {
-                walk(root, &p, out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
 
 fn config(dir: &Path) -> Array<MapData, u32> {
     let data = MapData::from_pin(dir.join(MAP_CONFIG)).expect("open the config map pin");
@@ -116,7 +83,7 @@ fn assert_refused(node: &Node, dir: &Path, mount: &Path, says: &[&str]) {
         vec!["pair", "del", "vfr1"],
         vec!["agent", "--metrics-addr", "127.0.0.1:9751"],
     ];
-    let before = listing(mount);
+    let before = vethfp_tests::pin_listing(mount);
     let cfg = config_values(dir);
     let links = node.ns.link_names();
     for args in &cmds {
@@ -139,7 +106,7 @@ fn assert_refused(node: &Node, dir: &Path, mount: &Path, says: &[&str]) {
             );
         }
         assert_eq!(
-            listing(mount),
+            vethfp_tests::pin_listing(mount),
             before,
             "{args:?}: the state dir is unchanged"
         );
@@ -243,7 +210,7 @@ fn previous_build_state_is_upgraded() {
     let dir = node.bpffs_dir();
     other_build(&dir, true);
     set_abi(&dir, 3);
-    let old = listing(node.bpffs.mount_point());
+    let old = vethfp_tests::pin_listing(node.bpffs.mount_point());
     let st = node.ok(&["status", "--json"]);
     assert!(st.contains("\"endpoints\": 1"), "{st}");
     assert!(dir.join(MAP_HANDOFF).exists(), "VFP_HANDOFF was added");
@@ -252,7 +219,7 @@ fn previous_build_state_is_upgraded() {
         ABI_VERSION,
         "migrated"
     );
-    let now = listing(node.bpffs.mount_point());
+    let now = vethfp_tests::pin_listing(node.bpffs.mount_point());
     for (name, v) in &old {
         if name != "vethfp/version" {
             assert_eq!(now.get(name), Some(v), "{name} is kept as it was");

@@ -740,40 +740,6 @@ fn upgrade_killed_at_spread_points_resumes() {
     assert_exact(&s0, &s1, &o);
 }
 
-/// Every entry under `root`: relative name → (inode, kernel id of the map or program pinned
-/// there, if it is one).
-fn listing(root: &Path) -> BTreeMap<String, (u64, Option<u32>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u64, Option<u32>)>) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in rd {
-            let p = e.expect("readdir").path();
-            let md = std::fs::symlink_metadata(&p).expect("stat");
-            let id = if md.is_dir() {
-                None
-            } else {
-                aya::maps::MapInfo::from_pin(&p)
-                    .map(|i| i.id())
-                    .ok()
-                    .or_else(|| {
-                        aya::programs::ProgramInfo::from_pin(&p)
-                            .map(|i| i.id())
-                            .ok()
-                    })
-            };
-            let name = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            out.insert(name, (std::os::unix::fs::MetadataExt::ino(&md), id));
-            if md.is_dir() {
-                walk(root, &p, out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
-
 fn config_values(dir: &Path) -> Vec<u32> {
     let data = MapData::from_pin(dir.join(MAP_CONFIG)).expect("open the config map pin");
     let m: Array<MapData, u32> = Array::try_from(Map::Array(data)).expect("config array");
@@ -797,7 +763,7 @@ fn downgrade_to_previous_release_is_refused() {
     assert!(st.success(), "agent SIGTERM: {st}: {log}");
 
     let mount = o.node.bpffs.mount_point().to_path_buf();
-    let before = listing(&mount);
+    let before = vethfp_tests::pin_listing(&mount);
     let cfg = config_values(&o.dir());
     let links = o.node.ns.link_names();
     let list = o.node.list_json();
@@ -834,7 +800,7 @@ fn downgrade_to_previous_release_is_refused() {
         if args[0] != "agent" {
             assert_eq!(out.status.code(), Some(1), "0.1.0 {args:?}: {stderr}");
         }
-        let now = listing(&mount);
+        let now = vethfp_tests::pin_listing(&mount);
         for (name, v) in &before {
             assert_eq!(now.get(name), Some(v), "0.1.0 {args:?}: {name} unchanged");
         }
@@ -855,7 +821,7 @@ fn downgrade_to_previous_release_is_refused() {
     }
     eprintln!(
         "0.1.0 on the upgraded state added: {:?}",
-        listing(&mount)
+        vethfp_tests::pin_listing(&mount)
             .keys()
             .filter(|n| !before.contains_key(*n))
             .collect::<Vec<_>>()
@@ -866,7 +832,7 @@ fn downgrade_to_previous_release_is_refused() {
     let agent = Agent::start(&o.node, &[]);
     wait_old_pins_gone(&o, &agent);
     assert_eq!(
-        listing(&mount),
+        vethfp_tests::pin_listing(&mount),
         before,
         "the state is as before the downgrade"
     );
