@@ -391,14 +391,35 @@ pub fn network_id(name: &str) -> u32 {
     crate::types::fnv1a32(name.bytes()).max(1)
 }
 
-/// NAPI on the container end, so XDP-mode senders can redirect into it (see ethtool.rs).
-fn enable_gro(ns: &Netns, ifname: &str) -> Result<(), NetlinkError> {
+/// GRO (and with it NAPI) on the container end of an `xdp` endpoint, so XDP-mode senders can
+/// redirect into it; off on a `tc` endpoint's, whose frames from XDP senders go through tcx
+/// (see sys/ethtool.rs for why GRO costs the kernel path). Returns whether it changed
+/// anything; `dry` only compares.
+pub(crate) fn container_gro(
+    ns: &Netns,
+    ifname: &str,
+    on: bool,
+    dry: bool,
+) -> Result<bool, NetlinkError> {
     netlink::in_netns(ns, || {
-        crate::sys::ethtool::set_gro(ifname, true).map_err(|e| NetlinkError::Io {
-            op: format!("enabling GRO on {ifname}"),
+        let io = |op: &str, e| NetlinkError::Io {
+            op: format!("{op} GRO on {ifname}"),
             source: e,
-        })
+        };
+        if crate::sys::ethtool::gro(ifname).map_err(|e| io("reading", e))? == on {
+            return Ok(false);
+        }
+        if !dry {
+            crate::sys::ethtool::set_gro(ifname, on)
+                .map_err(|e| io(if on { "enabling" } else { "disabling" }, e))?;
+        }
+        Ok(true)
     })
+}
+
+/// The GRO setting an endpoint's container end should have: on only in `xdp` mode.
+pub(crate) fn wants_gro(rec: &EndpointRecord) -> bool {
+    rec.target.mode == MODE_XDP
 }
 
 fn make_record(
@@ -951,12 +972,14 @@ impl Registry {
         if ns.ino() != rec.netns_ino {
             return Ok(0);
         }
-        Ok(netlink::repair_container(
-            &ns,
-            &get_str(&rec.peer_name),
-            addrs,
-            host_mac,
-        )?)
+        let peer = get_str(&rec.peer_name);
+        let mut n = netlink::repair_container(&ns, &peer, addrs, host_mac)?;
+        // A state made before GRO followed the mode has it on for every container end.
+        match container_gro(&ns, &peer, wants_gro(rec), false) {
+            Ok(changed) => n += usize::from(changed),
+            Err(e) => log::debug!("{peer}: GRO left as it is: {e}"),
+        }
+        Ok(n)
     }
 
     /// The record of host ifindex `ifindex`, if any.
@@ -1219,8 +1242,9 @@ impl Registry {
         })?;
         undo.push(Undo::Link(host_ifindex));
         netlink::configure_container(ns, req.ifname.as_str(), &req.addrs, host_mac)?;
-        enable_gro(ns, req.ifname.as_str())?;
+        // A new veth end has GRO off; only an XDP endpoint's needs it on.
         if req.mode == Mode::Xdp {
+            container_gro(ns, req.ifname.as_str(), true, false)?;
             set_container_tx_csum(ns, req.ifname.as_str(), false)?;
         }
         netlink::configure_node(host_ifindex, &req.addrs, container_mac)?;
@@ -1386,11 +1410,6 @@ impl Registry {
             .mac
             .ok_or_else(|| EndpointError::NotVeth(req.host.to_string()))?;
         let ns = Netns::open(&req.netns)?;
-        // Best effort: the interface belongs to someone else.
-        let ifname = req.ifname.as_str();
-        if let Err(e) = enable_gro(&ns, ifname) {
-            log::warn!("{e}");
-        }
         let target = Target {
             ifindex: link.ifindex,
             mtu: link.mtu,
@@ -1404,7 +1423,7 @@ impl Registry {
             target,
             ns.ino(),
             req.host.as_str(),
-            ifname,
+            req.ifname.as_str(),
             &req.netns,
             &req.addrs,
             EP_ADOPTED | req.flags | spoof_flags(req.spoof),
@@ -1593,23 +1612,42 @@ impl Registry {
         // offloaded again only once XDP no longer sees them (see ethtool::set_tx_csum).
         let ns = Netns::open(&get_str(&rec.netns))?;
         let peer = get_str(&rec.peer_name);
+        let owned = rec.flags & EP_ADOPTED == 0;
         if mode == MODE_XDP {
+            // NAPI on the container end before any XDP sender learns (from the published
+            // target) that it may redirect into it.
+            container_gro(&ns, &peer, true, false)?;
             set_container_tx_csum(&ns, &peer, false)?;
             self.dp.attach_xdp(name, ifindex)?;
+            rec.target.mode = mode;
+            self.publish_record(&rec)?;
         } else {
+            // XDP senders stop redirecting into it first; the XDP detach then waits for an
+            // RCU grace period, after which no redirect chosen under the old target is in
+            // flight, and GRO can go (on ends vethfp made; an adopted end keeps its owner's).
+            rec.target.mode = mode;
+            self.publish_record(&rec)?;
             self.dp.detach_xdp(ifindex)?;
             set_container_tx_csum(&ns, &peer, true)?;
+            if owned {
+                container_gro(&ns, &peer, false, false)?;
+            }
         }
-        rec.target.mode = mode;
+        Ok(EndpointView::from_record(&rec))
+    }
+
+    /// Writes `rec` and republishes its target under every address it owns.
+    fn publish_record(&mut self, rec: &EndpointRecord) -> Result<()> {
+        let ifindex = rec.target.ifindex;
         self.endpoint_map()?
-            .insert(ifindex, rec, 0)
+            .insert(ifindex, *rec, 0)
             .map_err(map_err("VFP_ENDPOINTS"))?;
-        for a in record_addrs(&rec) {
+        for a in record_addrs(rec) {
             if self.owner_of(a.addr)? == Some(ifindex) {
                 self.publish(a.addr, rec.target)?;
             }
         }
-        Ok(EndpointView::from_record(&rec))
+        Ok(())
     }
 
     /// Attaches the uplink fast path to `name` (an interface of the node): packets from

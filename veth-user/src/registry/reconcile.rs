@@ -496,10 +496,14 @@ impl Registry {
                 if ns.ino() != rec.netns_ino {
                     continue;
                 }
-                match netlink::container_missing(&ns, &get_str(&rec.peer_name), &addrs, host_mac) {
+                let peer = get_str(&rec.peer_name);
+                match netlink::container_missing(&ns, &peer, &addrs, host_mac) {
                     Ok(0) => {}
                     Ok(_) => suspect(&mut s, rec, "container"),
                     Err(e) => log::debug!("{name}: looking at the container side: {e}"),
+                }
+                if super::container_gro(&ns, &peer, super::wants_gro(rec), true).unwrap_or(false) {
+                    suspect(&mut s, rec, "gro");
                 }
             }
         }
