@@ -5,6 +5,7 @@
 mod control;
 mod pods;
 mod report;
+mod scale;
 mod topo;
 mod work;
 
@@ -51,6 +52,9 @@ pub struct Args {
     /// Run only these sections (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Option<Vec<Section>>,
+    /// Endpoints for the agent-at-scale bench (default 1000; 20 with --quick).
+    #[arg(long)]
+    scale_endpoints: Option<usize>,
     /// Data-path topologies to build, by name (default: all), e.g.
     /// `--topology direct,routed+rules,vethfp-stock`.
     #[arg(long, value_delimiter = ',')]
@@ -70,6 +74,7 @@ impl Args {
             out: Some(out),
             endpoints: None,
             burst: None,
+            scale_endpoints: None,
             only: None,
             topology: None,
             vethfp_bin: Some(vethfp_bin),
@@ -86,6 +91,8 @@ pub enum Section {
     Control,
     /// Pod sandboxes through containerd's CRI.
     Pods,
+    /// The agent at a full node: idle CPU, pass duration, writer wait, /metrics.
+    Scale,
 }
 
 /// Find a working vethfp binary, or say why there is none. $VETHFP_BIN wins; otherwise the
@@ -352,6 +359,21 @@ pub fn bench(args: Args) -> Result<()> {
         pods::PodBench::not_selected()
     };
 
+    check_interrupted()?;
+    let scale = if want(Section::Scale) {
+        let n = args
+            .scale_endpoints
+            .unwrap_or(if quick { 20 } else { 1000 });
+        scale::bench(
+            vethfp.as_ref().ok(),
+            &tag,
+            n,
+            if quick { 1.0 } else { 10.0 },
+        )?
+    } else {
+        scale::ScaleBench::not_selected()
+    };
+
     let results: Vec<TopoResult> = Kind::ALL
         .iter()
         .filter(|k| want(Section::Datapath) && !skipped.contains_key(k.name()))
@@ -367,7 +389,7 @@ pub fn bench(args: Args) -> Result<()> {
         control_plane: cp,
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let md = report.markdown() + &pods.markdown();
+    let md = report.markdown() + &pods.markdown() + &scale.markdown();
     println!("\n{md}");
     std::fs::write(out.join("results.md"), &md)?;
     std::fs::write(
@@ -376,8 +398,9 @@ pub fn bench(args: Args) -> Result<()> {
     )?;
     std::fs::write(out.join("bench.svg"), report.svg())?;
     pods.write(&out)?;
+    scale.write(&out)?;
     println!(
-        "bench: wrote {}/results.md, results.json, bench.svg, pods.json",
+        "bench: wrote {}/results.md, results.json, bench.svg, pods.json, scale.json",
         out.display()
     );
     Ok(())
