@@ -266,7 +266,7 @@ impl Collector for DatapathCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let per_endpoint = self.per_endpoint;
         let read = (|| {
-            let mut reg = self.shared.read()?;
+            let mut reg = self.shared.read_metrics()?;
             let stats = if per_endpoint {
                 reg.stats_with_netns()?
             } else {
@@ -500,7 +500,7 @@ fn not_ready(shared: &Shared) -> Option<String> {
     if shared.metrics.reconciles.get() == 0 {
         return Some("the start reconciliation has not run yet".into());
     }
-    match shared.read() {
+    match shared.read_metrics() {
         Ok(_) => None,
         Err(e) => Some(format!(
             "the pinned state under {} does not open: {e}",

@@ -86,7 +86,13 @@ pub enum AgentError {
 /// maps); writes through it are made under the state lock (see [`Shared::write`]).
 pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
+    /// For writes ([`Shared::write`]) and short reads.
     reg: Mutex<Opened>,
+    /// The periodic pass's own registry (its map fds and tc socket): a pass reads for
+    /// hundreds of ms at a full node, and a write that holds the state lock must never wait
+    /// for it (nor for a /metrics scrape, which has its own too).
+    survey_reg: Mutex<Opened>,
+    metrics_reg: Mutex<Opened>,
     pub(crate) metrics: AgentMetrics,
     /// Where the next pass's round of container-side checks starts (position in the records
     /// sorted by host end name).
@@ -148,15 +154,30 @@ impl Shared {
     /// The registry for reading (no state lock), re-opened first if the state dir was
     /// removed or replaced since.
     pub(crate) fn read(&self) -> Result<MutexGuard<'_, Opened>, EndpointError> {
+        self.read_in(&self.reg)
+    }
+
+    /// [`Shared::read`] for the periodic pass, on its own registry.
+    pub(crate) fn read_survey(&self) -> Result<MutexGuard<'_, Opened>, EndpointError> {
+        self.read_in(&self.survey_reg)
+    }
+
+    /// [`Shared::read`] for /metrics, on its own registry.
+    pub(crate) fn read_metrics(&self) -> Result<MutexGuard<'_, Opened>, EndpointError> {
+        self.read_in(&self.metrics_reg)
+    }
+
+    fn read_in<'a>(&self, m: &'a Mutex<Opened>) -> Result<MutexGuard<'a, Opened>, EndpointError> {
+        let lock = || m.lock().unwrap_or_else(PoisonError::into_inner);
         {
-            let g = self.lock_inner();
+            let g = lock();
             if self.current(&g) {
                 return Ok(g);
             }
         }
         // Lock order is always state lock, then mutex (as in `write`).
         let _lock = node::lock_state(&self.dir)?;
-        let mut g = self.lock_inner();
+        let mut g = lock();
         if !self.current(&g) {
             self.reopen(&mut g)?;
         }
@@ -206,11 +227,26 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let started = Instant::now();
     node::prepare_state_dir(&cfg.bpffs)?;
     let dir = cfg.bpffs.clone();
-    let reg = tokio::task::spawn_blocking(move || Registry::open_read(&dir)).await??;
+    let [reg, survey_reg, metrics_reg] = tokio::task::spawn_blocking(move || {
+        Ok::<_, EndpointError>([
+            Registry::open_read(&dir)?,
+            Registry::open_read(&dir)?,
+            Registry::open_read(&dir)?,
+        ])
+    })
+    .await??;
     let ident = node::state_identity(&cfg.bpffs);
     let shared = Arc::new(Shared {
         dir: cfg.bpffs.clone(),
         reg: Mutex::new(Opened { reg, ident }),
+        survey_reg: Mutex::new(Opened {
+            reg: survey_reg,
+            ident,
+        }),
+        metrics_reg: Mutex::new(Opened {
+            reg: metrics_reg,
+            ident,
+        }),
         metrics: AgentMetrics::default(),
         container_cursor: AtomicUsize::new(0),
     });
@@ -331,7 +367,7 @@ async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, Ag
     let started = Instant::now();
     let sh = shared.clone();
     let survey = tokio::task::spawn_blocking(move || -> Result<_, EndpointError> {
-        let mut reg = sh.read()?;
+        let mut reg = sh.read_survey()?;
         let mut cursor = sh.container_cursor.load(Ordering::Relaxed);
         let n = reg.list_len()?;
         let s = reg.survey(&mut cursor, container_checks(n))?;
