@@ -270,7 +270,11 @@ pub fn bench(args: Args) -> Result<()> {
             add(Metric::TcpRrP99, p99);
             add(
                 Metric::TcpCrr,
-                work::tcp_crr(&t.client, &t.server, ip, CRR_PORT, secs)?,
+                work::tcp_crr(&t.client, &t.server, ip, CRR_PORT, secs, None)?,
+            );
+            add(
+                Metric::TcpCrrPin,
+                work::tcp_crr(&t.client, &t.server, ip, CRR_PORT, secs, pin)?,
             );
             add(
                 Metric::Tcp1Gbps,

@@ -20,12 +20,13 @@ pub enum Metric {
     CpuIperfNsPerPkt,
     BpfNsPerRun,
     TcpCrr,
+    TcpCrrPin,
     HandoffP50Us,
     HandoffP99Us,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 16] = [
         Metric::UdpRrPinP50,
         Metric::TcpRrPinP50,
         Metric::UdpRrP50,
@@ -39,6 +40,7 @@ impl Metric {
         Metric::CpuIperfNsPerPkt,
         Metric::BpfNsPerRun,
         Metric::TcpCrr,
+        Metric::TcpCrrPin,
         Metric::HandoffP50Us,
         Metric::HandoffP99Us,
     ];
@@ -58,6 +60,7 @@ impl Metric {
             Metric::CpuIperfNsPerPkt => "iperf3_cpu_ns_per_udp_pkt",
             Metric::BpfNsPerRun => "bpf_ns_per_prog_run",
             Metric::TcpCrr => "tcp_crr_per_s",
+            Metric::TcpCrrPin => "tcp_crr_same_cpu_per_s",
             Metric::HandoffP50Us => "tcp_handoff_p50_us",
             Metric::HandoffP99Us => "tcp_handoff_p99_us",
         }
@@ -78,6 +81,7 @@ impl Metric {
             Metric::CpuIperfNsPerPkt => "CPU per UDP packet, iperf3 processes (ns)",
             Metric::BpfNsPerRun => "BPF program cost per run (ns)",
             Metric::TcpCrr => "TCP connect/request/close (conn/s)",
+            Metric::TcpCrrPin => "TCP connect/request/close, same CPU (conn/s)",
             Metric::HandoffP50Us => "TCP hand-off delay, median (µs, bucket bound)",
             Metric::HandoffP99Us => "TCP hand-off delay, p99 (µs, bucket bound)",
         }
@@ -86,7 +90,11 @@ impl Metric {
     pub fn higher_is_better(self) -> bool {
         matches!(
             self,
-            Metric::Tcp1Gbps | Metric::Tcp2Gbps | Metric::Udp64Kpps | Metric::TcpCrr
+            Metric::Tcp1Gbps
+                | Metric::Tcp2Gbps
+                | Metric::Udp64Kpps
+                | Metric::TcpCrr
+                | Metric::TcpCrrPin
         )
     }
 }

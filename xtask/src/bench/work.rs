@@ -212,7 +212,18 @@ fn enter_netns(path: &std::path::Path) -> Result<()> {
 /// Connection rate: one client thread connects, sends a 1-byte request, reads the 1-byte
 /// answer and the server's close, for `secs` seconds; returns connections per second. The
 /// server closes first (its side keeps TIME_WAIT, so client ports never run out).
-pub fn tcp_crr(client: &Netns, server: &Netns, ip: &str, port: u16, secs: u32) -> Result<f64> {
+/// Connections per second, one at a time: connect, 1 byte each way, close. With `pin`, the
+/// client and the server thread both run on that CPU only: then the rate is the inverse of
+/// the path's CPU cost per connection, as steady as the same-CPU ping-pong.
+pub fn tcp_crr(
+    client: &Netns,
+    server: &Netns,
+    ip: &str,
+    port: u16,
+    secs: u32,
+    pin: Option<&str>,
+) -> Result<f64> {
+    let cpu: Option<usize> = pin.map(str::parse).transpose().context("CPU number")?;
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::time::Duration;
@@ -221,6 +232,7 @@ pub fn tcp_crr(client: &Netns, server: &Netns, ip: &str, port: u16, secs: u32) -
     let spath = server.path();
     let srv = std::thread::spawn(move || -> Result<()> {
         enter_netns(&spath)?;
+        pin_thread(cpu)?;
         let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
         tx.send(()).ok();
         for s in l.incoming() {
@@ -242,6 +254,7 @@ pub fn tcp_crr(client: &Netns, server: &Netns, ip: &str, port: u16, secs: u32) -
     let cpath = client.path();
     let cli = std::thread::spawn(move || -> Result<u64> {
         enter_netns(&cpath)?;
+        pin_thread(cpu)?;
         let deadline = Instant::now() + Duration::from_secs(secs as u64);
         let mut n = 0u64;
         let mut buf = [0u8; 8];
@@ -264,6 +277,23 @@ pub fn tcp_crr(client: &Netns, server: &Netns, ip: &str, port: u16, secs: u32) -
     srv.join()
         .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
     Ok(n as f64 / secs as f64)
+}
+
+/// Restricts the calling thread to `cpu` (no-op for None).
+fn pin_thread(cpu: Option<usize>) -> Result<()> {
+    let Some(cpu) = cpu else {
+        return Ok(());
+    };
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity(0 = this
+    // thread) only touch it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
