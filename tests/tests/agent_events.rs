@@ -293,3 +293,41 @@ fn agent_accelerates_ports_added_to_a_bridge() {
     let (st, log) = agent.terminate();
     assert!(st.success(), "{log}");
 }
+
+/// A periodic pass with an accelerated bridge whose ports are all accelerated looks without
+/// the state lock (it used to take it every pass to compare the ports), and a port plugged in
+/// later is still picked up by a pass.
+#[test]
+fn idle_passes_with_an_accelerated_bridge_take_no_lock() {
+    use vethfp_tests::{Metrics, agent::http_get};
+    const PASSES: &str = "vethfp_agent_reconcile_pass_seconds_count";
+    let node = Node::new();
+    bridge(&node);
+    let _ports = [plug(&node, 1, "10.2.0.2/24"), plug(&node, 2, "10.2.0.3/24")];
+    node.ok(&["bridge", "accelerate", "vbr0"]);
+    let agent = Agent::start(&node, &["--reconcile-interval", "0.2"]);
+    let scrape = || {
+        let (status, _, body) = http_get(node.name(), "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200);
+        Metrics::parse(&body)
+    };
+    let passes = |m: &Metrics| m.get(PASSES, &[]).unwrap_or(0.0);
+    // Lock waits of the agent's own writes: every locked step logs one line at debug level.
+    let locked = || agent.log().matches("state lock: waited").count();
+    let p0 = passes(&scrape());
+    poll("two passes after start", || passes(&scrape()) >= p0 + 2.0);
+    let (p1, l1) = (passes(&scrape()), locked());
+    poll("five more passes", || passes(&scrape()) >= p1 + 5.0);
+    assert_eq!(
+        locked(),
+        l1,
+        "idle passes took the state lock; log:\n{}",
+        agent.log()
+    );
+    let (p3, _c3) = plug(&node, 3, "10.2.0.4/24");
+    poll("the agent to accelerate the new port", || {
+        node.list_entry(&p3).is_some()
+    });
+    let (st, log) = agent.terminate();
+    assert!(st.success(), "{log}");
+}

@@ -22,9 +22,22 @@ async fn follow_bridges(
     batch: &[LinkEvent],
     all: bool,
 ) -> Result<(), AgentError> {
-    let state = bridges::accelerated(&shared.dir);
+    let mut state = bridges::accelerated(&shared.dir);
     if state.is_empty() {
         return Ok(());
+    }
+    if all && batch.is_empty() {
+        // The periodic safety net: look without the state lock first, and lock only for the
+        // bridges whose ports changed (the locked half checks them again).
+        let sh = shared.clone();
+        state = tokio::task::spawn_blocking(move || {
+            let mut reg = sh.read_survey()?;
+            reg.bridges_changed(state)
+        })
+        .await??;
+        if state.is_empty() {
+            return Ok(());
+        }
     }
     let masters: Vec<u32> = batch
         .iter()

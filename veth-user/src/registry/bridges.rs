@@ -302,6 +302,24 @@ impl Registry {
     /// The agent's part of following bridges: for each recorded bridge (`state`, from
     /// [`accelerated`]) that is present and, unless `all`, is the master of one of
     /// `masters`, prunes and accelerates it. One result per bridge visited.
+    /// The accelerated bridges of `state` (as [`bridges::accelerated`] lists them) that a
+    /// periodic pass must sync: present, and with ports other than the accelerated ones.
+    /// Reads only; the caller needs no state lock.
+    pub(crate) fn bridges_changed(
+        &mut self,
+        state: Vec<(String, bool)>,
+    ) -> Result<Vec<(String, bool)>, EndpointError> {
+        let mut out = Vec::new();
+        for (bridge, forced) in state {
+            if let Some(br) = netlink::link_by_name(&bridge)?
+                && !self.bridge_unchanged(&br)?
+            {
+                out.push((bridge, forced));
+            }
+        }
+        Ok(out)
+    }
+
     pub(crate) fn follow_bridges(
         &mut self,
         state: Vec<(String, bool)>,
