@@ -21,6 +21,10 @@
 //! 0.1.0 refuses the upgraded state (map ABI 4). 0.1.0 pins its own programs before it checks
 //! the ABI (a bug of that release, fixed since); that is all it changes, and this build's
 //! agent removes those pins: asserted as exactly that.
+//!
+//! And the rollout on a stock node (0.1.0's default `netfilter` admission, be_liberal 0,
+//! kube-proxy's INVALID drop, dual-stack): an IPv6 stream and two TCP connections across it,
+//! which this build's agent then hands off per flow (0.1.0 never accelerated TCP there).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -36,7 +40,7 @@ use veth_common::{ABI_VERSION, CONFIG_ABI, MAP_CONFIG};
 use vethfp_tests::{
     Agent, Container, Count, EndpointStats, Netns, Node, TcpFlow, UplinkStats,
     cni::{CniEnv, TempDir, cni_plugin, exec_plugin, with_prev},
-    ping, tcp_flow, udp_frame_len, udp_recv, udp_send_paced, vethfp_bin,
+    ipt, ping, tcp_flow, udp_frame_len, udp_recv, udp_send_paced, vethfp_bin,
 };
 
 const UL: &str = "vup";
@@ -854,4 +858,169 @@ fn downgrade_to_previous_release_is_refused() {
         Count::new(1000, 1000 * udp_frame_len(o.c[1].v4(), PAYLOAD))
     );
     pair_add_del(&o, 73);
+}
+
+/// Packets dropped by the node's INVALID rules (FORWARD, v4 + v6).
+fn invalid_drops(node: &Node) -> u64 {
+    [false, true]
+        .iter()
+        .map(|v6| {
+            let out = ipt(node.name(), *v6, "-L FORWARD -v -x -n");
+            let line = out
+                .lines()
+                .find(|l| l.contains("invalid"))
+                .expect("the INVALID rule");
+            line.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum()
+}
+
+/// TCP entries of the flow table that this build says are handed off and admitted.
+fn handed_off(node: &Node) -> usize {
+    let v: Value = serde_json::from_str(&node.ok(&["flows", "--json"])).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["proto"] == "tcp" && f["handoff"] == "handed_off" && f["state"] == "admitted")
+        .count()
+}
+
+/// The upgrade on a stock node, the node that matters: 0.1.0 with its default admission
+/// (`netfilter`), `nf_conntrack_tcp_be_liberal` at 0, kube-proxy's INVALID drop in FORWARD
+/// (counting), forwarding on, dual-stack endpoints (two tc, one XDP). Under 0.1.0 TCP is
+/// never accelerated there; a paced IPv6 UDP stream and two TCP connections (IPv6 tc ↔ XDP,
+/// IPv4 tc ↔ XDP) run across the rollout. Then this build's agent hands both connections off
+/// per flow, and their further bytes ride the fast path; not one datagram lost, not one packet
+/// dropped as INVALID, both connections intact, counters continuous.
+#[test]
+fn upgrade_on_a_stock_node_hands_tcp_off() {
+    let x = 74;
+    let old = prev_bin();
+    let node = Node::without_state(x);
+    node.ns.sysctl("net.ipv4.ip_forward", "1");
+    node.ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+    for v6 in [false, true] {
+        ipt(
+            node.name(),
+            v6,
+            "-A FORWARD -m conntrack --ctstate INVALID -m comment --comment invalid -j DROP",
+        );
+    }
+    assert_eq!(
+        node.ns
+            .read_sysctl("net.netfilter.nf_conntrack_tcp_be_liberal")
+            .trim(),
+        "0",
+        "a stock node"
+    );
+    assert_eq!(
+        check_ok_bin(&node, &old, &["admission"]).trim(),
+        "netfilter",
+        "0.1.0's default admission"
+    );
+    let c: Vec<Container> = [("vs1", "tc", 2), ("vs2", "tc", 3), ("vs3", "xdp", 4)]
+        .iter()
+        .map(|(h, mode, i)| {
+            let (a4, a6) = (format!("10.{x}.0.{i}/24"), format!("fd00:{x}::{i}/64"));
+            node.add_container_bin(&old, h, &[&a4, &a6], &["--mode", mode])
+        })
+        .collect();
+    assert!(ping(c[0].name(), c[1].v6()), "tc -> tc, v6");
+    assert!(ping(c[1].name(), c[2].v6()), "tc -> xdp, v6");
+    assert!(ping(c[0].name(), c[2].v4()), "tc -> xdp, v4");
+    let mut old_agent = Agent::spawn_bin(&node, &old, &[]);
+    old_agent.wait_ready();
+    let dir = node.bpffs_dir();
+    let old_hash = prog_hashes(&dir).into_keys().next().unwrap();
+
+    let rx = udp_recv(
+        c[1].name(),
+        SocketAddr::new(c[1].v6(), 0),
+        N,
+        PAYLOAD,
+        Duration::from_secs(120),
+    );
+    let tx = udp_send_paced(c[0].name(), None, &rx, N, PAYLOAD, 256, GAP);
+    let tcp6 = tcp_flow(c[1].name(), c[2].name(), c[2].v6());
+    let tcp4 = tcp_flow(c[0].name(), c[2].name(), c[2].v4());
+    for (what, f) in [("v6", &tcp6), ("v4", &tcp4)] {
+        assert!(
+            f.wait_echoed(1 << 20, Duration::from_secs(20)),
+            "TCP {what} under 0.1.0"
+        );
+    }
+    let s1 = stats_by(&node, &old);
+
+    // The rollout, as in upgrade_from_previous_release_under_traffic.
+    let st = node.ok(&["status"]);
+    assert!(st.contains("datapath"), "{st}");
+    assert_eq!(state_abi(&dir), ABI_VERSION, "migrated by the first call");
+    let (st, log) = old_agent.terminate();
+    assert!(
+        st.success(),
+        "0.1.0's agent stopped by SIGTERM: {st}: {log}"
+    );
+    let agent = Agent::start(&node, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prog_hashes(&dir).contains_key(&old_hash) || handed_off(&node) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "old pins {:?}, {} TCP flows handed off after 30 s; agent log:\n{}",
+            prog_hashes(&dir),
+            handed_off(&node),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(node.status_json()["tcp"], "handoff");
+    assert!(
+        rx.so_far() < N,
+        "the UDP stream ended before the takeover: make it longer (N, GAP)"
+    );
+
+    // Handed off: the connections' further bytes are carried by the fast path.
+    let s2 = node.all_stats();
+    assert_continuous(&s1, &s2, "after the takeover");
+    for (what, f) in [("v6", &tcp6), ("v4", &tcp4)] {
+        let at = f.echoed();
+        assert!(
+            f.wait_echoed(at + (4 << 20), Duration::from_secs(20)),
+            "TCP {what} after the hand-off"
+        );
+    }
+    let s3 = node.all_stats();
+    let d = s3["vs3"].since(&s2["vs3"]);
+    let (fast, stack) = (d.to("fast").bytes, d.to("stack").bytes);
+    assert!(
+        fast >= 8 << 20 && fast * 10 >= (fast + stack) * 9,
+        "vs3 to_container after the hand-off: fast {fast} B, stack {stack} B: {d:?}"
+    );
+
+    let sent = vethfp_tests::join(tx);
+    assert_eq!(sent, N, "the sender stalled");
+    assert_eq!(rx.wait(), N, "UDP v6 across the upgrade: datagrams lost");
+    for (what, f) in [("v6", tcp6), ("v4", tcp4)] {
+        f.finish()
+            .unwrap_or_else(|e| panic!("TCP {what} across the upgrade: {e}"));
+    }
+    assert_eq!(invalid_drops(&node), 0, "packets dropped as INVALID");
+    let s4 = node.all_stats();
+    assert_continuous(&s3, &s4, "at the end");
+    for (n, s) in &s4 {
+        let s = s.since(&s1[n]);
+        for v in [
+            "drop_spoof_ip",
+            "drop_spoof_mac",
+            "drop_policy",
+            "drop_error",
+        ] {
+            assert_eq!(s.from(v), Count::default(), "{n}: from.{v}");
+            assert_eq!(s.to(v), Count::default(), "{n}: to.{v}");
+        }
+    }
+    drop(agent);
 }
