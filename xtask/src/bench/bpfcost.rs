@@ -5,9 +5,9 @@
 //! - BPF_PROG_TEST_RUN on representative 64-byte frames, as received on the interface the
 //!   program is attached to: an accelerated UDP and TCP frame between the two endpoints, and
 //!   frames that go to the kernel path. The programs rewrite the frame they are given (MACs,
-//!   TTL), so every run is a test run of its own (repeat 1) and the figure is the kernel's
-//!   timing of it minus that of an empty program of the same type, run interleaved: the
-//!   program's own cost, without the harness. Trimmed mean (lowest 90%) of `SAMPLES` runs.
+//!   TTL), so every run is a test run of its own (repeat 1) and each sample is the kernel's
+//!   timing of it minus that of an empty program of the same type run right after: the
+//!   program's own cost, without the harness. Median of `SAMPLES` samples per round.
 //! - run_time_ns / run_cnt of each program under load (iperf3 UDP 64 B between the
 //!   endpoints; for `vethfp-tc` also UDP to the node: the kernel path), with statistics on
 //!   through BPF_ENABLE_STATS for just that window (includes the statistics' own cost,
@@ -26,8 +26,8 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Test runs per frame and round.
-const SAMPLES: usize = 2000;
+/// Test runs per frame, build and round.
+const SAMPLES: usize = 1000;
 const NODE_IP: [u8; 4] = [10, 210, 255, 1];
 /// The UDP echo that makes the netfilter topology's measured flow a real, admitted one.
 const ECHO_PORT: u16 = 11301;
@@ -354,52 +354,88 @@ fn cases(t: &Topo) -> Result<Vec<Case>> {
     })
 }
 
-/// Mean of the lowest 90% (drops runs hit by an interrupt).
-fn trimmed_mean(v: &mut [u32]) -> f64 {
-    v.sort_unstable();
-    let n = (v.len() * 9 / 10).max(1);
-    v[..n].iter().map(|x| *x as f64).sum::<f64>() / n as f64
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
-/// Test-runs every case of `t` (in its node namespace); (case, ns above an empty program,
-/// verdict).
-fn test_runs(t: &Topo, cases: Vec<Case>) -> Result<Vec<(Case, f64, String)>> {
+/// One topology's frames, ready to test-run in its node namespace.
+struct RunSet {
+    netns: std::fs::File,
+    /// (program, xdp, ifindex, frame) per case.
+    runs: Vec<(Prog, bool, u32, Vec<u8>)>,
+}
+
+fn run_set(t: &Topo, cases: &[Case]) -> Result<RunSet> {
     let node = t.node.as_ref().context("vethfp topologies have a node")?;
-    let bpffs = t.vethfp_bpffs().context("a vethfp topology")?.to_owned();
-    let progs = pinned_programs(&bpffs)?;
-    let mut idx = BTreeMap::new();
-    for c in &cases {
-        if !idx.contains_key(c.dev) {
-            idx.insert(c.dev, link(node, c.dev)?.0);
-        }
+    let bpffs = t.vethfp_bpffs().context("a vethfp topology")?;
+    let progs = pinned_programs(bpffs)?;
+    let mut runs = Vec::new();
+    for c in cases {
+        let pin = progs
+            .iter()
+            .find(|(n, _)| n == c.prog)
+            .with_context(|| format!("no pinned {} under {}", c.prog, bpffs.display()))?;
+        runs.push((
+            Prog::pinned(&pin.1)?,
+            c.prog == "vfp_xdp",
+            link(node, c.dev)?.0,
+            c.frame.clone(),
+        ));
     }
-    let path = node.path();
-    std::thread::spawn(move || -> Result<Vec<(Case, f64, String)>> {
-        work::enter_netns(&path)?;
+    let netns = std::fs::File::open(node.path())
+        .with_context(|| format!("opening {}", node.path().display()))?;
+    Ok(RunSet { netns, runs })
+}
+
+/// Test-runs case i of every set (the same topology kind, one per build) sample by sample,
+/// alternating between the sets, so that whatever else the machine does at that moment weighs
+/// on every build alike. Each sample is the program's run minus an empty program's run right
+/// after it; the figure is the median of the samples. Returns, per set and case, (ns, verdict).
+fn test_runs(sets: Vec<RunSet>) -> Result<Vec<Vec<(f64, String)>>> {
+    std::thread::spawn(move || -> Result<Vec<Vec<(f64, String)>>> {
+        let enter = |f: &std::fs::File| -> Result<()> {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns(2) on a valid namespace fd; affects only this thread.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns: {}", std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
         let empty_tc = Prog::empty(PROG_TYPE_SCHED_CLS, -1)?;
         let empty_xdp = Prog::empty(PROG_TYPE_XDP, 2)?;
-        let mut out = Vec::new();
-        for c in cases {
-            let pin = progs
-                .iter()
-                .find(|(n, _)| n == c.prog)
-                .with_context(|| format!("no pinned {} under {}", c.prog, bpffs.display()))?;
-            let prog = Prog::pinned(&pin.1)?;
-            let xdp = c.prog == "vfp_xdp";
-            let empty = if xdp { &empty_xdp } else { &empty_tc };
-            let ifindex = idx[c.dev];
-            let (mut a, mut e) = (Vec::with_capacity(SAMPLES), Vec::with_capacity(SAMPLES));
-            let mut ret = 0;
-            // A first run outside the figures (a pending flow's first packet creates it).
-            prog.test_run(xdp, ifindex, &c.frame, 1)?;
-            for _ in 0..SAMPLES {
-                let (r, d) = prog.test_run(xdp, ifindex, &c.frame, 1)?;
-                ret = r;
-                a.push(d);
-                e.push(empty.test_run(xdp, ifindex, &c.frame, 1)?.1);
+        let ncases = sets.first().map(|s| s.runs.len()).unwrap_or(0);
+        let mut out: Vec<Vec<(f64, String)>> = sets.iter().map(|_| Vec::new()).collect();
+        for i in 0..ncases {
+            let mut samples: Vec<Vec<f64>> = sets.iter().map(|_| Vec::new()).collect();
+            let mut rets = vec![0; sets.len()];
+            for set in &sets {
+                // A first run outside the figures (a pending flow's first packet creates it).
+                enter(&set.netns)?;
+                let (prog, xdp, ifindex, frame) = &set.runs[i];
+                prog.test_run(*xdp, *ifindex, frame, 1)?;
             }
-            let ns = trimmed_mean(&mut a) - trimmed_mean(&mut e);
-            out.push((c, ns, verdict(xdp, ret)));
+            for _ in 0..SAMPLES {
+                for (j, set) in sets.iter().enumerate() {
+                    enter(&set.netns)?;
+                    let (prog, xdp, ifindex, frame) = &set.runs[i];
+                    let empty = if *xdp { &empty_xdp } else { &empty_tc };
+                    let (r, d) = prog.test_run(*xdp, *ifindex, frame, 1)?;
+                    let e = empty.test_run(*xdp, *ifindex, frame, 1)?.1;
+                    rets[j] = r;
+                    samples[j].push(d as f64 - e as f64);
+                }
+            }
+            for (j, set) in sets.iter().enumerate() {
+                out[j].push((median(&mut samples[j]), verdict(set.runs[i].1, rets[j])));
+            }
         }
         Ok(out)
     })
@@ -460,7 +496,39 @@ pub fn bench(builds: &[Build], kinds: &[Kind], rounds: u32, secs: u32) -> Result
     }
     let mut acc = Acc::default();
     for r in 1..=rounds {
-        // Interleaved: each topology of each build once per round, builds alternating.
+        // Test runs: per kind, every build's topology sample by sample (see `test_runs`).
+        for &kind in kinds {
+            check_interrupted()?;
+            step(&format!(
+                "bpfcost round {r}/{rounds}: test runs in {}",
+                kind.name()
+            ));
+            let mine: Vec<&(&Build, Topo)> = topos.iter().filter(|(_, t)| t.kind == kind).collect();
+            let mut sets = Vec::new();
+            let mut all_cases = Vec::new();
+            for (_, t) in &mine {
+                let c = cases(t)?;
+                sets.push(run_set(t, &c)?);
+                all_cases.push(c);
+            }
+            for (k, res) in test_runs(sets)?.into_iter().enumerate() {
+                let b = mine[k].0;
+                for (c, (ns, v)) in all_cases[k].iter().zip(res) {
+                    let key = (
+                        program_label(c.prog).to_owned(),
+                        c.path.clone(),
+                        kind.name().to_owned(),
+                        "test_run",
+                    );
+                    println!(
+                        "bpfcost:   {} / {} ({}): {ns:.1} ns ({v})",
+                        key.0, key.1, b.label
+                    );
+                    acc.add(key, &b.label, ns, Some(v));
+                }
+            }
+        }
+        // Under load: each topology of each build once per round, builds alternating.
         let mut order: Vec<usize> = (0..topos.len()).collect();
         if r % 2 == 0 {
             order.reverse();
@@ -469,21 +537,11 @@ pub fn bench(builds: &[Build], kinds: &[Kind], rounds: u32, secs: u32) -> Result
             check_interrupted()?;
             let (b, t) = &topos[i];
             step(&format!(
-                "bpfcost round {r}/{rounds}: {} ({})",
+                "bpfcost round {r}/{rounds}: under load in {} ({})",
                 t.kind.name(),
                 b.label
             ));
             let topo = t.kind.name().to_owned();
-            for (c, ns, v) in test_runs(t, cases(t)?)? {
-                let key = (
-                    program_label(c.prog).to_owned(),
-                    c.path.clone(),
-                    topo.clone(),
-                    "test_run",
-                );
-                println!("bpfcost:   {} / {}: {ns:.1} ns ({v})", key.0, key.1);
-                acc.add(key, &b.label, ns, Some(v));
-            }
             let loaded = under_load(t, || {
                 work::udp_rate(&t.client, SERVER_IP, IPERF_PORT, secs).map(|_| ())
             })?;
