@@ -7,7 +7,8 @@
 //!   frames that go to the kernel path. The programs rewrite the frame they are given (MACs,
 //!   TTL), so every run is a test run of its own (repeat 1) and each sample is the kernel's
 //!   timing of it minus that of an empty program of the same type run right after: the
-//!   program's own cost, without the harness. Median of `SAMPLES` samples per round.
+//!   program's own cost, without the harness. Mean of the middle half of `SAMPLES` samples
+//!   per round.
 //! - run_time_ns / run_cnt of each program under load (iperf3 UDP 64 B between the
 //!   endpoints; for `vethfp-tc` also UDP to the node: the kernel path), with statistics on
 //!   through BPF_ENABLE_STATS for just that window (includes the statistics' own cost,
@@ -354,16 +355,15 @@ fn cases(t: &Topo) -> Result<Vec<Case>> {
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// Mean of the middle half (robust to the runs an interrupt or the other CPU's load hit, and
+/// finer than a median: the kernel's timings come in steps of ~10 ns on some machines).
+fn middle_mean(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    let (lo, hi) = (v.len() / 4, v.len() - v.len() / 4);
+    if lo >= hi {
+        return f64::NAN;
     }
+    v[lo..hi].iter().sum::<f64>() / (hi - lo) as f64
 }
 
 /// One topology's frames, ready to test-run in its node namespace.
@@ -398,7 +398,7 @@ fn run_set(t: &Topo, cases: &[Case]) -> Result<RunSet> {
 /// Test-runs case i of every set (the same topology kind, one per build) sample by sample,
 /// alternating between the sets, so that whatever else the machine does at that moment weighs
 /// on every build alike. Each sample is the program's run minus an empty program's run right
-/// after it; the figure is the median of the samples. Returns, per set and case, (ns, verdict).
+/// after it; the figure is the mean of the middle half of the samples. Returns, per set and case, (ns, verdict).
 fn test_runs(sets: Vec<RunSet>) -> Result<Vec<Vec<(f64, String)>>> {
     std::thread::spawn(move || -> Result<Vec<Vec<(f64, String)>>> {
         let enter = |f: &std::fs::File| -> Result<()> {
@@ -434,7 +434,10 @@ fn test_runs(sets: Vec<RunSet>) -> Result<Vec<Vec<(f64, String)>>> {
                 }
             }
             for (j, set) in sets.iter().enumerate() {
-                out[j].push((median(&mut samples[j]), verdict(set.runs[i].1, rets[j])));
+                out[j].push((
+                    middle_mean(&mut samples[j]),
+                    verdict(set.runs[i].1, rets[j]),
+                ));
             }
         }
         Ok(out)

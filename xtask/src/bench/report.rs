@@ -484,8 +484,8 @@ fn bpf_cost_markdown(c: &BpfCost, s: &mut String) {
         s,
         "\n## BPF cost per program and path (ns per run)\n\n\
          `test_run`: BPF_PROG_TEST_RUN of one 64-byte frame as received on the program's \
-         interface minus an empty program's run right after it, median of 1000 samples per \
-         round, the builds' samples alternating; `bpf_stats`: run_time_ns/run_cnt under load \
+         interface minus an empty program's run right after it, mean of the middle half of \
+         1000 samples per round, the builds' samples alternating; `bpf_stats`: run_time_ns/run_cnt under load \
          (BPF_ENABLE_STATS, includes the statistics' own cost). Median over rounds, min–max; \
          the verdict is what the program returned.\n"
     );
