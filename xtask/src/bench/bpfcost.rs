@@ -216,14 +216,14 @@ fn udp_flow(client: &Netns, server: &Netns, n: usize) -> Result<u16> {
     Ok(port)
 }
 
-/// Sends UDP from the client to the node's own address for `secs` seconds (nothing listens:
-/// the node answers with rate-limited ICMP): the kernel path through the host end.
-fn udp_to_node(client: &Netns, secs: u32) -> Result<()> {
-    let cpath = client.path();
+/// Sends 64-byte UDP frames from `ns` to `to`:9 for `secs` seconds (nothing listens: the
+/// receiver answers with rate-limited ICMP): a kernel-path load for the hooks on the way.
+fn udp_flood(ns: &Netns, to: [u8; 4], secs: u32) -> Result<()> {
+    let path = ns.path();
     std::thread::spawn(move || -> Result<()> {
-        work::enter_netns(&cpath)?;
-        let s = std::net::UdpSocket::bind((CLIENT_IP, 0))?;
-        let to = std::net::SocketAddr::from((NODE_IP, 9));
+        work::enter_netns(&path)?;
+        let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+        let to = std::net::SocketAddr::from((to, 9));
         let end = std::time::Instant::now() + std::time::Duration::from_secs(secs as u64);
         let buf = [0u8; 22];
         while std::time::Instant::now() < end {
@@ -551,24 +551,37 @@ pub fn bench(builds: &[Build], kinds: &[Kind], rounds: u32, secs: u32) -> Result
             for (n, ns) in loaded {
                 let key = (
                     program_label(&n).to_owned(),
-                    "under load: iperf3 UDP 64 B client → server".to_owned(),
+                    "under load: iperf3 UDP, 64 B payload, client → server".to_owned(),
                     topo.clone(),
                     "bpf_stats",
                 );
                 println!("bpfcost:   {} / {}: {ns:.1} ns", key.0, key.1);
                 acc.add(key, &b.label, ns, None);
             }
-            if t.kind == Kind::VethfpTc {
-                let loaded = under_load(t, || udp_to_node(&t.client, secs))?;
-                if let Some(ns) = loaded.get("vfp_tc_ingress") {
-                    let key = (
-                        "lxc tc ingress".to_owned(),
-                        "under load: UDP to the node (kernel path)".to_owned(),
-                        topo.clone(),
-                        "bpf_stats",
-                    );
-                    println!("bpfcost:   {} / {}: {ns:.1} ns", key.0, key.1);
-                    acc.add(key, &b.label, *ns, None);
+            if matches!(t.kind, Kind::VethfpTc | Kind::VethfpNetfilter) {
+                // The kernel path both ways: container → node, node → container.
+                let node = t.node.as_ref().context("vethfp topologies have a node")?;
+                let flows = [
+                    (&t.client, NODE_IP, "vfp_tc_ingress", "UDP 64 B to the node"),
+                    (
+                        node,
+                        ip4(SERVER_IP),
+                        "vfp_tc_egress",
+                        "UDP 64 B from the node",
+                    ),
+                ];
+                for (from, to, prog, what) in flows {
+                    let loaded = under_load(t, || udp_flood(from, to, secs))?;
+                    if let Some(ns) = loaded.get(prog) {
+                        let key = (
+                            program_label(prog).to_owned(),
+                            format!("under load: {what} (kernel path)"),
+                            topo.clone(),
+                            "bpf_stats",
+                        );
+                        println!("bpfcost:   {} / {}: {ns:.1} ns", key.0, key.1);
+                        acc.add(key, &b.label, *ns, None);
+                    }
                 }
             }
         }
