@@ -306,28 +306,3 @@ pub fn vethfp_bin(profile: &str) -> Result<PathBuf> {
     }
     Ok(target_dir()?.join(profile).join("vethfp"))
 }
-
-/// A global (machine-wide, non-network) sysctl set for the duration of a run and restored on
-/// drop. Only used for kernel.bpf_stats_enabled, which has no per-namespace variant.
-pub struct GlobalSysctl {
-    path: PathBuf,
-    old: String,
-}
-
-impl GlobalSysctl {
-    pub fn set(path: &str, value: &str) -> Result<Self> {
-        let path = PathBuf::from(path);
-        let old = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .trim()
-            .to_owned();
-        std::fs::write(&path, value).with_context(|| format!("writing {}", path.display()))?;
-        Ok(GlobalSysctl { path, old })
-    }
-}
-
-impl Drop for GlobalSysctl {
-    fn drop(&mut self) {
-        let _ = std::fs::write(&self.path, &self.old);
-    }
-}

@@ -2,7 +2,7 @@
 //! there as the kernel would (bpf_redirect with the resolved neighbour, or bpf_redirect_neigh
 //! when the next hop's MAC is not resolved yet).
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, bpf_redir_neigh},
@@ -11,21 +11,50 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::dp::router::{Ip, Route};
+use crate::dp::{parse::Packet, router::Route};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 pub const FIB_SUCCESS: c_long = 0;
 pub const FIB_NO_NEIGH: c_long = 7;
 
-/// A fresh parameter block (the caller owns it: 64 bytes, kept in one place on the stack).
+/// A fresh parameter block in the caller's `slot` (64 bytes, kept in one place on the stack:
+/// zeroed where it stays, not moved), zeroed with 16 word stores. Not `mem::zeroed()`: the BPF
+/// target lowers that to a call of a byte-at-a-time memset loop, 64 rounds per packet
+/// (volatile stores are not merged into one).
 #[inline(always)]
-pub fn params() -> bpf_fib_lookup {
-    // SAFETY: bpf_fib_lookup is plain data; zeroed is a valid value.
-    unsafe { core::mem::zeroed() }
+pub fn params(slot: &mut MaybeUninit<bpf_fib_lookup>) -> &mut bpf_fib_lookup {
+    zero_words(slot.as_mut_ptr().cast(), size_of::<bpf_fib_lookup>() / 4);
+    // SAFETY: every byte was written; bpf_fib_lookup is plain data, all zeroes is valid.
+    unsafe { slot.assume_init_mut() }
 }
 
-/// Looks `r` up as received on `ifindex`; returns the helper's code (FIB_SUCCESS,
+/// Zeroes `n` 4-byte words at `w` (4-aligned) with word stores.
+#[inline(always)]
+fn zero_words(w: *mut u32, n: usize) {
+    for i in 0..n {
+        // SAFETY: the caller passes a 4-aligned block of at least n words.
+        unsafe { core::ptr::write_volatile(w.add(i), 0) };
+    }
+}
+
+/// An IPv6 address in the packet as four words, loaded as they are (network order). Not a
+/// transmute of the array: that is a call of a byte-at-a-time memmove on the BPF target.
+#[inline(always)]
+unsafe fn v6_words(a: *const [u8; 16]) -> [u32; 4] {
+    let p = a as *const u32;
+    // SAFETY: the caller bounds-checked 16 bytes at `a`; unaligned reads are allowed.
+    unsafe {
+        [
+            core::ptr::read_unaligned(p),
+            core::ptr::read_unaligned(p.add(1)),
+            core::ptr::read_unaligned(p.add(2)),
+            core::ptr::read_unaligned(p.add(3)),
+        ]
+    }
+}
+
+/// Looks `r` (the route of `pkt`) up as received on `ifindex`; returns the helper's code (FIB_SUCCESS,
 /// FIB_NO_NEIGH or a failure) with `p.ifindex` the egress device.
 ///
 /// The MTU. With tot_len 0 the helper would only check the device MTU, with 4 bytes of VLAN
@@ -37,32 +66,35 @@ pub fn params() -> bpf_fib_lookup {
 #[inline(always)]
 pub fn lookup(
     ctx: &TcContext,
+    pkt: &Packet,
     r: &Route,
     ifindex: u32,
     gso: bool,
     p: &mut bpf_fib_lookup,
 ) -> c_long {
+    // The IP header by the packet's own nullable pointers, not by `r.ip`: LLVM may test the
+    // IPv4 pointer for null in place of the enum's tag, and the verifier, which does not know
+    // that a packet pointer is never null, would then read an IPv4 packet as IPv6 (see
+    // `parse::Packet`). A null check of the pointer it uses needs no such knowledge.
     // SAFETY: the header pointers were bounds-checked by `parse`; unions written as the uapi
     // says.
     unsafe {
-        match r.ip {
-            Ip::V4(ip) => {
-                p.family = AF_INET;
-                p.l4_protocol = (*ip).proto;
-                p.__bindgen_anon_2.tos = (*ip).tos;
-                p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).src_addr);
-                p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes((*ip).dst_addr);
-            }
-            Ip::V6(ip) => {
-                p.family = AF_INET6;
-                p.l4_protocol = (*ip).next_hdr;
-                p.__bindgen_anon_2.flowinfo =
-                    u32::from_ne_bytes((*ip).vcf) & 0xffff_ff0fu32.to_be();
-                p.__bindgen_anon_3.ipv6_src =
-                    core::mem::transmute::<[u8; 16], [u32; 4]>((*ip).src_addr);
-                p.__bindgen_anon_4.ipv6_dst =
-                    core::mem::transmute::<[u8; 16], [u32; 4]>((*ip).dst_addr);
-            }
+        if let Some(ip) = pkt.ip4 {
+            let ip = ip.as_ptr();
+            p.family = AF_INET;
+            p.l4_protocol = (*ip).proto;
+            p.__bindgen_anon_2.tos = (*ip).tos;
+            p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).src_addr);
+            p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes((*ip).dst_addr);
+        } else if let Some(ip) = pkt.ip6 {
+            let ip = ip.as_ptr();
+            p.family = AF_INET6;
+            p.l4_protocol = (*ip).next_hdr;
+            p.__bindgen_anon_2.flowinfo = u32::from_ne_bytes((*ip).vcf) & 0xffff_ff0fu32.to_be();
+            p.__bindgen_anon_3.ipv6_src = v6_words(&raw const (*ip).src_addr);
+            p.__bindgen_anon_4.ipv6_dst = v6_words(&raw const (*ip).dst_addr);
+        } else {
+            return -1; // not IP: `router::check` gave no Route for it
         }
     }
     if !gso {
@@ -92,8 +124,10 @@ pub fn redirect(r: &Route, rc: c_long, p: &bpf_fib_lookup) -> c_long {
         unsafe { bpf_redirect(out, 0) }
     } else {
         r.decrement_ttl();
-        // SAFETY: bpf_redir_neigh is plain data; the next hop is what the FIB returned.
-        let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+        let mut slot = MaybeUninit::<bpf_redir_neigh>::uninit();
+        zero_words(slot.as_mut_ptr().cast(), size_of::<bpf_redir_neigh>() / 4);
+        // SAFETY: every byte was written (word stores, as in `params`); plain data.
+        let nh = unsafe { slot.assume_init_mut() };
         nh.nh_family = p.family as u32;
         // SAFETY: unions read/written as the uapi says; helper call with a valid struct.
         unsafe {
@@ -102,7 +136,7 @@ pub fn redirect(r: &Route, rc: c_long, p: &bpf_fib_lookup) -> c_long {
             } else {
                 nh.__bindgen_anon_1.ipv6_nh = p.__bindgen_anon_4.ipv6_dst;
             }
-            bpf_redirect_neigh(out, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0)
+            bpf_redirect_neigh(out, nh, size_of::<bpf_redir_neigh>() as i32, 0)
         }
     }
 }

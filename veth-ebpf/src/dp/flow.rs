@@ -306,6 +306,12 @@ pub fn admitted(f: &Flow) -> bool {
     let Some(st) = VFP_FLOWS.get_ptr_mut(&f.key) else {
         return false;
     };
+    take_fast(f, st)
+}
+
+/// [`admitted`] once the flow's entry `st` is found (the caller checked `f.ctl`).
+#[inline(always)]
+fn take_fast(f: &Flow, st: *mut FlowState) -> bool {
     let t = now();
     if !fast(f, flags_of(st).load()) || !fresh(st, t) {
         return false;
@@ -336,11 +342,10 @@ fn fast(f: &Flow, fl: u64) -> bool {
 /// removes it, a SYN on an admitted or closing flow starts it over).
 #[inline(always)]
 pub fn admit(f: &Flow, egress_ifindex: u32) -> bool {
-    if admitted(f) {
-        return true;
-    }
     let fin = f.bits & TCP_FIN != 0;
     let rst = f.bits & TCP_RST != 0;
+    // One lookup for both questions (is it admitted; if not, what to note): a flow on the
+    // kernel path pays for one hash lookup per packet, not two.
     let Some(st) = VFP_FLOWS.get_ptr_mut(&f.key) else {
         if fin || rst {
             return false; // nothing to tear down; a close never opens an entry
@@ -361,6 +366,9 @@ pub fn admit(f: &Flow, egress_ifindex: u32) -> bool {
         }
         return false;
     };
+    if !f.ctl && take_fast(f, st) {
+        return true;
+    }
     let flags = flags_of(st);
     let cur = flags.load();
     let closing = cur & (FLOW_FIN[0] | FLOW_FIN[1]);

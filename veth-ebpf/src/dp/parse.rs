@@ -177,10 +177,13 @@ pub fn skb_fields(ctx: &TcContext) -> (u32, u32, bool) {
 
 /// Makes sure the headers are in the linear part (rare on veth), then parses. The pull
 /// invalidates every packet pointer taken before it, so it happens here, before the only parse.
+/// A frame shorter than [`HEADERS`] that is linear already (every small frame on veth: a TCP
+/// ACK, a 64-byte datagram) has nothing to pull: no helper call for it.
 #[inline(always)]
 pub fn parse_skb(ctx: &TcContext, len: u32) -> Option<Packet> {
-    if ctx.data() + HEADERS as usize > ctx.data_end() {
-        let _ = ctx.pull_data(if len < HEADERS { len } else { HEADERS });
+    let want = if len < HEADERS { len } else { HEADERS };
+    if ctx.data() + want as usize > ctx.data_end() {
+        let _ = ctx.pull_data(want);
     }
     parse(ctx.data(), ctx.data_end(), len)
 }

@@ -129,8 +129,9 @@ fn egress(
     let len = pkt.len;
     // SAFETY: ctx.skb.skb is the valid __sk_buff of this invocation.
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
-    let mut p = fib::params();
-    let rc = fib::lookup(ctx, r, ifindex, gso, &mut p);
+    let mut params = core::mem::MaybeUninit::uninit();
+    let p = fib::params(&mut params);
+    let rc = fib::lookup(ctx, pkt, r, ifindex, gso, p);
     if rc != fib::FIB_SUCCESS && rc != fib::FIB_NO_NEIGH {
         return None;
     }
@@ -149,7 +150,7 @@ fn egress(
     if !flow::admit_packet(pkt, FLOW_NET_UPLINK, out, cfg) {
         return None;
     }
-    if fib::redirect(r, rc, &p) == TC_ACT_REDIRECT as c_long {
+    if fib::redirect(r, rc, p) == TC_ACT_REDIRECT as c_long {
         count(slot, Dir::FromContainer, Verdict::FastUplink, len);
         count(up_slot, Dir::FromContainer, Verdict::FastUplink, len);
         Some(TC_ACT_REDIRECT)

@@ -2,6 +2,8 @@
 //! `vethfp bridge accelerate`), docker-like bridge and kernel routing, measured side by side
 //! in one run with interleaved rounds.
 
+mod bpf;
+mod bpfcost;
 mod control;
 mod pods;
 mod report;
@@ -12,8 +14,7 @@ mod work;
 pub use topo::{Vethfp, VethfpPairs};
 
 use crate::util::{
-    DirGuard, GlobalSysctl, cargo_cmd, check_interrupted, have, run, step, vethfp_bin,
-    workspace_root,
+    DirGuard, cargo_cmd, check_interrupted, have, run, step, vethfp_bin, workspace_root,
 };
 use anyhow::{Context, Result, bail};
 use control::Impl;
@@ -62,6 +63,11 @@ pub struct Args {
     /// vethfp binary to bench (default: $VETHFP_BIN, else a fresh release build).
     #[arg(long)]
     vethfp_bin: Option<PathBuf>,
+    /// A second vethfp binary (e.g. one built from main) for the `bpfcost` section: its
+    /// topologies are built beside this build's and measured in the same rounds, interleaved,
+    /// so the report shows the BPF cost before and after.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
 }
 
 impl Args {
@@ -78,6 +84,7 @@ impl Args {
             only: None,
             topology: None,
             vethfp_bin: Some(vethfp_bin),
+            baseline_bin: None,
         }
     }
 }
@@ -93,6 +100,9 @@ pub enum Section {
     Pods,
     /// The agent at a full node: idle CPU, pass duration, writer wait, /metrics.
     Scale,
+    /// BPF cost per program and path: BPF_PROG_TEST_RUN on representative frames and
+    /// run_time_ns/run_cnt under load (BPF_ENABLE_STATS), in the vethfp topologies.
+    Bpfcost,
 }
 
 /// Find a working vethfp binary, or say why there is none. $VETHFP_BIN wins; otherwise the
@@ -290,7 +300,8 @@ pub fn bench(args: Args) -> Result<()> {
             add(Metric::CpuIperfNsPerPkt, u.cpu_iperf_ns);
             if let Some(dir) = t.vethfp_bpffs() {
                 // Separate short run: stats collection itself costs a little per program run.
-                let stats = GlobalSysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+                // On only while the fd is held (BPF_ENABLE_STATS), no sysctl written.
+                let stats = bpf::enable_stats()?;
                 let (ns0, n0) = work::bpf_prog_stats(dir)?;
                 work::udp_rate(&t.client, ip, IPERF_PORT, 1)?;
                 let (ns1, n1) = work::bpf_prog_stats(dir)?;
@@ -378,6 +389,19 @@ pub fn bench(args: Args) -> Result<()> {
         scale::ScaleBench::not_selected()
     };
 
+    check_interrupted()?;
+    let bpf_cost = if want(Section::Bpfcost) {
+        match &vethfp {
+            Ok(v) => Some(bench_bpfcost(&args, v, &tag, rounds, secs)?),
+            Err(why) => {
+                skipped.insert("bpfcost".into(), why.clone());
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let results: Vec<TopoResult> = Kind::ALL
         .iter()
         .filter(|k| want(Section::Datapath) && !skipped.contains_key(k.name()))
@@ -391,6 +415,7 @@ pub fn bench(args: Args) -> Result<()> {
         topologies: results,
         skipped,
         control_plane: cp,
+        bpf_cost,
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let md = report.markdown() + &pods.markdown() + &scale.markdown();
@@ -408,4 +433,47 @@ pub fn bench(args: Args) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// The `bpfcost` section: this build, and `--baseline-bin` beside it when given.
+fn bench_bpfcost(
+    args: &Args,
+    v: &Vethfp,
+    tag: &str,
+    rounds: u32,
+    secs: u32,
+) -> Result<bpfcost::BpfCost> {
+    let kinds: Vec<Kind> = bpfcost::KINDS
+        .into_iter()
+        .filter(|k| {
+            args.topology
+                .as_ref()
+                .is_none_or(|t| t.iter().any(|n| n == k.name()))
+        })
+        .collect();
+    let mut builds = vec![bpfcost::Build {
+        label: "this build".into(),
+        vethfp: Vethfp {
+            bin: v.bin.clone(),
+            bpffs: v.bpffs.join("bpfcost"),
+        },
+        tag: format!("{tag}c"),
+    }];
+    let mut _base_pins = None;
+    if let Some(b) = &args.baseline_bin {
+        if !b.exists() {
+            bail!("--baseline-bin {} does not exist", b.display());
+        }
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/{tag}b"));
+        _base_pins = Some(DirGuard(bpffs.clone()));
+        builds.push(bpfcost::Build {
+            label: "baseline".into(),
+            vethfp: Vethfp {
+                bin: b.clone(),
+                bpffs,
+            },
+            tag: format!("{tag}b"),
+        });
+    }
+    bpfcost::bench(&builds, &kinds, rounds, secs.min(2))
 }

@@ -1,5 +1,6 @@
 //! Bench output: markdown table, JSON, and an SVG chart written by hand (no fonts, no deps).
 
+use super::bpfcost::BpfCost;
 use super::control::{ControlPlane, Target};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -204,6 +205,8 @@ pub struct Report {
     pub skipped: BTreeMap<String, String>,
     /// None when left out with `--only`.
     pub control_plane: Option<ControlPlane>,
+    /// BPF cost per program and path (`bpfcost` section); None when left out.
+    pub bpf_cost: Option<BpfCost>,
 }
 
 fn num(v: f64) -> String {
@@ -249,6 +252,9 @@ impl Report {
         }
         if let Some(cp) = &self.control_plane {
             control_markdown(cp, &mut s);
+        }
+        if let Some(c) = &self.bpf_cost {
+            bpf_cost_markdown(c, &mut s);
         }
         if !self.skipped.is_empty() {
             let _ = writeln!(s, "\n## Skipped\n");
@@ -473,6 +479,52 @@ impl Report {
 }
 
 /// The control-plane section: the issue-13 table first, then every figure behind it.
+fn bpf_cost_markdown(c: &BpfCost, s: &mut String) {
+    let _ = writeln!(
+        s,
+        "\n## BPF cost per program and path (ns per run)\n\n\
+         `test_run`: BPF_PROG_TEST_RUN of one 64-byte frame as received on the program's \
+         interface minus an empty program's run right after it, mean of the middle half of \
+         1000 samples per round, the builds' samples alternating; `bpf_stats`: run_time_ns/run_cnt under load \
+         (BPF_ENABLE_STATS, includes the statistics' own cost). Median over rounds, min–max; \
+         the verdict is what the program returned.\n"
+    );
+    let _ = write!(s, "| program | path | topology | method |");
+    for b in &c.builds {
+        let _ = write!(s, " {b} |");
+    }
+    let _ = write!(s, " verdict |\n|---|---|---|---|");
+    for _ in &c.builds {
+        let _ = write!(s, "---:|");
+    }
+    s.push_str("---|\n");
+    for r in &c.rows {
+        let _ = write!(
+            s,
+            "| {} | {} | {} | {} |",
+            r.program, r.path, r.topology, r.method
+        );
+        for b in &c.builds {
+            let cell =
+                r.ns.get(b)
+                    .map(|v| format!("{} ({}–{})", num(v.median), num(v.min), num(v.max)))
+                    .unwrap_or_else(|| "–".into());
+            let _ = write!(s, " {cell} |");
+        }
+        let mut v: Vec<&str> = r.verdict.values().map(String::as_str).collect();
+        v.dedup();
+        let _ = writeln!(
+            s,
+            " {} |",
+            if v.is_empty() {
+                "–".into()
+            } else {
+                v.join(" / ")
+            }
+        );
+    }
+}
+
 fn control_markdown(cp: &ControlPlane, s: &mut String) {
     let sizes: Vec<String> = cp.endpoints.iter().map(|n| n.to_string()).collect();
     let _ = writeln!(s, "\n## Control plane (issue 13 §1)\n");

@@ -195,7 +195,7 @@ pub fn bpf_prog_stats(dir: &std::path::Path) -> Result<(u64, u64)> {
 }
 
 /// Enters the network namespace at `path` (this thread only).
-fn enter_netns(path: &std::path::Path) -> Result<()> {
+pub fn enter_netns(path: &std::path::Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: setns(2) on a valid namespace fd; affects only the calling thread.
