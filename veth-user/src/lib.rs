@@ -30,6 +30,9 @@ pub mod datapath;
 #[cfg(not(feature = "internals"))]
 mod datapath;
 mod registry;
+/// What an endpoint is made of (for the netlink integration tests).
+#[cfg(feature = "internals")]
+pub use registry::desired;
 #[cfg(feature = "internals")]
 pub mod sys;
 #[cfg(not(feature = "internals"))]

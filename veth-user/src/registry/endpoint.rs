@@ -10,12 +10,12 @@ use veth_common::{
 };
 
 use crate::{
-    sys::netlink::{self, NetlinkError, Netns, VethRequest},
+    sys::netlink::{self, Apply, At, NetlinkError, Netns, VethRequest},
     types::{Cidr, Mac, Mode},
 };
 
 use super::{
-    Registry,
+    Registry, desired,
     error::{EndpointError, Result, map_err},
     record::{get_str, make_record, mode_raw, put_str, record_addrs, set_network, spoof_flags},
     repair::container_gro,
@@ -222,13 +222,20 @@ impl Registry {
             mtu: req.mtu,
         })?;
         undo.push(Undo::Link(host_ifindex));
-        netlink::configure_container(ns, req.ifname.as_str(), &req.addrs, host_mac)?;
+        let container = At::Container(ns, req.ifname.as_str());
+        netlink::apply(
+            container,
+            &desired::container_side(&req.addrs, host_mac),
+            Apply::Create,
+            None,
+        )?;
         // A new veth end has GRO off; only an XDP endpoint's needs it on.
         if req.mode == Mode::Xdp {
             container_gro(ns, req.ifname.as_str(), true, false)?;
             set_container_tx_csum(ns, req.ifname.as_str(), false)?;
         }
-        netlink::configure_node(host_ifindex, &req.addrs, container_mac)?;
+        let node = desired::node_side(&req.addrs, container_mac);
+        netlink::apply(At::Node(host_ifindex), &node, Apply::Create, None)?;
         let mtu = match req.mtu {
             Some(m) => m,
             None => netlink::link_by_index(host_ifindex)?

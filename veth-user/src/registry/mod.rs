@@ -4,7 +4,7 @@
 //! The registry itself is the `VFP_ENDPOINTS` map (host ifindex → [`EndpointRecord`]), pinned
 //! next to the datapath, so every process sees the same state and nothing lives in files.
 //!
-//! One concern per file: [`error`], [`view`] (requests and views), [`record`] (the record and
+//! One concern per file: [`error`], [`desired`] (what an endpoint is made of, as data), [`view`] (requests and views), [`record`] (the record and
 //! its conversions), [`state`] (open, lock, namespace binding), [`journal`], [`endpoint`] (add,
 //! adopt, del, set_mode), [`repair`], [`uplinks`], [`bridges`], [`flows`], [`reconcile`],
 //! [`node`].
@@ -12,6 +12,7 @@
 //! [`EndpointRecord`]: veth_common::EndpointRecord
 
 pub mod bridges;
+pub mod desired;
 mod endpoint;
 mod error;
 pub mod flows;
@@ -27,9 +28,10 @@ mod view;
 /// The container's gateways (link-local, on-link via the host end).
 pub(crate) use crate::sys::netlink::{GATEWAY_V4, GATEWAY_V6};
 
+pub(crate) use desired::wants_gro;
 pub use error::EndpointError;
 pub(crate) use record::{get_str, network_id, record_addrs};
-pub(crate) use repair::{container_gro, wants_gro};
+pub(crate) use repair::container_gro;
 pub use state::OpenOptions;
 pub use view::{
     AddRequest, AdoptRequest, EndpointStats, EndpointView, Status, UplinkStatus, UplinkView,

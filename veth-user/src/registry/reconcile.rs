@@ -480,7 +480,7 @@ impl Registry {
             let mac = crate::types::Mac(rec.target.container_mac);
             if link.up
                 && let Some(v) = &view
-                && !v.node_complete(ifindex, &addrs, mac)
+                && v.missing(ifindex, &super::desired::node_side(&addrs, mac)) > 0
             {
                 suspect(&mut s, rec, "node");
                 continue;
@@ -497,7 +497,9 @@ impl Registry {
                     continue;
                 }
                 let peer = get_str(&rec.peer_name);
-                match netlink::container_missing(&ns, &peer, &addrs, host_mac) {
+                let want = super::desired::container_side(&addrs, host_mac);
+                let at = netlink::At::Container(&ns, &peer);
+                match netlink::apply(at, &want, netlink::Apply::Count, None).map(|m| m.total()) {
                     Ok(0) => {}
                     Ok(_) => suspect(&mut s, rec, "container"),
                     Err(e) => log::debug!("{name}: looking at the container side: {e}"),

@@ -6,12 +6,13 @@ use std::net::IpAddr;
 use veth_common::{EP_ADOPTED, EP_BRIDGE_PORT, EndpointRecord, MODE_XDP};
 
 use crate::{
-    sys::netlink::{self, NetlinkError, Netns},
+    sys::netlink::{self, Apply, At, NetlinkError, Netns},
     types::{Cidr, Mac},
 };
 
 use super::{
     Registry,
+    desired::{self, wants_gro},
     error::{EndpointError, Result, map_err},
     record::{get_str, record_addrs},
 };
@@ -40,11 +41,6 @@ pub(crate) fn container_gro(
         }
         Ok(true)
     })
-}
-
-/// The GRO setting an endpoint's container end should have: on only in `xdp` mode.
-pub(crate) fn wants_gro(rec: &EndpointRecord) -> bool {
-    rec.target.mode == MODE_XDP
 }
 
 impl Registry {
@@ -76,7 +72,7 @@ impl Registry {
     /// what is missing or wrong: its devmap entry, each address in `VFP_EP4`/`VFP_EP6` with
     /// the record's target (L2 entry for bridge ports), the node's /32 and /128 routes and
     /// permanent neighbours, and (pairs vethfp made) the container side
-    /// ([`netlink::repair_container`]). Returns the parts repaired (one name per repair).
+    /// ([`desired::container_side`]). Returns the parts repaired (one name per repair).
     pub(crate) fn repair_endpoint(&mut self, rec: &EndpointRecord) -> Result<Vec<&'static str>> {
         self.repair_endpoint_with(rec, None)
     }
@@ -140,7 +136,8 @@ impl Registry {
             parts.push(if a.is_v4() { "addr_v4" } else { "addr_v6" });
         }
         if rec.flags & EP_ADOPTED == 0 {
-            let r = netlink::repair_node(ifindex, &addrs, Mac(rec.target.container_mac), view)?;
+            let node = desired::node_side(&addrs, Mac(rec.target.container_mac));
+            let r = netlink::apply(At::Node(ifindex), &node, Apply::Repair, view)?;
             parts.extend(std::iter::repeat_n("route", r.routes));
             parts.extend(std::iter::repeat_n("neighbour", r.neighbours));
             if let Some(mac) = link.mac {
@@ -152,7 +149,7 @@ impl Registry {
     }
 
     /// The container side of an endpoint vethfp made: restores its container end's
-    /// addresses, gateway neighbours and routes ([`netlink::repair_container`]). Skipped when
+    /// addresses, gateway neighbours and routes ([`desired::container_side`]). Skipped when
     /// the namespace is gone or is not the one the endpoint was made in (its inode differs).
     pub(super) fn repair_container(
         &mut self,
@@ -168,7 +165,9 @@ impl Registry {
             return Ok(0);
         }
         let peer = get_str(&rec.peer_name);
-        let mut n = netlink::repair_container(&ns, &peer, addrs, host_mac)?;
+        let container = desired::container_side(addrs, host_mac);
+        let mut n =
+            netlink::apply(At::Container(&ns, &peer), &container, Apply::Repair, None)?.total();
         // A state made before GRO followed the mode has it on for every container end.
         match container_gro(&ns, &peer, wants_gro(rec), false) {
             Ok(changed) => n += usize::from(changed),
