@@ -100,8 +100,7 @@ impl Mac {
     pub fn random() -> Mac {
         let mut b = [0u8; 6];
         // getrandom(2) never fails for 6 bytes once the pool is initialised; fall back to time.
-        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-        if n != 6 {
+        if !crate::sys::random::fill(&mut b) {
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())

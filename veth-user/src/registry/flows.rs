@@ -21,6 +21,7 @@ use veth_common::{
 use crate::{
     datapath::{Datapath, DatapathError},
     registry::{EndpointError, Registry},
+    sys::lock,
 };
 
 /// The sysctl that decides whether TCP flows may be admitted (read in the node namespace).
@@ -158,10 +159,7 @@ pub fn hold_agent_lock(dir: &std::path::Path) -> std::io::Result<std::os::fd::Ow
         Err(e) => return Err(e),
     }
     let fd = std::fs::File::open(&path)?;
-    // SAFETY: valid descriptor.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::LOCK_SH) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    lock::flock(&fd, lock::LOCK_SH)?;
     Ok(fd.into())
 }
 
@@ -170,10 +168,9 @@ pub fn agent_running(dir: &std::path::Path) -> bool {
     let Ok(fd) = std::fs::File::open(dir.join(AGENT_DIR)) else {
         return false;
     };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    // SAFETY: valid descriptor; a lock we get is dropped with it.
-    let r = unsafe { libc::flock(raw, libc::LOCK_EX | libc::LOCK_NB) };
-    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+    // A lock we get is dropped with the descriptor.
+    lock::flock(&fd, lock::LOCK_EX | lock::LOCK_NB)
+        .is_err_and(|e| e.raw_os_error() == Some(libc::EWOULDBLOCK))
 }
 
 /// Sets how TCP is admitted (every write operation, every reconcile): per-flow hand-off
@@ -373,7 +370,7 @@ impl Clock {
             Ok(if v == 0 { d } else { v })
         };
         Ok(Clock {
-            now: monotonic_coarse_ns(),
+            now: crate::sys::clock::monotonic_coarse_ns(),
             reverify_s: slot(dp, CONFIG_REVERIFY, DEFAULT_REVERIFY_S)?,
             idle_s: slot(dp, CONFIG_IDLE, DEFAULT_IDLE_S)?,
             flags: dp.flags()?,
@@ -452,16 +449,6 @@ fn addr_of(k: &FlowKey, b: &[u8; 16]) -> IpAddr {
     } else {
         IpAddr::V6(Ipv6Addr::from(*b))
     }
-}
-
-fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Every entry of the flow table, admitted first.

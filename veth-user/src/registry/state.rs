@@ -40,25 +40,24 @@ impl Registry {
 
     /// [`Registry::open`] with options that apply when the state's maps are first created.
     pub fn open_with(dir: &Path, opts: &OpenOptions) -> Result<Registry> {
-        crate::datapath::set_flow_table_size(opts.flow_table_size);
         // A refused or failed open leaves no directory it made behind (nor any pin: see
         // Datapath::open_checked).
         let made = prepare_bpffs_made(dir)?;
-        let r = Self::open_locked(dir);
+        let r = Self::open_locked(dir, opts.flow_table_size);
         if r.is_err() {
             remove_made_dirs(&made);
         }
         r
     }
 
-    pub(super) fn open_locked(dir: &Path) -> Result<Registry> {
+    pub(super) fn open_locked(dir: &Path, flow_table_size: u32) -> Result<Registry> {
         // One-time work that needs no lock, done before it: concurrent writers queue for it.
         crate::datapath::detect_features();
         if let Err(e) = netlink::warm() {
             log::debug!("netlink session: {e}"); // the first real call reports it
         }
         let lock = StateLock::acquire(dir)?;
-        let dp = Datapath::open_checked(dir, Self::check_owner)?;
+        let dp = Datapath::open_checked(dir, flow_table_size, Self::check_owner)?;
         let mut reg = Registry {
             dp,
             lock: Some(lock),
@@ -85,8 +84,7 @@ impl Registry {
 
     /// [`Registry::open_read`] with options that apply if this call creates the state.
     pub fn open_read_with(dir: &Path, opts: &OpenOptions) -> Result<Registry> {
-        crate::datapath::set_flow_table_size(opts.flow_table_size);
-        let dp = Datapath::open_checked(dir, Self::check_owner)?;
+        let dp = Datapath::open_checked(dir, opts.flow_table_size, Self::check_owner)?;
         let mut reg = Registry {
             dp,
             lock: None,
