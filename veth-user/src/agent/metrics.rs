@@ -360,7 +360,10 @@ impl Collector for DatapathCollector {
             "vethfp_admission_netfilter",
             "1 if admission is `netfilter` (the kernel admits each flow), 0 if `always`",
             MetricType::Gauge,
-            &[(vec![], (status.admission == "netfilter") as u64)],
+            &[(
+                vec![],
+                (status.admission == crate::registry::flows::Admission::Netfilter) as u64,
+            )],
         )?;
         family(
             &mut enc,

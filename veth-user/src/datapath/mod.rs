@@ -596,7 +596,7 @@ impl Datapath {
             .dir
             .join(format!("{VERSION_LINK}-new-{}", std::process::id())); // bpffs: no dots
         let _ = fs::remove_file(&tmp);
-        if let Err(e) = std::os::unix::fs::symlink(crate::LONG_VERSION, &tmp)
+        if let Err(e) = std::os::unix::fs::symlink(crate::version::LONG_VERSION, &tmp)
             .and_then(|()| fs::rename(&tmp, &link))
         {
             let _ = fs::remove_file(&tmp);

@@ -27,7 +27,8 @@ use crate::{
 /// The sysctl that decides whether TCP flows may be admitted (read in the node namespace).
 pub const TCP_BE_LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Admission {
     /// The kernel admits each flow (netfilter, conntrack, NAT decide); then vethfp accelerates.
     Netfilter,
@@ -518,6 +519,15 @@ pub fn list(reg: &mut Registry) -> Result<Vec<FlowView>, EndpointError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admission_reads_and_writes_its_names() {
+        for a in [Admission::Netfilter, Admission::Always] {
+            assert_eq!(a.name().parse::<Admission>(), Ok(a));
+            assert_eq!(serde_json::to_value(a).unwrap(), a.name());
+        }
+        assert!("fast".parse::<Admission>().is_err());
+    }
 
     const S: u64 = 1_000_000_000;
 

@@ -4,19 +4,18 @@
 use std::net::IpAddr;
 
 use veth_common::{
-    AF_V4, AF_V6, EP_ADOPTED, EP_BRIDGE_PORT, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, EndpointAddr,
-    EndpointRecord, MAX_ADDRS, MODE_XDP, NAME_LEN, Target,
+    AF_V4, AF_V6, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, EndpointAddr, EndpointRecord, MAX_ADDRS,
+    MODE_XDP, NAME_LEN, Target,
 };
 
 use crate::{
     sys::netlink::{self},
-    types::{Cidr, Mac, Mode, Spoof},
+    types::{Cidr, Mode, Spoof},
 };
 
 use super::{
     Registry,
     error::{EndpointError, Result, map_err},
-    view::EndpointView,
 };
 
 /// The ABI value of a mode a request may ask for.
@@ -123,41 +122,6 @@ pub(super) fn cidr_of(a: &EndpointAddr) -> Option<Cidr> {
         addr,
         prefix: a.prefix,
     })
-}
-
-impl EndpointView {
-    pub(super) fn from_record(r: &EndpointRecord) -> EndpointView {
-        EndpointView {
-            host_if: get_str(&r.host_name),
-            host_ifindex: r.target.ifindex,
-            host_mac: Mac(r.target.host_mac),
-            netns: get_str(&r.netns),
-            ifname: get_str(&r.peer_name),
-            container_mac: Mac(r.target.container_mac),
-            addrs: r.addrs[..(r.naddrs as usize).min(MAX_ADDRS)]
-                .iter()
-                .filter_map(cidr_of)
-                .collect(),
-            mtu: r.target.mtu,
-            mode: if r.flags & EP_BRIDGE_PORT != 0 {
-                Mode::Bridge
-            } else if r.target.mode == MODE_XDP {
-                Mode::Xdp
-            } else {
-                Mode::Tc
-            },
-            network: get_str(&r.network_name),
-            network_id: r.target.network,
-            spoof: if r.flags & EP_SPOOF_ENFORCE != 0 {
-                Spoof::Enforce
-            } else if r.flags & EP_SPOOF_AUDIT != 0 {
-                Spoof::Audit
-            } else {
-                Spoof::Off
-            },
-            adopted: r.flags & EP_ADOPTED != 0,
-        }
-    }
 }
 
 impl Registry {

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use veth_common::{
     CFG_EGRESS_FAST, CFG_FASTPATH_OFF, Counters, DIR_FROM_CONTAINER, DIR_NAMES, DIR_TO_CONTAINER,
-    PacketBytes, Uplink, V_FAST_UPLINK, V_STACK, VERDICT_NAMES,
+    EP_ADOPTED, EP_BRIDGE_PORT, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, EndpointRecord, MAX_ADDRS,
+    MODE_XDP, PacketBytes, Uplink, V_FAST_UPLINK, V_STACK, VERDICT_NAMES,
 };
 
 use crate::types::{Cidr, IfName, Mac, Mode, Spoof};
@@ -14,7 +15,7 @@ use crate::types::{Cidr, IfName, Mac, Mode, Spoof};
 use super::{
     Registry,
     error::{EndpointError, Result},
-    record::{get_str, spoof_flags},
+    record::{cidr_of, get_str, spoof_flags},
 };
 
 /// What `pair add` asks for.
@@ -178,8 +179,8 @@ pub struct Status {
     pub fast_path: bool,
     /// "fast" or "kernel".
     pub egress: &'static str,
-    /// "netfilter" or "always".
-    pub admission: &'static str,
+    /// `netfilter` or `always` in JSON.
+    pub admission: crate::registry::flows::Admission,
     /// Whether TCP flows may be admitted under `netfilter` (in the flags now).
     pub tcp_admitted: bool,
     /// How TCP is accelerated under `netfilter`: per flow by the agent, node-wide, or not.
@@ -240,7 +241,7 @@ impl Registry {
         Ok(Status {
             bpffs: self.dp.dir().display().to_string(),
             datapath_version: self.dp.state_version(),
-            version: crate::LONG_VERSION,
+            version: crate::version::LONG_VERSION,
             endpoints: self.records()?.len(),
             fast_path: flags & CFG_FASTPATH_OFF == 0,
             egress: if flags & CFG_EGRESS_FAST != 0 {
@@ -248,7 +249,7 @@ impl Registry {
             } else {
                 "kernel"
             },
-            admission: crate::registry::flows::Admission::of_flags(flags).name(),
+            admission: crate::registry::flows::Admission::of_flags(flags),
             tcp_admitted: flags & (veth_common::CFG_ADMIT_TCP | veth_common::CFG_TCP_HANDOFF) != 0,
             tcp: crate::registry::flows::TcpMode::of(
                 flags,
@@ -316,5 +317,41 @@ impl Registry {
             });
         }
         Ok(out)
+    }
+}
+
+impl EndpointView {
+    /// The view of a record.
+    pub(super) fn from_record(r: &EndpointRecord) -> EndpointView {
+        EndpointView {
+            host_if: get_str(&r.host_name),
+            host_ifindex: r.target.ifindex,
+            host_mac: Mac(r.target.host_mac),
+            netns: get_str(&r.netns),
+            ifname: get_str(&r.peer_name),
+            container_mac: Mac(r.target.container_mac),
+            addrs: r.addrs[..(r.naddrs as usize).min(MAX_ADDRS)]
+                .iter()
+                .filter_map(cidr_of)
+                .collect(),
+            mtu: r.target.mtu,
+            mode: if r.flags & EP_BRIDGE_PORT != 0 {
+                Mode::Bridge
+            } else if r.target.mode == MODE_XDP {
+                Mode::Xdp
+            } else {
+                Mode::Tc
+            },
+            network: get_str(&r.network_name),
+            network_id: r.target.network,
+            spoof: if r.flags & EP_SPOOF_ENFORCE != 0 {
+                Spoof::Enforce
+            } else if r.flags & EP_SPOOF_AUDIT != 0 {
+                Spoof::Audit
+            } else {
+                Spoof::Off
+            },
+            adopted: r.flags & EP_ADOPTED != 0,
+        }
     }
 }

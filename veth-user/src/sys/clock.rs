@@ -20,3 +20,14 @@ fn now_ns(clock: libc::clockid_t) -> u64 {
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_clocks_go_forward() {
+        let (a, b) = (super::monotonic_ns(), super::monotonic_coarse_ns());
+        assert!(a > 0 && b > 0);
+        assert!(super::monotonic_ns() >= a);
+        assert!(super::monotonic_coarse_ns() >= b);
+    }
+}

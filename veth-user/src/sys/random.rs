@@ -20,3 +20,14 @@ pub fn random_u64() -> u64 {
     }
     u64::from_ne_bytes(b)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_values_differ() {
+        assert_ne!(super::random_u64(), super::random_u64());
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        assert!(super::fill(&mut a) && super::fill(&mut b));
+        assert_ne!(a, b);
+    }
+}
