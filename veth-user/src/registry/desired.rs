@@ -85,6 +85,26 @@ pub(crate) fn wants_gro(rec: &EndpointRecord) -> bool {
     rec.target.mode == MODE_XDP
 }
 
+/// The hooks of an endpoint and the programs this build runs there (what repair and
+/// reconciliation attach when missing or another build's): the L2 program at tc
+/// ingress of a bridge port, the L3 one otherwise; XDP in `xdp` mode.
+pub(crate) fn hooks(rec: &EndpointRecord) -> Vec<(&'static str, &'static str)> {
+    use crate::datapath::{
+        HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP, PROG_L2_INGRESS, PROG_TC_EGRESS,
+        PROG_TC_INGRESS, PROG_XDP,
+    };
+    let ingress = if rec.flags & veth_common::EP_BRIDGE_PORT != 0 {
+        PROG_L2_INGRESS
+    } else {
+        PROG_TC_INGRESS
+    };
+    let mut hooks = vec![(HOOK_TC_INGRESS, ingress), (HOOK_TC_EGRESS, PROG_TC_EGRESS)];
+    if rec.target.mode == MODE_XDP {
+        hooks.push((HOOK_XDP, PROG_XDP));
+    }
+    hooks
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
@@ -218,7 +238,16 @@ mod tests {
                 n.fail_at = Some(k - steps_c);
             }
             let e = add(&mut c, &mut n, &dual()).unwrap_err();
-            assert!(matches!(e, NetlinkError::Netlink { .. }), "step {k}: {e:?}");
+            assert!(
+                matches!(
+                    e,
+                    NetlinkError::Netlink {
+                        errno: Some(libc::EPERM),
+                        ..
+                    }
+                ),
+                "step {k}: {e:?}"
+            );
             // Nothing after the failing step was attempted.
             assert_eq!(c.changes + n.changes, k + 1, "step {k}");
             // The registry's undo of the kernel part: the veth pair goes, and with it
@@ -314,6 +343,20 @@ mod tests {
             0
         );
         assert!(c.link(CTR).routes.is_empty());
+    }
+
+    #[test]
+    fn hooks_follow_the_mode_and_the_kind() {
+        use crate::datapath::{HOOK_XDP, PROG_L2_INGRESS, PROG_TC_INGRESS};
+        let mut rec = EndpointRecord::default();
+        let h = hooks(&rec);
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].1, PROG_TC_INGRESS);
+        rec.target.mode = MODE_XDP;
+        assert_eq!(hooks(&rec).last().map(|h| h.0), Some(HOOK_XDP));
+        rec.target.mode = veth_common::MODE_TC;
+        rec.flags |= veth_common::EP_BRIDGE_PORT;
+        assert_eq!(hooks(&rec)[0].1, PROG_L2_INGRESS);
     }
 
     #[test]

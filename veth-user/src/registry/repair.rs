@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use veth_common::{EP_ADOPTED, EP_BRIDGE_PORT, EndpointRecord, MODE_XDP};
+use veth_common::{EP_ADOPTED, EP_BRIDGE_PORT, EndpointRecord};
 
 use crate::{
     sys::netlink::{self, Apply, At, NetlinkError, Netns},
@@ -46,22 +46,9 @@ pub(crate) fn container_gro(
 impl Registry {
     /// Attaches whatever link of the endpoint is missing (see [`Datapath::ensure_link`]).
     pub(super) fn ensure_links(&mut self, rec: &EndpointRecord) {
-        use crate::datapath::{
-            HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP, PROG_L2_INGRESS, PROG_TC_EGRESS,
-            PROG_TC_INGRESS, PROG_XDP,
-        };
         let name = get_str(&rec.host_name);
         let ifindex = rec.target.ifindex;
-        let ingress = if rec.flags & EP_BRIDGE_PORT != 0 {
-            PROG_L2_INGRESS
-        } else {
-            PROG_TC_INGRESS
-        };
-        let mut hooks = vec![(HOOK_TC_INGRESS, ingress), (HOOK_TC_EGRESS, PROG_TC_EGRESS)];
-        if rec.target.mode == MODE_XDP {
-            hooks.push((HOOK_XDP, PROG_XDP));
-        }
-        for (hook, prog) in hooks {
+        for (hook, prog) in desired::hooks(rec) {
             if let Err(e) = self.dp.ensure_link(&name, ifindex, hook, prog) {
                 log::warn!("{name}: {hook} link: {e}");
             }

@@ -122,7 +122,12 @@ pub enum NetlinkError {
     #[error("{op}: {source}")]
     Io { op: String, source: io::Error },
     #[error("{op} failed: {msg}")]
-    Netlink { op: String, msg: String },
+    Netlink {
+        op: String,
+        msg: String,
+        /// The kernel's errno, when it gave one (EEXIST, EPERM, …), for callers to match on.
+        errno: Option<i32>,
+    },
 }
 
 /// An open network namespace file (`/run/netns/NAME` or e.g. `/proc/PID/ns/net`).
@@ -348,6 +353,7 @@ pub(crate) fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetlinkError
     NetlinkError::Netlink {
         op: op.into(),
         msg: nl_msg(&e),
+        errno: errno(&e),
     }
 }
 
@@ -598,6 +604,7 @@ pub fn create_veth(req: &VethRequest) -> Result<u32, NetlinkError> {
                 op: format!("creating veth '{host_name}'"),
                 msg: "the new interface vanished right after creation (deleted concurrently?)"
                     .into(),
+                errno: None,
             }),
         }
     })?;
@@ -667,6 +674,7 @@ pub fn netns_id(ns: &Netns) -> Result<Option<i32>, NetlinkError> {
                     return Err(NetlinkError::Netlink {
                         op: "asking for a namespace id".into(),
                         msg: e.to_string(),
+                        errno: e.code.map(|c| c.get().abs()),
                     });
                 }
                 _ => {}

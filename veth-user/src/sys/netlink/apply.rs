@@ -317,7 +317,11 @@ pub fn apply_with<K: LinkKernel>(
                     }
                     Step::Route(r) => format!("{verb} route {}", r.describe(&what)),
                 };
-                return Err(NetlinkError::Netlink { op, msg: e.msg });
+                return Err(NetlinkError::Netlink {
+                    op,
+                    msg: e.msg,
+                    errno: e.errno,
+                });
             }
         }
     }
