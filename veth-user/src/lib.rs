@@ -30,23 +30,17 @@ pub mod datapath;
 #[cfg(not(feature = "internals"))]
 mod datapath;
 mod registry;
+/// What an endpoint is made of (for the netlink integration tests).
+#[cfg(feature = "internals")]
+pub use registry::desired;
 #[cfg(feature = "internals")]
 pub mod sys;
 #[cfg(not(feature = "internals"))]
 mod sys;
 mod types;
+mod version;
 
-/// This vethfp's version (the workspace version, e.g. `0.2.0-dev`).
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The git commit it was built from (12 hex digits), or "unknown".
-pub const GIT_COMMIT: &str = env!("VETHFP_GIT_COMMIT");
-/// `VERSION (commit GIT_COMMIT)`: what `vethfp --version` prints and a state records.
-pub const LONG_VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("VETHFP_GIT_COMMIT"),
-    ")"
-);
+pub use version::{GIT_COMMIT, LONG_VERSION, VERSION};
 
 pub use datapath::{DEFAULT_BPFFS, DatapathError};
 pub use registry::{

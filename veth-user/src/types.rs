@@ -96,18 +96,20 @@ impl<'de> Deserialize<'de> for Cidr {
 pub struct Mac(pub [u8; 6]);
 
 impl Mac {
-    /// A random locally administered unicast address.
+    /// A random locally administered unicast address. The randomness is std's: the keys of a
+    /// fresh `RandomState` come from the kernel's random pool (getrandom(2), once per thread,
+    /// then a new key per call), so this plain input type makes no syscall of its own.
     pub fn random() -> Mac {
-        let mut b = [0u8; 6];
-        // getrandom(2) never fails for 6 bytes once the pool is initialised; fall back to time.
-        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-        if n != 6 {
-            let t = std::time::SystemTime::now()
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(
+            std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            b.copy_from_slice(&t.to_le_bytes()[..6]);
-        }
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+        );
+        let mut b = [0u8; 6];
+        b.copy_from_slice(&h.finish().to_le_bytes()[..6]);
         b[0] = (b[0] & 0xfe) | 0x02;
         Mac(b)
     }

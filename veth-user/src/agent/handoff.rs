@@ -212,7 +212,7 @@ impl Worker {
                 let m = &self.shared.metrics;
                 m.handoffs.inc();
                 if let Some(at) = at_ns {
-                    let delay = monotonic_ns().saturating_sub(at);
+                    let delay = crate::sys::clock::monotonic_ns().saturating_sub(at);
                     m.handoff_delay.observe(delay as f64 / 1e9);
                 }
                 self.index
@@ -483,16 +483,6 @@ impl Key {
         let t = Key::tuple(k);
         format!("{}:{} <-> {}:{}", t.src, t.sport, t.dst, t.dport)
     }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

@@ -50,7 +50,10 @@ use veth_common::{
     V_DROP_SPOOF_IP, V_DROP_SPOOF_MAC, V_FAST_UPLINK, V_RESERVED, V_STACK, VERDICT_NAMES, VERDICTS,
 };
 
-use crate::agent::Shared;
+use crate::{
+    agent::Shared,
+    registry::{EndpointStats, Status},
+};
 
 /// Counters the agent keeps about itself.
 #[derive(Debug)]
@@ -264,10 +267,30 @@ fn family(
 
 impl Collector for DatapathCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let per_endpoint = self.per_endpoint;
+        let Some((stats, status)) = self.read() else {
+            return Ok(());
+        };
+        let mut families = if self.per_endpoint {
+            endpoint_families(&stats)
+        } else {
+            Vec::new()
+        };
+        families.extend(node_families(&status));
+        families.extend(uplink_families(&status));
+        for f in &families {
+            family(&mut enc, f.name, f.help, f.kind, &f.rows)?;
+        }
+        Ok(())
+    }
+}
+
+impl DatapathCollector {
+    /// Counters of every endpoint (with its namespace, if per-endpoint series are on) and the
+    /// node's status; None (logged) if the maps cannot be read.
+    fn read(&self) -> Option<(Vec<(EndpointStats, String)>, Status)> {
         let read = (|| {
             let mut reg = self.shared.read_metrics()?;
-            let stats = if per_endpoint {
+            let stats = if self.per_endpoint {
                 reg.stats_with_netns()?
             } else {
                 Vec::new()
@@ -275,179 +298,189 @@ impl Collector for DatapathCollector {
             let status = reg.status()?;
             Ok::<_, crate::registry::EndpointError>((stats, status))
         })();
-        let (stats, status) = match read {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!("metrics: reading the maps failed: {e}");
-                return Ok(());
-            }
-        };
-        let mut packets = Vec::new();
-        let mut bytes = Vec::new();
-        let mut drops = Vec::new();
-        for (s, netns) in &stats {
-            for (d, dir) in DIR_NAMES.iter().enumerate() {
-                for v in (0..VERDICTS).filter(|v| *v != V_RESERVED) {
-                    let labels: Labels = vec![
-                        ("host_if", s.host_if.clone()),
-                        ("netns", netns.clone()),
-                        ("direction", (*dir).into()),
-                        ("verdict", VERDICT_NAMES[v].into()),
-                    ];
-                    let pb = s.counters.c[d][v];
-                    packets.push((labels.clone(), pb.packets));
-                    bytes.push((labels, pb.bytes));
-                }
-            }
-            for v in [
-                V_DROP_SPOOF_IP,
-                V_DROP_SPOOF_MAC,
-                V_DROP_POLICY,
-                V_DROP_ERROR,
-            ] {
-                let n: u64 = (0..DIRS).map(|d| s.counters.c[d][v].packets).sum();
-                let reason = VERDICT_NAMES[v].trim_start_matches("drop_");
-                drops.push((
-                    vec![
-                        ("host_if", s.host_if.clone()),
-                        ("netns", netns.clone()),
-                        ("reason", reason.to_string()),
-                    ],
-                    n,
-                ));
+        read.inspect_err(|e| tracing::warn!("metrics: reading the maps failed: {e}"))
+            .ok()
+    }
+}
+
+/// One metric family as exposed: name, help, type and its samples.
+struct Exposed {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    rows: Vec<(Labels, u64)>,
+}
+
+fn gauge(name: &'static str, help: &'static str, v: u64) -> Exposed {
+    Exposed {
+        name,
+        help,
+        kind: MetricType::Gauge,
+        rows: vec![(vec![], v)],
+    }
+}
+
+/// Packets and bytes per endpoint, direction and verdict, and drops per reason.
+fn endpoint_families(stats: &[(EndpointStats, String)]) -> Vec<Exposed> {
+    let mut packets = Vec::new();
+    let mut bytes = Vec::new();
+    let mut drops = Vec::new();
+    for (s, netns) in stats {
+        for (d, dir) in DIR_NAMES.iter().enumerate() {
+            for v in (0..VERDICTS).filter(|v| *v != V_RESERVED) {
+                let labels: Labels = vec![
+                    ("host_if", s.host_if.clone()),
+                    ("netns", netns.clone()),
+                    ("direction", (*dir).into()),
+                    ("verdict", VERDICT_NAMES[v].into()),
+                ];
+                let pb = s.counters.c[d][v];
+                packets.push((labels.clone(), pb.packets));
+                bytes.push((labels, pb.bytes));
             }
         }
-        if per_endpoint {
-            family(
-                &mut enc,
-                "vethfp_endpoint_packets",
-                "Packets per endpoint by direction and verdict (as `vethfp stats --json`)",
-                MetricType::Counter,
-                &packets,
-            )?;
-            family(
-                &mut enc,
-                "vethfp_endpoint_bytes",
-                "Bytes (frame length incl. Ethernet header) per endpoint by direction and verdict",
-                MetricType::Counter,
-                &bytes,
-            )?;
-            family(
-                &mut enc,
-                "vethfp_endpoint_drops",
-                "Packets dropped per endpoint by reason, both directions",
-                MetricType::Counter,
-                &drops,
-            )?;
+        for v in [
+            V_DROP_SPOOF_IP,
+            V_DROP_SPOOF_MAC,
+            V_DROP_POLICY,
+            V_DROP_ERROR,
+        ] {
+            let n: u64 = (0..DIRS).map(|d| s.counters.c[d][v].packets).sum();
+            let reason = VERDICT_NAMES[v].trim_start_matches("drop_");
+            drops.push((
+                vec![
+                    ("host_if", s.host_if.clone()),
+                    ("netns", netns.clone()),
+                    ("reason", reason.to_string()),
+                ],
+                n,
+            ));
         }
-        family(
-            &mut enc,
+    }
+    let counter = |name, help, rows| Exposed {
+        name,
+        help,
+        kind: MetricType::Counter,
+        rows,
+    };
+    vec![
+        counter(
+            "vethfp_endpoint_packets",
+            "Packets per endpoint by direction and verdict (as `vethfp stats --json`)",
+            packets,
+        ),
+        counter(
+            "vethfp_endpoint_bytes",
+            "Bytes (frame length incl. Ethernet header) per endpoint by direction and verdict",
+            bytes,
+        ),
+        counter(
+            "vethfp_endpoint_drops",
+            "Packets dropped per endpoint by reason, both directions",
+            drops,
+        ),
+    ]
+}
+
+/// The node: endpoints, switches, the admission flow table and its events.
+fn node_families(status: &Status) -> Vec<Exposed> {
+    let ft = &status.flow_table;
+    let netfilter = status.admission == crate::registry::flows::Admission::Netfilter;
+    vec![
+        gauge(
             "vethfp_endpoints",
             "Registered endpoints",
-            MetricType::Gauge,
-            &[(vec![], status.endpoints as u64)],
-        )?;
-        family(
-            &mut enc,
+            status.endpoints as u64,
+        ),
+        gauge(
             "vethfp_fast_path_enabled",
             "1 if the fast path is on",
-            MetricType::Gauge,
-            &[(vec![], status.fast_path as u64)],
-        )?;
-        let ft = &status.flow_table;
-        family(
-            &mut enc,
+            status.fast_path as u64,
+        ),
+        gauge(
             "vethfp_admission_netfilter",
             "1 if admission is `netfilter` (the kernel admits each flow), 0 if `always`",
-            MetricType::Gauge,
-            &[(vec![], (status.admission == "netfilter") as u64)],
-        )?;
-        family(
-            &mut enc,
+            netfilter as u64,
+        ),
+        gauge(
             "vethfp_flow_table_entries",
             "Entries in the admission flow table (pending and admitted)",
-            MetricType::Gauge,
-            &[(vec![], ft.entries as u64)],
-        )?;
-        family(
-            &mut enc,
+            ft.entries as u64,
+        ),
+        gauge(
             "vethfp_flow_table_admitted",
             "Admitted flows in the flow table",
-            MetricType::Gauge,
-            &[(vec![], ft.admitted as u64)],
-        )?;
-        family(
-            &mut enc,
-            "vethfp_flow_table_flows",
-            "Flows in the flow table by what the datapath does with their next packet: admitted (fast path), pending, waiting (TCP, for the agent's hand-off), closing, expired (due for re-verification)",
-            MetricType::Gauge,
-            &[
+            ft.admitted as u64,
+        ),
+        Exposed {
+            name: "vethfp_flow_table_flows",
+            help: "Flows in the flow table by what the datapath does with their next packet: admitted (fast path), pending, waiting (TCP, for the agent's hand-off), closing, expired (due for re-verification)",
+            kind: MetricType::Gauge,
+            rows: [
                 ("admitted", ft.admitted),
                 ("pending", ft.pending),
                 ("waiting", ft.waiting),
                 ("closing", ft.closing),
                 ("expired", ft.expired),
             ]
-            .map(|(k, v)| (vec![("state", k.to_string())], v as u64)),
-        )?;
-        family(
-            &mut enc,
+            .map(|(k, v)| (vec![("state", k.to_string())], v as u64))
+            .to_vec(),
+        },
+        gauge(
             "vethfp_flow_table_handed_off",
             "TCP flows in the flow table whose conntrack entry the agent made liberal",
-            MetricType::Gauge,
-            &[(vec![], ft.handed_off as u64)],
-        )?;
-        family(
-            &mut enc,
+            ft.handed_off as u64,
+        ),
+        gauge(
             "vethfp_flow_table_capacity",
             "Capacity of the admission flow table (LRU: full means the oldest are evicted)",
-            MetricType::Gauge,
-            &[(vec![], ft.capacity as u64)],
-        )?;
-        let rows: Vec<(Labels, u64)> = ft
-            .counters
-            .iter()
-            .map(|(k, v)| (vec![("event", k.to_string())], *v))
-            .collect();
-        family(
-            &mut enc,
-            "vethfp_flows",
-            "Node flow events: created, admitted, torn_down (TCP FIN/RST), expired (re-verify), insert_failed, reported (TCP hand-off candidates), report_lost (hand-off ring full)",
-            MetricType::Counter,
-            &rows,
-        )?;
-        let mut up_p = Vec::new();
-        let mut up_b = Vec::new();
-        for u in &status.uplinks {
-            for (counter, d, v) in [
-                ("received_fast", DIR_TO_CONTAINER, V_FAST_UPLINK),
-                ("received_stack", DIR_TO_CONTAINER, V_STACK),
-                ("sent_fast", DIR_FROM_CONTAINER, V_FAST_UPLINK),
-            ] {
-                let labels: Labels = vec![
-                    ("uplink", u.uplink.name.clone()),
-                    ("counter", counter.into()),
-                ];
-                up_p.push((labels.clone(), u.counters.c[d][v].packets));
-                up_b.push((labels, u.counters.c[d][v].bytes));
-            }
+            ft.capacity as u64,
+        ),
+        Exposed {
+            name: "vethfp_flows",
+            help: "Node flow events: created, admitted, torn_down (TCP FIN/RST), expired (re-verify), insert_failed, reported (TCP hand-off candidates), report_lost (hand-off ring full)",
+            kind: MetricType::Counter,
+            rows: ft
+                .counters
+                .iter()
+                .map(|(k, v)| (vec![("event", k.to_string())], *v))
+                .collect(),
+        },
+    ]
+}
+
+/// Packets and bytes per attached uplink and counter.
+fn uplink_families(status: &Status) -> Vec<Exposed> {
+    let mut up_p = Vec::new();
+    let mut up_b = Vec::new();
+    for u in &status.uplinks {
+        for (counter, d, v) in [
+            ("received_fast", DIR_TO_CONTAINER, V_FAST_UPLINK),
+            ("received_stack", DIR_TO_CONTAINER, V_STACK),
+            ("sent_fast", DIR_FROM_CONTAINER, V_FAST_UPLINK),
+        ] {
+            let labels: Labels = vec![
+                ("uplink", u.uplink.name.clone()),
+                ("counter", counter.into()),
+            ];
+            up_p.push((labels.clone(), u.counters.c[d][v].packets));
+            up_b.push((labels, u.counters.c[d][v].bytes));
         }
-        family(
-            &mut enc,
-            "vethfp_uplink_packets",
-            "Packets per attached uplink (as `vethfp status --json`)",
-            MetricType::Counter,
-            &up_p,
-        )?;
-        family(
-            &mut enc,
-            "vethfp_uplink_bytes",
-            "Bytes per attached uplink",
-            MetricType::Counter,
-            &up_b,
-        )?;
-        Ok(())
     }
+    vec![
+        Exposed {
+            name: "vethfp_uplink_packets",
+            help: "Packets per attached uplink (as `vethfp status --json`)",
+            kind: MetricType::Counter,
+            rows: up_p,
+        },
+        Exposed {
+            name: "vethfp_uplink_bytes",
+            help: "Bytes per attached uplink",
+            kind: MetricType::Counter,
+            rows: up_b,
+        },
+    ]
 }
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

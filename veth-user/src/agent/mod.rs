@@ -253,14 +253,8 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
 
     // Subscribe before the first pass, so no deletion can fall between the two.
     let mut events = node::watch_links()?;
-    let mut term = signal(SignalKind::terminate()).map_err(|source| AgentError::Io {
-        what: "installing the SIGTERM handler".into(),
-        source,
-    })?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|source| AgentError::Io {
-        what: "installing the SIGINT handler".into(),
-        source,
-    })?;
+    let mut term = on_signal(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = on_signal(SignalKind::interrupt(), "SIGINT")?;
 
     // Held while the agent lives (and dropped by the kernel if it is killed): every write
     // operation then switches TCP to per-flow hand-off (`registry::flows::sync_tcp`).
@@ -279,16 +273,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         set_bpf_log(&shared, false).await?;
         None
     };
-
-    let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
-        .await
-        .map_err(|source| AgentError::Io {
-            what: format!("binding the metrics listener on {}", cfg.metrics_addr),
-            source,
-        })?;
-    let local = listener.local_addr().ok();
-    let registry = Arc::new(metrics::registry(shared.clone(), cfg.per_endpoint_metrics));
-    tokio::spawn(metrics::serve(listener, registry, shared.clone()));
+    let local = serve_metrics(&cfg, &shared).await?;
     info!(
         bpffs = %cfg.bpffs.display(),
         metrics = ?local,
@@ -311,30 +296,75 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
                 }
             }
             ev = events.recv() => match ev {
-                Some(ev) => {
-                    let mut batch = vec![ev];
-                    while let Ok(more) = events.try_recv() {
-                        batch.push(more);
-                    }
-                    if let Err(e) = handle_events(&shared, batch).await {
-                        warn!("handling link events failed: {e}");
-                    }
-                }
-                None => {
-                    // The watch thread ended (logged there): start a new one, resync.
-                    warn!("link event watch ended; restarting it");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    match node::watch_links() {
-                        Ok(rx) => events = rx,
-                        Err(e) => error!("restarting the link event watch: {e}"),
-                    }
-                    let _ = reconcile(&shared, "event watch restart").await;
-                }
+                Some(ev) => on_events(&shared, ev, &mut events).await,
+                None => events = rewatch(&shared, events).await,
             }
         }
     }
 
     drop(logger);
+    shut_down(&cfg, &shared).await
+}
+
+fn on_signal(kind: SignalKind, name: &str) -> Result<tokio::signal::unix::Signal, AgentError> {
+    signal(kind).map_err(|source| AgentError::Io {
+        what: format!("installing the {name} handler"),
+        source,
+    })
+}
+
+/// Serves /metrics, /healthz and /readyz; returns the address it listens on.
+async fn serve_metrics(
+    cfg: &Config,
+    shared: &Arc<Shared>,
+) -> Result<Option<std::net::SocketAddr>, AgentError> {
+    let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
+        .await
+        .map_err(|source| AgentError::Io {
+            what: format!("binding the metrics listener on {}", cfg.metrics_addr),
+            source,
+        })?;
+    let local = listener.local_addr().ok();
+    let registry = Arc::new(metrics::registry(shared.clone(), cfg.per_endpoint_metrics));
+    tokio::spawn(metrics::serve(listener, registry, shared.clone()));
+    Ok(local)
+}
+
+/// A link event and whatever else is queued, handled as one batch.
+async fn on_events(
+    shared: &Arc<Shared>,
+    first: LinkEvent,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<LinkEvent>,
+) {
+    let mut batch = vec![first];
+    while let Ok(more) = events.try_recv() {
+        batch.push(more);
+    }
+    if let Err(e) = handle_events(shared, batch).await {
+        warn!("handling link events failed: {e}");
+    }
+}
+
+/// The watch thread ended (logged there): start a new one, resync.
+async fn rewatch(
+    shared: &Arc<Shared>,
+    old: tokio::sync::mpsc::UnboundedReceiver<LinkEvent>,
+) -> tokio::sync::mpsc::UnboundedReceiver<LinkEvent> {
+    warn!("link event watch ended; restarting it");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events = match node::watch_links() {
+        Ok(rx) => rx,
+        Err(e) => {
+            error!("restarting the link event watch: {e}");
+            old
+        }
+    };
+    let _ = reconcile(shared, "event watch restart").await;
+    events
+}
+
+/// SIGTERM/SIGINT: leave the datapath in place, or with `--cleanup-on-exit` remove all.
+async fn shut_down(cfg: &Config, shared: &Arc<Shared>) -> Result<(), AgentError> {
     if cfg.cleanup_on_exit {
         let n = shared.write(|reg| reg.remove_everything()).await?;
         info!(
@@ -343,7 +373,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         );
     } else {
         if cfg.bpf_log {
-            set_bpf_log(&shared, false).await?;
+            set_bpf_log(shared, false).await?;
         }
         info!("exiting; the datapath stays in place (pinned)");
     }
@@ -480,32 +510,7 @@ async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<()
         })
         .collect();
     if !up.is_empty() {
-        let repaired = shared
-            .write(move |reg| {
-                let mut out = Vec::new();
-                // A `pair add`/`pair del` in flight finishes its endpoint itself.
-                let busy = reg.in_flight()?;
-                for ifindex in up {
-                    if let Some(rec) = reg.record_by_ifindex(ifindex)? {
-                        let name = String::from_utf8_lossy(&rec.host_name)
-                            .trim_end_matches('\0')
-                            .to_string();
-                        if busy.contains(&name) {
-                            continue;
-                        }
-                        match reg.repair_endpoint(&rec) {
-                            Ok(parts) => out.extend(parts.into_iter().map(|p| (name.clone(), p))),
-                            Err(e) => warn!(host_if = %name, "repairing after link up: {e}"),
-                        }
-                    }
-                }
-                Ok(out)
-            })
-            .await?;
-        for (name, part) in repaired {
-            shared.metrics.repaired(part);
-            info!(host_if = %name, part, "repaired endpoint after its link came up");
-        }
+        repair_up(shared, up).await?;
     }
     let gone: Vec<(u32, String, Instant)> = batch
         .into_iter()
@@ -516,9 +521,49 @@ async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<()
             _ => None,
         })
         .collect();
-    if gone.is_empty() {
-        return Ok(());
+    if !gone.is_empty() {
+        remove_gone(shared, gone).await?;
     }
+    Ok(())
+}
+
+/// Repairs the endpoints whose host end came up again.
+async fn repair_up(shared: &Arc<Shared>, up: BTreeSet<u32>) -> Result<(), AgentError> {
+    let repaired = shared
+        .write(move |reg| {
+            let mut out = Vec::new();
+            // A `pair add`/`pair del` in flight finishes its endpoint itself.
+            let busy = reg.in_flight()?;
+            for ifindex in up {
+                if let Some(rec) = reg.record_by_ifindex(ifindex)? {
+                    let name = String::from_utf8_lossy(&rec.host_name)
+                        .trim_end_matches('\0')
+                        .to_string();
+                    if busy.contains(&name) {
+                        continue;
+                    }
+                    match reg.repair_endpoint(&rec) {
+                        Ok(parts) => out.extend(parts.into_iter().map(|p| (name.clone(), p))),
+                        Err(e) => warn!(host_if = %name, "repairing after link up: {e}"),
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+    for (name, part) in repaired {
+        shared.metrics.repaired(part);
+        info!(host_if = %name, part, "repaired endpoint after its link came up");
+    }
+    Ok(())
+}
+
+/// Removes the endpoints (and uplinks) whose interface left the node, re-checked under the
+/// lock.
+async fn remove_gone(
+    shared: &Arc<Shared>,
+    gone: Vec<(u32, String, Instant)>,
+) -> Result<(), AgentError> {
     let done = shared
         .write(move |reg| {
             let mut done = Vec::new();

@@ -104,7 +104,7 @@ fn print_status(st: &Status) {
     outln!("fast path: {}", if st.fast_path { "on" } else { "off" });
     outln!("egress:    {}", st.egress);
     outln!("admission: {}", st.admission);
-    if st.admission == "netfilter" {
+    if st.admission == vethfp::Admission::Netfilter {
         outln!("tcp:       {}", tcp_line(st));
     }
     let t = &st.flow_table;

@@ -9,46 +9,40 @@ impl Call<'_> {
             CniError::new(ERR_INVALID_CONFIG, "CHECK needs prevResult in the config")
         })?;
         let ifname = self.ifname();
-        let fail = |msg: String| CniError::new(ERR_CHECK, msg);
-        let cidx = prev
-            .container_iface(ifname)
-            .ok_or_else(|| fail(format!("prevResult has no interface {ifname} in a sandbox")))?;
+        let cidx = prev.container_iface(ifname).ok_or_else(|| {
+            check_fail(format!("prevResult has no interface {ifname} in a sandbox"))
+        })?;
+        let mut reg = Registry::open_read(&self.conf.bpffs_dir()).map_err(endpoint_err)?;
+        let ep = self.endpoint_of(&mut reg, &prev)?;
+        check_host_end(&ep, &prev)?;
+        self.check_container_end(&ep, &prev, cidx)?;
+        check_fast_path(&mut reg, &ep)
+    }
+
+    /// The endpoint this call's container interface was added as: by the host name derived
+    /// from (CNI_CONTAINERID, CNI_IFNAME), or adopted under a host name prevResult lists.
+    fn endpoint_of(&self, reg: &mut Registry, prev: &CniResult) -> Result<EndpointView> {
+        let ifname = self.ifname();
         let derived = host_name(self.container_id(), ifname);
         let prev_hosts: Vec<&str> = prev.host_ifaces().map(|i| i.name.as_str()).collect();
-        let mut reg = Registry::open_read(&self.conf.bpffs_dir()).map_err(endpoint_err)?;
-        let ep: EndpointView = reg
-            .list()
+        reg.list()
             .map_err(endpoint_err)?
             .into_iter()
             .find(|e| {
                 e.host_if == derived || (e.ifname == ifname && prev_hosts.contains(&&*e.host_if))
             })
             .ok_or_else(|| {
-                fail(format!(
+                check_fail(format!(
                     "no vethfp endpoint for {ifname} of container {}",
                     self.container_id()
                 ))
-            })?;
+            })
+    }
 
-        // The host end: same interface as registered, and as listed in prevResult.
-        let host = node::link_by_index(ep.host_ifindex)
-            .map_err(endpoint_err)?
-            .filter(|l| l.name == ep.host_if)
-            .ok_or_else(|| fail(format!("host end {} is gone", ep.host_if)))?;
-        if host.mac != Some(ep.host_mac) {
-            return Err(fail(format!("host end {} changed its MAC", ep.host_if)));
-        }
-        if let Some(i) = prev.host_ifaces().find(|i| i.name == ep.host_if)
-            && !i.mac.is_empty()
-            && !i.mac.eq_ignore_ascii_case(&ep.host_mac.to_string())
-        {
-            return Err(fail(format!(
-                "host end {} has MAC {}, prevResult says {}",
-                ep.host_if, ep.host_mac, i.mac
-            )));
-        }
-
-        // The container end, its addresses and routes, seen from inside the sandbox.
+    /// The container end, its addresses and routes, seen from inside the sandbox.
+    fn check_container_end(&self, ep: &EndpointView, prev: &CniResult, cidx: usize) -> Result<()> {
+        let ifname = self.ifname();
+        let fail = check_fail;
         let want_ns = prev.interfaces[cidx].sandbox.as_deref().unwrap_or_default();
         let ns = Netns::open(self.netns()).map_err(netlink_err)?;
         if want_ns != self.netns() && Netns::open(want_ns).map(|n| n.ino()).ok() != Some(ns.ino()) {
@@ -101,25 +95,55 @@ impl Call<'_> {
                 return Err(fail(format!("{ifname} lacks route {}", r.dst)));
             }
         }
-
-        // The fast path: our filters attached and running this state's programs (asked
-        // from the kernel; cls_bpf filters need no pin to stay).
-        let seen = reg
-            .fast_path_seen(ep.host_ifindex)
-            .map_err(|e| fail(e.to_string()))?;
-        if !seen.fast_path {
-            return Err(fail(format!(
-                "the fast path programs are not attached to {} (ingress filters {:?}, egress \
-                 filters {:?})",
-                ep.host_if, seen.ingress, seen.egress
-            )));
-        }
-        if ep.mode == Mode::Xdp && !seen.xdp_link {
-            return Err(fail(format!(
-                "{} is in xdp mode but has no XDP link",
-                ep.host_if
-            )));
-        }
         Ok(())
     }
+}
+
+fn check_fail(msg: String) -> CniError {
+    CniError::new(ERR_CHECK, msg)
+}
+
+/// The host end: same interface as registered, and as listed in prevResult.
+fn check_host_end(ep: &EndpointView, prev: &CniResult) -> Result<()> {
+    let fail = check_fail;
+    let host = node::link_by_index(ep.host_ifindex)
+        .map_err(endpoint_err)?
+        .filter(|l| l.name == ep.host_if)
+        .ok_or_else(|| fail(format!("host end {} is gone", ep.host_if)))?;
+    if host.mac != Some(ep.host_mac) {
+        return Err(fail(format!("host end {} changed its MAC", ep.host_if)));
+    }
+    if let Some(i) = prev.host_ifaces().find(|i| i.name == ep.host_if)
+        && !i.mac.is_empty()
+        && !i.mac.eq_ignore_ascii_case(&ep.host_mac.to_string())
+    {
+        return Err(fail(format!(
+            "host end {} has MAC {}, prevResult says {}",
+            ep.host_if, ep.host_mac, i.mac
+        )));
+    }
+    Ok(())
+}
+
+/// The fast path: our filters attached and running this state's programs (asked from the
+/// kernel; cls_bpf filters need no pin to stay).
+fn check_fast_path(reg: &mut Registry, ep: &EndpointView) -> Result<()> {
+    let fail = check_fail;
+    let seen = reg
+        .fast_path_seen(ep.host_ifindex)
+        .map_err(|e| fail(e.to_string()))?;
+    if !seen.fast_path {
+        return Err(fail(format!(
+            "the fast path programs are not attached to {} (ingress filters {:?}, egress \
+             filters {:?})",
+            ep.host_if, seen.ingress, seen.egress
+        )));
+    }
+    if ep.mode == Mode::Xdp && !seen.xdp_link {
+        return Err(fail(format!(
+            "{} is in xdp mode but has no XDP link",
+            ep.host_if
+        )));
+    }
+    Ok(())
 }

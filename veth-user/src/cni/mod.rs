@@ -252,38 +252,114 @@ fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
 // ---------------------------------------------------------------------------------------------
 // Dispatch.
 
-fn dispatch(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
-    let cmd = env.command.as_str();
-    if cmd == "VERSION" {
-        return Ok(Some(json!({
-            "cniVersion": CURRENT_VERSION,
-            "supportedVersions": SUPPORTED_VERSIONS,
-        })));
+/// `CNI_COMMAND`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CniCommand {
+    Add,
+    Del,
+    Check,
+    Status,
+    Gc,
+    Version,
+}
+
+impl CniCommand {
+    fn parse(s: &str) -> Result<CniCommand> {
+        Ok(match s {
+            "ADD" => CniCommand::Add,
+            "DEL" => CniCommand::Del,
+            "CHECK" => CniCommand::Check,
+            "STATUS" => CniCommand::Status,
+            "GC" => CniCommand::Gc,
+            "VERSION" => CniCommand::Version,
+            other => {
+                return Err(CniError::new(
+                    ERR_INVALID_ENV,
+                    format!(
+                        "CNI_COMMAND '{other}' is unknown: expected ADD, DEL, CHECK, STATUS, GC or VERSION"
+                    ),
+                ));
+            }
+        })
     }
-    let required: &[(&str, &Option<String>)] = match cmd {
-        "ADD" | "CHECK" => &[
-            ("CNI_CONTAINERID", &env.container_id),
-            ("CNI_NETNS", &env.netns),
-            ("CNI_IFNAME", &env.ifname),
-            ("CNI_PATH", &env.path),
-        ],
-        "DEL" => &[
-            ("CNI_CONTAINERID", &env.container_id),
-            ("CNI_IFNAME", &env.ifname),
-            ("CNI_PATH", &env.path),
-        ],
-        "GC" => &[("CNI_PATH", &env.path)],
-        "STATUS" => &[],
-        other => {
-            return Err(CniError::new(
-                ERR_INVALID_ENV,
-                format!(
-                    "CNI_COMMAND '{other}' is unknown: expected ADD, DEL, CHECK, STATUS, GC or VERSION"
-                ),
-            ));
+
+    fn name(self) -> &'static str {
+        match self {
+            CniCommand::Add => "ADD",
+            CniCommand::Del => "DEL",
+            CniCommand::Check => "CHECK",
+            CniCommand::Status => "STATUS",
+            CniCommand::Gc => "GC",
+            CniCommand::Version => "VERSION",
         }
+    }
+
+    /// The `CNI_*` variables the command needs.
+    fn required(self, env: &CniEnv) -> Vec<(&'static str, &Option<String>)> {
+        match self {
+            CniCommand::Add | CniCommand::Check => vec![
+                ("CNI_CONTAINERID", &env.container_id),
+                ("CNI_NETNS", &env.netns),
+                ("CNI_IFNAME", &env.ifname),
+                ("CNI_PATH", &env.path),
+            ],
+            CniCommand::Del => vec![
+                ("CNI_CONTAINERID", &env.container_id),
+                ("CNI_IFNAME", &env.ifname),
+                ("CNI_PATH", &env.path),
+            ],
+            CniCommand::Gc => vec![("CNI_PATH", &env.path)],
+            CniCommand::Status | CniCommand::Version => Vec::new(),
+        }
+    }
+
+    /// The oldest config version that has the command.
+    fn min_version(self) -> &'static str {
+        match self {
+            CniCommand::Check => "0.4.0",
+            CniCommand::Status | CniCommand::Gc => "1.1.0",
+            _ => "0.0.0",
+        }
+    }
+}
+
+fn version_reply() -> Value {
+    json!({
+        "cniVersion": CURRENT_VERSION,
+        "supportedVersions": SUPPORTED_VERSIONS,
+    })
+}
+
+/// Validates the call (environment, then configuration) and runs the command.
+fn dispatch(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
+    let cmd = CniCommand::parse(&env.command)?;
+    // VERSION answers whatever else is wrong.
+    if cmd == CniCommand::Version {
+        return Ok(Some(version_reply()));
+    }
+    check_env(cmd, env)?;
+    let raw: Value = decode(stdin, "network configuration")?;
+    let conf = check_conf(cmd, &raw)?;
+    let call = Call {
+        env,
+        conf: &conf,
+        raw: &raw,
+        stdin,
     };
-    let missing: Vec<&str> = required
+    match cmd {
+        CniCommand::Add => call.add().map(Some),
+        CniCommand::Del => call.del().map(|()| None),
+        CniCommand::Check => call.check().map(|()| None),
+        CniCommand::Status => call.status().map(|()| None),
+        CniCommand::Gc => call.gc().map(|()| None),
+        CniCommand::Version => Ok(Some(version_reply())),
+    }
+}
+
+/// The `CNI_*` environment: what the command needs is set and well-formed.
+fn check_env(cmd: CniCommand, env: &CniEnv) -> Result<()> {
+    let missing: Vec<&str> = cmd
+        .required(env)
         .iter()
         .filter(|(_, v)| v.is_none())
         .map(|(k, _)| *k)
@@ -291,7 +367,7 @@ fn dispatch(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
     if !missing.is_empty() {
         return Err(CniError::new(
             ERR_INVALID_ENV,
-            format!("{cmd} needs {} set", missing.join(", ")),
+            format!("{} needs {} set", cmd.name(), missing.join(", ")),
         ));
     }
     if let Some(id) = &env.container_id
@@ -314,8 +390,12 @@ fn dispatch(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
             ),
         ));
     }
+    Ok(())
+}
 
-    let raw: Value = decode(stdin, "network configuration")?;
+/// The network configuration: a JSON object of a version we speak that has the command,
+/// with a name and valid values.
+fn check_conf(cmd: CniCommand, raw: &Value) -> Result<NetConf> {
     if !raw.is_object() {
         return Err(CniError::new(
             ERR_DECODE,
@@ -333,17 +413,14 @@ fn dispatch(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
             ),
         ));
     }
-    let min = match cmd {
-        "CHECK" => "0.4.0",
-        "STATUS" | "GC" => "1.1.0",
-        _ => "0.0.0",
-    };
+    let min = cmd.min_version();
     if !version_at_least(&conf.cni_version, min) {
         return Err(CniError::new(
             ERR_INCOMPATIBLE_VERSION,
             format!(
-                "config version {} does not allow {cmd} (needs {min} or newer)",
-                conf.cni_version
+                "config version {} does not allow {} (needs {min} or newer)",
+                conf.cni_version,
+                cmd.name()
             ),
         ));
     }
@@ -363,20 +440,7 @@ fn dispatch(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
     }
     conf.mode()?;
     conf.spoof()?;
-    let call = Call {
-        env,
-        conf: &conf,
-        raw: &raw,
-        stdin,
-    };
-    match cmd {
-        "ADD" => call.add().map(Some),
-        "DEL" => call.del().map(|()| None),
-        "CHECK" => call.check().map(|()| None),
-        "STATUS" => call.status().map(|()| None),
-        "GC" => call.gc().map(|()| None),
-        _ => unreachable!("commands are checked above"),
-    }
+    Ok(conf)
 }
 
 fn endpoint_err(e: EndpointError) -> CniError {
@@ -439,6 +503,41 @@ impl Call<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_parse_and_name_themselves() {
+        for name in ["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION"] {
+            assert_eq!(CniCommand::parse(name).unwrap().name(), name);
+        }
+        let e = CniCommand::parse("add").unwrap_err();
+        assert_eq!(e.code, ERR_INVALID_ENV);
+        assert!(e.msg.contains("'add' is unknown"), "{}", e.msg);
+    }
+
+    #[test]
+    fn each_command_needs_its_environment_and_config_version() {
+        let env = CniEnv::default();
+        let names =
+            |c: CniCommand| -> Vec<&str> { c.required(&env).iter().map(|(k, _)| *k).collect() };
+        assert_eq!(names(CniCommand::Add), names(CniCommand::Check));
+        assert!(!names(CniCommand::Del).contains(&"CNI_NETNS"));
+        assert_eq!(names(CniCommand::Gc), vec!["CNI_PATH"]);
+        assert!(names(CniCommand::Status).is_empty());
+        assert_eq!(CniCommand::Check.min_version(), "0.4.0");
+        assert_eq!(CniCommand::Gc.min_version(), "1.1.0");
+        assert_eq!(CniCommand::Add.min_version(), "0.0.0");
+    }
+
+    #[test]
+    fn a_missing_variable_is_named() {
+        let env = CniEnv {
+            command: "DEL".into(),
+            container_id: Some("c1".into()),
+            ..Default::default()
+        };
+        let e = check_env(CniCommand::Del, &env).unwrap_err();
+        assert_eq!(e.msg, "DEL needs CNI_IFNAME, CNI_PATH set");
+    }
 
     #[test]
     fn host_names_are_valid_stable_and_distinct() {

@@ -22,11 +22,17 @@ use std::{
     fs,
     io::ErrorKind,
     os::{
-        fd::{AsRawFd, OwnedFd},
+        fd::OwnedFd,
         unix::fs::{DirBuilderExt, PermissionsExt},
     },
     path::{Path, PathBuf},
 };
+
+use crate::sys::{
+    bpf::{pinned_link_ifindex, unpin_and_detach},
+    lock,
+};
+pub use crate::sys::{netns::current_netns_cookie, random::random_u64};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -297,13 +303,10 @@ impl StateLock {
         let asked = std::time::Instant::now();
         let f = fs::File::open(dir).map_err(io(format!("opening {}", dir.display())))?;
         let fd: OwnedFd = f.into();
-        // SAFETY: valid fd; flock on a directory fd is allowed on every filesystem.
-        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(DatapathError::Io {
-                what: format!("locking {}", dir.display()),
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        lock::flock(&fd, lock::LOCK_EX).map_err(|source| DatapathError::Io {
+            what: format!("locking {}", dir.display()),
+            source,
+        })?;
         let taken = std::time::Instant::now();
         Ok(StateLock {
             _fd: fd,
@@ -350,11 +353,9 @@ impl OpsLock {
     }
 
     fn flock(dir: &Path, fd: &OwnedFd, op: libc::c_int) -> Result<bool> {
-        // SAFETY: valid fd.
-        if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
+        let Err(e) = lock::flock(fd, op) else {
             return Ok(true);
-        }
-        let e = std::io::Error::last_os_error();
+        };
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             return Ok(false);
         }
@@ -401,21 +402,14 @@ pub const PROGRAMS: [&str; 6] = [
     PROG_UPLINK_EGRESS,
 ];
 
-static FLOW_TABLE_SIZE: std::sync::atomic::AtomicU32 =
-    std::sync::atomic::AtomicU32::new(DEFAULT_FLOW_TABLE_SIZE);
-
-/// Capacity of `VFP_FLOWS` used when this process creates the maps of a new state (the global
-/// `--flow-table-size`). An existing state keeps the size it was made with.
-pub fn set_flow_table_size(n: u32) {
-    FLOW_TABLE_SIZE.store(n, std::sync::atomic::Ordering::Relaxed);
-}
-
 /// The opened datapath: maps (pinned, shared by every process) and the means to attach.
 pub struct Datapath {
     dir: PathBuf,
     maps: std::collections::HashMap<&'static str, aya::maps::Map>,
     /// The netlink session for clsact/cls_bpf work, opened on first use.
     tc: std::sync::Mutex<Option<crate::sys::tc_filter::TcSession>>,
+    /// Capacity of `VFP_FLOWS` if this process creates it (`--flow-table-size`).
+    flow_table_size: u32,
 }
 
 fn prog_pin(dir: &Path, name: &str) -> PathBuf {
@@ -444,7 +438,11 @@ impl Datapath {
     /// maps), verifies every program and pins it. Later calls open maps and programs from their
     /// pins and never parse the object or the kernel's BTF: that is most of a CLI call's cost.
     pub fn open(dir: &Path) -> Result<Datapath> {
-        Self::open_checked(dir, |_| Ok::<(), DatapathError>(()))
+        Self::open_checked(
+            dir,
+            DEFAULT_FLOW_TABLE_SIZE,
+            |_| Ok::<(), DatapathError>(()),
+        )
     }
 
     /// [`Datapath::open`] that first runs `check` on the state as it was found (its pinned
@@ -452,9 +450,11 @@ impl Datapath {
     /// pinned or written before the map ABI and `check` accept the state, and a call that
     /// fails for any reason removes the pins and directories it created: a refused state is
     /// left exactly as it was. A state missing only what a newer build added (a map, this
-    /// build's programs) is completed: that is an upgrade.
+    /// build's programs) is completed: that is an upgrade. `flow_table_size`: the capacity of
+    /// `VFP_FLOWS` if this call creates it (an existing state keeps the size it was made with).
     pub fn open_checked<E: From<DatapathError>>(
         dir: &Path,
+        flow_table_size: u32,
         check: impl FnOnce(&mut Datapath) -> Result<(), E>,
     ) -> Result<Datapath, E> {
         let made = prepare_bpffs_made(dir)?;
@@ -465,7 +465,7 @@ impl Datapath {
             .chain(PROGRAMS.iter().map(|p| prog_pin(dir, p)))
             .filter(|p| !p.exists())
             .collect();
-        let r = Self::open_found(dir, &missing, check);
+        let r = Self::open_found(dir, flow_table_size, &missing, check);
         if r.is_err() {
             for p in &missing {
                 match fs::remove_file(p) {
@@ -481,6 +481,7 @@ impl Datapath {
 
     fn open_found<E: From<DatapathError>>(
         dir: &Path,
+        flow_table_size: u32,
         missing: &[PathBuf],
         check: impl FnOnce(&mut Datapath) -> Result<(), E>,
     ) -> Result<Datapath, E> {
@@ -494,6 +495,7 @@ impl Datapath {
             dir: dir.to_path_buf(),
             maps,
             tc: Default::default(),
+            flow_table_size,
         };
         let mut found = 0;
         if dp.maps.contains_key(MAP_CONFIG) {
@@ -502,7 +504,7 @@ impl Datapath {
         }
         if !missing.is_empty() {
             // What this build adds (maps, its programs) is created beside what exists.
-            dp.maps = Self::load_and_pin(dir)?;
+            dp.maps = Self::load_and_pin(dir, flow_table_size)?;
         }
         // A state of an older map ABI (an earlier release) is migrated in place, one
         // idempotent step per ABI (see [`migrate`]); 0 is a new state.
@@ -517,13 +519,13 @@ impl Datapath {
         Ok(dp)
     }
 
-    fn load_and_pin(dir: &Path) -> Result<std::collections::HashMap<&'static str, aya::maps::Map>> {
+    fn load_and_pin(
+        dir: &Path,
+        flow_table_size: u32,
+    ) -> Result<std::collections::HashMap<&'static str, aya::maps::Map>> {
         let mut loader = EbpfLoader::new();
         loader.btf(None); // no CO-RE relocations in our programs
-        loader.map_max_entries(
-            MAP_FLOWS,
-            FLOW_TABLE_SIZE.load(std::sync::atomic::Ordering::Relaxed),
-        );
+        loader.map_max_entries(MAP_FLOWS, flow_table_size);
         for name in MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
@@ -594,7 +596,7 @@ impl Datapath {
             .dir
             .join(format!("{VERSION_LINK}-new-{}", std::process::id())); // bpffs: no dots
         let _ = fs::remove_file(&tmp);
-        if let Err(e) = std::os::unix::fs::symlink(crate::LONG_VERSION, &tmp)
+        if let Err(e) = std::os::unix::fs::symlink(crate::version::LONG_VERSION, &tmp)
             .and_then(|()| fs::rename(&tmp, &link))
         {
             let _ = fs::remove_file(&tmp);
@@ -790,7 +792,7 @@ impl Datapath {
     pub(crate) fn pinned_program(&mut self, name: &'static str) -> Result<PathBuf> {
         let pin = prog_pin(&self.dir, name);
         if !pin.exists() {
-            self.maps = Self::load_and_pin(&self.dir)?;
+            self.maps = Self::load_and_pin(&self.dir, self.flow_table_size)?;
         }
         Ok(pin)
     }
@@ -911,161 +913,6 @@ impl Datapath {
         unpin_and_detach(&self.link_pin(HOOK_XDP, ifindex))
             .map_err(io(format!("detaching the XDP link of ifindex {ifindex}")))
     }
-}
-
-/// 64 random bits from getrandom(2) (time as a fallback).
-pub fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: valid buffer of the length passed.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != 8 {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        return t ^ ((std::process::id() as u64) << 32);
-    }
-    u64::from_ne_bytes(b)
-}
-
-/// The netns cookie (SO_NETNS_COOKIE) of the calling thread's network namespace: unique for
-/// the machine's uptime, never reused (unlike inode numbers).
-pub fn current_netns_cookie() -> std::io::Result<u64> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: plain socket(2); the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh fd owned here.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd, out pointer and length.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cookie)
-}
-
-/// Opens the BPF object pinned at `path` (raw BPF_OBJ_GET: aya 0.14 opens pins only as typed
-/// maps, programs or links, and we need a plain fd for bpf_link_info and BPF_LINK_DETACH);
-/// None if nothing is pinned there.
-fn pinned_fd(path: &Path) -> std::io::Result<Option<OwnedFd>> {
-    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
-    const BPF_OBJ_GET: libc::c_long = 7;
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        pad: u32,
-    }
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let get = ObjGet {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-        pad: 0,
-    };
-    // SAFETY: bpf(2) with a valid, fully initialised attr of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &get as *const ObjGet,
-            std::mem::size_of::<ObjGet>() as u32,
-        )
-    };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.kind() == ErrorKind::NotFound {
-            Ok(None)
-        } else {
-            Err(e)
-        };
-    }
-    // SAFETY: a fresh fd returned by BPF_OBJ_GET, owned here.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
-}
-
-/// The ifindex a pinned tcx/XDP link is attached to (bpf_link_info; 0 once its device is
-/// gone); None if nothing is pinned at `path`. Raw bpf(2): aya 0.14 does not expose it.
-fn pinned_link_ifindex(path: &Path) -> std::io::Result<Option<u32>> {
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    #[repr(C)]
-    struct InfoByFd {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let Some(fd) = pinned_fd(path)? else {
-        return Ok(None);
-    };
-    // struct bpf_link_info: type, id, prog_id, then a union aligned to 8 whose tcx and xdp
-    // members start with the ifindex (offset 16).
-    let mut info = [0u64; 32];
-    let attr = InfoByFd {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: std::mem::size_of_val(&info) as u32,
-        info: info.as_mut_ptr() as u64,
-    };
-    // SAFETY: bpf(2) with a valid attr; the kernel writes at most info_len bytes.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &attr as *const InfoByFd,
-            std::mem::size_of::<InfoByFd>() as u32,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(Some(info[2] as u32))
-}
-
-/// Detaches the link pinned at `path` now (BPF_LINK_DETACH) and removes the pin; Ok(false) if
-/// nothing is pinned there. Removing only the pin frees the link asynchronously, so attaching
-/// to the same hook right after (e.g. `pair mode … xdp` after `pair mode … tc`) could still
-/// find it busy (EBUSY).
-fn unpin_and_detach(path: &Path) -> std::io::Result<bool> {
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    #[repr(C)]
-    struct LinkDetach {
-        link_fd: u32,
-        pad: [u32; 3],
-    }
-    let Some(fd) = pinned_fd(path)? else {
-        return Ok(false);
-    };
-    let detach = LinkDetach {
-        link_fd: fd.as_raw_fd() as u32,
-        pad: [0; 3],
-    };
-    // SAFETY: bpf(2) with a valid attr. Failure means already detached (its interface went
-    // away) or a link type without detach: removing the pin below still releases it.
-    let _ = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            &detach as *const LinkDetach,
-            std::mem::size_of::<LinkDetach>() as u32,
-        )
-    };
-    fs::remove_file(path)?;
-    Ok(true)
 }
 
 /// Pins an attached link at `pin`, 0600; on failure nothing stays attached.

@@ -17,6 +17,12 @@ use std::{
 use serde::Serialize;
 
 use crate::types::Mode;
+use veth_common::{EP_ADOPTED, EP_BRIDGE_PORT, MAX_ADDRS, Target};
+
+use super::{
+    error::Result,
+    record::{get_str, make_record, put_str},
+};
 use crate::{
     registry::{EndpointError, EndpointView, Registry},
     sys::netlink::{self, NetlinkError, Netns},
@@ -344,6 +350,171 @@ impl Registry {
             out.push((bridge, r));
         }
         Ok(out)
+    }
+}
+
+impl Registry {
+    /// Accelerates an existing Linux bridge in place: every veth port whose peer lives in
+    /// another namespace gets the L2 fast path; the bridge stays the slow path. Refuses (unless
+    /// `force`) where the bridge enforces something the fast path would skip.
+    ///
+    /// Returns the ports accelerated by this call and those skipped, each with the reason.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn bridge_accelerate(
+        &mut self,
+        bridge: &str,
+        force: bool,
+    ) -> Result<(Vec<EndpointView>, Vec<(String, String)>)> {
+        let br = netlink::link_by_name(bridge)?
+            .filter(|l| l.kind.as_deref() == Some("bridge"))
+            .ok_or_else(|| EndpointError::NoSuchBridge(bridge.into()))?;
+        let ports: Vec<netlink::Link> = netlink::links()?
+            .into_iter()
+            .filter(|l| {
+                l.master == Some(br.ifindex)
+                    && l.kind.as_deref() == Some("veth")
+                    && l.link_netnsid.is_some()
+            })
+            .collect();
+        if !force {
+            if br.vlan_filtering == Some(true) {
+                return Err(EndpointError::BridgeRefused(format!(
+                    "{bridge} has vlan_filtering on; the fast path does not apply VLAN membership"
+                )));
+            }
+            if let Some(p) = ports.iter().find(|p| p.port_isolated == Some(true)) {
+                return Err(EndpointError::BridgeRefused(format!(
+                    "port {} of {bridge} is isolated; the fast path would join it to the other ports",
+                    p.name
+                )));
+            }
+            // Under netfilter admission the bridge's own path (br_netfilter included) admits
+            // every flow first: its rules are not skipped, so they are no reason to refuse.
+            if self.dp.flags()? & veth_common::CFG_ADMIT_ALWAYS != 0 {
+                crate::registry::bridges::netfilter_check(bridge)
+                    .map_err(EndpointError::BridgeRefused)?;
+            }
+        }
+        let namespaces = crate::registry::bridges::namespaces_by_id()?;
+        let known: Vec<(u32, String)> = self
+            .records()?
+            .iter()
+            .map(|r| (r.target.ifindex, get_str(&r.host_name)))
+            .collect();
+        let mut added = Vec::new();
+        let mut skipped = Vec::new();
+        let mut todo: Vec<&netlink::Link> = Vec::new();
+        for p in &ports {
+            match known.iter().find(|(i, _)| *i == p.ifindex) {
+                Some((_, n)) if *n == p.name => {
+                    skipped.push((p.name.clone(), "already accelerated".to_string()))
+                }
+                Some((_, n)) => skipped.push((
+                    p.name.clone(),
+                    format!(
+                        "its ifindex {} is recorded for endpoint {n} of this state (stale record?)",
+                        p.ifindex
+                    ),
+                )),
+                None => todo.push(p),
+            }
+        }
+        if let Err(e) = self.accelerate_ports(
+            bridge,
+            br.ifindex,
+            &todo,
+            &namespaces,
+            &mut added,
+            &mut skipped,
+        ) {
+            // All or nothing: ports accelerated by this call go back to the plain bridge.
+            for v in &added {
+                let _ = self.del(&v.host_if);
+            }
+            return Err(e);
+        }
+        Ok((added, skipped))
+    }
+
+    pub(super) fn accelerate_ports(
+        &mut self,
+        bridge: &str,
+        bridge_ifindex: u32,
+        ports: &[&netlink::Link],
+        namespaces: &std::collections::HashMap<i32, (String, Netns)>,
+        added: &mut Vec<EndpointView>,
+        skipped: &mut Vec<(String, String)>,
+    ) -> Result<()> {
+        for port in ports {
+            let (Some(nsid), Some(peer_index)) = (port.link_netnsid, port.peer_ifindex) else {
+                skipped.push((port.name.clone(), "its veth peer is unknown".into()));
+                continue;
+            };
+            let Some((spec, ns)) = namespaces.get(&nsid) else {
+                skipped.push((
+                    port.name.clone(),
+                    format!("cannot find the namespace of its peer (nsid {nsid})"),
+                ));
+                continue;
+            };
+            let (peer, mut addrs) = netlink::in_netns(ns, || {
+                let peer = netlink::link_by_index(peer_index)?;
+                let addrs = netlink::addresses(peer_index)?;
+                Ok((peer, addrs))
+            })?;
+            let Some(peer) = peer else {
+                skipped.push((port.name.clone(), "its veth peer vanished".into()));
+                continue;
+            };
+            let (Some(container_mac), Some(host_mac)) = (peer.mac, port.mac) else {
+                skipped.push((port.name.clone(), "it or its peer has no MAC".into()));
+                continue;
+            };
+            addrs.truncate(MAX_ADDRS);
+            let mut rec = make_record(
+                Target {
+                    ifindex: port.ifindex,
+                    mtu: port.mtu,
+                    network: 0,
+                    mode: veth_common::MODE_TC,
+                    slot: 0, // assigned by register
+                    container_mac: container_mac.0,
+                    host_mac: host_mac.0,
+                },
+                ns.ino(),
+                &port.name,
+                &peer.name,
+                spec,
+                &addrs,
+                EP_ADOPTED | EP_BRIDGE_PORT,
+            );
+            put_str(&mut rec.network_name, bridge);
+            rec.target.network = bridge_ifindex;
+            let mut undo = Vec::new();
+            if let Err(e) = self.register(&mut rec, &addrs, &mut undo) {
+                self.rollback(undo);
+                return Err(e);
+            }
+            added.push(EndpointView::from_record(&rec));
+        }
+        Ok(())
+    }
+
+    /// Removes the fast path from every port of `bridge`: plain bridge behaviour again.
+    pub(crate) fn bridge_release(&mut self, bridge: &str) -> Result<Vec<String>> {
+        let br = netlink::link_by_name(bridge)?
+            .filter(|l| l.kind.as_deref() == Some("bridge"))
+            .ok_or_else(|| EndpointError::NoSuchBridge(bridge.into()))?;
+        let names: Vec<String> = self
+            .records()?
+            .iter()
+            .filter(|r| r.flags & EP_BRIDGE_PORT != 0 && r.target.network == br.ifindex)
+            .map(|r| get_str(&r.host_name))
+            .collect();
+        for n in &names {
+            self.del(n)?;
+        }
+        Ok(names)
     }
 }
 

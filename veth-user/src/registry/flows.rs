@@ -21,12 +21,14 @@ use veth_common::{
 use crate::{
     datapath::{Datapath, DatapathError},
     registry::{EndpointError, Registry},
+    sys::lock,
 };
 
 /// The sysctl that decides whether TCP flows may be admitted (read in the node namespace).
 pub const TCP_BE_LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Admission {
     /// The kernel admits each flow (netfilter, conntrack, NAT decide); then vethfp accelerates.
     Netfilter,
@@ -158,10 +160,7 @@ pub fn hold_agent_lock(dir: &std::path::Path) -> std::io::Result<std::os::fd::Ow
         Err(e) => return Err(e),
     }
     let fd = std::fs::File::open(&path)?;
-    // SAFETY: valid descriptor.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::LOCK_SH) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    lock::flock(&fd, lock::LOCK_SH)?;
     Ok(fd.into())
 }
 
@@ -170,10 +169,9 @@ pub fn agent_running(dir: &std::path::Path) -> bool {
     let Ok(fd) = std::fs::File::open(dir.join(AGENT_DIR)) else {
         return false;
     };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    // SAFETY: valid descriptor; a lock we get is dropped with it.
-    let r = unsafe { libc::flock(raw, libc::LOCK_EX | libc::LOCK_NB) };
-    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+    // A lock we get is dropped with the descriptor.
+    lock::flock(&fd, lock::LOCK_EX | lock::LOCK_NB)
+        .is_err_and(|e| e.raw_os_error() == Some(libc::EWOULDBLOCK))
 }
 
 /// Sets how TCP is admitted (every write operation, every reconcile): per-flow hand-off
@@ -373,7 +371,7 @@ impl Clock {
             Ok(if v == 0 { d } else { v })
         };
         Ok(Clock {
-            now: monotonic_coarse_ns(),
+            now: crate::sys::clock::monotonic_coarse_ns(),
             reverify_s: slot(dp, CONFIG_REVERIFY, DEFAULT_REVERIFY_S)?,
             idle_s: slot(dp, CONFIG_IDLE, DEFAULT_IDLE_S)?,
             flags: dp.flags()?,
@@ -454,16 +452,6 @@ fn addr_of(k: &FlowKey, b: &[u8; 16]) -> IpAddr {
     }
 }
 
-fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Every entry of the flow table, admitted first.
 pub fn list(reg: &mut Registry) -> Result<Vec<FlowView>, EndpointError> {
     let owners: StdHashMap<IpAddr, String> = reg
@@ -531,6 +519,15 @@ pub fn list(reg: &mut Registry) -> Result<Vec<FlowView>, EndpointError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admission_reads_and_writes_its_names() {
+        for a in [Admission::Netfilter, Admission::Always] {
+            assert_eq!(a.name().parse::<Admission>(), Ok(a));
+            assert_eq!(serde_json::to_value(a).unwrap(), a.name());
+        }
+        assert!("fast".parse::<Admission>().is_err());
+    }
 
     const S: u64 = 1_000_000_000;
 

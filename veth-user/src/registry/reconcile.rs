@@ -29,19 +29,22 @@
 //! repairs those under the lock, so a pass with nothing to repair never takes it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
-use crate::types::Mode;
+use veth_common::{EP_ADOPTED, EP_BRIDGE_PORT, EndpointRecord, MODE_XDP, Target};
+
+use crate::types::{Cidr, Mac, Mode};
 use crate::{
     datapath::{
         HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_UPLINK, HOOK_UPLINK_EGRESS, HOOK_XDP,
         PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
         PROG_XDP, links::LinkAction,
     },
-    registry::{EndpointError, Registry},
+    registry::{EndpointError, EndpointView, Registry, get_str, record_addrs},
     sys::netlink,
 };
 
@@ -120,50 +123,75 @@ impl Registry {
         // them (or, killed, the next recovery does). Repairing one would republish the
         // addresses a running `pair del` just took out of the fast path.
         let busy = self.in_flight()?;
-        for ep in self.list()? {
-            if busy.contains(&ep.host_if) {
+        for rec in self.records()? {
+            let (name, ifindex) = (get_str(&rec.host_name), rec.target.ifindex);
+            if busy.contains(&name) {
                 for hook in [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP] {
-                    live.insert((hook, ep.host_ifindex)); // its pins are its own too
+                    live.insert((hook, ifindex)); // its pins are its own too
                 }
-                report.in_flight.push(ep.host_if);
+                report.in_flight.push(name);
                 continue;
             }
-            if !present(ep.host_ifindex, &ep.host_if) {
-                match self.remove_by_ifindex(ep.host_ifindex) {
-                    Ok(_) => report.removed.push(ep.host_if),
-                    Err(e) => log::warn!("removing vanished endpoint {}: {e}", ep.host_if),
+            if !present(ifindex, &name) {
+                match self.remove_by_ifindex(ifindex) {
+                    Ok(_) => report.removed.push(name),
+                    Err(e) => log::warn!("removing vanished endpoint {name}: {e}"),
                 }
                 continue;
             }
             report.endpoints += 1;
-            // Bridge ports run the L2 program at tc ingress, routed endpoints the L3 one.
-            let ingress = if ep.mode == Mode::Bridge {
-                PROG_L2_INGRESS
-            } else {
-                PROG_TC_INGRESS
-            };
-            let mut hooks = vec![(HOOK_TC_INGRESS, ingress), (HOOK_TC_EGRESS, PROG_TC_EGRESS)];
-            if ep.mode == Mode::Xdp {
-                hooks.push((HOOK_XDP, PROG_XDP));
-            }
-            for (hook, prog) in hooks {
-                live.insert((hook, ep.host_ifindex));
-                self.ensure(&ep.host_if, ep.host_ifindex, hook, prog, &mut report);
-            }
-            if let Some(rec) = self.record_by_ifindex(ep.host_ifindex)? {
-                match self.repair_endpoint_with(&rec, view.as_ref()) {
-                    Ok(parts) => report
-                        .repaired
-                        .extend(parts.into_iter().map(|p| (ep.host_if.clone(), p))),
-                    Err(e) if gone(ep.host_ifindex, &ep.host_if) => {
-                        log::debug!("{}: repairing: {e} (gone)", ep.host_if)
-                    }
-                    Err(e) => log::warn!("{}: repairing: {e}", ep.host_if),
-                }
-            }
+            live.extend(
+                super::desired::hooks(&rec)
+                    .into_iter()
+                    .map(|(h, _)| (h, ifindex)),
+            );
+            self.restore_endpoint(&rec, &name, view.as_ref(), &mut report);
         }
-        // Accelerated bridges: follow their changes (new ports, a container's MAC moving to a
-        // new port). Bridges refused now (a rule added since, say) keep what they have.
+        for v in self.reaccelerate_bridges(&mut report)? {
+            live.insert((HOOK_TC_INGRESS, v.host_ifindex));
+            live.insert((HOOK_TC_EGRESS, v.host_ifindex));
+        }
+        for ifindex in self.restore_uplinks(|i, n| !present(i, n), &mut report)? {
+            report.uplinks += 1;
+            live.insert((HOOK_UPLINK, ifindex));
+            live.insert((HOOK_UPLINK_EGRESS, ifindex));
+        }
+        let (links, progs) = self.datapath().prune_pins(&live)?;
+        report.pruned_link_pins = links;
+        report.pruned_prog_pins = progs;
+        report.took = start.elapsed();
+        Ok(report)
+    }
+
+    /// An endpoint's hooks as this build attaches them, then every map entry and kernel
+    /// object of it ([`Registry::repair_endpoint_with`]); what was done goes into `report`.
+    fn restore_endpoint(
+        &mut self,
+        rec: &EndpointRecord,
+        name: &str,
+        view: Option<&netlink::NodeView>,
+        report: &mut Report,
+    ) {
+        let ifindex = rec.target.ifindex;
+        for (hook, prog) in super::desired::hooks(rec) {
+            self.ensure(name, ifindex, hook, prog, report);
+        }
+        match self.repair_endpoint_with(rec, view) {
+            Ok(parts) => report
+                .repaired
+                .extend(parts.into_iter().map(|p| (name.to_string(), p))),
+            Err(e) if gone(ifindex, name) => log::debug!("{name}: repairing: {e} (gone)"),
+            Err(e) => log::warn!("{name}: repairing: {e}"),
+        }
+    }
+
+    /// Accelerated bridges follow their changes (new ports, a container's MAC moving to a new
+    /// port); a bridge refused now (a rule added since, say) keeps what it has. Returns the
+    /// ports added.
+    fn reaccelerate_bridges(
+        &mut self,
+        report: &mut Report,
+    ) -> Result<Vec<EndpointView>, EndpointError> {
         let mut bridges: Vec<String> = self
             .list()?
             .into_iter()
@@ -172,49 +200,44 @@ impl Registry {
             .collect();
         bridges.sort();
         bridges.dedup();
+        let mut added = Vec::new();
         for br in bridges {
             match self.bridge_accelerate(&br, false) {
-                Ok((added, _skipped)) => {
-                    for v in added {
-                        live.insert((HOOK_TC_INGRESS, v.host_ifindex));
-                        live.insert((HOOK_TC_EGRESS, v.host_ifindex));
-                        report.bridge_ports_added.push(v.host_if);
-                    }
-                }
+                Ok((ports, _skipped)) => added.extend(ports),
                 Err(e) => log::warn!("following bridge {br}: {e}"),
             }
         }
+        report
+            .bridge_ports_added
+            .extend(added.iter().map(|v| v.host_if.clone()));
+        Ok(added)
+    }
+
+    /// Uplinks: a `gone` one is detached, the others get this build's programs. Returns the
+    /// ifindexes of those still there.
+    fn restore_uplinks(
+        &mut self,
+        gone: impl Fn(u32, &str) -> bool,
+        report: &mut Report,
+    ) -> Result<Vec<u32>, EndpointError> {
+        let mut there = Vec::new();
         for up in self.uplinks()? {
-            if !present(up.ifindex, &up.name) {
+            if gone(up.ifindex, &up.name) {
                 match self.uplink_detach(&up.name) {
                     Ok(()) => report.removed_uplinks.push(up.name),
                     Err(e) => log::warn!("removing vanished uplink {}: {e}", up.name),
                 }
                 continue;
             }
-            report.uplinks += 1;
-            live.insert((HOOK_UPLINK, up.ifindex));
-            live.insert((HOOK_UPLINK_EGRESS, up.ifindex));
-            self.ensure(
-                &up.name,
-                up.ifindex,
-                HOOK_UPLINK,
-                PROG_UPLINK_INGRESS,
-                &mut report,
-            );
-            self.ensure(
-                &up.name,
-                up.ifindex,
-                HOOK_UPLINK_EGRESS,
-                PROG_UPLINK_EGRESS,
-                &mut report,
-            );
+            for (hook, prog) in [
+                (HOOK_UPLINK, PROG_UPLINK_INGRESS),
+                (HOOK_UPLINK_EGRESS, PROG_UPLINK_EGRESS),
+            ] {
+                self.ensure(&up.name, up.ifindex, hook, prog, report);
+            }
+            there.push(up.ifindex);
         }
-        let (links, progs) = self.datapath().prune_pins(&live)?;
-        report.pruned_link_pins = links;
-        report.pruned_prog_pins = progs;
-        report.took = start.elapsed();
-        Ok(report)
+        Ok(there)
     }
 
     fn ensure(
@@ -343,8 +366,6 @@ impl Registry {
         cursor: &mut usize,
         containers: usize,
     ) -> Result<Survey, EndpointError> {
-        use crate::registry::{get_str, record_addrs};
-        use veth_common::{EP_ADOPTED, EP_BRIDGE_PORT, MODE_XDP, Target};
         let start = Instant::now();
         let mut s = Survey {
             tcp: !crate::registry::flows::tcp_in_sync(self.datapath())?,
@@ -359,7 +380,36 @@ impl Registry {
         // for that instant only).
         s.journal = !busy.is_empty()
             && crate::datapath::OpsLock::try_exclusive(self.datapath().dir())?.is_some();
-        let kernel: std::collections::HashMap<u32, netlink::Link> = netlink::links()?
+        let seen = self.seen()?;
+        // Program ids our filters and links run: program pins of other builds still in use.
+        let mut in_use = BTreeSet::new();
+        let mut live: BTreeSet<(&'static str, u32)> = BTreeSet::new();
+        let n = records.len();
+        let first = if n == 0 { 0 } else { *cursor % n };
+        let slice = containers.min(n);
+        *cursor = if n == 0 { 0 } else { (first + slice) % n };
+        for (pos, rec) in records.iter().enumerate() {
+            for hook in [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP] {
+                live.insert((hook, rec.target.ifindex));
+            }
+            if busy.contains(&get_str(&rec.host_name)) {
+                continue; // its operation finishes it
+            }
+            // The round-robin slice: positions first .. first + slice (mod n).
+            let in_slice = (pos + n - first) % n.max(1) < slice;
+            self.survey_endpoint(&seen, rec, in_slice, &mut s, &mut in_use);
+        }
+        s.bridges = new_bridge_ports(&records, &seen.kernel);
+        self.survey_uplinks(&seen.kernel, &mut s, &mut live, &mut in_use)?;
+        s.prune = self.datapath().would_prune(&live, &in_use)?;
+        s.took = start.elapsed();
+        Ok(s)
+    }
+
+    /// The node's links, routes and neighbours and the fast path's maps, each dumped once for
+    /// a survey, and the programs this build runs.
+    fn seen(&mut self) -> Result<Seen, EndpointError> {
+        let kernel = netlink::links()?
             .into_iter()
             .map(|l| (l.ifindex, l))
             .collect();
@@ -380,153 +430,132 @@ impl Registry {
                 out
             }};
         }
-        let ep4: std::collections::HashMap<[u8; 4], Target> = dump!(ep4);
-        let ep6: std::collections::HashMap<[u8; 16], Target> = dump!(ep6);
-        let l2: std::collections::HashMap<[u8; 6], Target> = dump!(l2);
-        let devmap: BTreeSet<u32> = self
-            .datapath()
-            .devmap()?
-            .keys()
-            .filter_map(|k| k.ok())
-            .collect();
-        let want_in = self.datapath().program_id(PROG_TC_INGRESS)?;
-        let want_l2 = self.datapath().program_id(PROG_L2_INGRESS)?;
-        let want_eg = self.datapath().program_id(PROG_TC_EGRESS)?;
-        let want_xdp = self.datapath().program_id(PROG_XDP)?;
-        // Program ids our filters and links run: program pins of other builds still in use.
-        let mut in_use = BTreeSet::new();
-        let mut live: BTreeSet<(&'static str, u32)> = BTreeSet::new();
-        let n = records.len();
-        let first = if n == 0 { 0 } else { *cursor % n };
-        let slice = containers.min(n);
-        *cursor = if n == 0 { 0 } else { (first + slice) % n };
-        let suspect = |s: &mut Survey, rec: &crate::registry::EndpointRecord, why| {
-            s.suspects.push(Suspect {
-                ifindex: rec.target.ifindex,
-                name: get_str(&rec.host_name),
-                why,
-            })
+        Ok(Seen {
+            kernel,
+            view,
+            ep4: dump!(ep4),
+            ep6: dump!(ep6),
+            l2: dump!(l2),
+            devmap: self
+                .datapath()
+                .devmap()?
+                .keys()
+                .filter_map(|k| k.ok())
+                .collect(),
+            want_in: self.datapath().program_id(PROG_TC_INGRESS)?,
+            want_l2: self.datapath().program_id(PROG_L2_INGRESS)?,
+            want_eg: self.datapath().program_id(PROG_TC_EGRESS)?,
+            want_xdp: self.datapath().program_id(PROG_XDP)?,
+        })
+    }
+
+    /// One endpoint of a survey: the first part found wrong, in the order repair fixes them
+    /// (gone, hook, devmap, l2 or addresses, node side), then in the round-robin slice the
+    /// container side and GRO.
+    fn survey_endpoint(
+        &mut self,
+        seen: &Seen,
+        rec: &EndpointRecord,
+        in_slice: bool,
+        s: &mut Survey,
+        in_use: &mut BTreeSet<u32>,
+    ) {
+        let ifindex = rec.target.ifindex;
+        let name = get_str(&rec.host_name);
+        let Some(link) = seen.kernel.get(&ifindex).filter(|l| l.name == name) else {
+            return suspect(s, rec, "gone");
         };
-        for (pos, rec) in records.iter().enumerate() {
-            let ifindex = rec.target.ifindex;
-            let name = get_str(&rec.host_name);
-            for hook in [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP] {
-                live.insert((hook, ifindex));
+        s.endpoints += 1;
+        if !self.hooks_ok(seen, rec, &name, in_use) {
+            return suspect(s, rec, "hook");
+        }
+        if !seen.devmap.contains(&ifindex) {
+            return suspect(s, rec, "devmap");
+        }
+        if rec.flags & EP_BRIDGE_PORT != 0 {
+            if seen.l2.get(&rec.target.container_mac) != Some(&rec.target) {
+                suspect(s, rec, "l2");
             }
-            if busy.contains(&name) {
-                continue; // its operation finishes it
-            }
-            let Some(link) = kernel.get(&ifindex).filter(|l| l.name == name) else {
-                suspect(&mut s, rec, "gone");
-                continue;
+            return;
+        }
+        let addrs: Vec<Cidr> = record_addrs(rec).collect();
+        let published = addrs.iter().all(|a| {
+            let t = match a.addr {
+                IpAddr::V4(v4) => seen.ep4.get(&v4.octets()),
+                IpAddr::V6(v6) => seen.ep6.get(&v6.octets()),
             };
-            s.endpoints += 1;
-            let bridge = rec.flags & EP_BRIDGE_PORT != 0;
-            let ingress = if bridge { want_l2 } else { want_in };
-            let mut hooks_ok = true;
-            for (hook, want) in [(HOOK_TC_INGRESS, ingress), (HOOK_TC_EGRESS, want_eg)] {
-                match self.datapath().link_state(hook, ifindex) {
-                    Ok(Some(st)) => {
-                        in_use.insert(st.prog_id);
-                        hooks_ok &= st.prog_id == want;
-                    }
-                    Ok(None) => hooks_ok = false,
-                    // Gone meanwhile, or a netlink error: the locked half looks again.
-                    Err(e) => {
-                        log::debug!("{name}: listing filters: {e}");
-                        hooks_ok = false;
-                    }
+            t == Some(&rec.target)
+        });
+        if !published {
+            // Published for another endpoint is left alone by the repair (logged there).
+            return suspect(s, rec, "addr");
+        }
+        if rec.flags & EP_ADOPTED != 0 {
+            return;
+        }
+        let mac = Mac(rec.target.container_mac);
+        if link.up
+            && let Some(v) = &seen.view
+            && v.missing(ifindex, &super::desired::node_side(&addrs, mac)) > 0
+        {
+            return suspect(s, rec, "node");
+        }
+        if in_slice && let Some(host_mac) = link.mac {
+            s.containers_checked += 1;
+            survey_container(rec, &name, &addrs, host_mac, s);
+        }
+    }
+
+    /// Whether the endpoint's filters (and XDP link) run this build's programs; notes the
+    /// programs they run in `in_use`.
+    fn hooks_ok(
+        &mut self,
+        seen: &Seen,
+        rec: &EndpointRecord,
+        name: &str,
+        in_use: &mut BTreeSet<u32>,
+    ) -> bool {
+        let ifindex = rec.target.ifindex;
+        let ingress = if rec.flags & EP_BRIDGE_PORT != 0 {
+            seen.want_l2
+        } else {
+            seen.want_in
+        };
+        let mut ok = true;
+        for (hook, want) in [(HOOK_TC_INGRESS, ingress), (HOOK_TC_EGRESS, seen.want_eg)] {
+            match self.datapath().link_state(hook, ifindex) {
+                Ok(Some(st)) => {
+                    in_use.insert(st.prog_id);
+                    ok &= st.prog_id == want;
                 }
-            }
-            if rec.target.mode == MODE_XDP {
-                match self.datapath().link_state(HOOK_XDP, ifindex) {
-                    Ok(Some(st)) => {
-                        in_use.insert(st.prog_id);
-                        hooks_ok &= st.prog_id == want_xdp;
-                    }
-                    _ => hooks_ok = false,
-                }
-            }
-            if !hooks_ok {
-                suspect(&mut s, rec, "hook");
-                continue;
-            }
-            if !devmap.contains(&ifindex) {
-                suspect(&mut s, rec, "devmap");
-                continue;
-            }
-            if bridge {
-                if l2.get(&rec.target.container_mac) != Some(&rec.target) {
-                    suspect(&mut s, rec, "l2");
-                }
-                continue;
-            }
-            let addrs: Vec<crate::types::Cidr> = record_addrs(rec).collect();
-            let published = addrs.iter().all(|a| {
-                let t = match a.addr {
-                    std::net::IpAddr::V4(v4) => ep4.get(&v4.octets()),
-                    std::net::IpAddr::V6(v6) => ep6.get(&v6.octets()),
-                };
-                t == Some(&rec.target)
-            });
-            if !published {
-                // Published for another endpoint is left alone by the repair (logged there).
-                suspect(&mut s, rec, "addr");
-                continue;
-            }
-            if rec.flags & EP_ADOPTED != 0 {
-                continue;
-            }
-            let mac = crate::types::Mac(rec.target.container_mac);
-            if link.up
-                && let Some(v) = &view
-                && !v.node_complete(ifindex, &addrs, mac)
-            {
-                suspect(&mut s, rec, "node");
-                continue;
-            }
-            // The round-robin slice: positions first .. first + slice (mod n).
-            let in_slice = (pos + n - first) % n.max(1) < slice;
-            if in_slice && let Some(host_mac) = link.mac {
-                s.containers_checked += 1;
-                let spec = get_str(&rec.netns);
-                let Ok(ns) = netlink::Netns::open(&spec) else {
-                    continue;
-                };
-                if ns.ino() != rec.netns_ino {
-                    continue;
-                }
-                let peer = get_str(&rec.peer_name);
-                match netlink::container_missing(&ns, &peer, &addrs, host_mac) {
-                    Ok(0) => {}
-                    Ok(_) => suspect(&mut s, rec, "container"),
-                    Err(e) => log::debug!("{name}: looking at the container side: {e}"),
-                }
-                if super::container_gro(&ns, &peer, super::wants_gro(rec), true).unwrap_or(false) {
-                    suspect(&mut s, rec, "gro");
+                Ok(None) => ok = false,
+                // Gone meanwhile, or a netlink error: the locked half looks again.
+                Err(e) => {
+                    log::debug!("{name}: listing filters: {e}");
+                    ok = false;
                 }
             }
         }
-        // Accelerated bridges: a veth port (peer elsewhere) no record names is new.
-        let mut bridges: Vec<String> = records
-            .iter()
-            .filter(|r| r.flags & EP_BRIDGE_PORT != 0)
-            .map(|r| get_str(&r.network_name))
-            .collect();
-        bridges.sort();
-        bridges.dedup();
-        let known: BTreeSet<u32> = records.iter().map(|r| r.target.ifindex).collect();
-        for br in &bridges {
-            let Some(b) = kernel.values().find(|l| &l.name == br) else {
-                continue;
-            };
-            s.bridges |= kernel.values().any(|l| {
-                l.master == Some(b.ifindex)
-                    && l.kind.as_deref() == Some("veth")
-                    && l.link_netnsid.is_some()
-                    && !known.contains(&l.ifindex)
-            });
+        if rec.target.mode == MODE_XDP {
+            match self.datapath().link_state(HOOK_XDP, ifindex) {
+                Ok(Some(st)) => {
+                    in_use.insert(st.prog_id);
+                    ok &= st.prog_id == seen.want_xdp;
+                }
+                _ => ok = false,
+            }
         }
+        ok
+    }
+
+    /// Uplinks gone, or whose links are missing or run another program.
+    fn survey_uplinks(
+        &mut self,
+        kernel: &HashMap<u32, netlink::Link>,
+        s: &mut Survey,
+        live: &mut BTreeSet<(&'static str, u32)>,
+        in_use: &mut BTreeSet<u32>,
+    ) -> Result<(), EndpointError> {
         let want_up = self.datapath().program_id(PROG_UPLINK_INGRESS)?;
         let want_up_eg = self.datapath().program_id(PROG_UPLINK_EGRESS)?;
         for up in self.uplinks()? {
@@ -545,9 +574,7 @@ impl Registry {
                 }
             }
         }
-        s.prune = self.datapath().would_prune(&live, &in_use)?;
-        s.took = start.elapsed();
-        Ok(s)
+        Ok(())
     }
 
     /// The write half of a pass, under the state lock: repairs what [`Registry::survey`]
@@ -592,63 +619,14 @@ impl Registry {
                     }
                     continue;
                 }
-                let ingress = if rec.flags & veth_common::EP_BRIDGE_PORT != 0 {
-                    PROG_L2_INGRESS
-                } else {
-                    PROG_TC_INGRESS
-                };
-                let mut hooks = vec![(HOOK_TC_INGRESS, ingress), (HOOK_TC_EGRESS, PROG_TC_EGRESS)];
-                if rec.target.mode == veth_common::MODE_XDP {
-                    hooks.push((HOOK_XDP, PROG_XDP));
-                }
-                for (hook, prog) in hooks {
-                    self.ensure(&sus.name, sus.ifindex, hook, prog, &mut report);
-                }
-                match self.repair_endpoint_with(&rec, view.as_ref()) {
-                    Ok(parts) => report
-                        .repaired
-                        .extend(parts.into_iter().map(|p| (sus.name.clone(), p))),
-                    Err(e) if gone(sus.ifindex, &sus.name) => {
-                        log::debug!("{}: repairing: {e} (gone)", sus.name)
-                    }
-                    Err(e) => log::warn!("{}: repairing: {e}", sus.name),
-                }
+                self.restore_endpoint(&rec, &sus.name, view.as_ref(), &mut report);
             }
         }
         if survey.bridges {
-            let mut bridges: Vec<String> = self
-                .list()?
-                .into_iter()
-                .filter(|e| e.mode == Mode::Bridge)
-                .map(|e| e.network)
-                .collect();
-            bridges.sort();
-            bridges.dedup();
-            for br in bridges {
-                match self.bridge_accelerate(&br, false) {
-                    Ok((added, _skipped)) => report
-                        .bridge_ports_added
-                        .extend(added.into_iter().map(|v| v.host_if)),
-                    Err(e) => log::warn!("following bridge {br}: {e}"),
-                }
-            }
+            self.reaccelerate_bridges(&mut report)?;
         }
         if survey.uplinks {
-            for up in self.uplinks()? {
-                if gone(up.ifindex, &up.name) {
-                    match self.uplink_detach(&up.name) {
-                        Ok(()) => report.removed_uplinks.push(up.name),
-                        Err(e) => log::warn!("removing vanished uplink {}: {e}", up.name),
-                    }
-                    continue;
-                }
-                for (hook, prog) in [
-                    (HOOK_UPLINK, PROG_UPLINK_INGRESS),
-                    (HOOK_UPLINK_EGRESS, PROG_UPLINK_EGRESS),
-                ] {
-                    self.ensure(&up.name, up.ifindex, hook, prog, &mut report);
-                }
-            }
+            self.restore_uplinks(gone, &mut report)?;
         }
         // Programs switched in place, endpoints removed or operations recovered free pins
         // the read saw in use.
@@ -676,4 +654,77 @@ impl Registry {
         report.took = start.elapsed();
         Ok(report)
     }
+}
+
+/// What a survey compares each endpoint with (see [`Registry::survey`]).
+struct Seen {
+    kernel: HashMap<u32, netlink::Link>,
+    view: Option<netlink::NodeView>,
+    ep4: HashMap<[u8; 4], Target>,
+    ep6: HashMap<[u8; 16], Target>,
+    l2: HashMap<[u8; 6], Target>,
+    devmap: BTreeSet<u32>,
+    want_in: u32,
+    want_l2: u32,
+    want_eg: u32,
+    want_xdp: u32,
+}
+
+fn suspect(s: &mut Survey, rec: &EndpointRecord, why: &'static str) {
+    s.suspects.push(Suspect {
+        ifindex: rec.target.ifindex,
+        name: get_str(&rec.host_name),
+        why,
+    })
+}
+
+/// The container side of a survey: what the repair would restore there, counted, and GRO.
+/// Skipped when the namespace is gone or is not the endpoint's any more.
+fn survey_container(
+    rec: &EndpointRecord,
+    name: &str,
+    addrs: &[Cidr],
+    host_mac: Mac,
+    s: &mut Survey,
+) {
+    let Ok(ns) = netlink::Netns::open(&get_str(&rec.netns)) else {
+        return;
+    };
+    if ns.ino() != rec.netns_ino {
+        return;
+    }
+    let peer = get_str(&rec.peer_name);
+    let want = super::desired::container_side(addrs, host_mac);
+    let at = netlink::At::Container(&ns, &peer);
+    match netlink::apply(at, &want, netlink::Apply::Count, None).map(|m| m.total()) {
+        Ok(0) => {}
+        Ok(_) => suspect(s, rec, "container"),
+        Err(e) => log::debug!("{name}: looking at the container side: {e}"),
+    }
+    if super::container_gro(&ns, &peer, super::wants_gro(rec), true).unwrap_or(false) {
+        suspect(s, rec, "gro");
+    }
+}
+
+/// Whether an accelerated bridge (of a bridge port's record) has a veth port (peer
+/// elsewhere) that no record names: a new port.
+fn new_bridge_ports(records: &[EndpointRecord], kernel: &HashMap<u32, netlink::Link>) -> bool {
+    let mut bridges: Vec<String> = records
+        .iter()
+        .filter(|r| r.flags & EP_BRIDGE_PORT != 0)
+        .map(|r| get_str(&r.network_name))
+        .collect();
+    bridges.sort();
+    bridges.dedup();
+    let known: BTreeSet<u32> = records.iter().map(|r| r.target.ifindex).collect();
+    bridges.iter().any(|br| {
+        kernel.values().find(|l| &l.name == br).is_some_and(|b| {
+            kernel.values().any(|l| {
+                l.master == Some(b.ifindex)
+                    && l.kind.as_deref() == Some("veth")
+                    && l.link_netnsid.is_some()
+                    && !known.contains(&l.ifindex)
+            })
+        })
+    })
 }

@@ -20,21 +20,23 @@ use std::{
 use futures::TryStreamExt;
 use netlink_packet_route::{
     AddressFamily,
-    address::{AddressAttribute, AddressFlags},
+    address::AddressAttribute,
     link::{
         InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute,
         LinkFlags, LinkInfo, LinkMessage,
     },
     neighbour::NeighbourState,
-    route::{
-        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-        RouteType,
-    },
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType},
 };
 use nix::{fcntl::OFlag, sched::CloneFlags, sys::stat::Mode};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use crate::types::{Cidr, IfName, Mac};
+
+pub(crate) mod apply;
+#[cfg(test)]
+pub(crate) mod fake;
+pub use apply::{Apply, At, LinkConfig, Neighbour, Route, apply};
 
 /// Routing protocol number vethfp stamps on the routes it creates (`ip route ... proto 247`).
 pub const RTPROT_VETHFP: u8 = 0xf7;
@@ -120,7 +122,12 @@ pub enum NetlinkError {
     #[error("{op}: {source}")]
     Io { op: String, source: io::Error },
     #[error("{op} failed: {msg}")]
-    Netlink { op: String, msg: String },
+    Netlink {
+        op: String,
+        msg: String,
+        /// The kernel's errno, when it gave one (EEXIST, EPERM, …), for callers to match on.
+        errno: Option<i32>,
+    },
 }
 
 /// An open network namespace file (`/run/netns/NAME` or e.g. `/proc/PID/ns/net`).
@@ -343,7 +350,16 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 pub(crate) fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetlinkError {
-    let msg = match errno(&e) {
+    NetlinkError::Netlink {
+        op: op.into(),
+        msg: nl_msg(&e),
+        errno: errno(&e),
+    }
+}
+
+/// What a netlink error means, for a message.
+fn nl_msg(e: &rtnetlink::Error) -> String {
+    match errno(e) {
         Some(code) => {
             let mut msg = io::Error::from_raw_os_error(code).to_string();
             if code == libc::EPERM || code == libc::EACCES {
@@ -352,8 +368,7 @@ pub(crate) fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetlinkError
             msg
         }
         None => e.to_string(),
-    };
-    NetlinkError::Netlink { op: op.into(), msg }
+    }
 }
 
 /// Runs `f` with a fresh netlink handle bound to the calling thread's network namespace.
@@ -470,38 +485,6 @@ async fn get_link(
         Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
         Err(e) => Err(nl_err(format!("looking up {what}"), e)),
     }
-}
-
-async fn set_up(h: &Handle, ifindex: u32, what: &str) -> Result<(), NetlinkError> {
-    h.link()
-        .change(LinkUnspec::new_with_index(ifindex).up().build())
-        .execute()
-        .await
-        .map_err(|e| nl_err(format!("setting {what} up"), e))
-}
-
-async fn add_permanent_neighbour(
-    h: &Handle,
-    ifindex: u32,
-    ip: IpAddr,
-    mac: Mac,
-    what: &str,
-) -> Result<(), NetlinkError> {
-    h.neighbours()
-        .add(ifindex, ip)
-        .state(NeighbourState::Permanent)
-        .link_layer_address(&mac.0)
-        .execute()
-        .await
-        .map_err(|e| nl_err(format!("adding neighbour {ip} -> {mac} on {what}"), e))
-}
-
-async fn add_route(h: &Handle, msg: RouteMessage, what: String) -> Result<(), NetlinkError> {
-    h.route()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(|e| nl_err(format!("adding route {what}"), e))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -621,6 +604,7 @@ pub fn create_veth(req: &VethRequest) -> Result<u32, NetlinkError> {
                 op: format!("creating veth '{host_name}'"),
                 msg: "the new interface vanished right after creation (deleted concurrently?)"
                     .into(),
+                errno: None,
             }),
         }
     })?;
@@ -660,130 +644,6 @@ fn vethfp_route<T>(b: RouteMessageBuilder<T>) -> RouteMessageBuilder<T> {
     b.protocol(RouteProtocol::Other(RTPROT_VETHFP))
 }
 
-/// Inside `ns`: give `ifname` its addresses (own prefix, no prefix route; v6 without DAD),
-/// set it up, and route everything via the link-local gateways 169.254.1.1 / fe80::1, which
-/// resolve to `gateway_mac` through permanent neighbour entries. Returns the ifindex.
-pub fn configure_container(
-    ns: &Netns,
-    ifname: &str,
-    addrs: &[Cidr],
-    gateway_mac: Mac,
-) -> Result<u32, NetlinkError> {
-    check_ifname(ifname)?;
-    if !gateway_mac.is_unicast() {
-        return Err(NetlinkError::InvalidMac(gateway_mac));
-    }
-    let place = ns.place();
-    in_netns(ns, || {
-        run(|h| async move {
-            let link =
-                get_link(&h, Some(ifname), 0)
-                    .await?
-                    .ok_or_else(|| NetlinkError::NoSuchLink {
-                        name: ifname.into(),
-                        place: place.clone(),
-                    })?;
-            let idx = link.ifindex;
-            let what = format!("'{ifname}' in {place}");
-            for a in addrs {
-                let mut flags = AddressFlags::Noprefixroute;
-                if !a.is_v4() {
-                    flags |= AddressFlags::Nodad;
-                }
-                let mut add = h.address().add(idx, a.addr, a.prefix);
-                add.message_mut()
-                    .attributes
-                    .push(AddressAttribute::Flags(flags));
-                add.execute()
-                    .await
-                    .map_err(|e| nl_err(format!("adding address {a} to {what}"), e))?;
-            }
-            // Up before neighbours and routes: the kernel refuses routes via a down device
-            // and flushes neighbours when a device goes down.
-            set_up(&h, idx, &what).await?;
-            if addrs.iter().any(Cidr::is_v4) {
-                add_permanent_neighbour(&h, idx, GATEWAY_V4.into(), gateway_mac, &what).await?;
-                let r = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(GATEWAY_V4, 32)
-                    .output_interface(idx)
-                    .scope(RouteScope::Link);
-                add_route(
-                    &h,
-                    vethfp_route(r).build(),
-                    format!("{GATEWAY_V4}/32 dev {what}"),
-                )
-                .await?;
-                let r = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .gateway(GATEWAY_V4)
-                    .output_interface(idx);
-                add_route(
-                    &h,
-                    vethfp_route(r).build(),
-                    format!("default via {GATEWAY_V4} dev {what}"),
-                )
-                .await?;
-            }
-            if addrs.iter().any(|a| !a.is_v4()) {
-                add_permanent_neighbour(&h, idx, GATEWAY_V6.into(), gateway_mac, &what).await?;
-                let r = RouteMessageBuilder::<Ipv6Addr>::new()
-                    .gateway(GATEWAY_V6)
-                    .output_interface(idx);
-                add_route(
-                    &h,
-                    vethfp_route(r).build(),
-                    format!("default via {GATEWAY_V6} dev {what}"),
-                )
-                .await?;
-            }
-            Ok(idx)
-        })
-    })
-}
-
-/// In the current netns (the node): set the host end up; per container address a /32
-/// (/128) route via the host end (proto 247) and a permanent neighbour entry
-/// address -> `container_mac` on it.
-pub fn configure_node(
-    host_ifindex: u32,
-    addrs: &[Cidr],
-    container_mac: Mac,
-) -> Result<(), NetlinkError> {
-    if !container_mac.is_unicast() {
-        return Err(NetlinkError::InvalidMac(container_mac));
-    }
-    run(|h| async move {
-        let what = format!("interface index {host_ifindex} in the node");
-        set_up(&h, host_ifindex, &what).await?;
-        for a in addrs {
-            let dst = format!("{}/{}", a.addr, a.host_prefix());
-            let msg = match a.addr {
-                IpAddr::V4(v4) => vethfp_route(
-                    RouteMessageBuilder::<Ipv4Addr>::new()
-                        .destination_prefix(v4, 32)
-                        .scope(RouteScope::Link),
-                )
-                .output_interface(host_ifindex)
-                .build(),
-                // IPv6 routes have no scope in the kernel; leave the default.
-                IpAddr::V6(v6) => {
-                    vethfp_route(RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(v6, 128))
-                        .output_interface(host_ifindex)
-                        .build()
-                }
-            };
-            match h.route().add(msg).execute().await {
-                Ok(()) => {}
-                Err(e) if errno(&e) == Some(libc::EEXIST) => {
-                    return Err(NetlinkError::RouteExists { dst });
-                }
-                Err(e) => return Err(nl_err(format!("adding route {dst} dev {what}"), e)),
-            }
-            add_permanent_neighbour(&h, host_ifindex, a.addr, container_mac, &what).await?;
-        }
-        Ok(())
-    })
-}
-
 /// The id (`IFLA_LINK_NETNSID` numbering) the current netns gives the namespace behind
 /// `ns`, if it has assigned one.
 pub fn netns_id(ns: &Netns) -> Result<Option<i32>, NetlinkError> {
@@ -814,6 +674,7 @@ pub fn netns_id(ns: &Netns) -> Result<Option<i32>, NetlinkError> {
                     return Err(NetlinkError::Netlink {
                         op: "asking for a namespace id".into(),
                         msg: e.to_string(),
+                        errno: e.code.map(|c| c.get().abs()),
                     });
                 }
                 _ => {}
@@ -917,50 +778,23 @@ fn main_routes() -> Result<Vec<(u32, IpAddr, u8)>, NetlinkError> {
     })
 }
 
-/// What [`repair_node`] restored.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct NodeRepair {
-    pub routes: usize,
-    pub neighbours: usize,
-}
-
 /// The node's main-table routes and permanent neighbours, dumped once for a whole
 /// reconciliation pass (one dump per endpoint would be quadratic in the endpoint count).
 #[derive(Debug, Default, Clone)]
 pub struct NodeView {
-    routes: Vec<(u32, IpAddr, u8)>,
-    neighbours: Vec<(u32, IpAddr, Vec<u8>)>,
-    /// The same, indexed: (oif, destination, prefix length) and (ifindex, address) → lladdr.
+    /// Indexed: (oif, destination, prefix length) and (ifindex, address) → lladdr.
     route_set: std::collections::HashSet<(u32, IpAddr, u8)>,
     neigh_map: std::collections::HashMap<(u32, IpAddr), Vec<u8>>,
 }
 
 impl NodeView {
     pub fn dump() -> Result<NodeView, NetlinkError> {
-        let routes = main_routes()?;
-        let neighbours = permanent_neighbours()?;
         Ok(NodeView {
-            route_set: routes.iter().copied().collect(),
-            neigh_map: neighbours
-                .iter()
-                .map(|(i, ip, ll)| ((*i, *ip), ll.clone()))
+            route_set: main_routes()?.into_iter().collect(),
+            neigh_map: permanent_neighbours()?
+                .into_iter()
+                .map(|(i, ip, ll)| ((i, ip), ll))
                 .collect(),
-            routes,
-            neighbours,
-        })
-    }
-
-    /// True if everything [`repair_node`] would restore for host end `host_ifindex` is in
-    /// this view: a /32 (/128) route and a permanent neighbour → `container_mac` per
-    /// address. Two hash lookups per address, no syscall.
-    pub fn node_complete(&self, host_ifindex: u32, addrs: &[Cidr], container_mac: Mac) -> bool {
-        addrs.iter().all(|a| {
-            self.route_set
-                .contains(&(host_ifindex, a.addr, a.host_prefix()))
-                && self
-                    .neigh_map
-                    .get(&(host_ifindex, a.addr))
-                    .is_some_and(|ll| ll[..] == container_mac.0[..])
         })
     }
 }
@@ -998,262 +832,5 @@ fn permanent_neighbours() -> Result<Vec<(u32, IpAddr, Vec<u8>)>, NetlinkError> {
                 Some((ifindex, ip?, ll?))
             })
             .collect())
-    })
-}
-
-/// In the node: re-adds what [`configure_node`] made for `host_ifindex` and is missing now —
-/// the /32 (/128) route per address and the permanent neighbour entry address ->
-/// `container_mac`. `ip link set … down` flushes both; the kernel never brings them back.
-/// Does nothing while the link is down (the kernel would flush them again). `view`: the
-/// node's routes and neighbours dumped earlier in the same pass (None: dump now).
-pub fn repair_node(
-    host_ifindex: u32,
-    addrs: &[Cidr],
-    container_mac: Mac,
-    view: Option<&NodeView>,
-) -> Result<NodeRepair, NetlinkError> {
-    if !container_mac.is_unicast() {
-        return Err(NetlinkError::InvalidMac(container_mac));
-    }
-    let fresh;
-    let view = match view {
-        Some(v) => v,
-        None => {
-            fresh = NodeView::dump()?;
-            &fresh
-        }
-    };
-    let routes: Vec<(IpAddr, u8)> = view
-        .routes
-        .iter()
-        .filter(|(oif, _, _)| *oif == host_ifindex)
-        .map(|(_, d, l)| (*d, *l))
-        .collect();
-    let permanent: Vec<(IpAddr, Vec<u8>)> = view
-        .neighbours
-        .iter()
-        .filter(|(i, _, _)| *i == host_ifindex)
-        .map(|(_, ip, ll)| (*ip, ll.clone()))
-        .collect();
-    run(|h| async move {
-        let mut done = NodeRepair::default();
-        let Some(link) = get_link(&h, None, host_ifindex).await? else {
-            return Ok(done);
-        };
-        if !link.up {
-            return Ok(done);
-        }
-        let what = format!("{} in the node", link.name);
-        for a in addrs {
-            let host = a.host_prefix();
-            if !routes.contains(&(a.addr, host)) {
-                let msg = match a.addr {
-                    IpAddr::V4(v4) => vethfp_route(
-                        RouteMessageBuilder::<Ipv4Addr>::new()
-                            .destination_prefix(v4, 32)
-                            .scope(RouteScope::Link),
-                    )
-                    .output_interface(host_ifindex)
-                    .build(),
-                    IpAddr::V6(v6) => vethfp_route(
-                        RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(v6, 128),
-                    )
-                    .output_interface(host_ifindex)
-                    .build(),
-                };
-                match h.route().add(msg).execute().await {
-                    Ok(()) => done.routes += 1,
-                    // Someone else routes it now: not ours to replace.
-                    Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-                    Err(e) => {
-                        return Err(nl_err(
-                            format!("restoring route {}/{host} dev {what}", a.addr),
-                            e,
-                        ));
-                    }
-                }
-            }
-            if !permanent
-                .iter()
-                .any(|(ip, ll)| *ip == a.addr && ll[..] == container_mac.0[..])
-            {
-                h.neighbours()
-                    .add(host_ifindex, a.addr)
-                    .state(NeighbourState::Permanent)
-                    .link_layer_address(&container_mac.0)
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(|e| {
-                        nl_err(
-                            format!(
-                                "restoring neighbour {} -> {container_mac} on {what}",
-                                a.addr
-                            ),
-                            e,
-                        )
-                    })?;
-                done.neighbours += 1;
-            }
-        }
-        Ok(done)
-    })
-}
-
-/// Inside `ns`: re-adds what [`configure_container`] made on `ifname` and is missing now —
-/// its addresses (no prefix route; v6 without DAD), the permanent neighbours 169.254.1.1 /
-/// fe80::1 -> `gateway_mac`, the on-link route to 169.254.1.1 and the default routes via the
-/// gateways. Never removes or replaces anything else: a route the user put in the same place
-/// (EEXIST) is left as it is. Does nothing while the interface is down or gone (the user's
-/// doing, or the container is going away). Returns how many objects were restored.
-pub fn repair_container(
-    ns: &Netns,
-    ifname: &str,
-    addrs: &[Cidr],
-    gateway_mac: Mac,
-) -> Result<usize, NetlinkError> {
-    container_side(ns, ifname, addrs, gateway_mac, false)
-}
-
-/// What [`repair_container`] would restore, counted without changing anything (the
-/// agent's unlocked look at a container before it takes the state lock for a repair).
-pub fn container_missing(
-    ns: &Netns,
-    ifname: &str,
-    addrs: &[Cidr],
-    gateway_mac: Mac,
-) -> Result<usize, NetlinkError> {
-    container_side(ns, ifname, addrs, gateway_mac, true)
-}
-
-/// [`repair_container`] (`dry`: count only).
-fn container_side(
-    ns: &Netns,
-    ifname: &str,
-    addrs: &[Cidr],
-    gateway_mac: Mac,
-    dry: bool,
-) -> Result<usize, NetlinkError> {
-    check_ifname(ifname)?;
-    if !gateway_mac.is_unicast() {
-        return Err(NetlinkError::InvalidMac(gateway_mac));
-    }
-    let place = ns.place();
-    in_netns(ns, || {
-        let routes = main_routes()?;
-        let neighbours = permanent_neighbours()?;
-        run(|h| async move {
-            let mut done = 0;
-            let Some(link) = get_link(&h, Some(ifname), 0).await? else {
-                return Ok(done);
-            };
-            if !link.up {
-                return Ok(done);
-            }
-            let idx = link.ifindex;
-            let what = format!("'{ifname}' in {place}");
-            let have: Vec<IpAddr> = link_addrs(&h, idx, &what)
-                .await?
-                .into_iter()
-                .map(|c| c.addr)
-                .collect();
-            for a in addrs.iter().filter(|a| !have.contains(&a.addr)) {
-                if dry {
-                    done += 1;
-                    continue;
-                }
-                let mut flags = AddressFlags::Noprefixroute;
-                if !a.is_v4() {
-                    flags |= AddressFlags::Nodad;
-                }
-                let mut add = h.address().add(idx, a.addr, a.prefix);
-                add.message_mut()
-                    .attributes
-                    .push(AddressAttribute::Flags(flags));
-                match add.execute().await {
-                    Ok(()) => done += 1,
-                    Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-                    Err(e) => {
-                        return Err(nl_err(format!("restoring address {a} on {what}"), e));
-                    }
-                }
-            }
-            let has_route = |dst: IpAddr, len: u8| routes.contains(&(idx, dst, len));
-            let mut want: Vec<(RouteMessage, String)> = Vec::new();
-            let mut gateways: Vec<IpAddr> = Vec::new();
-            if addrs.iter().any(Cidr::is_v4) {
-                gateways.push(GATEWAY_V4.into());
-                if !has_route(GATEWAY_V4.into(), 32) {
-                    let r = RouteMessageBuilder::<Ipv4Addr>::new()
-                        .destination_prefix(GATEWAY_V4, 32)
-                        .output_interface(idx)
-                        .scope(RouteScope::Link);
-                    want.push((
-                        vethfp_route(r).build(),
-                        format!("{GATEWAY_V4}/32 dev {what}"),
-                    ));
-                }
-                if !has_route(Ipv4Addr::UNSPECIFIED.into(), 0) {
-                    let r = RouteMessageBuilder::<Ipv4Addr>::new()
-                        .gateway(GATEWAY_V4)
-                        .output_interface(idx);
-                    want.push((
-                        vethfp_route(r).build(),
-                        format!("default via {GATEWAY_V4} dev {what}"),
-                    ));
-                }
-            }
-            if addrs.iter().any(|a| !a.is_v4()) {
-                gateways.push(GATEWAY_V6.into());
-                if !has_route(Ipv6Addr::UNSPECIFIED.into(), 0) {
-                    let r = RouteMessageBuilder::<Ipv6Addr>::new()
-                        .gateway(GATEWAY_V6)
-                        .output_interface(idx);
-                    want.push((
-                        vethfp_route(r).build(),
-                        format!("default via {GATEWAY_V6} dev {what}"),
-                    ));
-                }
-            }
-            for gw in gateways {
-                if neighbours
-                    .iter()
-                    .any(|(i, ip, ll)| *i == idx && *ip == gw && ll[..] == gateway_mac.0[..])
-                {
-                    continue;
-                }
-                if dry {
-                    done += 1;
-                    continue;
-                }
-                h.neighbours()
-                    .add(idx, gw)
-                    .state(NeighbourState::Permanent)
-                    .link_layer_address(&gateway_mac.0)
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(|e| {
-                        nl_err(
-                            format!("restoring neighbour {gw} -> {gateway_mac} on {what}"),
-                            e,
-                        )
-                    })?;
-                done += 1;
-            }
-            if dry {
-                return Ok(done + want.len());
-            }
-            // The on-link gateway route first: the default routes resolve through it.
-            for (msg, desc) in want {
-                match h.route().add(msg).execute().await {
-                    Ok(()) => done += 1,
-                    // Someone else routes it now: not ours to replace.
-                    Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-                    Err(e) => return Err(nl_err(format!("restoring route {desc}"), e)),
-                }
-            }
-            Ok(done)
-        })
     })
 }
