@@ -26,6 +26,17 @@ const SRC_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const TCX_NEXT: u32 = u32::MAX; // -1
+/// The `skb->ingress_ifindex` of a packet the kernel forwarded between endpoints (any
+/// device but 0, which marks a packet the node itself sent).
+const FORWARDED_IIF: u32 = 7;
+
+/// A `struct __sk_buff` for BPF_PROG_TEST_RUN up to and including `ingress_ifindex` (offset
+/// 36; the kernel zero-fills the rest and accepts only a few fields, this one among them).
+fn skb_ctx(ingress_ifindex: u32) -> [u8; 40] {
+    let mut ctx = [0u8; 40];
+    ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    ctx
+}
 /// Counter slot of the uplink (which, in test_run, is also ifindex 1).
 const UPLINK_SLOT: u32 = 9;
 
@@ -225,13 +236,22 @@ impl Rig {
         eps.insert(SRC_IF, rec, 0).unwrap();
     }
 
+    /// Runs tc program `prog` on `frame` as a packet the kernel forwarded (received on a
+    /// device: `ingress_ifindex` set, as for every packet between endpoints).
     fn run(&self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_received_on(prog, frame, FORWARDED_IIF)
+    }
+
+    /// Runs tc program `prog` on `frame` with `skb->ingress_ifindex = iif` (0: a packet the
+    /// node itself sent).
+    fn run_received_on(&self, prog: &str, frame: &[u8], iif: u32) -> (u32, Vec<u8>) {
         let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: Some(&skb_ctx(iif)),
                 ..Default::default()
             })
             .expect("test_run");
@@ -809,18 +829,26 @@ fn xdp_redirects_known_destinations_and_passes_the_rest() {
             .unwrap()
             .set(CONFIG_FLAGS, CFG_ADMIT_ALWAYS, 0)
             .unwrap();
+        // The destination is an `xdp` endpoint (its container end has GRO on, so XDP may
+        // redirect into it); 10.0.0.3 is the same device as a `tc` endpoint, which XDP must
+        // leave to tcx (no GRO there: an XDP frame redirected into it would be dropped).
         let target = Target {
             ifindex: dst,
             mtu: 1500,
             slot: 1,
             container_mac: DST_MAC,
             host_mac: DST_HOST_MAC,
+            mode: MODE_XDP,
             ..Default::default()
         };
-        HashMap::<_, [u8; 4], Target>::try_from(ebpf.map_mut(MAP_EP4).unwrap())
-            .unwrap()
-            .insert([10, 0, 0, 2], target, 0)
-            .unwrap();
+        let tc_target = Target {
+            mode: MODE_TC,
+            ..target
+        };
+        let mut ep4 =
+            HashMap::<_, [u8; 4], Target>::try_from(ebpf.map_mut(MAP_EP4).unwrap()).unwrap();
+        ep4.insert([10, 0, 0, 2], target, 0).unwrap();
+        ep4.insert([10, 0, 0, 3], tc_target, 0).unwrap();
         let rec = EndpointRecord {
             target: Target {
                 ifindex: src,
@@ -904,10 +932,13 @@ fn xdp_redirects_known_destinations_and_passes_the_rest() {
         unknown[0..6].copy_from_slice(&src_mac.0);
         let mut ttl1 = v4_frame([10, 0, 0, 2], 1, &[], 10);
         ttl1[0..6].copy_from_slice(&src_mac.0);
+        let mut to_tc = v4_frame([10, 0, 0, 3], 64, &[], 10);
+        to_tc[0..6].copy_from_slice(&src_mac.0);
         for (what, f) in [
             ("not to the gateway MAC", other_mac),
             ("unknown destination", unknown),
             ("TTL 1", ttl1),
+            ("to a tc endpoint", to_tc),
         ] {
             let (ret, out) = run(&f);
             assert_eq!((ret, &out), (XDP_PASS, &f), "{what}");
@@ -1163,6 +1194,34 @@ impl Rig {
         self.run(PROG_TC_EGRESS, reply);
         assert_eq!(self.flow().1.flags & FLOW_ADMITTED, FLOW_ADMITTED);
     }
+}
+
+/// A packet the node itself sent (`skb->ingress_ifindex` 0) confirms no flow at tc egress:
+/// a flow with the node is never admitted, so the egress program skips the parse and lookup;
+/// the same packet forwarded by the kernel (received on a device) confirms its direction.
+#[test]
+fn admission_egress_confirms_only_what_the_kernel_forwarded() {
+    let mut rig = Rig::netfilter(false);
+    let fwd = v4_frame([10, 0, 0, 2], 64, &[], 40);
+    assert_eq!(rig.run(PROG_TC_INGRESS, &fwd).0, TCX_NEXT);
+    let (k, mut v) = rig.flow();
+    let d = (0..2).find(|d| v.flags & FLOW_PENDING[*d] != 0).unwrap();
+    v.egress_ifindex = [SRC_IF; 2];
+    rig.put_flow(k, v);
+    let stack_before = rig.counters(SRC_IF).c[DIR_TO_CONTAINER][V_STACK].packets;
+    rig.run_received_on(PROG_TC_EGRESS, &fwd, 0);
+    assert_eq!(
+        rig.flow().1.flags & FLOW_ADMITTED,
+        0,
+        "a node-originated packet confirms nothing"
+    );
+    assert_eq!(
+        rig.counters(SRC_IF).c[DIR_TO_CONTAINER][V_STACK].packets,
+        stack_before + 1,
+        "but it is counted"
+    );
+    rig.run(PROG_TC_EGRESS, &fwd);
+    assert_eq!(rig.flow().1.flags & FLOW_ADMITTED, FLOW_CONFIRMED[d]);
 }
 
 #[test]

@@ -20,6 +20,9 @@ pub const XDP_REDIRECT: u32 = 4;
 /// In BPF_PROG_TEST_RUN a tc program's skb arrives on the loopback device (ifindex 1, MAC
 /// 00:..:00): the sending endpoint of every tc case.
 pub const LO: u32 = 1;
+/// The `skb->ingress_ifindex` of a packet the kernel forwarded between endpoints (any device
+/// but 0, which marks a packet the node itself sent).
+pub const FORWARDED_IIF: u32 = 7;
 
 /// Moves the calling thread into a new network namespace (so run each rig on a thread of its
 /// own) holding one veth pair per `(ifindex, peer ifindex, mtu)`, named `d<ifindex>` and
@@ -79,14 +82,26 @@ impl Rig {
         a.set(CONFIG_FLAGS, flags, 0).unwrap();
     }
 
-    /// Runs tc program `prog` on `frame`: (return value, frame as the program left it).
+    /// Runs tc program `prog` on `frame` as a packet the kernel forwarded (received on a
+    /// device, `skb->ingress_ifindex` set): (return value, frame as the program left it).
     pub fn run_tc(&self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_tc_received_on(prog, frame, FORWARDED_IIF)
+    }
+
+    /// Runs tc program `prog` on `frame` with `skb->ingress_ifindex = iif` (0: a packet the
+    /// node itself sent).
+    pub fn run_tc_received_on(&self, prog: &str, frame: &[u8], iif: u32) -> (u32, Vec<u8>) {
         let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
         let mut out = vec![0u8; frame.len() + 256];
+        // struct __sk_buff up to and including ingress_ifindex (offset 36); the kernel
+        // zero-fills the rest and accepts only a few fields, this one among them.
+        let mut ctx = [0u8; 40];
+        ctx[36..40].copy_from_slice(&iif.to_ne_bytes());
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
                 ..Default::default()
             })
             .expect("test_run");
