@@ -12,6 +12,7 @@ use std::{collections::BTreeSet, fs, os::fd::AsFd};
 use aya::programs::{ProgramInfo, SchedClassifier};
 
 use super::*;
+use crate::sys::bpf::unpin_and_detach;
 use crate::sys::tc_filter::{BpfFilter, Dir, TcError, TcSession};
 
 /// Priority of vethfp's filters in each clsact direction. Filters run in ascending prio

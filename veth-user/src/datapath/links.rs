@@ -14,6 +14,7 @@ use aya::programs::{
 use aya_obj::programs::XdpAttachType;
 
 use super::*;
+use veth_common::MAP_ENDPOINTS;
 
 /// A hook as the kernel sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
