@@ -143,6 +143,18 @@ pub(crate) fn registry(shared: Arc<Shared>, per_endpoint: bool) -> PromRegistry 
         Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
     );
     let m = &shared.metrics;
+    register_reconcile(&mut r, m);
+    register_tcp(&mut r, m);
+    register_passes(&mut r, m);
+    r.register_collector(Box::new(DatapathCollector {
+        shared,
+        per_endpoint,
+    }));
+    r
+}
+
+/// The reconciliation and repair counters (registered first: their order is the page's).
+fn register_reconcile(r: &mut PromRegistry, m: &AgentMetrics) {
     r.register(
         "vethfp_agent_reconciles",
         "Reconciliation passes (start, periodic, after lost link notifications)",
@@ -183,6 +195,10 @@ pub(crate) fn registry(shared: Arc<Shared>, per_endpoint: bool) -> PromRegistry 
         "Time from a link deletion notification to the endpoint's state being removed",
         m.event_cleanup.clone(),
     );
+}
+
+/// The TCP hand-off and flow-sweep metrics.
+fn register_tcp(r: &mut PromRegistry, m: &AgentMetrics) {
     r.register(
         "vethfp_tcp_handoffs",
         "TCP flows handed off: the agent made the flow's conntrack entry liberal about windows, then admitted it",
@@ -208,6 +224,10 @@ pub(crate) fn registry(shared: Arc<Shared>, per_endpoint: bool) -> PromRegistry 
         "Flow-table entries the agent removed: pending, closing or expired longer than twice the idle time",
         m.flows_swept.clone(),
     );
+}
+
+/// Per-pass duration, lock hold time and container checks.
+fn register_passes(r: &mut PromRegistry, m: &AgentMetrics) {
     r.register(
         "vethfp_agent_reconcile_pass_seconds",
         "Duration of each reconciliation pass: the read without the state lock, and the repair if it found something",
@@ -223,11 +243,6 @@ pub(crate) fn registry(shared: Arc<Shared>, per_endpoint: bool) -> PromRegistry 
         "Container sides the reconciliation passes looked at (a round-robin slice per pass)",
         m.container_checks.clone(),
     );
-    r.register_collector(Box::new(DatapathCollector {
-        shared,
-        per_endpoint,
-    }));
-    r
 }
 
 /// Reads the pinned maps on every scrape: one pass over the endpoint records and one
