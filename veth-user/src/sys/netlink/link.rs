@@ -158,6 +158,27 @@ pub struct VethRequest<'a> {
 /// If a name is taken (EEXIST), the error says which one: the host name in the node, else
 /// the peer name in the container namespace. Either way nothing is created.
 pub fn create_veth(req: &VethRequest) -> Result<u32, NetlinkError> {
+    check_veth_request(req)?;
+    let msg = veth_message(req);
+    let (host_name, peer_name) = (req.host_name, req.peer_name);
+    let outcome = run(|h| async move { add_and_mark(&h, msg, host_name, peer_name).await })?;
+    match outcome {
+        VethOutcome::Created(ifindex) => Ok(ifindex),
+        VethOutcome::HostExists => Err(NetlinkError::Exists {
+            name: req.host_name.into(),
+            place: Place::Node,
+        }),
+        // EEXIST while the host name is free: the container name is the one taken. Inferring
+        // this on failure spares the common path a thread to look into the container first.
+        VethOutcome::PeerExists => Err(NetlinkError::Exists {
+            name: req.peer_name.into(),
+            place: req.peer_netns.place(),
+        }),
+    }
+}
+
+/// Names, MACs and MTU a veth can have, checked before asking the kernel.
+fn check_veth_request(req: &VethRequest) -> Result<(), NetlinkError> {
     check_ifname(req.host_name)?;
     check_ifname(req.peer_name)?;
     for mac in [req.host_mac, req.peer_mac] {
@@ -170,7 +191,11 @@ pub fn create_veth(req: &VethRequest) -> Result<u32, NetlinkError> {
     {
         return Err(NetlinkError::InvalidMtu(mtu));
     }
+    Ok(())
+}
 
+/// The one RTM_NEWLINK: the host end, with the peer inside `peer_netns` as its info data.
+fn veth_message(req: &VethRequest) -> LinkMessage {
     let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(req.peer_name)
         .address(req.peer_mac.0.to_vec());
@@ -182,69 +207,58 @@ pub fn create_veth(req: &VethRequest) -> Result<u32, NetlinkError> {
         host = host.mtu(mtu);
     }
     let peer = peer.setns_by_fd(req.peer_netns.fd().as_raw_fd()).build();
-    let msg = host
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-        .build();
+    host.set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build()
+}
 
-    enum Outcome {
-        Created(u32),
-        HostExists,
-        PeerExists,
+/// What the RTM_NEWLINK of [`create_veth`] did.
+enum VethOutcome {
+    Created(u32),
+    HostExists,
+    PeerExists,
+}
+
+/// Creates the veth and marks its host end as vethfp's; on EEXIST, says which name is taken.
+async fn add_and_mark(
+    h: &Handle,
+    msg: LinkMessage,
+    host_name: &str,
+    peer_name: &str,
+) -> Result<VethOutcome, NetlinkError> {
+    match h.link().add(msg).execute().await {
+        Ok(()) => {}
+        Err(e) if errno(&e) == Some(libc::EEXIST) => {
+            return Ok(if get_link(h, Some(host_name), 0).await?.is_some() {
+                VethOutcome::HostExists
+            } else {
+                VethOutcome::PeerExists
+            });
+        }
+        Err(e) => {
+            return Err(nl_err(
+                format!("creating veth '{host_name}' (container side: '{peer_name}')"),
+                e,
+            ));
+        }
     }
-    let host_name = req.host_name;
-    let outcome = run(|h| async move {
-        match h.link().add(msg).execute().await {
-            Ok(()) => {}
-            Err(e) if errno(&e) == Some(libc::EEXIST) => {
-                return Ok(if get_link(&h, Some(host_name), 0).await?.is_some() {
-                    Outcome::HostExists
-                } else {
-                    Outcome::PeerExists
-                });
-            }
-            Err(e) => {
-                return Err(nl_err(
-                    format!(
-                        "creating veth '{host_name}' (container side: '{}')",
-                        req.peer_name
-                    ),
-                    e,
-                ));
-            }
+    match get_link(h, Some(host_name), 0).await? {
+        Some(l) => {
+            // The kernel ignores IFLA_IFALIAS in RTM_NEWLINK: mark the host end right away
+            // in a second request (a kill between the two leaves an unmarked link).
+            let mark = LinkUnspec::new_with_index(l.ifindex)
+                .alias(OWNER_ALIAS)
+                .build();
+            h.link()
+                .set(mark)
+                .execute()
+                .await
+                .map_err(|e| nl_err(format!("marking '{host_name}' as vethfp's"), e))?;
+            Ok(VethOutcome::Created(l.ifindex))
         }
-        match get_link(&h, Some(host_name), 0).await? {
-            Some(l) => {
-                // The kernel ignores IFLA_IFALIAS in RTM_NEWLINK: mark the host end right away
-                // in a second request (a kill between the two leaves an unmarked link).
-                let mark = LinkUnspec::new_with_index(l.ifindex)
-                    .alias(OWNER_ALIAS)
-                    .build();
-                h.link()
-                    .set(mark)
-                    .execute()
-                    .await
-                    .map_err(|e| nl_err(format!("marking '{host_name}' as vethfp's"), e))?;
-                Ok(Outcome::Created(l.ifindex))
-            }
-            None => Err(NetlinkError::Netlink {
-                op: format!("creating veth '{host_name}'"),
-                msg: "the new interface vanished right after creation (deleted concurrently?)"
-                    .into(),
-                errno: None,
-            }),
-        }
-    })?;
-    match outcome {
-        Outcome::Created(ifindex) => Ok(ifindex),
-        Outcome::HostExists => Err(NetlinkError::Exists {
-            name: req.host_name.into(),
-            place: Place::Node,
-        }),
-        // EEXIST while the host name is free: the container name is the one taken. Inferring
-        // this on failure spares the common path a thread to look into the container first.
-        Outcome::PeerExists => Err(NetlinkError::Exists {
-            name: req.peer_name.into(),
-            place: req.peer_netns.place(),
+        None => Err(NetlinkError::Netlink {
+            op: format!("creating veth '{host_name}'"),
+            msg: "the new interface vanished right after creation (deleted concurrently?)".into(),
+            errno: None,
         }),
     }
 }
