@@ -13,21 +13,19 @@ use aya::programs::{
 };
 use aya_obj::programs::XdpAttachType;
 
-use super::{
-    Datapath, DatapathError, HOOK_UPLINK, HOOK_UPLINK_EGRESS, HOOK_XDP, PROG_UPLINK_EGRESS,
-    PROG_UPLINK_INGRESS, PROG_XDP, PROGRAMS, Result, bpffs::restrict, io, object_hash,
-};
+use super::{Datapath, DatapathError, PROGRAMS, Result, bpffs::restrict, io, object_hash};
 use crate::sys::bpf::unpin_and_detach;
+use veth_common::{Hook, Program};
 
-pub(super) fn prog_pin(dir: &Path, name: &str) -> PathBuf {
+pub(super) fn prog_pin(dir: &Path, prog: Program) -> PathBuf {
     dir.join("progs")
-        .join(format!("{name}-{:016x}", object_hash()))
+        .join(format!("{}-{:016x}", prog.name(), object_hash()))
 }
 
 impl Datapath {
-    /// Pin path of program `name` of this build (re-pinning all programs if it vanished).
-    pub(crate) fn pinned_program(&mut self, name: &'static str) -> Result<PathBuf> {
-        let pin = prog_pin(&self.dir, name);
+    /// Pin path of this build's `prog` (re-pinning all programs if it vanished).
+    pub(crate) fn pinned_program(&mut self, prog: Program) -> Result<PathBuf> {
+        let pin = prog_pin(&self.dir, prog);
         if !pin.exists() {
             self.maps = Self::load_and_pin(&self.dir, self.flow_table_size)?;
         }
@@ -37,61 +35,82 @@ impl Datapath {
     /// Loads (verifies) and pins every program of this build unless an earlier call did:
     /// proves the kernel accepts them (CNI STATUS).
     pub fn load_programs(&mut self) -> Result<()> {
-        for name in PROGRAMS {
-            self.pinned_program(name)?;
+        for prog in PROGRAMS {
+            self.pinned_program(prog)?;
         }
         Ok(())
     }
 
-    pub(super) fn classifier(&mut self, name: &'static str) -> Result<SchedClassifier> {
-        let pin = self.pinned_program(name)?;
-        SchedClassifier::from_pin(&pin).map_err(|source| DatapathError::Program { name, source })
+    pub(super) fn classifier(&mut self, prog: Program) -> Result<SchedClassifier> {
+        let pin = self.pinned_program(prog)?;
+        SchedClassifier::from_pin(&pin).map_err(|source| DatapathError::Program {
+            name: prog.name(),
+            source,
+        })
     }
 
-    pub fn link_pin(&self, hook: &str, ifindex: u32) -> PathBuf {
-        self.dir.join("links").join(format!("{hook}-{ifindex}"))
+    /// Pin path of the link of `hook` on `ifindex` (`links/<hook>-<ifindex>`).
+    pub fn link_pin(&self, hook: Hook, ifindex: u32) -> PathBuf {
+        self.pin_named(hook.name(), ifindex)
     }
 
-    pub(crate) fn attach_one(
+    /// Pin path of a link by its pin prefix: a hook's name, or a legacy one no [`Hook`] has
+    /// any more (`filters::LEGACY_TCX_INGRESS`, …).
+    pub(super) fn pin_named(&self, prefix: &str, ifindex: u32) -> PathBuf {
+        self.dir.join("links").join(format!("{prefix}-{ifindex}"))
+    }
+
+    /// Attaches `prog` at `hook` of `iface` and pins the link: XDP (native mode) for
+    /// [`Hook::Xdp`], tcx in the hook's direction for the others. A stale pin of an earlier
+    /// interface with the same ifindex is dropped first.
+    pub(crate) fn attach(
         &mut self,
         iface: &str,
         ifindex: u32,
-        prog_name: &'static str,
-        kind: TcAttachType,
-        hook: &str,
+        hook: Hook,
+        prog: Program,
     ) -> Result<()> {
         let pin = self.link_pin(hook, ifindex);
         // A pin left by an earlier interface with the same ifindex is stale: drop it.
         let _ = unpin_and_detach(&pin);
-        let mut prog = self.classifier(prog_name)?;
+        let name = prog.name();
         let attach_err = |source| DatapathError::Attach {
-            prog: prog_name,
+            prog: name,
             iface: iface.into(),
             source,
         };
-        let id = prog
-            .attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::default()))
-            .map_err(attach_err)?;
-        let link = prog.take_link(id).map_err(attach_err)?;
-        let fd_link: FdLink = link.try_into().map_err(|source| DatapathError::Link {
+        let link: FdLink = if hook == Hook::Xdp {
+            let path = self.pinned_program(prog)?;
+            let mut p = Xdp::from_pin(&path, XdpAttachType::Interface)
+                .map_err(|source| DatapathError::Program { name, source })?;
+            let id = p
+                .attach_to_if_index(ifindex, XdpMode::Driver)
+                .map_err(attach_err)?;
+            p.take_link(id).map_err(attach_err)?.try_into()
+        } else {
+            let kind = match hook {
+                Hook::TcEgress | Hook::UplinkEgress => TcAttachType::Egress,
+                _ => TcAttachType::Ingress,
+            };
+            let mut p = self.classifier(prog)?;
+            let id = p
+                .attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(attach_err)?;
+            p.take_link(id).map_err(attach_err)?.try_into()
+        }
+        .map_err(|source| DatapathError::Link {
             iface: iface.into(),
             source,
         })?;
-        pin_link(fd_link, &pin)
+        pin_link(link, &pin)
     }
 
     /// Attaches the uplink ingress and egress programs to `iface` (tcx) and pins the links.
     /// On failure nothing stays attached.
     pub fn attach_uplink(&mut self, iface: &str, ifindex: u32) -> Result<()> {
-        self.attach_one(
-            iface,
-            ifindex,
-            PROG_UPLINK_INGRESS,
-            TcAttachType::Ingress,
-            HOOK_UPLINK,
-        )?;
+        self.attach(iface, ifindex, Hook::UplinkIngress, Program::UplinkIngress)?;
         if let Err(e) = self.attach_uplink_egress(iface, ifindex) {
-            let _ = unpin_and_detach(&self.link_pin(HOOK_UPLINK, ifindex));
+            let _ = unpin_and_detach(&self.link_pin(Hook::UplinkIngress, ifindex));
             return Err(e);
         }
         Ok(())
@@ -99,55 +118,27 @@ impl Datapath {
 
     /// Attaches the uplink egress program (admission confirmation) to `iface`.
     pub fn attach_uplink_egress(&mut self, iface: &str, ifindex: u32) -> Result<()> {
-        self.attach_one(
-            iface,
-            ifindex,
-            PROG_UPLINK_EGRESS,
-            TcAttachType::Egress,
-            HOOK_UPLINK_EGRESS,
-        )
+        self.attach(iface, ifindex, Hook::UplinkEgress, Program::UplinkEgress)
     }
 
     /// Detaches the uplink programs of `ifindex`. True if the ingress one was attached.
     pub fn detach_uplink(&self, ifindex: u32) -> Result<bool> {
-        unpin_and_detach(&self.link_pin(HOOK_UPLINK_EGRESS, ifindex)).map_err(io(format!(
+        unpin_and_detach(&self.link_pin(Hook::UplinkEgress, ifindex)).map_err(io(format!(
             "detaching the uplink egress link of ifindex {ifindex}"
         )))?;
-        unpin_and_detach(&self.link_pin(HOOK_UPLINK, ifindex)).map_err(io(format!(
+        unpin_and_detach(&self.link_pin(Hook::UplinkIngress, ifindex)).map_err(io(format!(
             "detaching the uplink link of ifindex {ifindex}"
         )))
     }
 
     /// Attaches the XDP program (native mode) to host end `ifindex` and pins the link.
     pub fn attach_xdp(&mut self, iface: &str, ifindex: u32) -> Result<()> {
-        let pin = self.link_pin(HOOK_XDP, ifindex);
-        let _ = unpin_and_detach(&pin);
-        let path = self.pinned_program(PROG_XDP)?;
-        let mut prog = Xdp::from_pin(&path, XdpAttachType::Interface).map_err(|source| {
-            DatapathError::Program {
-                name: PROG_XDP,
-                source,
-            }
-        })?;
-        let attach_err = |source| DatapathError::Attach {
-            prog: PROG_XDP,
-            iface: iface.into(),
-            source,
-        };
-        let id = prog
-            .attach_to_if_index(ifindex, XdpMode::Driver)
-            .map_err(attach_err)?;
-        let link = prog.take_link(id).map_err(attach_err)?;
-        let fd_link: FdLink = link.try_into().map_err(|source| DatapathError::Link {
-            iface: iface.into(),
-            source,
-        })?;
-        pin_link(fd_link, &pin)
+        self.attach(iface, ifindex, Hook::Xdp, Program::Xdp)
     }
 
     /// Detaches the XDP program of `ifindex` (removes its link pin). True if it was attached.
     pub fn detach_xdp(&self, ifindex: u32) -> Result<bool> {
-        unpin_and_detach(&self.link_pin(HOOK_XDP, ifindex))
+        unpin_and_detach(&self.link_pin(Hook::Xdp, ifindex))
             .map_err(io(format!("detaching the XDP link of ifindex {ifindex}")))
     }
 }

@@ -36,10 +36,7 @@ use std::{
 use crate::sys::bpf::pinned_link_ifindex;
 pub use crate::sys::{netns::current_netns_cookie, random::random_u64};
 
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{Program, ProgramError},
-};
+use aya::{Ebpf, EbpfLoader, programs::ProgramError};
 use veth_common::{ABI_VERSION, CONFIG_ABI, DEFAULT_FLOW_TABLE_SIZE, MAP_CONFIG, MAP_FLOWS, MAPS};
 
 /// The BPF object built from `veth-ebpf` by build.rs.
@@ -52,19 +49,11 @@ pub const VERSION_LINK: &str = "version";
 /// Default state directory.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/vethfp";
 
-// Program and hook names come from the typed ABI (veth-common), the one place for them.
-pub const PROG_TC_INGRESS: &str = veth_common::Program::TcIngress.name();
-pub const PROG_TC_EGRESS: &str = veth_common::Program::TcEgress.name();
-pub const PROG_XDP: &str = veth_common::Program::Xdp.name();
-pub const PROG_UPLINK_INGRESS: &str = veth_common::Program::UplinkIngress.name();
-pub const PROG_L2_INGRESS: &str = veth_common::Program::L2Ingress.name();
-pub const PROG_UPLINK_EGRESS: &str = veth_common::Program::UplinkEgress.name();
-/// Endpoint hooks: cls_bpf filters on the host end's clsact qdisc (see [`filters`]).
-pub const HOOK_TC_INGRESS: &str = veth_common::Hook::TcIngress.name();
-pub const HOOK_TC_EGRESS: &str = veth_common::Hook::TcEgress.name();
-pub const HOOK_XDP: &str = veth_common::Hook::Xdp.name();
-pub const HOOK_UPLINK: &str = veth_common::Hook::UplinkIngress.name();
-pub const HOOK_UPLINK_EGRESS: &str = veth_common::Hook::UplinkEgress.name();
+// Programs and hooks are the typed ABI's (veth-common), the one place for them: the datapath
+// takes them as values, their names (pins, ELF symbols, logs) come from `name()`. Endpoint
+// hooks (`Hook::TcIngress`, `Hook::TcEgress`) are cls_bpf filters on the host end's clsact
+// qdisc (see [`filters`]); the others are pinned links.
+pub use veth_common::{Hook, Program};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -187,14 +176,7 @@ pub fn object_hash() -> u64 {
 }
 
 /// Every program of the datapath; all are loaded and pinned together, once per build.
-pub const PROGRAMS: [&str; 6] = [
-    PROG_TC_INGRESS,
-    PROG_TC_EGRESS,
-    PROG_XDP,
-    PROG_UPLINK_INGRESS,
-    PROG_L2_INGRESS,
-    PROG_UPLINK_EGRESS,
-];
+pub const PROGRAMS: [Program; 6] = Program::ALL;
 
 /// The opened datapath: maps (pinned, shared by every process) and the means to attach.
 pub struct Datapath {
@@ -237,7 +219,7 @@ impl Datapath {
         let missing: Vec<PathBuf> = MAPS
             .iter()
             .map(|m| dir.join(m))
-            .chain(PROGRAMS.iter().map(|p| prog_pin(dir, p)))
+            .chain(PROGRAMS.iter().map(|p| prog_pin(dir, *p)))
             .filter(|p| !p.exists())
             .collect();
         let r = Self::open_found(dir, flow_table_size, &missing, check);
@@ -308,8 +290,9 @@ impl Datapath {
         for name in MAPS {
             restrict(&dir.join(name), 0o600)?;
         }
-        for name in PROGRAMS {
-            let pin = prog_pin(dir, name);
+        for p in PROGRAMS {
+            let pin = prog_pin(dir, p);
+            let name = p.name();
             if pin.exists() {
                 continue;
             }
@@ -318,11 +301,11 @@ impl Datapath {
                 .program_mut(name)
                 .ok_or(perr(ProgramError::NotLoaded))?;
             match prog {
-                Program::SchedClassifier(p) => {
+                aya::programs::Program::SchedClassifier(p) => {
                     p.load().map_err(perr)?;
                     p.pin(&pin)
                 }
-                Program::Xdp(p) => {
+                aya::programs::Program::Xdp(p) => {
                     p.load().map_err(perr)?;
                     p.pin(&pin)
                 }
