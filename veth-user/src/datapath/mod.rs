@@ -58,8 +58,8 @@ pub use veth_common::{Hook, Program};
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error(
-        "{0} is not inside a mounted bpffs: mount one (`mount -t bpf bpf DIR`) and pass \
-         --bpffs DIR/vethfp, or use a directory under /sys/fs/bpf"
+        "{0} is not inside a mounted bpffs: mount one (`mount -t bpf bpf DIR`) and use a \
+         directory in it (e.g. DIR/vethfp), or use a directory under /sys/fs/bpf"
     )]
     NotBpffs(PathBuf),
     #[error(
@@ -70,8 +70,8 @@ pub enum DatapathError {
         "/sys/fs/bpf is not a bpffs in this mount namespace, which is not the system's (`ip netns \
          exec` makes one and remounts /sys, hiding /sys/fs/bpf): a state made here would vanish \
          with this process and its endpoints could not be found again. Enter the node's network \
-         namespace alone (`nsenter --net=/run/netns/NAME vethfp …`), or pass --bpffs on a \
-         bpffs that outlives this process"
+         namespace alone (`nsenter --net=/run/netns/NAME vethfp …`), or use a state directory \
+         on a bpffs that outlives this process"
     )]
     PrivateMounts,
     #[error("could not create state directory {path}: {source}")]
@@ -152,7 +152,7 @@ fn abi_message(dir: &Path, found: u32, want: u32) -> String {
         format!(
             "pinned state in {dir} was made by a newer vethfp{by} (map ABI {found}; this \
              vethfp uses {want}) and is left as it is: use that vethfp (or a newer one) on it, or \
-             pass another --bpffs directory"
+             another state directory"
         )
     }
 }

@@ -1,0 +1,59 @@
+//! What to do about a library error, in the CLI's terms. The library's messages state what
+//! is wrong and name no flags (the CNI plugin and an embedding agent have none); the CLI
+//! adds the flag that changes it, by error variant.
+
+use vethfp::{DatapathError, EndpointError};
+
+/// The flag hint for the first error in `e`'s chain that has one, as a suffix of its line.
+pub fn flag_hint(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain().find_map(|c| {
+        if let Some(ep) = c.downcast_ref::<EndpointError>() {
+            return endpoint_hint(ep);
+        }
+        c.downcast_ref::<DatapathError>().and_then(datapath_hint)
+    })
+}
+
+fn endpoint_hint(e: &EndpointError) -> Option<&'static str> {
+    Some(match e {
+        EndpointError::NoAddr => " (pass --addr, e.g. --addr 10.0.0.2/24)",
+        EndpointError::BridgeRefused(_) => " (pass --force to accelerate anyway)",
+        EndpointError::BridgeRefusedKept { .. } => " (or pass --force to accelerate anyway)",
+        EndpointError::NotOurs { .. } => " (the state directory is --bpffs)",
+        EndpointError::NodeNetns(_) => " (--netns)",
+        EndpointError::OtherNamespace { .. } => {
+            " (use a separate --bpffs directory per node namespace)"
+        }
+        EndpointError::Datapath(d) => return datapath_hint(d),
+        _ => return None,
+    })
+}
+
+fn datapath_hint(e: &DatapathError) -> Option<&'static str> {
+    match e {
+        DatapathError::NotBpffs(_) => Some(" (then pass --bpffs DIR/vethfp)"),
+        DatapathError::PrivateMounts => Some(" (--bpffs)"),
+        DatapathError::Abi { found, want, .. } if found > want => {
+            Some(" (pass another --bpffs directory)")
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_follow_the_variant_through_context() {
+        let e = anyhow::Error::from(EndpointError::BridgeRefused("isolated".into()))
+            .context("bridge accelerate br0");
+        assert_eq!(flag_hint(&e), Some(" (pass --force to accelerate anyway)"));
+        let e = anyhow::Error::from(EndpointError::Datapath(DatapathError::NotBpffs(
+            "/tmp/x".into(),
+        )));
+        assert_eq!(flag_hint(&e), Some(" (then pass --bpffs DIR/vethfp)"));
+        let e = anyhow::Error::from(EndpointError::NotFound("vf0".into()));
+        assert_eq!(flag_hint(&e), None);
+    }
+}
