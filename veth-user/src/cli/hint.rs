@@ -2,13 +2,19 @@
 //! is wrong and name no flags (the CNI plugin and an embedding agent have none); the CLI
 //! adds the flag that changes it, by error variant.
 
-use vethfp::{DatapathError, EndpointError};
+use vethfp::{DatapathError, EndpointError, agent::AgentError};
 
 /// The flag hint for the first error in `e`'s chain that has one, as a suffix of its line.
 pub fn flag_hint(e: &anyhow::Error) -> Option<&'static str> {
     e.chain().find_map(|c| {
         if let Some(ep) = c.downcast_ref::<EndpointError>() {
             return endpoint_hint(ep);
+        }
+        // The agent's errors wrap the registry's transparently: one link of the chain.
+        match c.downcast_ref::<AgentError>() {
+            Some(AgentError::Endpoint(ep)) => return endpoint_hint(ep),
+            Some(AgentError::Datapath(d)) => return datapath_hint(d),
+            _ => {}
         }
         c.downcast_ref::<DatapathError>().and_then(datapath_hint)
     })
@@ -53,6 +59,11 @@ mod tests {
             "/tmp/x".into(),
         )));
         assert_eq!(flag_hint(&e), Some(" (then pass --bpffs DIR/vethfp)"));
+        let e = anyhow::Error::from(AgentError::Endpoint(EndpointError::NoAddr));
+        assert_eq!(
+            flag_hint(&e),
+            Some(" (pass --addr, e.g. --addr 10.0.0.2/24)")
+        );
         let e = anyhow::Error::from(EndpointError::NotFound("vf0".into()));
         assert_eq!(flag_hint(&e), None);
     }
