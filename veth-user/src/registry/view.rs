@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use veth_common::{
     CFG_EGRESS_FAST, CFG_FASTPATH_OFF, Counters, DIR_FROM_CONTAINER, DIR_NAMES, DIR_TO_CONTAINER,
-    EP_ADOPTED, EP_BRIDGE_PORT, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, EndpointRecord, MAX_ADDRS,
-    MODE_XDP, PacketBytes, Uplink, V_FAST_UPLINK, V_STACK, VERDICT_NAMES,
+    EP_ADOPTED, EP_BRIDGE_PORT, EndpointRecord, MAX_ADDRS, PacketBytes, Uplink, V_FAST_UPLINK,
+    V_STACK, VERDICT_NAMES,
 };
 
 use crate::types::{Cidr, IfName, Mac, Mode, Spoof};
@@ -335,22 +335,10 @@ impl EndpointView {
                 .filter_map(cidr_of)
                 .collect(),
             mtu: r.target.mtu,
-            mode: if r.flags & EP_BRIDGE_PORT != 0 {
-                Mode::Bridge
-            } else if r.target.mode == MODE_XDP {
-                Mode::Xdp
-            } else {
-                Mode::Tc
-            },
+            mode: Mode::of_record(r.target.mode, r.flags & EP_BRIDGE_PORT != 0),
             network: get_str(&r.network_name),
             network_id: r.target.network,
-            spoof: if r.flags & EP_SPOOF_ENFORCE != 0 {
-                Spoof::Enforce
-            } else if r.flags & EP_SPOOF_AUDIT != 0 {
-                Spoof::Audit
-            } else {
-                Spoof::Off
-            },
+            spoof: Spoof::from_abi(veth_common::Spoof::from_flags(r.flags)),
             adopted: r.flags & EP_ADOPTED != 0,
         }
     }
