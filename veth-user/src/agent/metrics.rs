@@ -45,10 +45,7 @@ use prometheus_client::{
     registry::Registry as PromRegistry,
 };
 use tokio::net::TcpListener;
-use veth_common::{
-    DIR_FROM_CONTAINER, DIR_NAMES, DIR_TO_CONTAINER, DIRS, V_DROP_ERROR, V_DROP_POLICY,
-    V_DROP_SPOOF_IP, V_DROP_SPOOF_MAC, V_FAST_UPLINK, V_RESERVED, V_STACK, VERDICT_NAMES, VERDICTS,
-};
+use veth_common::{DIR_FROM_CONTAINER, DIR_TO_CONTAINER, Dir, V_FAST_UPLINK, V_STACK, Verdict};
 
 use crate::{
     agent::Shared,
@@ -341,27 +338,22 @@ fn endpoint_families(stats: &[(EndpointStats, String)]) -> Vec<Exposed> {
     let mut bytes = Vec::new();
     let mut drops = Vec::new();
     for (s, netns) in stats {
-        for (d, dir) in DIR_NAMES.iter().enumerate() {
-            for v in (0..VERDICTS).filter(|v| *v != V_RESERVED) {
+        for dir in Dir::ALL {
+            for v in Verdict::ALL.into_iter().filter(|v| *v != Verdict::Reserved) {
                 let labels: Labels = vec![
                     ("host_if", s.host_if.clone()),
                     ("netns", netns.clone()),
-                    ("direction", (*dir).into()),
-                    ("verdict", VERDICT_NAMES[v].into()),
+                    ("direction", dir.name().into()),
+                    ("verdict", v.name().into()),
                 ];
-                let pb = s.counters.c[d][v];
+                let pb = s.counters.get(dir, v);
                 packets.push((labels.clone(), pb.packets));
                 bytes.push((labels, pb.bytes));
             }
         }
-        for v in [
-            V_DROP_SPOOF_IP,
-            V_DROP_SPOOF_MAC,
-            V_DROP_POLICY,
-            V_DROP_ERROR,
-        ] {
-            let n: u64 = (0..DIRS).map(|d| s.counters.c[d][v].packets).sum();
-            let reason = VERDICT_NAMES[v].trim_start_matches("drop_");
+        for v in Verdict::ALL.into_iter().filter(|v| v.is_drop()) {
+            let n: u64 = Dir::ALL.map(|d| s.counters.get(d, v).packets).iter().sum();
+            let reason = v.name().trim_start_matches("drop_");
             drops.push((
                 vec![
                     ("host_if", s.host_if.clone()),
