@@ -67,7 +67,9 @@ impl fmt::Display for Place {
 fn exists_hint(name: &str, place: &Place) -> String {
     match place {
         Place::Node => format!("choose another name or `vethfp pair del {name}`"),
-        Place::Netns(_) => "choose another --ifname or remove that interface first".into(),
+        Place::Netns(_) => {
+            "choose another container interface name or remove that interface first".into()
+        }
     }
 }
 
