@@ -150,8 +150,7 @@ impl Datapath {
         }
         match self.link_state(hook, ifindex)? {
             None => {
-                // A link hook runs its one program (Xdp, UplinkIngress, UplinkEgress).
-                self.attach(iface, ifindex, hook, hook.program())?;
+                self.attach(iface, ifindex, hook, prog)?;
                 Ok(LinkAction::Attached)
             }
             Some(st) => {
