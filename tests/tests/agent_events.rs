@@ -217,13 +217,13 @@ fn plug(node: &Node, i: u32, addr: &str) -> (String, vethfp_tests::Netns) {
 
 #[test]
 fn bridge_ports_keep_their_l2_program() {
-    use vethfp::datapath::{Datapath, HOOK_TC_INGRESS, PROG_L2_INGRESS};
+    use vethfp::datapath::{Datapath, Hook, Program};
     let node = Node::new();
     bridge(&node);
     let ports = [plug(&node, 1, "10.2.0.2/24"), plug(&node, 2, "10.2.0.3/24")];
     node.ok(&["bridge", "accelerate", "vbr0", "--force"]);
     let mut dp = Datapath::open(&node.bpffs_dir()).unwrap();
-    let l2 = dp.program_id(PROG_L2_INGRESS).unwrap();
+    let l2 = dp.program_id(Program::L2Ingress).unwrap();
     let ifx: Vec<u32> = ports
         .iter()
         .map(|(p, _)| node.stats(p).host_ifindex as u32)
@@ -234,7 +234,7 @@ fn bridge_ports_keep_their_l2_program() {
         vethfp_tests::run_in_netns(node.name(), move || {
             let dp = Datapath::open(&dir).unwrap();
             ifx.iter()
-                .map(|i| dp.link_state(HOOK_TC_INGRESS, *i).unwrap().unwrap())
+                .map(|i| dp.link_state(Hook::TcIngress, *i).unwrap().unwrap())
                 .collect::<Vec<_>>()
         })
     };

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vethfp::datapath::{Datapath, HOOK_TC_EGRESS, HOOK_TC_INGRESS};
+use vethfp::datapath::{Datapath, Hook};
 use vethfp_tests::{Agent, Node, join, run_in_netns, udp_frame_len, udp_recv, udp_send_paced};
 
 const N: u64 = 20_000;
@@ -32,7 +32,7 @@ fn link_ids(node: &Node, ifindexes: &[u32]) -> Vec<(u32, u32)> {
         let owned = dp.owned_program_ids().expect("program ids");
         ifindexes
             .iter()
-            .flat_map(|i| [HOOK_TC_INGRESS, HOOK_TC_EGRESS].map(|h| (h, *i)))
+            .flat_map(|i| [Hook::TcIngress, Hook::TcEgress].map(|h| (h, *i)))
             .map(|(h, i)| {
                 let s = dp
                     .link_state(h, i)

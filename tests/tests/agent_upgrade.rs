@@ -23,24 +23,22 @@ use std::{
 
 use aya::{EbpfLoader, programs::SchedClassifier};
 use veth_common::MAPS;
-use vethfp::datapath::{
-    Datapath, EBPF_OBJECT, HOOK_TC_EGRESS, HOOK_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS,
-};
+use vethfp::datapath::{Datapath, EBPF_OBJECT, Hook, Program};
 use vethfp_tests::{Agent, Node, in_netns, join, run_in_netns};
 
 const OLD_HASH: &str = "00000000000000aa";
 
 /// Loads the tcx programs again (new kernel program ids) with the node's pinned maps and
 /// pins them as an older build's. Returns their pin paths.
-fn load_old_programs(dir: &std::path::Path) -> Vec<(&'static str, PathBuf)> {
+fn load_old_programs(dir: &std::path::Path) -> Vec<(Hook, PathBuf)> {
     let mut loader = EbpfLoader::new();
     for m in MAPS {
         loader.map_pin_path(m, dir.join(m));
     }
     let mut ebpf = loader.load(EBPF_OBJECT).expect("load object");
     [
-        (HOOK_TC_INGRESS, PROG_TC_INGRESS),
-        (HOOK_TC_EGRESS, PROG_TC_EGRESS),
+        (Hook::TcIngress, Program::TcIngress.name()),
+        (Hook::TcEgress, Program::TcEgress.name()),
     ]
     .into_iter()
     .map(|(hook, name)| {
@@ -140,9 +138,9 @@ fn new_build_replaces_programs_in_place_under_tcp() {
         .collect();
 
     let mut dp = Datapath::open(&dir).expect("open datapath");
-    let current: Vec<u32> = [PROG_TC_INGRESS, PROG_TC_EGRESS]
+    let current: Vec<u32> = [Program::TcIngress, Program::TcEgress]
         .iter()
-        .map(|p| dp.program_id(p).expect("program id"))
+        .map(|p| dp.program_id(*p).expect("program id"))
         .collect();
 
     // A connection through the fast path, running the whole time.
@@ -162,9 +160,9 @@ fn new_build_replaces_programs_in_place_under_tcp() {
         let mut links = Vec::new();
         for (hook, pin) in &old {
             for i in &ix {
-                let before = dp.link_state(hook, *i).unwrap().expect("filter");
-                dp.replace_program(hook, *i, pin).expect("switch to old");
-                let after = dp.link_state(hook, *i).unwrap().unwrap();
+                let before = dp.link_state(*hook, *i).unwrap().expect("filter");
+                dp.replace_program(*hook, *i, pin).expect("switch to old");
+                let after = dp.link_state(*hook, *i).unwrap().unwrap();
                 assert_eq!(
                     after.link_id, before.link_id,
                     "filter replaced, not updated"
@@ -189,7 +187,7 @@ fn new_build_replaces_programs_in_place_under_tcp() {
         let dp = Datapath::open(&d).expect("open datapath");
         hooks
             .iter()
-            .map(|(hook, i, _, _)| dp.link_state(hook, *i).unwrap().expect("filter kept"))
+            .map(|(hook, i, _, _)| dp.link_state(*hook, *i).unwrap().expect("filter kept"))
             .collect::<Vec<_>>()
     });
     assert_eq!(now_states.len(), l);
@@ -202,7 +200,7 @@ fn new_build_replaces_programs_in_place_under_tcp() {
             now.prog_id, *old_prog,
             "{hook} on {i}: still the old program"
         );
-        let want = if *hook == HOOK_TC_INGRESS {
+        let want = if *hook == Hook::TcIngress {
             current[0]
         } else {
             current[1]

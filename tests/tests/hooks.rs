@@ -6,7 +6,7 @@
 
 use vethfp::{
     datapath::{
-        Datapath, PROG_TC_INGRESS,
+        Datapath, Program,
         filters::{FILTER_HANDLE, FILTER_PRIO},
     },
     sys::tc_filter::{BpfFilter, Dir, TcSession},
@@ -22,7 +22,7 @@ fn foreign_filter(ns: &Netns, dev: &str, dir: Dir) -> u32 {
         let ifindex = nix::net::if_::if_nametoindex(dev.as_str()).unwrap();
         let mut ebpf = Datapath::unpinned().expect("load object");
         let p: &mut aya::programs::SchedClassifier = ebpf
-            .program_mut(PROG_TC_INGRESS)
+            .program_mut(Program::TcIngress.name())
             .unwrap()
             .try_into()
             .unwrap();

@@ -26,7 +26,7 @@ use netlink_packet_core::{
 use netlink_packet_route::{RouteNetlinkMessage, link::LinkMessage};
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 use vethfp::{
-    datapath::{Datapath, PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS},
+    datapath::{Datapath, Program},
     sys::tc_filter::{Dir, TcSession},
 };
 
@@ -208,7 +208,11 @@ fn main() -> Result<()> {
         );
     }
     let mut ebpf = Datapath::unpinned()?;
-    for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_L2_INGRESS] {
+    for name in [
+        Program::TcIngress.name(),
+        Program::TcEgress.name(),
+        Program::L2Ingress.name(),
+    ] {
         let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
         p.load().with_context(|| format!("loading {name}"))?;
     }
@@ -217,9 +221,9 @@ fn main() -> Result<()> {
         Ok(p.fd()?.as_fd().try_clone_to_owned()?)
     };
     let (ing, eg, l2) = (
-        fd_of(PROG_TC_INGRESS)?,
-        fd_of(PROG_TC_EGRESS)?,
-        fd_of(PROG_L2_INGRESS)?,
+        fd_of(Program::TcIngress.name())?,
+        fd_of(Program::TcEgress.name())?,
+        fd_of(Program::L2Ingress.name())?,
     );
     let (ingr, egr) = (ing.as_raw_fd(), eg.as_raw_fd());
     let mut tc = TcSession::new()?;
@@ -293,17 +297,31 @@ fn main() -> Result<()> {
         let t = Instant::now();
         timed(&mut s, "d) clsact qdisc create", || tc.ensure_clsact(idx))?;
         timed(&mut s, "d) cls_bpf add ingress", || {
-            tc.add_or_replace_bpf(idx, Dir::Ingress, 1, 1, ing.as_fd(), PROG_TC_INGRESS)
+            tc.add_or_replace_bpf(
+                idx,
+                Dir::Ingress,
+                1,
+                1,
+                ing.as_fd(),
+                Program::TcIngress.name(),
+            )
         })?;
         timed(&mut s, "d) cls_bpf add egress", || {
-            tc.add_or_replace_bpf(idx, Dir::Egress, 1, 1, eg.as_fd(), PROG_TC_EGRESS)
+            tc.add_or_replace_bpf(idx, Dir::Egress, 1, 1, eg.as_fd(), Program::TcEgress.name())
         })?;
         s.add("d) clsact + both filters, sequential", t.elapsed());
         timed(&mut s, "d) clsact again (exists: idempotent)", || {
             tc.ensure_clsact(idx)
         })?;
         timed(&mut s, "e) cls_bpf replace ingress in place", || {
-            tc.add_or_replace_bpf(idx, Dir::Ingress, 1, 1, l2.as_fd(), PROG_L2_INGRESS)
+            tc.add_or_replace_bpf(
+                idx,
+                Dir::Ingress,
+                1,
+                1,
+                l2.as_fd(),
+                Program::L2Ingress.name(),
+            )
         })?;
         timed(&mut s, "e) cls_bpf list ingress (dump)", || {
             tc.list(idx, Dir::Ingress)
@@ -319,8 +337,15 @@ fn main() -> Result<()> {
         })?;
         let idx = veth(&format!("ga{i}"), &format!("gb{i}"))?;
         tc.ensure_clsact(idx)?;
-        tc.add_or_replace_bpf(idx, Dir::Ingress, 1, 1, ing.as_fd(), PROG_TC_INGRESS)?;
-        tc.add_or_replace_bpf(idx, Dir::Egress, 1, 1, eg.as_fd(), PROG_TC_EGRESS)?;
+        tc.add_or_replace_bpf(
+            idx,
+            Dir::Ingress,
+            1,
+            1,
+            ing.as_fd(),
+            Program::TcIngress.name(),
+        )?;
+        tc.add_or_replace_bpf(idx, Dir::Egress, 1, 1, eg.as_fd(), Program::TcEgress.name())?;
         timed(&mut s, "f) veth delete, clsact + 2 cls_bpf filters", || {
             del.delete(idx)
         })?;

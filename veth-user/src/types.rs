@@ -211,6 +211,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn spoof_and_mode_are_the_abis_by_name() {
+        for s in [Spoof::Enforce, Spoof::Audit, Spoof::Off] {
+            assert_eq!(s.to_abi().name(), s.name());
+            assert_eq!(Spoof::from_abi(s.to_abi()), s);
+        }
+        for m in [Mode::Tc, Mode::Xdp] {
+            let abi = m.to_abi().unwrap();
+            assert_eq!(abi.name(), m.name());
+            assert_eq!(Mode::of_record(abi.as_u32(), false), m);
+        }
+        assert_eq!(Mode::Bridge.to_abi(), None);
+        assert_eq!(Mode::of_record(veth_common::MODE_TC, true), Mode::Bridge);
+    }
+
+    #[test]
     fn cidr_parses_and_rejects() {
         let c: Cidr = "10.0.0.2/24".parse().unwrap();
         assert_eq!(c.prefix, 24);
@@ -303,6 +318,28 @@ impl Mode {
     }
 }
 
+impl Mode {
+    /// The ABI's mode (`Target::mode`); None for `Bridge`, which is a `tc` endpoint with
+    /// `EP_BRIDGE_PORT`, not a mode of its own in the maps.
+    pub(crate) fn to_abi(self) -> Option<veth_common::Mode> {
+        match self {
+            Mode::Tc => Some(veth_common::Mode::Tc),
+            Mode::Xdp => Some(veth_common::Mode::Xdp),
+            Mode::Bridge => None,
+        }
+    }
+
+    /// The mode of a record: its ABI mode (an unknown value reads as `tc`, as the datapath
+    /// treats it), or `Bridge` for a bridge port.
+    pub(crate) fn of_record(abi_mode: u32, bridge_port: bool) -> Mode {
+        match (bridge_port, veth_common::Mode::from_u32(abi_mode)) {
+            (true, _) => Mode::Bridge,
+            (false, Some(veth_common::Mode::Xdp)) => Mode::Xdp,
+            (false, _) => Mode::Tc,
+        }
+    }
+}
+
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -329,6 +366,25 @@ impl Spoof {
             Spoof::Enforce => "enforce",
             Spoof::Audit => "audit",
             Spoof::Off => "off",
+        }
+    }
+}
+
+impl Spoof {
+    /// The ABI's anti-spoofing mode (its `flags()` are the record's bits).
+    pub(crate) fn to_abi(self) -> veth_common::Spoof {
+        match self {
+            Spoof::Enforce => veth_common::Spoof::Enforce,
+            Spoof::Audit => veth_common::Spoof::Audit,
+            Spoof::Off => veth_common::Spoof::Off,
+        }
+    }
+
+    pub(crate) fn from_abi(s: veth_common::Spoof) -> Spoof {
+        match s {
+            veth_common::Spoof::Enforce => Spoof::Enforce,
+            veth_common::Spoof::Audit => Spoof::Audit,
+            veth_common::Spoof::Off => Spoof::Off,
         }
     }
 }

@@ -1,33 +1,29 @@
 //! The typed ABI in `veth-common` (`Program`, `Hook`) names exactly what the BPF object holds
-//! and what the control plane's constants say, so a switch from one to the other cannot
-//! change a pinned name.
+//! and what states already pinned are called (`progs/<program>-<hash>`, `links/<hook>-<i>`),
+//! so no change to the types can rename a pin an existing state has.
 
 use veth_common::{Hook, MAPS, Program};
-use vethfp::datapath::{
-    Datapath, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_UPLINK, HOOK_UPLINK_EGRESS, HOOK_XDP,
-    PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
-    PROG_XDP, PROGRAMS,
-};
+use vethfp::datapath::{Datapath, PROGRAMS};
 
 #[test]
-fn program_and_hook_names_are_the_control_planes() {
-    assert_eq!(Program::NAMES, PROGRAMS);
+fn program_and_hook_names_are_the_pinned_ones() {
+    assert_eq!(Program::ALL, PROGRAMS);
     for (p, name) in [
-        (Program::TcIngress, PROG_TC_INGRESS),
-        (Program::TcEgress, PROG_TC_EGRESS),
-        (Program::Xdp, PROG_XDP),
-        (Program::UplinkIngress, PROG_UPLINK_INGRESS),
-        (Program::L2Ingress, PROG_L2_INGRESS),
-        (Program::UplinkEgress, PROG_UPLINK_EGRESS),
+        (Program::TcIngress, "vfp_tc_ingress"),
+        (Program::TcEgress, "vfp_tc_egress"),
+        (Program::Xdp, "vfp_xdp"),
+        (Program::UplinkIngress, "vfp_uplink_ingress"),
+        (Program::L2Ingress, "vfp_l2_ingress"),
+        (Program::UplinkEgress, "vfp_uplink_egress"),
     ] {
         assert_eq!(p.name(), name);
     }
     for (h, name) in [
-        (Hook::TcIngress, HOOK_TC_INGRESS),
-        (Hook::TcEgress, HOOK_TC_EGRESS),
-        (Hook::Xdp, HOOK_XDP),
-        (Hook::UplinkIngress, HOOK_UPLINK),
-        (Hook::UplinkEgress, HOOK_UPLINK_EGRESS),
+        (Hook::TcIngress, "tc-ingress"),
+        (Hook::TcEgress, "tc-egress"),
+        (Hook::Xdp, "xdp"),
+        (Hook::UplinkIngress, "uplink-ingress"),
+        (Hook::UplinkEgress, "uplink-egress"),
     ] {
         assert_eq!(h.name(), name);
     }

@@ -14,9 +14,14 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use veth_common::*;
-use vethfp::datapath::{
-    Datapath, PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_INGRESS,
-};
+use vethfp::datapath::Datapath;
+
+// The rig looks programs up by their ELF names (the typed ABI's).
+const PROG_TC_INGRESS: &str = Program::TcIngress.name();
+const PROG_TC_EGRESS: &str = Program::TcEgress.name();
+const PROG_UPLINK_INGRESS: &str = Program::UplinkIngress.name();
+const PROG_L2_INGRESS: &str = Program::L2Ingress.name();
+const PROG_XDP: &str = Program::Xdp.name();
 
 const SRC_IF: u32 = 1; // loopback in BPF_PROG_TEST_RUN
 const DST_IF: u32 = 1000;
@@ -800,7 +805,6 @@ fn xdp_redirects_known_destinations_and_passes_the_rest() {
     use aya::{maps::DevMapHash, programs::Xdp};
     use vethfp::{
         Mac,
-        datapath::PROG_XDP,
         sys::netlink::{self, Netns, VethRequest},
     };
     const XDP_PASS: u32 = 2;

@@ -23,7 +23,7 @@ use veth_common::{
     V_STACK,
 };
 use vethfp::{
-    datapath::{Datapath, PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS},
+    datapath::{Datapath, Program},
     sys::netlink::{Netns, in_netns},
     sys::tc_filter::{BpfFilter, Dir, TcError, TcSession},
 };
@@ -172,7 +172,11 @@ impl Env {
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         let host = v[0]["ifindex"].as_u64().unwrap() as u32;
         let mut ebpf = Datapath::unpinned().expect("BPF object loads");
-        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_L2_INGRESS] {
+        for name in [
+            Program::TcIngress.name(),
+            Program::TcEgress.name(),
+            Program::L2Ingress.name(),
+        ] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load()
                 .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
@@ -268,8 +272,8 @@ fn ours(filters: &[BpfFilter], prio: u16) -> &BpfFilter {
 #[test]
 fn both_directions_run_our_programs_and_count_traffic() {
     let mut env = Env::new();
-    let (ing, ing_id) = env.prog(PROG_TC_INGRESS);
-    let (eg, eg_id) = env.prog(PROG_TC_EGRESS);
+    let (ing, ing_id) = env.prog(Program::TcIngress.name());
+    let (eg, eg_id) = env.prog(Program::TcEgress.name());
     let host = env.host;
     // Slot 0 counts for host end vh0.
     {
@@ -283,10 +287,24 @@ fn both_directions_run_our_programs_and_count_traffic() {
     let (ingress, egress) = env.tc(|s| {
         assert!(s.ensure_clsact(host).unwrap(), "first call adds clsact");
         assert!(!s.ensure_clsact(host).unwrap(), "second call finds it");
-        s.add_or_replace_bpf(host, Dir::Ingress, 1, 1, ing.as_fd(), PROG_TC_INGRESS)
-            .unwrap();
-        s.add_or_replace_bpf(host, Dir::Egress, 1, 1, eg.as_fd(), PROG_TC_EGRESS)
-            .unwrap();
+        s.add_or_replace_bpf(
+            host,
+            Dir::Ingress,
+            1,
+            1,
+            ing.as_fd(),
+            Program::TcIngress.name(),
+        )
+        .unwrap();
+        s.add_or_replace_bpf(
+            host,
+            Dir::Egress,
+            1,
+            1,
+            eg.as_fd(),
+            Program::TcEgress.name(),
+        )
+        .unwrap();
         (
             s.list(host, Dir::Ingress).unwrap(),
             s.list(host, Dir::Egress).unwrap(),
@@ -295,11 +313,11 @@ fn both_directions_run_our_programs_and_count_traffic() {
     let (i, e) = (ours(&ingress, 1), ours(&egress, 1));
     assert_eq!(
         (i.handle, i.prog_id, i.name.as_str()),
-        (1, ing_id, PROG_TC_INGRESS)
+        (1, ing_id, Program::TcIngress.name())
     );
     assert_eq!(
         (e.handle, e.prog_id, e.name.as_str()),
-        (1, eg_id, PROG_TC_EGRESS)
+        (1, eg_id, Program::TcEgress.name())
     );
     assert!(i.direct_action && e.direct_action);
     assert!(i.tag.is_some());
@@ -337,8 +355,8 @@ fn both_directions_run_our_programs_and_count_traffic() {
 #[test]
 fn replace_in_place_keeps_the_filter_and_swaps_the_program() {
     let env = Env::new();
-    let (a, a_id) = env.prog(PROG_TC_INGRESS);
-    let (b, b_id) = env.prog(PROG_L2_INGRESS);
+    let (a, a_id) = env.prog(Program::TcIngress.name());
+    let (b, b_id) = env.prog(Program::L2Ingress.name());
     assert_ne!(a_id, b_id);
     let host = env.host;
     let (before, after, again) = env.tc(|s| {
@@ -372,7 +390,7 @@ fn replace_in_place_keeps_the_filter_and_swaps_the_program() {
 #[test]
 fn delete_is_idempotent_and_leaves_foreign_filters_alone() {
     let env = Env::new();
-    let (a, a_id) = env.prog(PROG_TC_INGRESS);
+    let (a, a_id) = env.prog(Program::TcIngress.name());
     let host = env.host;
     env.tc(|s| s.ensure_clsact(host).unwrap());
     // Someone else's filter at another prio, added with tc(8): classic BPF (no program id)
@@ -440,8 +458,8 @@ fn delete_is_idempotent_and_leaves_foreign_filters_alone() {
 #[test]
 fn filters_go_away_with_the_veth() {
     let env = Env::new();
-    let (a, _) = env.prog(PROG_TC_INGRESS);
-    let (e, _) = env.prog(PROG_TC_EGRESS);
+    let (a, _) = env.prog(Program::TcIngress.name());
+    let (e, _) = env.prog(Program::TcEgress.name());
     let host = env.host;
     env.tc(|s| {
         s.ensure_clsact(host).unwrap();
@@ -482,7 +500,7 @@ fn filters_go_away_with_the_veth() {
 #[test]
 fn errors_say_what_to_do() {
     let env = Env::new();
-    let (a, _) = env.prog(PROG_TC_INGRESS);
+    let (a, _) = env.prog(Program::TcIngress.name());
     let host = env.host;
     let (no_clsact, unaddressed, no_dev) = env.tc(|s| {
         // Without clsact there is nothing to list or delete: not an error.

@@ -22,7 +22,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, mpsc as std_mpsc},
     time::Duration,
 };
@@ -79,9 +79,15 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Handoff, AgentError> {
             what: "starting the hand-off thread".into(),
             source,
         })?;
-    let mut tasks = Vec::new();
+    let mut tasks = vec![read_reports(&shared.dir, tx.clone())?];
+    tasks.extend(follow_destroys(tx.clone()));
+    tasks.push(check_periodically(tx));
+    Ok(Handoff { _tasks: tasks })
+}
 
-    let map = MapData::from_pin(shared.dir.join(MAP_HANDOFF))
+/// The datapath's reports of flows to hand off, read from the ring buffer as they come.
+fn read_reports(dir: &Path, t: std_mpsc::Sender<Cmd>) -> Result<AbortOnDrop, AgentError> {
+    let map = MapData::from_pin(dir.join(MAP_HANDOFF))
         .map_err(|e| AgentError::BpfLog(format!("opening {MAP_HANDOFF}: {e}")))?;
     let ring = RingBuf::try_from(Map::RingBuf(map))
         .map_err(|e| AgentError::BpfLog(format!("{MAP_HANDOFF} is no ring buffer: {e}")))?;
@@ -92,8 +98,7 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Handoff, AgentError> {
             what: format!("polling {MAP_HANDOFF}"),
             source: e.into(),
         })?;
-    let t = tx.clone();
-    tasks.push(AbortOnDrop(tokio::spawn(async move {
+    Ok(AbortOnDrop(tokio::spawn(async move {
         loop {
             let Ok(mut guard) = fd.readable_mut().await else {
                 return;
@@ -112,33 +117,41 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Handoff, AgentError> {
             }
             guard.clear_ready();
         }
-    })));
+    })))
+}
 
+/// Conntrack destroy notifications, if the kernel gives them (else the periodic check only).
+fn follow_destroys(t: std_mpsc::Sender<Cmd>) -> Option<AbortOnDrop> {
     match watch_destroy() {
-        Ok(mut events) => {
-            let t = tx.clone();
-            tasks.push(AbortOnDrop(tokio::spawn(async move {
-                while let Some(ev) = events.recv().await {
-                    let cmd = match ev {
-                        CtEvent::Destroyed { orig, .. } => Cmd::Destroyed(orig),
-                        CtEvent::Overrun => {
-                            warn!("conntrack destroy notifications were lost; checking every handed-off flow");
-                            Cmd::Check
-                        }
-                    };
-                    if t.send(cmd).is_err() {
-                        return;
+        Ok(mut events) => Some(AbortOnDrop(tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                let cmd = match ev {
+                    CtEvent::Destroyed { orig, .. } => Cmd::Destroyed(orig),
+                    CtEvent::Overrun => {
+                        warn!(
+                            "conntrack destroy notifications were lost; checking every handed-off flow"
+                        );
+                        Cmd::Check
                     }
+                };
+                if t.send(cmd).is_err() {
+                    return;
                 }
-            })));
+            }
+        }))),
+        Err(e) => {
+            warn!(
+                "conntrack destroy notifications unavailable ({e}); handed-off flows are checked every {}s",
+                CHECK_INTERVAL.as_secs()
+            );
+            None
         }
-        Err(e) => warn!(
-            "conntrack destroy notifications unavailable ({e}); handed-off flows are checked every {}s",
-            CHECK_INTERVAL.as_secs()
-        ),
     }
+}
 
-    tasks.push(AbortOnDrop(tokio::spawn(async move {
+/// The periodic check of every handed-off flow.
+fn check_periodically(tx: std_mpsc::Sender<Cmd>) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECK_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -147,8 +160,7 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Handoff, AgentError> {
                 return;
             }
         }
-    })));
-    Ok(Handoff { _tasks: tasks })
+    }))
 }
 
 fn worker(shared: Arc<Shared>, dir: PathBuf, rx: std_mpsc::Receiver<Cmd>) {

@@ -45,10 +45,7 @@ use prometheus_client::{
     registry::Registry as PromRegistry,
 };
 use tokio::net::TcpListener;
-use veth_common::{
-    DIR_FROM_CONTAINER, DIR_NAMES, DIR_TO_CONTAINER, DIRS, V_DROP_ERROR, V_DROP_POLICY,
-    V_DROP_SPOOF_IP, V_DROP_SPOOF_MAC, V_FAST_UPLINK, V_RESERVED, V_STACK, VERDICT_NAMES, VERDICTS,
-};
+use veth_common::{DIR_FROM_CONTAINER, DIR_TO_CONTAINER, Dir, V_FAST_UPLINK, V_STACK, Verdict};
 
 use crate::{
     agent::Shared,
@@ -143,6 +140,18 @@ pub(crate) fn registry(shared: Arc<Shared>, per_endpoint: bool) -> PromRegistry 
         Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
     );
     let m = &shared.metrics;
+    register_reconcile(&mut r, m);
+    register_tcp(&mut r, m);
+    register_passes(&mut r, m);
+    r.register_collector(Box::new(DatapathCollector {
+        shared,
+        per_endpoint,
+    }));
+    r
+}
+
+/// The reconciliation and repair counters (registered first: their order is the page's).
+fn register_reconcile(r: &mut PromRegistry, m: &AgentMetrics) {
     r.register(
         "vethfp_agent_reconciles",
         "Reconciliation passes (start, periodic, after lost link notifications)",
@@ -183,6 +192,10 @@ pub(crate) fn registry(shared: Arc<Shared>, per_endpoint: bool) -> PromRegistry 
         "Time from a link deletion notification to the endpoint's state being removed",
         m.event_cleanup.clone(),
     );
+}
+
+/// The TCP hand-off and flow-sweep metrics.
+fn register_tcp(r: &mut PromRegistry, m: &AgentMetrics) {
     r.register(
         "vethfp_tcp_handoffs",
         "TCP flows handed off: the agent made the flow's conntrack entry liberal about windows, then admitted it",
@@ -208,6 +221,10 @@ pub(crate) fn registry(shared: Arc<Shared>, per_endpoint: bool) -> PromRegistry 
         "Flow-table entries the agent removed: pending, closing or expired longer than twice the idle time",
         m.flows_swept.clone(),
     );
+}
+
+/// Per-pass duration, lock hold time and container checks.
+fn register_passes(r: &mut PromRegistry, m: &AgentMetrics) {
     r.register(
         "vethfp_agent_reconcile_pass_seconds",
         "Duration of each reconciliation pass: the read without the state lock, and the repair if it found something",
@@ -223,11 +240,6 @@ pub(crate) fn registry(shared: Arc<Shared>, per_endpoint: bool) -> PromRegistry 
         "Container sides the reconciliation passes looked at (a round-robin slice per pass)",
         m.container_checks.clone(),
     );
-    r.register_collector(Box::new(DatapathCollector {
-        shared,
-        per_endpoint,
-    }));
-    r
 }
 
 /// Reads the pinned maps on every scrape: one pass over the endpoint records and one
@@ -326,27 +338,22 @@ fn endpoint_families(stats: &[(EndpointStats, String)]) -> Vec<Exposed> {
     let mut bytes = Vec::new();
     let mut drops = Vec::new();
     for (s, netns) in stats {
-        for (d, dir) in DIR_NAMES.iter().enumerate() {
-            for v in (0..VERDICTS).filter(|v| *v != V_RESERVED) {
+        for dir in Dir::ALL {
+            for v in Verdict::ALL.into_iter().filter(|v| *v != Verdict::Reserved) {
                 let labels: Labels = vec![
                     ("host_if", s.host_if.clone()),
                     ("netns", netns.clone()),
-                    ("direction", (*dir).into()),
-                    ("verdict", VERDICT_NAMES[v].into()),
+                    ("direction", dir.name().into()),
+                    ("verdict", v.name().into()),
                 ];
-                let pb = s.counters.c[d][v];
+                let pb = s.counters.get(dir, v);
                 packets.push((labels.clone(), pb.packets));
                 bytes.push((labels, pb.bytes));
             }
         }
-        for v in [
-            V_DROP_SPOOF_IP,
-            V_DROP_SPOOF_MAC,
-            V_DROP_POLICY,
-            V_DROP_ERROR,
-        ] {
-            let n: u64 = (0..DIRS).map(|d| s.counters.c[d][v].packets).sum();
-            let reason = VERDICT_NAMES[v].trim_start_matches("drop_");
+        for v in Verdict::ALL.into_iter().filter(|v| v.is_drop()) {
+            let n: u64 = Dir::ALL.map(|d| s.counters.get(d, v).packets).iter().sum();
+            let reason = v.name().trim_start_matches("drop_");
             drops.push((
                 vec![
                     ("host_if", s.host_if.clone()),

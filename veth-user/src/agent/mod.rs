@@ -225,31 +225,7 @@ impl Shared {
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let started = Instant::now();
-    node::prepare_state_dir(&cfg.bpffs)?;
-    let dir = cfg.bpffs.clone();
-    let [reg, survey_reg, metrics_reg] = tokio::task::spawn_blocking(move || {
-        Ok::<_, EndpointError>([
-            Registry::open_read(&dir)?,
-            Registry::open_read(&dir)?,
-            Registry::open_read(&dir)?,
-        ])
-    })
-    .await??;
-    let ident = node::state_identity(&cfg.bpffs);
-    let shared = Arc::new(Shared {
-        dir: cfg.bpffs.clone(),
-        reg: Mutex::new(Opened { reg, ident }),
-        survey_reg: Mutex::new(Opened {
-            reg: survey_reg,
-            ident,
-        }),
-        metrics_reg: Mutex::new(Opened {
-            reg: metrics_reg,
-            ident,
-        }),
-        metrics: AgentMetrics::default(),
-        container_cursor: AtomicUsize::new(0),
-    });
+    let shared = open_shared(&cfg).await?;
 
     // Subscribe before the first pass, so no deletion can fall between the two.
     let mut events = node::watch_links()?;
@@ -281,6 +257,49 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         "agent ready"
     );
 
+    main_loop(&cfg, &shared, &mut events, &mut term, &mut int).await;
+    drop(logger);
+    shut_down(&cfg, &shared).await
+}
+
+/// What the agent's tasks share: three read registries (events and repairs, the unlocked
+/// survey, metrics scrapes), each opened on the state as it is now.
+async fn open_shared(cfg: &Config) -> Result<Arc<Shared>, AgentError> {
+    node::prepare_state_dir(&cfg.bpffs)?;
+    let dir = cfg.bpffs.clone();
+    let [reg, survey_reg, metrics_reg] = tokio::task::spawn_blocking(move || {
+        Ok::<_, EndpointError>([
+            Registry::open_read(&dir)?,
+            Registry::open_read(&dir)?,
+            Registry::open_read(&dir)?,
+        ])
+    })
+    .await??;
+    let ident = node::state_identity(&cfg.bpffs);
+    Ok(Arc::new(Shared {
+        dir: cfg.bpffs.clone(),
+        reg: Mutex::new(Opened { reg, ident }),
+        survey_reg: Mutex::new(Opened {
+            reg: survey_reg,
+            ident,
+        }),
+        metrics_reg: Mutex::new(Opened {
+            reg: metrics_reg,
+            ident,
+        }),
+        metrics: AgentMetrics::default(),
+        container_cursor: AtomicUsize::new(0),
+    }))
+}
+
+/// Periodic passes and link events until SIGTERM or SIGINT.
+async fn main_loop(
+    cfg: &Config,
+    shared: &Arc<Shared>,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<LinkEvent>,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) {
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + cfg.reconcile_interval,
         cfg.reconcile_interval,
@@ -291,19 +310,16 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             _ = term.recv() => { info!("SIGTERM"); break; }
             _ = int.recv() => { info!("SIGINT"); break; }
             _ = tick.tick() => {
-                if let Err(e) = reconcile(&shared, "periodic").await {
+                if let Err(e) = reconcile(shared, "periodic").await {
                     warn!("periodic reconciliation failed: {e}");
                 }
             }
             ev = events.recv() => match ev {
-                Some(ev) => on_events(&shared, ev, &mut events).await,
-                None => events = rewatch(&shared, events).await,
+                Some(ev) => on_events(shared, ev, events).await,
+                None => rewatch(shared, events).await,
             }
         }
     }
-
-    drop(logger);
-    shut_down(&cfg, &shared).await
 }
 
 fn on_signal(kind: SignalKind, name: &str) -> Result<tokio::signal::unix::Signal, AgentError> {
@@ -348,19 +364,15 @@ async fn on_events(
 /// The watch thread ended (logged there): start a new one, resync.
 async fn rewatch(
     shared: &Arc<Shared>,
-    old: tokio::sync::mpsc::UnboundedReceiver<LinkEvent>,
-) -> tokio::sync::mpsc::UnboundedReceiver<LinkEvent> {
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<LinkEvent>,
+) {
     warn!("link event watch ended; restarting it");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let events = match node::watch_links() {
-        Ok(rx) => rx,
-        Err(e) => {
-            error!("restarting the link event watch: {e}");
-            old
-        }
-    };
+    match node::watch_links() {
+        Ok(rx) => *events = rx,
+        Err(e) => error!("restarting the link event watch: {e}"),
+    }
     let _ = reconcile(shared, "event watch restart").await;
-    events
 }
 
 /// SIGTERM/SIGINT: leave the datapath in place, or with `--cleanup-on-exit` remove all.
@@ -395,6 +407,28 @@ fn container_checks(endpoints: usize) -> usize {
 /// wait for one; a repair holds it for the suspects' endpoints only.
 async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, AgentError> {
     let started = Instant::now();
+    let (report, held) = survey_then_repair(shared, why).await?;
+    let took = started.elapsed();
+    let m = &shared.metrics;
+    m.pass_seconds.observe(took.as_secs_f64());
+    bridges::follow(shared, &[], true).await;
+    m.reconciles.inc();
+    m.reconcile_seconds.set(took.as_secs_f64());
+    m.removed
+        .inc_by((report.removed.len() + report.removed_uplinks.len()) as u64);
+    m.reattached.inc_by(report.attached.len() as u64);
+    m.replaced.inc_by(report.replaced.len() as u64);
+    log_changes(m, &report, why);
+    log_pass(&report, why, took, held);
+    Ok(report)
+}
+
+/// The survey without the state lock, then the repair under it only if the survey found
+/// something. Returns the report and how long the lock was held (None: not taken).
+async fn survey_then_repair(
+    shared: &Arc<Shared>,
+    why: &'static str,
+) -> Result<(Report, Option<Duration>), AgentError> {
     let sh = shared.clone();
     let survey = tokio::task::spawn_blocking(move || -> Result<_, EndpointError> {
         let mut reg = sh.read_survey()?;
@@ -407,32 +441,26 @@ async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, Ag
     .await??;
     let m = &shared.metrics;
     m.container_checks.inc_by(survey.containers_checked as u64);
-    let (report, held) = if survey.clean() {
+    if survey.clean() {
         let report = Report {
             endpoints: survey.endpoints,
             took: survey.took,
             ..Report::default()
         };
-        (report, None)
-    } else {
-        for s in &survey.suspects {
-            debug!(host_if = %s.name, seen = s.why, why, "reconcile: suspect, repairing under the lock");
-        }
-        let (report, held) = shared
-            .write_timed(move |reg| reg.repair_surveyed(&survey))
-            .await?;
-        m.lock_held.observe(held.as_secs_f64());
-        (report, Some(held))
-    };
-    let took = started.elapsed();
-    m.pass_seconds.observe(took.as_secs_f64());
-    bridges::follow(shared, &[], true).await;
-    m.reconciles.inc();
-    m.reconcile_seconds.set(took.as_secs_f64());
-    m.removed
-        .inc_by((report.removed.len() + report.removed_uplinks.len()) as u64);
-    m.reattached.inc_by(report.attached.len() as u64);
-    m.replaced.inc_by(report.replaced.len() as u64);
+        return Ok((report, None));
+    }
+    for s in &survey.suspects {
+        debug!(host_if = %s.name, seen = s.why, why, "reconcile: suspect, repairing under the lock");
+    }
+    let (report, held) = shared
+        .write_timed(move |reg| reg.repair_surveyed(&survey))
+        .await?;
+    m.lock_held.observe(held.as_secs_f64());
+    Ok((report, Some(held)))
+}
+
+/// One log line per thing a pass changed (and the repair counters by part).
+fn log_changes(m: &AgentMetrics, report: &Report, why: &'static str) {
     for name in &report.removed {
         info!(host_if = %name, why, "removed endpoint: host interface is gone");
     }
@@ -455,6 +483,10 @@ async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, Ag
             "replaced program in place"
         );
     }
+}
+
+/// The pass's summary line: info when it changed something (or at start), else debug.
+fn log_pass(report: &Report, why: &'static str, took: Duration, held: Option<Duration>) {
     let level_info = report.changed() || why == "start";
     let lock_held_us = held.map(|h| h.as_micros() as u64).unwrap_or(0);
     if level_info {
@@ -478,7 +510,6 @@ async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, Ag
             "reconciled, nothing to do"
         );
     }
-    Ok(report)
 }
 
 /// Cleans up after interfaces that left the node. Only events about endpoints or uplinks

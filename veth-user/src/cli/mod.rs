@@ -5,6 +5,7 @@ mod admission;
 mod agent;
 mod bridge;
 mod completions;
+mod hint;
 pub mod out;
 mod pair;
 mod status;
@@ -136,7 +137,8 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
+            let mut msg = format!("{e:#}").replace('\n', " ");
+            msg.push_str(hint::flag_hint(&e).unwrap_or_default());
             eprintln!("vethfp: error: {msg}");
             ExitCode::FAILURE
         }

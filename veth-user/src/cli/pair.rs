@@ -112,6 +112,7 @@ pub fn run(ctx: &Ctx, cmd: PairCmd) -> anyhow::Result<()> {
             let view = ctx
                 .write()?
                 .add(&req)
+                .map_err(|e| super::hint::add_error(e, &req))
                 .with_context(|| format!("pair add {}", req.host))?;
             outln!(
                 "added {} (ifindex {}) -> {} in {} [{}]",

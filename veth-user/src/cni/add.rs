@@ -25,64 +25,19 @@ impl Call<'_> {
         // CNI spec forbids parallel operations on one container, and those of different
         // containers touch different host ends, so 32 concurrent ADDs no longer queue behind
         // each other's IPAM exec. `reg.add` takes the lock for its own map steps.
+        // Opened (made, recovered) under the state lock, which is then released for the
+        // duplicate check and the IPAM plugin (a process of its own, with its own lock);
+        // `reg.add` takes the lock for its own map steps.
         let mut reg = self.open_registry()?;
-        let out = reg
-            .unlocked(|reg| -> Result<Vec<u8>> {
-                let exists = reg
-                    .list()
-                    .map_err(endpoint_err)?
-                    .iter()
-                    .any(|e| e.host_if == host)
-                    || node::link_by_name(&host).map_err(endpoint_err)?.is_some();
-                if exists {
-                    return Err(CniError::new(
-                        ERR_EXISTS,
-                        format!(
-                            "container {} already has {ifname} on this node (host end {host}): DEL it first",
-                            self.container_id()
-                        ),
-                    ));
-                }
-                self.ipam_exec(&ipam.kind, "ADD")
-            })
-            .map_err(endpoint_err)??;
+        let out = self.ipam_add(&mut reg, &host, &ifname, &ipam.kind)?;
         let rollback = |e: CniError| -> CniError {
             if let Err(d) = self.ipam_exec(&ipam.kind, "DEL") {
                 log::warn!("releasing the IPAM allocation after a failed ADD: {d}");
             }
             e
         };
-        let ipam_res: CniResult =
-            decode(&out, "IPAM result").map_err(|e| rollback(CniError::new(ERR_IPAM, e.msg)))?;
-        let addrs = ipam_res
-            .ips
-            .iter()
-            .map(|ip| {
-                ip.address.parse::<Cidr>().map_err(|e| {
-                    CniError::new(ERR_IPAM, format!("IPAM plugin {} returned {e}", ipam.kind))
-                })
-            })
-            .collect::<Result<Vec<_>>>()
-            .map_err(rollback)?;
-        if addrs.is_empty() {
-            return Err(rollback(CniError::new(
-                ERR_IPAM,
-                format!("IPAM plugin {} returned no addresses", ipam.kind),
-            )));
-        }
-        let req = AddRequest {
-            host: host.parse().expect("host_name makes valid interface names"),
-            netns: self.netns().to_string(),
-            ifname,
-            addrs,
-            mtu: self.conf.mtu,
-            mac: None,
-            network: self.conf.network_name(),
-            spoof: self.conf.spoof()?,
-            mode: self.conf.mode()?,
-            flags: EP_CNI,
-            cni_owner: Some((self.container_id().to_string(), self.ifname().to_string())),
-        };
+        let (ipam_res, addrs) = ipam_addrs(&out, &ipam.kind).map_err(rollback)?;
+        let req = self.standalone_request(&host, ifname, addrs)?;
         let view = reg.add(&req).map_err(|e| rollback(endpoint_err(e)))?;
         let dns = ipam_res
             .dns
@@ -94,6 +49,60 @@ impl Call<'_> {
             self.netns(),
             dns,
         ))
+    }
+
+    /// The duplicate check and the IPAM plugin's ADD, both without the state lock: the CNI
+    /// spec forbids parallel operations on one container, and those of different containers
+    /// touch different host ends, so 32 concurrent ADDs no longer queue behind each other's
+    /// IPAM exec. Returns the plugin's output.
+    fn ipam_add(
+        &self,
+        reg: &mut Registry,
+        host: &str,
+        ifname: &IfName,
+        ipam: &str,
+    ) -> Result<Vec<u8>> {
+        reg.unlocked(|reg| -> Result<Vec<u8>> {
+            let exists = reg
+                .list()
+                .map_err(endpoint_err)?
+                .iter()
+                .any(|e| e.host_if == host)
+                || node::link_by_name(host).map_err(endpoint_err)?.is_some();
+            if exists {
+                return Err(CniError::new(
+                    ERR_EXISTS,
+                    format!(
+                        "container {} already has {ifname} on this node (host end {host}): DEL it first",
+                        self.container_id()
+                    ),
+                ));
+            }
+            self.ipam_exec(ipam, "ADD")
+        })
+        .map_err(endpoint_err)?
+    }
+
+    /// What standalone ADD asks the registry for, the addresses being IPAM's.
+    fn standalone_request(
+        &self,
+        host: &str,
+        ifname: IfName,
+        addrs: Vec<Cidr>,
+    ) -> Result<AddRequest> {
+        Ok(AddRequest {
+            host: host.parse().expect("host_name makes valid interface names"),
+            netns: self.netns().to_string(),
+            ifname,
+            addrs,
+            mtu: self.conf.mtu,
+            mac: None,
+            network: self.conf.network_name(),
+            spoof: self.conf.spoof()?,
+            mode: self.conf.mode()?,
+            flags: EP_CNI,
+            cni_owner: Some((self.container_id().to_string(), self.ifname().to_string())),
+        })
     }
 
     pub(super) fn add_chained(&self, prev_raw: &Value) -> Result<Value> {
@@ -208,4 +217,25 @@ impl Call<'_> {
             cni_owner: Some((self.container_id().to_string(), ifname.to_string())),
         })
     }
+}
+
+/// The IPAM plugin's result and its addresses (at least one), or why they are unusable.
+fn ipam_addrs(out: &[u8], ipam: &str) -> Result<(CniResult, Vec<Cidr>)> {
+    let res: CniResult = decode(out, "IPAM result").map_err(|e| CniError::new(ERR_IPAM, e.msg))?;
+    let addrs = res
+        .ips
+        .iter()
+        .map(|ip| {
+            ip.address
+                .parse::<Cidr>()
+                .map_err(|e| CniError::new(ERR_IPAM, format!("IPAM plugin {ipam} returned {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if addrs.is_empty() {
+        return Err(CniError::new(
+            ERR_IPAM,
+            format!("IPAM plugin {ipam} returned no addresses"),
+        ));
+    }
+    Ok((res, addrs))
 }

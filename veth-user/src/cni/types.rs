@@ -60,10 +60,13 @@ impl NetConf {
     }
 
     pub(super) fn mode(&self) -> Result<Mode> {
-        match self.mode.as_deref() {
-            None | Some("tc") => Ok(Mode::Tc),
-            Some("xdp") => Ok(Mode::Xdp),
-            Some(m) => Err(CniError::new(
+        let Some(m) = self.mode.as_deref() else {
+            return Ok(Mode::Tc);
+        };
+        match veth_common::Mode::from_name(m) {
+            Some(veth_common::Mode::Tc) => Ok(Mode::Tc),
+            Some(veth_common::Mode::Xdp) => Ok(Mode::Xdp),
+            None => Err(CniError::new(
                 ERR_INVALID_CONFIG,
                 format!("invalid \"mode\": \"{m}\": use \"tc\" or \"xdp\""),
             )),
@@ -71,11 +74,12 @@ impl NetConf {
     }
 
     pub(super) fn spoof(&self) -> Result<Spoof> {
-        match self.spoof.as_deref() {
-            None | Some("enforce") => Ok(Spoof::Enforce),
-            Some("audit") => Ok(Spoof::Audit),
-            Some("off") => Ok(Spoof::Off),
-            Some(m) => Err(CniError::new(
+        let Some(m) = self.spoof.as_deref() else {
+            return Ok(Spoof::Enforce);
+        };
+        match veth_common::Spoof::from_name(m) {
+            Some(s) => Ok(Spoof::from_abi(s)),
+            None => Err(CniError::new(
                 ERR_INVALID_CONFIG,
                 format!("invalid \"spoof\": \"{m}\": use \"enforce\", \"audit\" or \"off\""),
             )),

@@ -12,6 +12,7 @@ use std::{collections::BTreeSet, fs, os::fd::AsFd};
 use aya::programs::{ProgramInfo, SchedClassifier};
 
 use super::*;
+use crate::sys::bpf::unpin_and_detach;
 use crate::sys::tc_filter::{BpfFilter, Dir, TcError, TcSession};
 
 /// Priority of vethfp's filters in each clsact direction. Filters run in ascending prio
@@ -28,12 +29,12 @@ pub const FILTER_HANDLE: u32 = 0x0076_6670;
 pub const LEGACY_TCX_INGRESS: &str = "tcx-ingress";
 pub const LEGACY_TCX_EGRESS: &str = "tcx-egress";
 
-/// The clsact direction of an endpoint hook name.
-pub fn hook_dir(hook: &str) -> Option<Dir> {
+/// The clsact direction of an endpoint hook (None: the hook is a pinned link).
+pub fn hook_dir(hook: Hook) -> Option<Dir> {
     match hook {
-        HOOK_TC_INGRESS => Some(Dir::Ingress),
-        HOOK_TC_EGRESS => Some(Dir::Egress),
-        _ => None,
+        Hook::TcIngress => Some(Dir::Ingress),
+        Hook::TcEgress => Some(Dir::Egress),
+        Hook::Xdp | Hook::UplinkIngress | Hook::UplinkEgress => None,
     }
 }
 
@@ -112,15 +113,17 @@ impl Datapath {
     /// the filters this call added are deleted again; the clsact qdisc is left in place
     /// (empty, it changes nothing; and another tool may have started using it meanwhile).
     pub fn attach_tc(&mut self, iface: &str, ifindex: u32, l2: bool) -> Result<()> {
-        let ingress = if l2 { PROG_L2_INGRESS } else { PROG_TC_INGRESS };
-        let progs = [(Dir::Ingress, ingress), (Dir::Egress, PROG_TC_EGRESS)];
+        let progs = [
+            (Dir::Ingress, Hook::TcIngress.program_for(l2)),
+            (Dir::Egress, Hook::TcEgress.program_for(l2)),
+        ];
         let mut fds = Vec::with_capacity(2);
-        for (dir, name) in progs {
-            fds.push((dir, name, self.classifier(name)?));
+        for (dir, prog) in progs {
+            fds.push((dir, prog.name(), self.classifier(prog)?));
         }
         // Pins of tcx links an older build made on an earlier interface with this ifindex.
-        for hook in [LEGACY_TCX_INGRESS, LEGACY_TCX_EGRESS] {
-            let _ = fs::remove_file(self.link_pin(hook, ifindex));
+        for prefix in [LEGACY_TCX_INGRESS, LEGACY_TCX_EGRESS] {
+            let _ = fs::remove_file(self.pin_named(prefix, ifindex));
         }
         let created = self.tc(iface, |s| s.ensure_clsact(ifindex))?;
         let owned = if created {
@@ -191,8 +194,8 @@ impl Datapath {
                 n += 1;
             }
         }
-        for hook in [LEGACY_TCX_INGRESS, LEGACY_TCX_EGRESS, HOOK_XDP] {
-            if unpin_and_detach(&self.link_pin(hook, ifindex)).map_err(io(format!(
+        for hook in [LEGACY_TCX_INGRESS, LEGACY_TCX_EGRESS, Hook::Xdp.name()] {
+            if unpin_and_detach(&self.pin_named(hook, ifindex)).map_err(io(format!(
                 "detaching the {hook} link of ifindex {ifindex}"
             )))? {
                 n += 1;
@@ -206,8 +209,8 @@ impl Datapath {
     /// the veth delete does the same work anyway). Returns how many pins were removed.
     pub fn detach_with_veth(&self, ifindex: u32) -> Result<usize> {
         let mut n = 0;
-        for hook in [LEGACY_TCX_INGRESS, LEGACY_TCX_EGRESS, HOOK_XDP] {
-            match fs::remove_file(self.link_pin(hook, ifindex)) {
+        for hook in [LEGACY_TCX_INGRESS, LEGACY_TCX_EGRESS, Hook::Xdp.name()] {
+            match fs::remove_file(self.pin_named(hook, ifindex)) {
                 Ok(()) => n += 1,
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => {
@@ -229,11 +232,12 @@ impl Datapath {
         iface: &str,
         ifindex: u32,
         dir: Dir,
-        name: &'static str,
+        want_prog: Program,
     ) -> Result<links::LinkAction> {
         use links::LinkAction;
-        let want = self.program_id(name)?;
-        let prog = self.classifier(name)?;
+        let name = want_prog.name();
+        let want = self.program_id(want_prog)?;
+        let prog = self.classifier(want_prog)?;
         let fd = prog
             .fd()
             .map_err(|source| DatapathError::Program { name, source })?;
@@ -268,8 +272,9 @@ impl Datapath {
         ifindex: u32,
         dir: Dir,
         prog_pin: &Path,
-        name: &'static str,
+        prog: Program,
     ) -> Result<()> {
+        let name = prog.name();
         let prog = SchedClassifier::from_pin(prog_pin)
             .map_err(|source| DatapathError::Program { name, source })?;
         let fd = prog

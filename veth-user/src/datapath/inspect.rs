@@ -9,7 +9,7 @@ use netlink_packet_route::address::AddressAttribute;
 
 use crate::{
     datapath::{
-        Datapath, DatapathError, PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS,
+        Datapath, DatapathError, Program,
         filters::{FILTER_HANDLE, FILTER_PRIO},
     },
     sys::{
@@ -66,17 +66,18 @@ impl Attached {
     /// Both vethfp filters are in place, direct-action, running programs of this state under
     /// the expected names (routed or, on a bridge port, L2 ingress).
     pub fn has_fast_path(&self) -> bool {
-        let ok = |fs: &[BpfFilter], names: &[&str]| {
+        // The kernel reports a filter's program by name: parsed into the ABI's Program.
+        let ok = |fs: &[BpfFilter], progs: &[Program]| {
             fs.iter().any(|f| {
                 f.prio == FILTER_PRIO
                     && f.handle == FILTER_HANDLE
                     && f.direct_action
                     && self.owned.contains(&f.prog_id)
-                    && names.contains(&f.name.as_str())
+                    && Program::from_name(&f.name).is_some_and(|p| progs.contains(&p))
             })
         };
-        ok(&self.ingress, &[PROG_TC_INGRESS, PROG_L2_INGRESS])
-            && ok(&self.egress, &[PROG_TC_EGRESS])
+        ok(&self.ingress, &[Program::TcIngress, Program::L2Ingress])
+            && ok(&self.egress, &[Program::TcEgress])
     }
 
     /// "name#prog_id@prio" of each filter on `dir`, for messages.

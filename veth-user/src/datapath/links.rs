@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, fs, io::ErrorKind, path::Path};
 
 use aya::programs::{
-    ProgramInfo, SchedClassifier, TcAttachType, Xdp,
+    ProgramInfo, SchedClassifier, Xdp,
     links::{FdLink, LinkError, PinnedLink},
     tc::SchedClassifierLink,
     xdp::XdpLink,
@@ -14,6 +14,7 @@ use aya::programs::{
 use aya_obj::programs::XdpAttachType;
 
 use super::*;
+use veth_common::MAP_ENDPOINTS;
 
 /// A hook as the kernel sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,15 +40,22 @@ pub enum LinkAction {
     },
 }
 
-/// A name for the program behind a hook, for error messages.
-fn hook_program(hook: &str) -> Option<&'static str> {
-    Some(match hook {
-        HOOK_TC_INGRESS => "tc ingress program",
-        HOOK_TC_EGRESS => PROG_TC_EGRESS,
-        HOOK_XDP => PROG_XDP,
-        HOOK_UPLINK => PROG_UPLINK_INGRESS,
-        HOOK_UPLINK_EGRESS => PROG_UPLINK_EGRESS,
-        _ => return None,
+/// A name for the program behind a hook, for error messages (tc ingress runs one of two).
+fn hook_program(hook: Hook) -> &'static str {
+    match hook {
+        Hook::TcIngress => "tc ingress program",
+        h => h.program().name(),
+    }
+}
+
+/// Is `name` (`<hook>-<ifindex>` under links/) the pin of a live link hook? Endpoint tc
+/// hooks have no pin: a pin named after one is a leftover.
+fn is_live_pin(name: &str, live: &BTreeSet<(Hook, u32)>) -> bool {
+    name.rsplit_once('-').is_some_and(|(hook, idx)| {
+        let hook = [Hook::Xdp, Hook::UplinkIngress, Hook::UplinkEgress]
+            .into_iter()
+            .find(|h| h.name() == hook);
+        matches!((hook, idx.parse::<u32>()), (Some(h), Ok(i)) if live.contains(&(h, i)))
     })
 }
 
@@ -57,9 +65,9 @@ fn link_err(iface: String) -> impl FnOnce(LinkError) -> DatapathError {
 
 impl Datapath {
     /// The pinned link of `hook` on `ifindex`, if its pin exists; for the endpoint hooks
-    /// ([`HOOK_TC_INGRESS`], [`HOOK_TC_EGRESS`]) the filter at vethfp's place, whoever's it is
-    /// (compare `prog_id` with [`Datapath::owned_program_ids`]).
-    pub fn link_state(&self, hook: &str, ifindex: u32) -> Result<Option<LinkState>, DatapathError> {
+    /// ([`Hook::TcIngress`], [`Hook::TcEgress`]) the filter at vethfp's place, whoever's it
+    /// is (compare `prog_id` with [`Datapath::owned_program_ids`]).
+    pub fn link_state(&self, hook: Hook, ifindex: u32) -> Result<Option<LinkState>, DatapathError> {
         if let Some(dir) = filters::hook_dir(hook) {
             return Ok(self.our_slot(ifindex, dir)?.map(|f| LinkState {
                 link_id: f.handle,
@@ -83,12 +91,15 @@ impl Datapath {
         }))
     }
 
-    /// Kernel id of this build's program `name` (loading and pinning it first if needed).
-    pub fn program_id(&mut self, name: &'static str) -> Result<u32, DatapathError> {
-        let pin = self.pinned_program(name)?;
+    /// Kernel id of this build's `prog` (loading and pinning it first if needed).
+    pub fn program_id(&mut self, prog: Program) -> Result<u32, DatapathError> {
+        let pin = self.pinned_program(prog)?;
         ProgramInfo::from_pin(&pin)
             .map(|i| i.id())
-            .map_err(|source| DatapathError::Program { name, source })
+            .map_err(|source| DatapathError::Program {
+                name: prog.name(),
+                source,
+            })
     }
 
     /// Atomically replaces the program of the pinned link of `hook` on `ifindex` with the
@@ -96,28 +107,20 @@ impl Datapath {
     /// place in the tcx chain; packets see either the old or the new program.
     pub fn replace_program(
         &mut self,
-        hook: &str,
+        hook: Hook,
         ifindex: u32,
         prog_pin: &Path,
     ) -> Result<(), DatapathError> {
-        let name = hook_program(hook).ok_or(DatapathError::Program {
-            name: "unknown hook",
-            source: aya::programs::ProgramError::NotLoaded,
-        })?;
+        let name = hook_program(hook);
         if let Some(dir) = filters::hook_dir(hook) {
-            let name = if hook == HOOK_TC_EGRESS {
-                PROG_TC_EGRESS
-            } else {
-                PROG_TC_INGRESS
-            };
-            return self.replace_filter_program(ifindex, dir, prog_pin, name);
+            return self.replace_filter_program(ifindex, dir, prog_pin, hook.program());
         }
         let iface = format!("ifindex {ifindex}");
         let link: FdLink = PinnedLink::from_pin(self.link_pin(hook, ifindex))
             .map_err(link_err(iface.clone()))?
             .into();
         let perr = |source| DatapathError::Program { name, source };
-        if hook == HOOK_XDP {
+        if hook == Hook::Xdp {
             let mut prog = Xdp::from_pin(prog_pin, XdpAttachType::Interface).map_err(perr)?;
             let link = XdpLink::try_from(link).map_err(link_err(iface))?;
             let id = prog.attach_to_link(link).map_err(perr)?;
@@ -133,40 +136,29 @@ impl Datapath {
     }
 
     /// Makes sure `hook` on host end `iface` (`ifindex`) has a pinned link (endpoint hooks:
-    /// our filter) running this build's program `name`: attaches it if missing, replaces
-    /// another program of this state (an older build's) in place.
+    /// our filter) running this build's `prog`: attaches it if missing, replaces another
+    /// program of this state (an older build's) in place.
     pub fn ensure_link(
         &mut self,
         iface: &str,
         ifindex: u32,
-        hook: &'static str,
-        name: &'static str,
+        hook: Hook,
+        prog: Program,
     ) -> Result<LinkAction, DatapathError> {
         if let Some(dir) = filters::hook_dir(hook) {
-            return self.ensure_filter(iface, ifindex, dir, name);
+            return self.ensure_filter(iface, ifindex, dir, prog);
         }
         match self.link_state(hook, ifindex)? {
             None => {
-                match hook {
-                    HOOK_XDP => self.attach_xdp(iface, ifindex)?,
-                    HOOK_UPLINK => self.attach_one(
-                        iface,
-                        ifindex,
-                        PROG_UPLINK_INGRESS,
-                        TcAttachType::Ingress,
-                        hook,
-                    )?,
-                    HOOK_UPLINK_EGRESS => self.attach_uplink_egress(iface, ifindex)?,
-                    _ => self.attach_one(iface, ifindex, name, TcAttachType::Ingress, hook)?,
-                }
+                self.attach(iface, ifindex, hook, prog)?;
                 Ok(LinkAction::Attached)
             }
             Some(st) => {
-                let want = self.program_id(name)?;
+                let want = self.program_id(prog)?;
                 if st.prog_id == want {
                     return Ok(LinkAction::Kept);
                 }
-                let pin = self.pinned_program(name)?;
+                let pin = self.pinned_program(prog)?;
                 self.replace_program(hook, ifindex, &pin)?;
                 Ok(LinkAction::Replaced {
                     link_id: st.link_id,
@@ -182,7 +174,7 @@ impl Datapath {
     /// `in_use` (the programs the caller saw running). Reads directories only.
     pub fn would_prune(
         &self,
-        live: &BTreeSet<(&'static str, u32)>,
+        live: &BTreeSet<(Hook, u32)>,
         in_use: &BTreeSet<u32>,
     ) -> Result<bool, DatapathError> {
         let io = |what: &Path| {
@@ -196,12 +188,7 @@ impl Datapath {
                 .file_name()
                 .to_string_lossy()
                 .into_owned();
-            let keep = name.rsplit_once('-').is_some_and(|(hook, idx)| {
-                let hook = [HOOK_XDP, HOOK_UPLINK, HOOK_UPLINK_EGRESS]
-                    .into_iter()
-                    .find(|h| *h == hook);
-                matches!((hook, idx.parse::<u32>()), (Some(h), Ok(i)) if live.contains(&(h, i)))
-            });
+            let keep = is_live_pin(&name, live);
             if !keep {
                 return Ok(true);
             }
@@ -226,7 +213,7 @@ impl Datapath {
     /// program pins removed).
     pub fn prune_pins(
         &mut self,
-        live: &BTreeSet<(&'static str, u32)>,
+        live: &BTreeSet<(Hook, u32)>,
     ) -> Result<(usize, usize), DatapathError> {
         let io = |what: &Path| {
             let what = what.display().to_string();
@@ -237,12 +224,7 @@ impl Datapath {
         for e in fs::read_dir(&dir).map_err(io(&dir))? {
             let e = e.map_err(io(&dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let keep = name.rsplit_once('-').is_some_and(|(hook, idx)| {
-                let hook = [HOOK_XDP, HOOK_UPLINK, HOOK_UPLINK_EGRESS]
-                    .into_iter()
-                    .find(|h| *h == hook);
-                matches!((hook, idx.parse::<u32>()), (Some(h), Ok(i)) if live.contains(&(h, i)))
-            });
+            let keep = is_live_pin(&name, live);
             if !keep {
                 match fs::remove_file(e.path()) {
                     Ok(()) => links += 1,
@@ -254,7 +236,7 @@ impl Datapath {
         // Programs still running somewhere: kept links, and our filters on recorded endpoints.
         let mut in_use = BTreeSet::new();
         for (hook, i) in live {
-            if let Ok(Some(st)) = self.link_state(hook, *i) {
+            if let Ok(Some(st)) = self.link_state(*hook, *i) {
                 in_use.insert(st.prog_id);
             }
         }

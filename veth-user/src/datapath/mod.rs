@@ -13,44 +13,31 @@
 //! Programs are pinned per object hash: a CLI call reuses the programs an earlier call loaded
 //! from the same binary (no verification per endpoint), and a new binary loads its own.
 
+mod attach;
+mod bpffs;
 pub mod filters;
 pub mod inspect;
 pub mod links;
+mod locks;
+mod maps;
 pub mod migrate;
+
+pub use bpffs::prepare_bpffs;
+pub(crate) use bpffs::{prepare_bpffs_made, remove_made_dirs};
+pub use locks::{OPS_DIR, OpsLock, StateLock};
+use {attach::prog_pin, bpffs::restrict, maps::map_err, maps::map_from_pin};
 
 use std::{
     fs,
     io::ErrorKind,
-    os::{
-        fd::OwnedFd,
-        unix::fs::{DirBuilderExt, PermissionsExt},
-    },
     path::{Path, PathBuf},
 };
 
-use crate::sys::{
-    bpf::{pinned_link_ifindex, unpin_and_detach},
-    lock,
-};
+use crate::sys::bpf::pinned_link_ifindex;
 pub use crate::sys::{netns::current_netns_cookie, random::random_u64};
 
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues},
-    programs::{
-        LinkOrder, Program, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        tc::TcAttachOptions,
-    },
-};
-use aya_obj::programs::XdpAttachType;
-use veth_common::{
-    ABI_VERSION, CONFIG_ABI, CONFIG_FLAGS, CONFIG_NETNS_COOKIE_HI, CONFIG_NETNS_COOKIE_LO,
-    CONFIG_STATE_ID_HI, CONFIG_STATE_ID_LO, CniOwner, Counters, DEFAULT_FLOW_TABLE_SIZE,
-    EndpointRecord, FlowKey, FlowState, FlowStats, Intent, MAP_CNI_OWNERS, MAP_CONFIG,
-    MAP_COUNTERS, MAP_DEVMAP, MAP_ENDPOINTS, MAP_EP4, MAP_EP6, MAP_FLOW_STATS, MAP_FLOWS,
-    MAP_HANDOFF, MAP_JOURNAL, MAP_L2, MAP_UPLINKS, MAPS, NAME_LEN, Target, Uplink,
-};
+use aya::{Ebpf, EbpfLoader, programs::ProgramError};
+use veth_common::{ABI_VERSION, CONFIG_ABI, DEFAULT_FLOW_TABLE_SIZE, MAP_CONFIG, MAP_FLOWS, MAPS};
 
 /// The BPF object built from `veth-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veth-ebpf"));
@@ -61,27 +48,18 @@ pub const VERSION_LINK: &str = "version";
 
 /// Default state directory.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/vethfp";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-// Program and hook names come from the typed ABI (veth-common), the one place for them.
-pub const PROG_TC_INGRESS: &str = veth_common::Program::TcIngress.name();
-pub const PROG_TC_EGRESS: &str = veth_common::Program::TcEgress.name();
-pub const PROG_XDP: &str = veth_common::Program::Xdp.name();
-pub const PROG_UPLINK_INGRESS: &str = veth_common::Program::UplinkIngress.name();
-pub const PROG_L2_INGRESS: &str = veth_common::Program::L2Ingress.name();
-pub const PROG_UPLINK_EGRESS: &str = veth_common::Program::UplinkEgress.name();
-/// Endpoint hooks: cls_bpf filters on the host end's clsact qdisc (see [`filters`]).
-pub const HOOK_TC_INGRESS: &str = veth_common::Hook::TcIngress.name();
-pub const HOOK_TC_EGRESS: &str = veth_common::Hook::TcEgress.name();
-pub const HOOK_XDP: &str = veth_common::Hook::Xdp.name();
-pub const HOOK_UPLINK: &str = veth_common::Hook::UplinkIngress.name();
-pub const HOOK_UPLINK_EGRESS: &str = veth_common::Hook::UplinkEgress.name();
+// Programs and hooks are the typed ABI's (veth-common), the one place for them: the datapath
+// takes them as values, their names (pins, ELF symbols, logs) come from `name()`. Endpoint
+// hooks (`Hook::TcIngress`, `Hook::TcEgress`) are cls_bpf filters on the host end's clsact
+// qdisc (see [`filters`]); the others are pinned links.
+pub use veth_common::{Hook, Program};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error(
-        "{0} is not inside a mounted bpffs: mount one (`mount -t bpf bpf DIR`) and pass \
-         --bpffs DIR/vethfp, or use a directory under /sys/fs/bpf"
+        "{0} is not inside a mounted bpffs: mount one (`mount -t bpf bpf DIR`) and use a \
+         directory in it (e.g. DIR/vethfp), or use a directory under /sys/fs/bpf"
     )]
     NotBpffs(PathBuf),
     #[error(
@@ -92,8 +70,8 @@ pub enum DatapathError {
         "/sys/fs/bpf is not a bpffs in this mount namespace, which is not the system's (`ip netns \
          exec` makes one and remounts /sys, hiding /sys/fs/bpf): a state made here would vanish \
          with this process and its endpoints could not be found again. Enter the node's network \
-         namespace alone (`nsenter --net=/run/netns/NAME vethfp …`), or pass --bpffs on a \
-         bpffs that outlives this process"
+         namespace alone (`nsenter --net=/run/netns/NAME vethfp …`), or use a state directory \
+         on a bpffs that outlives this process"
     )]
     PrivateMounts,
     #[error("could not create state directory {path}: {source}")]
@@ -174,7 +152,7 @@ fn abi_message(dir: &Path, found: u32, want: u32) -> String {
         format!(
             "pinned state in {dir} was made by a newer vethfp{by} (map ABI {found}; this \
              vethfp uses {want}) and is left as it is: use that vethfp (or a newer one) on it, or \
-             pass another --bpffs directory"
+             another state directory"
         )
     }
 }
@@ -182,201 +160,6 @@ fn abi_message(dir: &Path, found: u32, want: u32) -> String {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DatapathError {
     let what = what.into();
     move |source| DatapathError::Io { what, source }
-}
-
-/// Ensures `dir` can hold pins: it is (or will be created) inside a mounted bpffs. If nothing is
-/// mounted at /sys/fs/bpf and `dir` is under it, bpffs is mounted there first.
-pub fn prepare_bpffs(dir: &Path) -> Result<()> {
-    prepare_bpffs_made(dir).map(drop)
-}
-
-/// [`prepare_bpffs`], returning the directories it created (outermost first), so that a
-/// caller that then fails can take them away again ([`remove_made_dirs`]).
-pub(crate) fn prepare_bpffs_made(dir: &Path) -> Result<Vec<PathBuf>> {
-    let existing = dir
-        .ancestors()
-        .find(|p| p.exists())
-        .ok_or_else(|| DatapathError::NotBpffs(dir.into()))?;
-    if is_bpffs(existing) {
-        return make_dir(dir);
-    }
-    let sys = Path::new("/sys/fs/bpf");
-    if dir.starts_with(sys) && sys.is_dir() && !is_bpffs(sys) && existing == sys {
-        // Mounting is right on a bare node; in a private mount namespace the mount, and the
-        // state with it, would be gone when this process exits.
-        if private_mounts() {
-            return Err(DatapathError::PrivateMounts);
-        }
-        nix::mount::mount(
-            Some("bpf"),
-            sys,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            Some("mode=0700"),
-        )
-        .map_err(|e| DatapathError::Mount(e.to_string()))?;
-        return make_dir(dir);
-    }
-    Err(DatapathError::NotBpffs(dir.into()))
-}
-
-/// Is this process in a mount namespace of its own: another than its parent's (`ip netns
-/// exec` and `unshare -m` make one and exec the command in it) or PID 1's? A namespace that
-/// cannot be read does not count (PID 1's often cannot, in a container).
-fn private_mounts() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: &str| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let Some(me) = id("/proc/self/ns/mnt") else {
-        return false;
-    };
-    let parent = format!("/proc/{}/ns/mnt", std::os::unix::process::parent_id());
-    [parent.as_str(), "/proc/1/ns/mnt"]
-        .into_iter()
-        .filter_map(id)
-        .any(|other| other != me)
-}
-
-fn is_bpffs(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p)
-        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
-        .unwrap_or(false)
-}
-
-fn make_dir(dir: &Path) -> Result<Vec<PathBuf>> {
-    // The missing ancestors of `dir` too: all of them are this call's to take back.
-    let mut made: Vec<PathBuf> = dir
-        .ancestors()
-        .take_while(|p| !p.exists())
-        .map(Path::to_path_buf)
-        .collect();
-    made.reverse();
-    made.extend(
-        [dir.join("progs"), dir.join("links")]
-            .into_iter()
-            .filter(|p| !p.exists()),
-    );
-    for d in [dir.to_path_buf(), dir.join("progs"), dir.join("links")] {
-        match fs::DirBuilder::new().recursive(true).mode(0o700).create(&d) {
-            Ok(()) => {}
-            Err(source) => {
-                remove_made_dirs(&made);
-                return Err(DatapathError::StateDir { path: d, source });
-            }
-        }
-    }
-    for d in [dir.to_path_buf(), dir.join("progs"), dir.join("links")] {
-        if let Err(e) = restrict(&d, 0o700) {
-            remove_made_dirs(&made);
-            return Err(e);
-        }
-    }
-    Ok(made)
-}
-
-/// Removes directories a failed call created ([`prepare_bpffs_made`]), innermost first; only
-/// empty ones go (`rmdir`): whatever another process put there meanwhile stays.
-pub(crate) fn remove_made_dirs(made: &[PathBuf]) {
-    for d in made.iter().rev() {
-        let _ = fs::remove_dir(d);
-    }
-}
-
-/// Pins and state directories are root's alone: whoever can open a pinned map can change the
-/// datapath, whoever can read one learns every endpoint. The mode is set explicitly (not left
-/// to the umask), also on pins and directories an earlier version made.
-fn restrict(path: &Path, mode: u32) -> Result<()> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(io(format!("chmod {mode:o} {}", path.display())))
-}
-
-/// An exclusive lock on the state directory for the duration of one registry operation, so
-/// concurrent CLI calls (and the agent) never interleave their map and link updates.
-pub struct StateLock {
-    _fd: OwnedFd,
-    /// When it was taken, and how long taking it waited (for the debug log on release).
-    taken: std::time::Instant,
-    waited: std::time::Duration,
-}
-
-impl StateLock {
-    pub fn acquire(dir: &Path) -> Result<StateLock> {
-        let asked = std::time::Instant::now();
-        let f = fs::File::open(dir).map_err(io(format!("opening {}", dir.display())))?;
-        let fd: OwnedFd = f.into();
-        lock::flock(&fd, lock::LOCK_EX).map_err(|source| DatapathError::Io {
-            what: format!("locking {}", dir.display()),
-            source,
-        })?;
-        let taken = std::time::Instant::now();
-        Ok(StateLock {
-            _fd: fd,
-            taken,
-            waited: taken - asked,
-        })
-    }
-}
-
-impl Drop for StateLock {
-    /// `RUST_LOG=vethfp=debug` shows every locked step: what concurrent writers wait for.
-    fn drop(&mut self) {
-        log::debug!(
-            "state lock: waited {} µs, held {} µs",
-            self.waited.as_micros(),
-            self.taken.elapsed().as_micros()
-        );
-    }
-}
-
-/// Operations in flight: every writer holds `DIR/ops` shared for its whole life, including
-/// the kernel work it does between its short, exclusive map updates (the state lock is not
-/// held meanwhile, so concurrent CNI ADDs overlap their netlink work). Journal recovery needs
-/// it exclusive: an intent it sees then belongs to an operation that is no longer running,
-/// never to one that is still working.
-pub struct OpsLock {
-    _fd: OwnedFd,
-}
-
-/// The subdirectory whose flock is the [`OpsLock`].
-pub const OPS_DIR: &str = "ops";
-
-impl OpsLock {
-    fn open(dir: &Path) -> Result<OwnedFd> {
-        let path = dir.join(OPS_DIR);
-        match fs::create_dir(&path) {
-            // Root only, like everything else in the state dir.
-            Ok(()) => restrict(&path, 0o700)?,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io(format!("creating {}", path.display()))(e)),
-        }
-        let f = fs::File::open(&path).map_err(io(format!("opening {}", path.display())))?;
-        Ok(f.into())
-    }
-
-    fn flock(dir: &Path, fd: &OwnedFd, op: libc::c_int) -> Result<bool> {
-        let Err(e) = lock::flock(fd, op) else {
-            return Ok(true);
-        };
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Ok(false);
-        }
-        Err(DatapathError::Io {
-            what: format!("locking {}/{OPS_DIR}", dir.display()),
-            source: e,
-        })
-    }
-
-    /// Held by a writer for its lifetime.
-    pub fn shared(dir: &Path) -> Result<OpsLock> {
-        let fd = Self::open(dir)?;
-        Self::flock(dir, &fd, libc::LOCK_SH)?;
-        Ok(OpsLock { _fd: fd })
-    }
-
-    /// Some if no operation is in flight (then none can start while it is held).
-    pub fn try_exclusive(dir: &Path) -> Result<Option<OpsLock>> {
-        let fd = Self::open(dir)?;
-        Ok(Self::flock(dir, &fd, libc::LOCK_EX | libc::LOCK_NB)?.then_some(OpsLock { _fd: fd }))
-    }
 }
 
 /// aya detects the kernel's BPF features once per process, on the first use of some maps (a
@@ -393,14 +176,7 @@ pub fn object_hash() -> u64 {
 }
 
 /// Every program of the datapath; all are loaded and pinned together, once per build.
-pub const PROGRAMS: [&str; 6] = [
-    PROG_TC_INGRESS,
-    PROG_TC_EGRESS,
-    PROG_XDP,
-    PROG_UPLINK_INGRESS,
-    PROG_L2_INGRESS,
-    PROG_UPLINK_EGRESS,
-];
+pub const PROGRAMS: [Program; 6] = Program::ALL;
 
 /// The opened datapath: maps (pinned, shared by every process) and the means to attach.
 pub struct Datapath {
@@ -410,25 +186,6 @@ pub struct Datapath {
     tc: std::sync::Mutex<Option<crate::sys::tc_filter::TcSession>>,
     /// Capacity of `VFP_FLOWS` if this process creates it (`--flow-table-size`).
     flow_table_size: u32,
-}
-
-fn prog_pin(dir: &Path, name: &str) -> PathBuf {
-    dir.join("progs")
-        .join(format!("{name}-{:016x}", object_hash()))
-}
-
-/// A pinned map opened as the variant its name has in the object.
-fn map_from_pin(dir: &Path, name: &'static str) -> Result<aya::maps::Map> {
-    use aya::maps::Map;
-    let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
-    Ok(match name {
-        MAP_COUNTERS | MAP_FLOW_STATS => Map::PerCpuArray(data),
-        MAP_FLOWS => Map::LruHashMap(data),
-        MAP_CONFIG => Map::Array(data),
-        MAP_DEVMAP => Map::DevMapHash(data),
-        MAP_HANDOFF => Map::RingBuf(data),
-        _ => Map::HashMap(data),
-    })
 }
 
 impl Datapath {
@@ -462,7 +219,7 @@ impl Datapath {
         let missing: Vec<PathBuf> = MAPS
             .iter()
             .map(|m| dir.join(m))
-            .chain(PROGRAMS.iter().map(|p| prog_pin(dir, p)))
+            .chain(PROGRAMS.iter().map(|p| prog_pin(dir, *p)))
             .filter(|p| !p.exists())
             .collect();
         let r = Self::open_found(dir, flow_table_size, &missing, check);
@@ -533,8 +290,9 @@ impl Datapath {
         for name in MAPS {
             restrict(&dir.join(name), 0o600)?;
         }
-        for name in PROGRAMS {
-            let pin = prog_pin(dir, name);
+        for p in PROGRAMS {
+            let pin = prog_pin(dir, p);
+            let name = p.name();
             if pin.exists() {
                 continue;
             }
@@ -543,11 +301,11 @@ impl Datapath {
                 .program_mut(name)
                 .ok_or(perr(ProgramError::NotLoaded))?;
             match prog {
-                Program::SchedClassifier(p) => {
+                aya::programs::Program::SchedClassifier(p) => {
                     p.load().map_err(perr)?;
                     p.pin(&pin)
                 }
-                Program::Xdp(p) => {
+                aya::programs::Program::Xdp(p) => {
                     p.load().map_err(perr)?;
                     p.pin(&pin)
                 }
@@ -629,109 +387,6 @@ impl Datapath {
         Ok(())
     }
 
-    pub fn ep4(&mut self) -> Result<HashMap<&mut MapData, [u8; 4], Target>> {
-        typed(&mut self.maps, MAP_EP4)
-    }
-    pub fn ep6(&mut self) -> Result<HashMap<&mut MapData, [u8; 16], Target>> {
-        typed(&mut self.maps, MAP_EP6)
-    }
-    pub fn endpoints(&mut self) -> Result<HashMap<&mut MapData, u32, EndpointRecord>> {
-        typed(&mut self.maps, MAP_ENDPOINTS)
-    }
-    pub fn counters(&mut self) -> Result<PerCpuArray<&mut MapData, Counters>> {
-        typed(&mut self.maps, MAP_COUNTERS)
-    }
-    pub fn l2(&mut self) -> Result<HashMap<&mut MapData, [u8; 6], Target>> {
-        typed(&mut self.maps, MAP_L2)
-    }
-    pub fn uplinks(&mut self) -> Result<HashMap<&mut MapData, u32, Uplink>> {
-        typed(&mut self.maps, MAP_UPLINKS)
-    }
-    pub fn devmap(&mut self) -> Result<DevMapHash<&mut MapData>> {
-        typed(&mut self.maps, MAP_DEVMAP)
-    }
-    pub fn config(&mut self) -> Result<Array<&mut MapData, u32>> {
-        typed(&mut self.maps, MAP_CONFIG)
-    }
-    pub fn flows(&mut self) -> Result<HashMap<&mut MapData, FlowKey, FlowState>> {
-        typed(&mut self.maps, MAP_FLOWS)
-    }
-
-    /// Capacity of the flow table of this state.
-    pub fn flow_table_size(&self) -> u32 {
-        match self.maps.get(MAP_FLOWS) {
-            Some(aya::maps::Map::LruHashMap(d)) => d.info().map(|i| i.max_entries()).unwrap_or(0),
-            _ => 0,
-        }
-    }
-
-    /// Node flow counters, summed over CPUs.
-    pub fn flow_stats(&mut self) -> Result<FlowStats> {
-        let m: PerCpuArray<&mut MapData, FlowStats> = typed(&mut self.maps, MAP_FLOW_STATS)?;
-        let per_cpu = m.get(&0, 0).map_err(map_err(MAP_FLOW_STATS))?;
-        let mut sum = FlowStats::default();
-        for c in per_cpu.iter() {
-            sum.add(c);
-        }
-        Ok(sum)
-    }
-
-    /// Config slot `slot` (u32).
-    pub fn config_slot(&mut self, slot: u32) -> Result<u32> {
-        self.config()?.get(&slot, 0).map_err(map_err(MAP_CONFIG))
-    }
-
-    pub fn journal(&mut self) -> Result<HashMap<&mut MapData, [u8; NAME_LEN], Intent>> {
-        typed(&mut self.maps, MAP_JOURNAL)
-    }
-    pub fn cni_owners(&mut self) -> Result<HashMap<&mut MapData, u32, CniOwner>> {
-        typed(&mut self.maps, MAP_CNI_OWNERS)
-    }
-
-    fn config_u64(&mut self, lo: u32, hi: u32) -> Result<u64> {
-        let cfg = self.config()?;
-        let l = cfg.get(&lo, 0).map_err(map_err(MAP_CONFIG))?;
-        let h = cfg.get(&hi, 0).map_err(map_err(MAP_CONFIG))?;
-        Ok((h as u64) << 32 | l as u64)
-    }
-
-    fn set_config_u64(&mut self, lo: u32, hi: u32, v: u64) -> Result<()> {
-        let mut cfg = self.config()?;
-        cfg.set(lo, v as u32, 0).map_err(map_err(MAP_CONFIG))?;
-        cfg.set(hi, (v >> 32) as u32, 0)
-            .map_err(map_err(MAP_CONFIG))
-    }
-
-    /// The identity of this state (config slots 4–5); 0 for a state made before it existed.
-    pub fn state_id(&mut self) -> Result<u64> {
-        self.config_u64(CONFIG_STATE_ID_LO, CONFIG_STATE_ID_HI)
-    }
-
-    /// Gives the state a new random identity.
-    pub fn new_state_id(&mut self) -> Result<u64> {
-        let id = random_u64().max(1);
-        self.set_config_u64(CONFIG_STATE_ID_LO, CONFIG_STATE_ID_HI, id)?;
-        Ok(id)
-    }
-
-    /// Netns cookie of the node namespace the state is bound to (config slots 6–7); 0: none.
-    pub fn netns_cookie(&mut self) -> Result<u64> {
-        self.config_u64(CONFIG_NETNS_COOKIE_LO, CONFIG_NETNS_COOKIE_HI)
-    }
-
-    pub fn set_netns_cookie(&mut self, cookie: u64) -> Result<()> {
-        self.set_config_u64(CONFIG_NETNS_COOKIE_LO, CONFIG_NETNS_COOKIE_HI, cookie)
-    }
-
-    /// Device and inode of the pinned config map: changes when the state dir is removed and
-    /// made again, so a long-running process can tell its map fds are stale.
-    pub fn pin_identity(dir: &Path) -> Option<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        fs::metadata(dir.join(MAP_CONFIG))
-            .ok()
-            .map(|m| (m.dev(), m.ino()))
-    }
-
     /// Interfaces of this state that are alive right now, in whichever namespace they are:
     /// the ifindexes pinned links are attached to, and the recorded host ends that still
     /// carry our filters in the namespace the state is bound to (found by its netns cookie
@@ -749,201 +404,6 @@ impl Datapath {
         out.extend(self.filtered_endpoints_in_bound_netns());
         out
     }
-
-    pub fn flags(&mut self) -> Result<u32> {
-        self.config()?
-            .get(&CONFIG_FLAGS, 0)
-            .map_err(map_err(MAP_CONFIG))
-    }
-
-    pub fn set_flags(&mut self, flags: u32) -> Result<()> {
-        self.config()?
-            .set(CONFIG_FLAGS, flags, 0)
-            .map_err(map_err(MAP_CONFIG))
-    }
-
-    /// Zeroes counter slot `slot` (before a new endpoint or uplink uses it).
-    pub fn reset_counters(&mut self, slot: u32) -> Result<()> {
-        let n = aya::util::nr_cpus().map_err(|(what, e)| DatapathError::Io {
-            what: what.into(),
-            source: e,
-        })?;
-        let zeros =
-            PerCpuValues::try_from(vec![Counters::default(); n]).map_err(io("per-CPU values"))?;
-        self.counters()?
-            .set(slot, zeros, 0)
-            .map_err(map_err(MAP_COUNTERS))
-    }
-
-    /// Counters in `slot`, summed over CPUs.
-    pub fn read_counters(&mut self, slot: u32) -> Result<Counters> {
-        let per_cpu = self
-            .counters()?
-            .get(&slot, 0)
-            .map_err(map_err(MAP_COUNTERS))?;
-        let mut sum = Counters::default();
-        for c in per_cpu.iter() {
-            sum.add(c);
-        }
-        Ok(sum)
-    }
-
-    /// Pin path of program `name` of this build (re-pinning all programs if it vanished).
-    pub(crate) fn pinned_program(&mut self, name: &'static str) -> Result<PathBuf> {
-        let pin = prog_pin(&self.dir, name);
-        if !pin.exists() {
-            self.maps = Self::load_and_pin(&self.dir, self.flow_table_size)?;
-        }
-        Ok(pin)
-    }
-
-    /// Loads (verifies) and pins every program of this build unless an earlier call did:
-    /// proves the kernel accepts them (CNI STATUS).
-    pub fn load_programs(&mut self) -> Result<()> {
-        for name in PROGRAMS {
-            self.pinned_program(name)?;
-        }
-        Ok(())
-    }
-
-    fn classifier(&mut self, name: &'static str) -> Result<SchedClassifier> {
-        let pin = self.pinned_program(name)?;
-        SchedClassifier::from_pin(&pin).map_err(|source| DatapathError::Program { name, source })
-    }
-
-    pub fn link_pin(&self, hook: &str, ifindex: u32) -> PathBuf {
-        self.dir.join("links").join(format!("{hook}-{ifindex}"))
-    }
-
-    pub(crate) fn attach_one(
-        &mut self,
-        iface: &str,
-        ifindex: u32,
-        prog_name: &'static str,
-        kind: TcAttachType,
-        hook: &str,
-    ) -> Result<()> {
-        let pin = self.link_pin(hook, ifindex);
-        // A pin left by an earlier interface with the same ifindex is stale: drop it.
-        let _ = unpin_and_detach(&pin);
-        let mut prog = self.classifier(prog_name)?;
-        let attach_err = |source| DatapathError::Attach {
-            prog: prog_name,
-            iface: iface.into(),
-            source,
-        };
-        let id = prog
-            .attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::default()))
-            .map_err(attach_err)?;
-        let link = prog.take_link(id).map_err(attach_err)?;
-        let fd_link: FdLink = link.try_into().map_err(|source| DatapathError::Link {
-            iface: iface.into(),
-            source,
-        })?;
-        pin_link(fd_link, &pin)
-    }
-
-    /// Attaches the uplink ingress and egress programs to `iface` (tcx) and pins the links.
-    /// On failure nothing stays attached.
-    pub fn attach_uplink(&mut self, iface: &str, ifindex: u32) -> Result<()> {
-        self.attach_one(
-            iface,
-            ifindex,
-            PROG_UPLINK_INGRESS,
-            TcAttachType::Ingress,
-            HOOK_UPLINK,
-        )?;
-        if let Err(e) = self.attach_uplink_egress(iface, ifindex) {
-            let _ = unpin_and_detach(&self.link_pin(HOOK_UPLINK, ifindex));
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Attaches the uplink egress program (admission confirmation) to `iface`.
-    pub fn attach_uplink_egress(&mut self, iface: &str, ifindex: u32) -> Result<()> {
-        self.attach_one(
-            iface,
-            ifindex,
-            PROG_UPLINK_EGRESS,
-            TcAttachType::Egress,
-            HOOK_UPLINK_EGRESS,
-        )
-    }
-
-    /// Detaches the uplink programs of `ifindex`. True if the ingress one was attached.
-    pub fn detach_uplink(&self, ifindex: u32) -> Result<bool> {
-        unpin_and_detach(&self.link_pin(HOOK_UPLINK_EGRESS, ifindex)).map_err(io(format!(
-            "detaching the uplink egress link of ifindex {ifindex}"
-        )))?;
-        unpin_and_detach(&self.link_pin(HOOK_UPLINK, ifindex)).map_err(io(format!(
-            "detaching the uplink link of ifindex {ifindex}"
-        )))
-    }
-
-    /// Attaches the XDP program (native mode) to host end `ifindex` and pins the link.
-    pub fn attach_xdp(&mut self, iface: &str, ifindex: u32) -> Result<()> {
-        let pin = self.link_pin(HOOK_XDP, ifindex);
-        let _ = unpin_and_detach(&pin);
-        let path = self.pinned_program(PROG_XDP)?;
-        let mut prog = Xdp::from_pin(&path, XdpAttachType::Interface).map_err(|source| {
-            DatapathError::Program {
-                name: PROG_XDP,
-                source,
-            }
-        })?;
-        let attach_err = |source| DatapathError::Attach {
-            prog: PROG_XDP,
-            iface: iface.into(),
-            source,
-        };
-        let id = prog
-            .attach_to_if_index(ifindex, XdpMode::Driver)
-            .map_err(attach_err)?;
-        let link = prog.take_link(id).map_err(attach_err)?;
-        let fd_link: FdLink = link.try_into().map_err(|source| DatapathError::Link {
-            iface: iface.into(),
-            source,
-        })?;
-        pin_link(fd_link, &pin)
-    }
-
-    /// Detaches the XDP program of `ifindex` (removes its link pin). True if it was attached.
-    pub fn detach_xdp(&self, ifindex: u32) -> Result<bool> {
-        unpin_and_detach(&self.link_pin(HOOK_XDP, ifindex))
-            .map_err(io(format!("detaching the XDP link of ifindex {ifindex}")))
-    }
-}
-
-/// Pins an attached link at `pin`, 0600; on failure nothing stays attached.
-fn pin_link(link: FdLink, pin: &Path) -> Result<()> {
-    let _: PinnedLink = link.pin(pin).map_err(|source| DatapathError::Pin {
-        path: pin.to_path_buf(),
-        source,
-    })?;
-    if let Err(e) = restrict(pin, 0o600) {
-        let _ = fs::remove_file(pin); // detaches
-        return Err(e);
-    }
-    Ok(())
-}
-
-fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
-    move |source| DatapathError::Map { name, source }
-}
-
-fn typed<'a, T>(
-    maps: &'a mut std::collections::HashMap<&'static str, aya::maps::Map>,
-    name: &'static str,
-) -> Result<T>
-where
-    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = maps.get_mut(name).ok_or(DatapathError::Map {
-        name,
-        source: aya::maps::MapError::InvalidName { name: name.into() },
-    })?;
-    T::try_from(map).map_err(map_err(name))
 }
 
 #[cfg(test)]

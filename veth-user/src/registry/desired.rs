@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use veth_common::{EndpointRecord, MODE_XDP};
+use veth_common::{EndpointRecord, Hook, MODE_XDP, Program};
 
 use crate::{
     sys::netlink::{GATEWAY_V4, GATEWAY_V6, LinkConfig, Neighbour, Route},
@@ -88,21 +88,17 @@ pub(crate) fn wants_gro(rec: &EndpointRecord) -> bool {
 /// The hooks of an endpoint and the programs this build runs there (what repair and
 /// reconciliation attach when missing or another build's): the L2 program at tc
 /// ingress of a bridge port, the L3 one otherwise; XDP in `xdp` mode.
-pub(crate) fn hooks(rec: &EndpointRecord) -> Vec<(&'static str, &'static str)> {
-    use crate::datapath::{
-        HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP, PROG_L2_INGRESS, PROG_TC_EGRESS,
-        PROG_TC_INGRESS, PROG_XDP,
-    };
-    let ingress = if rec.flags & veth_common::EP_BRIDGE_PORT != 0 {
-        PROG_L2_INGRESS
+pub(crate) fn hooks(rec: &EndpointRecord) -> Vec<(Hook, Program)> {
+    let bridge_port = rec.flags & veth_common::EP_BRIDGE_PORT != 0;
+    let mode = if rec.target.mode == MODE_XDP {
+        veth_common::Mode::Xdp
     } else {
-        PROG_TC_INGRESS
+        veth_common::Mode::Tc
     };
-    let mut hooks = vec![(HOOK_TC_INGRESS, ingress), (HOOK_TC_EGRESS, PROG_TC_EGRESS)];
-    if rec.target.mode == MODE_XDP {
-        hooks.push((HOOK_XDP, PROG_XDP));
-    }
-    hooks
+    Hook::of_endpoint(mode)
+        .iter()
+        .map(|h| (*h, h.program_for(bridge_port)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -347,16 +343,20 @@ mod tests {
 
     #[test]
     fn hooks_follow_the_mode_and_the_kind() {
-        use crate::datapath::{HOOK_XDP, PROG_L2_INGRESS, PROG_TC_INGRESS};
         let mut rec = EndpointRecord::default();
         let h = hooks(&rec);
-        assert_eq!(h.len(), 2);
-        assert_eq!(h[0].1, PROG_TC_INGRESS);
+        assert_eq!(
+            h,
+            [
+                (Hook::TcIngress, Program::TcIngress),
+                (Hook::TcEgress, Program::TcEgress)
+            ]
+        );
         rec.target.mode = MODE_XDP;
-        assert_eq!(hooks(&rec).last().map(|h| h.0), Some(HOOK_XDP));
+        assert_eq!(hooks(&rec).last(), Some(&(Hook::Xdp, Program::Xdp)));
         rec.target.mode = veth_common::MODE_TC;
         rec.flags |= veth_common::EP_BRIDGE_PORT;
-        assert_eq!(hooks(&rec)[0].1, PROG_L2_INGRESS);
+        assert_eq!(hooks(&rec)[0], (Hook::TcIngress, Program::L2Ingress));
     }
 
     #[test]

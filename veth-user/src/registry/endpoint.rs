@@ -104,7 +104,7 @@ impl Registry {
         let why = if marked {
             format!(
                 "it looks like a vethfp host end (MAC {}) but no record or intent of this state \
-                 names it with that MAC: another state dir (--bpffs) or someone else owns it",
+                 names it with that MAC: another state directory or someone else owns it",
                 link.mac
                     .map(|m| m.to_string())
                     .unwrap_or_else(|| "none".into())

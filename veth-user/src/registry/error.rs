@@ -12,7 +12,7 @@ pub enum EndpointError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
-    #[error("at least one --addr is required (e.g. --addr 10.0.0.2/24)")]
+    #[error("at least one address is required")]
     NoAddr,
     #[error("{0} addresses given: an endpoint has at most {MAX_ADDRS}")]
     TooManyAddrs(usize),
@@ -42,10 +42,10 @@ pub enum EndpointError {
     UplinkIsEndpoint(String),
     #[error("no bridge named {0} in the node: see `ip -br link show type bridge`")]
     NoSuchBridge(String),
-    #[error("not accelerating: {0} (pass --force to accelerate anyway)")]
+    #[error("not accelerating: {0}")]
     BridgeRefused(String),
     #[error(
-        "not accelerating the new ports of {bridge}: {reason}. The fast path set up earlier stays in place on {kept} and skips this; `vethfp bridge release {bridge}` puts them back on the bridge path (or pass --force to accelerate anyway)"
+        "not accelerating the new ports of {bridge}: {reason}. The fast path set up earlier stays in place on {kept} and skips this; `vethfp bridge release {bridge}` puts them back on the bridge path"
     )]
     BridgeRefusedKept {
         bridge: String,
@@ -65,7 +65,7 @@ pub enum EndpointError {
     NetnsTooLong(String),
     #[error(
         "{name} was not made by this state ({dir}): {why}; vethfp only deletes or changes \
-         interfaces it created and recorded under the same --bpffs"
+         interfaces it created and recorded in the same state directory"
     )]
     NotOurs {
         name: String,
@@ -73,14 +73,14 @@ pub enum EndpointError {
         why: String,
     },
     #[error(
-        "--netns {0} is the node's own network namespace (the one vethfp runs in): give the \
+        "{0} is the node's own network namespace (the one vethfp runs in): give the \
          container's namespace"
     )]
     NodeNetns(String),
     #[error(
         "state {dir} belongs to another live network namespace (netns cookie {owner}, {live} \
-         interface(s) still attached there); this process runs in netns cookie {here}: use a \
-         separate --bpffs directory per node namespace"
+         interface(s) still attached there); this process runs in netns cookie {here}: each \
+         node namespace needs a state directory of its own"
     )]
     OtherNamespace {
         dir: String,

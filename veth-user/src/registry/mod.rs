@@ -17,6 +17,7 @@ mod endpoint;
 mod error;
 pub mod flows;
 mod journal;
+mod netfilter;
 pub(crate) mod node;
 pub mod reconcile;
 mod record;

@@ -98,7 +98,7 @@ impl Registry {
     /// and their owner, and whether an XDP link is pinned.
     pub(crate) fn fast_path_seen(&mut self, ifindex: u32) -> Result<FastPathSeen, EndpointError> {
         let attached = crate::datapath::inspect::attached(&self.dp, ifindex)?;
-        let xdp = self.dp.link_pin(crate::datapath::HOOK_XDP, ifindex);
+        let xdp = self.dp.link_pin(crate::datapath::Hook::Xdp, ifindex);
         use crate::datapath::inspect::Attached;
         Ok(FastPathSeen {
             fast_path: attached.has_fast_path(),
@@ -121,7 +121,7 @@ impl Registry {
 
     /// The id of the loaded tc ingress program (its aya-log ring buffer is the log source).
     pub(crate) fn log_program_id(&mut self) -> Result<u32, EndpointError> {
-        Ok(self.dp.program_id(crate::datapath::PROG_TC_INGRESS)?)
+        Ok(self.dp.program_id(crate::datapath::Program::TcIngress)?)
     }
 
     /// Checks that the state in `dir` opens and its programs load (CNI STATUS). Errors say

@@ -39,11 +39,7 @@ use veth_common::{EP_ADOPTED, EP_BRIDGE_PORT, EndpointRecord, MODE_XDP, Target};
 
 use crate::types::{Cidr, Mac, Mode};
 use crate::{
-    datapath::{
-        HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_UPLINK, HOOK_UPLINK_EGRESS, HOOK_XDP,
-        PROG_L2_INGRESS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_UPLINK_EGRESS, PROG_UPLINK_INGRESS,
-        PROG_XDP, links::LinkAction,
-    },
+    datapath::{Hook, Program, links::LinkAction},
     registry::{EndpointError, EndpointView, Registry, get_str, record_addrs},
     sys::netlink,
 };
@@ -126,7 +122,7 @@ impl Registry {
         for rec in self.records()? {
             let (name, ifindex) = (get_str(&rec.host_name), rec.target.ifindex);
             if busy.contains(&name) {
-                for hook in [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP] {
+                for hook in [Hook::TcIngress, Hook::TcEgress, Hook::Xdp] {
                     live.insert((hook, ifindex)); // its pins are its own too
                 }
                 report.in_flight.push(name);
@@ -148,13 +144,13 @@ impl Registry {
             self.restore_endpoint(&rec, &name, view.as_ref(), &mut report);
         }
         for v in self.reaccelerate_bridges(&mut report)? {
-            live.insert((HOOK_TC_INGRESS, v.host_ifindex));
-            live.insert((HOOK_TC_EGRESS, v.host_ifindex));
+            live.insert((Hook::TcIngress, v.host_ifindex));
+            live.insert((Hook::TcEgress, v.host_ifindex));
         }
         for ifindex in self.restore_uplinks(|i, n| !present(i, n), &mut report)? {
             report.uplinks += 1;
-            live.insert((HOOK_UPLINK, ifindex));
-            live.insert((HOOK_UPLINK_EGRESS, ifindex));
+            live.insert((Hook::UplinkIngress, ifindex));
+            live.insert((Hook::UplinkEgress, ifindex));
         }
         let (links, progs) = self.datapath().prune_pins(&live)?;
         report.pruned_link_pins = links;
@@ -230,8 +226,8 @@ impl Registry {
                 continue;
             }
             for (hook, prog) in [
-                (HOOK_UPLINK, PROG_UPLINK_INGRESS),
-                (HOOK_UPLINK_EGRESS, PROG_UPLINK_EGRESS),
+                (Hook::UplinkIngress, Program::UplinkIngress),
+                (Hook::UplinkEgress, Program::UplinkEgress),
             ] {
                 self.ensure(&up.name, up.ifindex, hook, prog, report);
             }
@@ -244,13 +240,13 @@ impl Registry {
         &mut self,
         iface: &str,
         ifindex: u32,
-        hook: &'static str,
-        prog: &'static str,
+        hook: Hook,
+        prog: Program,
         report: &mut Report,
     ) {
         match self.datapath().ensure_link(iface, ifindex, hook, prog) {
             Ok(LinkAction::Kept) => {}
-            Ok(LinkAction::Attached) => report.attached.push((iface.to_string(), hook)),
+            Ok(LinkAction::Attached) => report.attached.push((iface.to_string(), hook.name())),
             Ok(LinkAction::Replaced {
                 link_id,
                 old_prog,
@@ -260,7 +256,7 @@ impl Registry {
                 log::debug!("{iface}: {hook}: program {old_prog} replaced by {new_prog} in place");
                 report
                     .replaced
-                    .push((iface.to_string(), hook, link_id, old_prog, new_prog))
+                    .push((iface.to_string(), hook.name(), link_id, old_prog, new_prog))
             }
             // It left while this pass ran (its container's namespace went away): the next
             // pass, or the agent's link event, removes it. Not worth a warning.
@@ -383,13 +379,13 @@ impl Registry {
         let seen = self.seen()?;
         // Program ids our filters and links run: program pins of other builds still in use.
         let mut in_use = BTreeSet::new();
-        let mut live: BTreeSet<(&'static str, u32)> = BTreeSet::new();
+        let mut live: BTreeSet<(Hook, u32)> = BTreeSet::new();
         let n = records.len();
         let first = if n == 0 { 0 } else { *cursor % n };
         let slice = containers.min(n);
         *cursor = if n == 0 { 0 } else { (first + slice) % n };
         for (pos, rec) in records.iter().enumerate() {
-            for hook in [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP] {
+            for hook in [Hook::TcIngress, Hook::TcEgress, Hook::Xdp] {
                 live.insert((hook, rec.target.ifindex));
             }
             if busy.contains(&get_str(&rec.host_name)) {
@@ -442,10 +438,10 @@ impl Registry {
                 .keys()
                 .filter_map(|k| k.ok())
                 .collect(),
-            want_in: self.datapath().program_id(PROG_TC_INGRESS)?,
-            want_l2: self.datapath().program_id(PROG_L2_INGRESS)?,
-            want_eg: self.datapath().program_id(PROG_TC_EGRESS)?,
-            want_xdp: self.datapath().program_id(PROG_XDP)?,
+            want_in: self.datapath().program_id(Program::TcIngress)?,
+            want_l2: self.datapath().program_id(Program::L2Ingress)?,
+            want_eg: self.datapath().program_id(Program::TcEgress)?,
+            want_xdp: self.datapath().program_id(Program::Xdp)?,
         })
     }
 
@@ -522,7 +518,7 @@ impl Registry {
             seen.want_in
         };
         let mut ok = true;
-        for (hook, want) in [(HOOK_TC_INGRESS, ingress), (HOOK_TC_EGRESS, seen.want_eg)] {
+        for (hook, want) in [(Hook::TcIngress, ingress), (Hook::TcEgress, seen.want_eg)] {
             match self.datapath().link_state(hook, ifindex) {
                 Ok(Some(st)) => {
                     in_use.insert(st.prog_id);
@@ -537,7 +533,7 @@ impl Registry {
             }
         }
         if rec.target.mode == MODE_XDP {
-            match self.datapath().link_state(HOOK_XDP, ifindex) {
+            match self.datapath().link_state(Hook::Xdp, ifindex) {
                 Ok(Some(st)) => {
                     in_use.insert(st.prog_id);
                     ok &= st.prog_id == seen.want_xdp;
@@ -553,17 +549,20 @@ impl Registry {
         &mut self,
         kernel: &HashMap<u32, netlink::Link>,
         s: &mut Survey,
-        live: &mut BTreeSet<(&'static str, u32)>,
+        live: &mut BTreeSet<(Hook, u32)>,
         in_use: &mut BTreeSet<u32>,
     ) -> Result<(), EndpointError> {
-        let want_up = self.datapath().program_id(PROG_UPLINK_INGRESS)?;
-        let want_up_eg = self.datapath().program_id(PROG_UPLINK_EGRESS)?;
+        let want_up = self.datapath().program_id(Program::UplinkIngress)?;
+        let want_up_eg = self.datapath().program_id(Program::UplinkEgress)?;
         for up in self.uplinks()? {
             if kernel.get(&up.ifindex).is_none_or(|l| l.name != up.name) {
                 s.uplinks = true;
                 continue;
             }
-            for (hook, want) in [(HOOK_UPLINK, want_up), (HOOK_UPLINK_EGRESS, want_up_eg)] {
+            for (hook, want) in [
+                (Hook::UplinkIngress, want_up),
+                (Hook::UplinkEgress, want_up_eg),
+            ] {
                 live.insert((hook, up.ifindex));
                 match self.datapath().link_state(hook, up.ifindex) {
                     Ok(Some(st)) => {
@@ -638,13 +637,13 @@ impl Registry {
         {
             let mut live = BTreeSet::new();
             for ep in self.list()? {
-                for hook in [HOOK_TC_INGRESS, HOOK_TC_EGRESS, HOOK_XDP] {
+                for hook in [Hook::TcIngress, Hook::TcEgress, Hook::Xdp] {
                     live.insert((hook, ep.host_ifindex));
                 }
             }
             for up in self.uplinks()? {
-                live.insert((HOOK_UPLINK, up.ifindex));
-                live.insert((HOOK_UPLINK_EGRESS, up.ifindex));
+                live.insert((Hook::UplinkIngress, up.ifindex));
+                live.insert((Hook::UplinkEgress, up.ifindex));
             }
             let (links, progs) = self.datapath().prune_pins(&live)?;
             report.pruned_link_pins = links;

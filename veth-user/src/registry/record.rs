@@ -3,10 +3,7 @@
 
 use std::net::IpAddr;
 
-use veth_common::{
-    AF_V4, AF_V6, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, EndpointAddr, EndpointRecord, MAX_ADDRS,
-    MODE_XDP, NAME_LEN, Target,
-};
+use veth_common::{AF_V4, AF_V6, EndpointAddr, EndpointRecord, MAX_ADDRS, NAME_LEN, Target};
 
 use crate::{
     sys::netlink::{self},
@@ -20,19 +17,13 @@ use super::{
 
 /// The ABI value of a mode a request may ask for.
 pub(super) fn mode_raw(mode: Mode) -> Result<u32> {
-    match mode {
-        Mode::Tc => Ok(veth_common::MODE_TC),
-        Mode::Xdp => Ok(MODE_XDP),
-        Mode::Bridge => Err(EndpointError::BridgeMode),
-    }
+    mode.to_abi()
+        .map(veth_common::Mode::as_u32)
+        .ok_or(EndpointError::BridgeMode)
 }
 
 pub(super) fn spoof_flags(s: Spoof) -> u32 {
-    match s {
-        Spoof::Enforce => EP_SPOOF_ENFORCE,
-        Spoof::Audit => EP_SPOOF_AUDIT,
-        Spoof::Off => 0,
-    }
+    s.to_abi().flags()
 }
 
 pub(super) fn set_network(rec: &mut EndpointRecord, name: &str) {

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use veth_common::{
-    CFG_EGRESS_FAST, CFG_FASTPATH_OFF, Counters, DIR_FROM_CONTAINER, DIR_NAMES, DIR_TO_CONTAINER,
-    EP_ADOPTED, EP_BRIDGE_PORT, EP_SPOOF_AUDIT, EP_SPOOF_ENFORCE, EndpointRecord, MAX_ADDRS,
-    MODE_XDP, PacketBytes, Uplink, V_FAST_UPLINK, V_STACK, VERDICT_NAMES,
+    CFG_EGRESS_FAST, CFG_FASTPATH_OFF, Counters, DIR_FROM_CONTAINER, DIR_TO_CONTAINER, Dir,
+    EP_ADOPTED, EP_BRIDGE_PORT, EndpointRecord, MAX_ADDRS, PacketBytes, Uplink, V_FAST_UPLINK,
+    V_STACK, Verdict,
 };
 
 use crate::types::{Cidr, IfName, Mac, Mode, Spoof};
@@ -207,20 +207,19 @@ impl Serialize for EndpointStats {
             packets: u64,
             bytes: u64,
         }
-        let mut m = s.serialize_map(Some(2 + DIR_NAMES.len()))?;
+        let mut m = s.serialize_map(Some(2 + Dir::ALL.len()))?;
         m.serialize_entry("host_if", &self.host_if)?;
         m.serialize_entry("host_ifindex", &self.host_ifindex)?;
-        for (d, dname) in DIR_NAMES.iter().enumerate() {
-            let by_verdict: BTreeMap<&str, Pb> = VERDICT_NAMES
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| **n != "reserved")
-                .map(|(v, n)| {
-                    let PacketBytes { packets, bytes } = self.counters.c[d][v];
-                    (*n, Pb { packets, bytes })
+        for dir in Dir::ALL {
+            let by_verdict: BTreeMap<&str, Pb> = Verdict::ALL
+                .into_iter()
+                .filter(|v| *v != Verdict::Reserved)
+                .map(|v| {
+                    let PacketBytes { packets, bytes } = self.counters.get(dir, v);
+                    (v.name(), Pb { packets, bytes })
                 })
                 .collect();
-            m.serialize_entry(dname, &by_verdict)?;
+            m.serialize_entry(dir.name(), &by_verdict)?;
         }
         m.end()
     }
@@ -335,22 +334,10 @@ impl EndpointView {
                 .filter_map(cidr_of)
                 .collect(),
             mtu: r.target.mtu,
-            mode: if r.flags & EP_BRIDGE_PORT != 0 {
-                Mode::Bridge
-            } else if r.target.mode == MODE_XDP {
-                Mode::Xdp
-            } else {
-                Mode::Tc
-            },
+            mode: Mode::of_record(r.target.mode, r.flags & EP_BRIDGE_PORT != 0),
             network: get_str(&r.network_name),
             network_id: r.target.network,
-            spoof: if r.flags & EP_SPOOF_ENFORCE != 0 {
-                Spoof::Enforce
-            } else if r.flags & EP_SPOOF_AUDIT != 0 {
-                Spoof::Audit
-            } else {
-                Spoof::Off
-            },
+            spoof: Spoof::from_abi(veth_common::Spoof::from_flags(r.flags)),
             adopted: r.flags & EP_ADOPTED != 0,
         }
     }
