@@ -353,8 +353,40 @@ fn check_detects_drift() {
     net.vethfp(&check, &with_prev(&conf, &r))
         .ok("CHECK repaired");
 
-    // The fast path detached (clsact deleted behind vethfp's back: the filters go with it).
+    // Beyond prevResult (it names no neighbours and no node routes), the endpoint as it was
+    // made: the container's gateway neighbour, then the node's host route.
     let host_if = r["interfaces"][0]["name"].as_str().unwrap();
+    let host_mac = r["interfaces"][0]["mac"].as_str().unwrap();
+    ns.ip(&["neigh", "del", "169.254.1.1", "dev", "eth0"]);
+    let e = net
+        .vethfp(&check, &with_prev(&conf, &r))
+        .err_code(103, "CHECK without the gateway neighbour");
+    assert!(e["msg"].as_str().unwrap().contains("container side"), "{e}");
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "169.254.1.1",
+        "lladdr",
+        host_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    net.vethfp(&check, &with_prev(&conf, &r))
+        .ok("CHECK with the neighbour back");
+    let addr = r["ips"][0]["address"].as_str().unwrap();
+    let addr = addr.split('/').next().unwrap();
+    net.node.ns.ip(&["route", "del", addr, "dev", host_if]);
+    let e = net
+        .vethfp(&check, &with_prev(&conf, &r))
+        .err_code(103, "CHECK without the node's host route");
+    assert!(e["msg"].as_str().unwrap().contains("node side"), "{e}");
+    net.node.ns.ip(&["route", "add", addr, "dev", host_if]);
+    net.vethfp(&check, &with_prev(&conf, &r))
+        .ok("CHECK with the host route back");
+
+    // The fast path detached (clsact deleted behind vethfp's back: the filters go with it).
     assert!(net.node.has_filters(host_if));
     net.node.ns.tc(&["qdisc", "del", "dev", host_if, "clsact"]);
     let e = net

@@ -16,6 +16,7 @@ impl Call<'_> {
         let ep = self.endpoint_of(&mut reg, &prev)?;
         check_host_end(&ep, &prev)?;
         self.check_container_end(&ep, &prev, cidx)?;
+        check_description(&mut reg, &ep)?;
         check_fast_path(&mut reg, &ep)
     }
 
@@ -121,6 +122,29 @@ fn check_host_end(ep: &EndpointView, prev: &CniResult) -> Result<()> {
             "host end {} has MAC {}, prevResult says {}",
             ep.host_if, ep.host_mac, i.mac
         )));
+    }
+    Ok(())
+}
+
+/// Both sides as the endpoint was made (registry/desired.rs: addresses, the gateway
+/// neighbours, on-link and default routes in the container; host routes and neighbours on
+/// the node): the same description `add` created and repair restores, beyond what
+/// prevResult lists (it names no neighbours and no node routes).
+fn check_description(reg: &mut Registry, ep: &EndpointView) -> Result<()> {
+    let Some(m) = reg
+        .desired_missing(ep.host_ifindex)
+        .map_err(|e| check_fail(e.to_string()))?
+    else {
+        return Err(check_fail(format!("endpoint {} is gone", ep.host_if)));
+    };
+    for (side, a) in [("container", m.container), ("node", m.node)] {
+        if a.total() > 0 {
+            return Err(check_fail(format!(
+                "the {side} side of {} lacks {} address(es), {} neighbour(s) and {} route(s) \
+                 it was made with",
+                ep.host_if, a.addrs, a.neighbours, a.routes
+            )));
+        }
     }
     Ok(())
 }

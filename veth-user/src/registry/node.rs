@@ -108,6 +108,44 @@ impl Registry {
         })
     }
 
+    /// What the kernel lacks of the description an endpoint was made from (its container
+    /// side and node side, [`super::desired`]), counted, nothing changed: CNI CHECK compares
+    /// with the same description that `add` created and repair restores. None: no endpoint
+    /// with that host end. An adopted endpoint or a bridge port has no description (vethfp
+    /// did not make its sides): nothing missing.
+    pub(crate) fn desired_missing(
+        &mut self,
+        host_ifindex: u32,
+    ) -> Result<Option<DesiredMissing>, EndpointError> {
+        use veth_common::{EP_ADOPTED, EP_BRIDGE_PORT};
+        let Some(rec) = self.record_by_ifindex(host_ifindex)? else {
+            return Ok(None);
+        };
+        let mut missing = DesiredMissing::default();
+        if rec.flags & (EP_ADOPTED | EP_BRIDGE_PORT) != 0 {
+            return Ok(Some(missing));
+        }
+        let addrs: Vec<crate::types::Cidr> = super::record::record_addrs(&rec).collect();
+        let mac = |m: [u8; 6]| crate::types::Mac(m);
+        let node = super::desired::node_side(&addrs, mac(rec.target.container_mac));
+        missing.node = netlink::apply(
+            netlink::At::Node(host_ifindex),
+            &node,
+            netlink::Apply::Count,
+            None,
+        )?;
+        let ns = Netns::open(&super::record::get_str(&rec.netns))?;
+        let peer = super::record::get_str(&rec.peer_name);
+        let container = super::desired::container_side(&addrs, mac(rec.target.host_mac));
+        missing.container = netlink::apply(
+            netlink::At::Container(&ns, &peer),
+            &container,
+            netlink::Apply::Count,
+            None,
+        )?;
+        Ok(Some(missing))
+    }
+
     /// Turns the BPF debug events (aya-log) on or off.
     pub(crate) fn set_bpf_log(&mut self, on: bool) -> Result<(), EndpointError> {
         let flags = self.dp.flags()?;
@@ -141,4 +179,12 @@ impl Registry {
             .map_err(|e| ("the BPF programs do not load", e.to_string(), false))?;
         Ok(())
     }
+}
+
+/// What the kernel lacks of an endpoint's description, per side (see
+/// [`Registry::desired_missing`]).
+#[derive(Debug, Default)]
+pub(crate) struct DesiredMissing {
+    pub container: netlink::Applied,
+    pub node: netlink::Applied,
 }

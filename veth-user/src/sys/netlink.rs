@@ -31,7 +31,7 @@ mod namespace;
 mod neigh;
 mod route;
 pub use addr::addresses;
-pub use apply::{Apply, At, LinkConfig, Neighbour, Route, apply};
+pub use apply::{Applied, Apply, At, LinkConfig, Neighbour, Route, apply};
 pub use link::{
     Link, OWNER_ALIAS, VethRequest, create_veth, delete_link, link_by_index, link_by_name, links,
 };
