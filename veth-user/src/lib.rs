@@ -44,8 +44,8 @@ pub use version::{GIT_COMMIT, LONG_VERSION, VERSION};
 
 pub use datapath::{DEFAULT_BPFFS, DatapathError};
 pub use registry::{
-    AddRequest, AdoptRequest, EndpointError, EndpointStats, EndpointView, OpenOptions, Registry,
-    Status, UplinkStatus, UplinkView,
+    AddRequest, AdoptRequest, BridgeError, EndpointError, EndpointStats, EndpointView, OpenOptions,
+    OwnershipError, Registry, RequestError, Status, UplinkError, UplinkStatus, UplinkView,
     bridges::{BridgeStatus, BridgeSync, PortStatus},
     flows::{Admission, FlowStateName, FlowTable, FlowView, TcpAdmission, TcpMode},
     reconcile::Report,

@@ -138,7 +138,7 @@ pub fn main() -> ExitCode {
         }
         Err(e) => {
             let mut msg = format!("{e:#}").replace('\n', " ");
-            msg.push_str(hint::flag_hint(&e).unwrap_or_default());
+            msg.push_str(&hint::suffix(&e).unwrap_or_default());
             eprintln!("vethfp: error: {msg}");
             ExitCode::FAILURE
         }

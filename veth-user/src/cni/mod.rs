@@ -39,7 +39,7 @@ use crate::{
     DEFAULT_BPFFS, DatapathError, NetlinkError,
     registry::{
         self, AddRequest, AdoptRequest, EndpointError, EndpointView, GATEWAY_V4, GATEWAY_V6,
-        Registry,
+        Registry, RequestError,
         node::{self, Netns},
     },
     types::{Cidr, IfName},
@@ -456,10 +456,12 @@ fn endpoint_err(e: EndpointError) -> CniError {
         ) => {
             return CniError::new(ERR_INVALID_CONFIG, format!("\"bpffs\": {msg}"));
         }
-        EndpointError::HostExists(_) | EndpointError::AddrInUse { .. } => ERR_EXISTS,
-        EndpointError::Mtu(_) | EndpointError::TooManyAddrs(_) | EndpointError::NetnsTooLong(_) => {
-            ERR_INVALID_CONFIG
+        EndpointError::Request(RequestError::HostExists(_) | RequestError::AddrInUse { .. }) => {
+            ERR_EXISTS
         }
+        EndpointError::Request(
+            RequestError::Mtu(_) | RequestError::TooManyAddrs(_) | RequestError::NetnsTooLong(_),
+        ) => ERR_INVALID_CONFIG,
         _ => ERR_DATAPATH,
     };
     CniError::new(code, msg)

@@ -20,7 +20,7 @@ use crate::types::Mode;
 use veth_common::{EP_ADOPTED, EP_BRIDGE_PORT, MAX_ADDRS, Target};
 
 use super::{
-    error::Result,
+    error::{BridgeError, Result},
     record::{get_str, make_record, put_str},
 };
 use crate::{
@@ -115,7 +115,7 @@ pub struct BridgeStatus {
 fn bridge_link(bridge: &str) -> Result<netlink::Link, EndpointError> {
     netlink::link_by_name(bridge)?
         .filter(|l| l.kind.as_deref() == Some("bridge"))
-        .ok_or_else(|| EndpointError::NoSuchBridge(bridge.into()))
+        .ok_or_else(|| BridgeError::NoSuchBridge(bridge.into()).into())
 }
 
 /// The bridge-port endpoints registered for `br` (by ifindex, or by name for a bridge that
@@ -198,20 +198,21 @@ impl Registry {
                     skipped,
                 })
             }
-            Err(EndpointError::BridgeRefused(reason)) => {
+            Err(EndpointError::Bridge(BridgeError::BridgeRefused(reason))) => {
                 let br = bridge_link(bridge)?;
                 let kept: Vec<String> = port_endpoints(self, &br)?
                     .into_iter()
                     .map(|v| v.host_if)
                     .collect();
                 if kept.is_empty() {
-                    Err(EndpointError::BridgeRefused(reason))
+                    Err(BridgeError::BridgeRefused(reason).into())
                 } else {
-                    Err(EndpointError::BridgeRefusedKept {
+                    Err(BridgeError::BridgeRefusedKept {
                         bridge: bridge.into(),
                         reason,
                         kept: kept.join(", "),
-                    })
+                    }
+                    .into())
                 }
             }
             Err(e) => Err(e),
@@ -226,7 +227,7 @@ impl Registry {
             .iter()
             .any(|(n, _)| n == bridge);
         let names = match self.bridge_release(bridge) {
-            Err(EndpointError::NoSuchBridge(_)) if recorded => {
+            Err(EndpointError::Bridge(BridgeError::NoSuchBridge(_))) if recorded => {
                 let mut names = Vec::new();
                 for v in self.list()? {
                     if v.mode == Mode::Bridge && v.network == bridge {
@@ -367,7 +368,7 @@ impl Registry {
     ) -> Result<(Vec<EndpointView>, Vec<(String, String)>)> {
         let br = netlink::link_by_name(bridge)?
             .filter(|l| l.kind.as_deref() == Some("bridge"))
-            .ok_or_else(|| EndpointError::NoSuchBridge(bridge.into()))?;
+            .ok_or_else(|| BridgeError::NoSuchBridge(bridge.into()))?;
         let ports: Vec<netlink::Link> = netlink::links()?
             .into_iter()
             .filter(|l| {
@@ -378,20 +379,21 @@ impl Registry {
             .collect();
         if !force {
             if br.vlan_filtering == Some(true) {
-                return Err(EndpointError::BridgeRefused(format!(
+                return Err(BridgeError::BridgeRefused(format!(
                     "{bridge} has vlan_filtering on; the fast path does not apply VLAN membership"
-                )));
+                ))
+                .into());
             }
             if let Some(p) = ports.iter().find(|p| p.port_isolated == Some(true)) {
-                return Err(EndpointError::BridgeRefused(format!(
+                return Err(BridgeError::BridgeRefused(format!(
                     "port {} of {bridge} is isolated; the fast path would join it to the other ports",
                     p.name
-                )));
+                )).into());
             }
             // Under netfilter admission the bridge's own path (br_netfilter included) admits
             // every flow first: its rules are not skipped, so they are no reason to refuse.
             if self.dp.flags()? & veth_common::CFG_ADMIT_ALWAYS != 0 {
-                super::netfilter::netfilter_check(bridge).map_err(EndpointError::BridgeRefused)?;
+                super::netfilter::netfilter_check(bridge).map_err(BridgeError::BridgeRefused)?;
             }
         }
         let namespaces = crate::registry::bridges::namespaces_by_id()?;
@@ -503,7 +505,7 @@ impl Registry {
     pub(crate) fn bridge_release(&mut self, bridge: &str) -> Result<Vec<String>> {
         let br = netlink::link_by_name(bridge)?
             .filter(|l| l.kind.as_deref() == Some("bridge"))
-            .ok_or_else(|| EndpointError::NoSuchBridge(bridge.into()))?;
+            .ok_or_else(|| BridgeError::NoSuchBridge(bridge.into()))?;
         let names: Vec<String> = self
             .records()?
             .iter()

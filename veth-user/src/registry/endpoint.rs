@@ -16,7 +16,7 @@ use crate::{
 
 use super::{
     Registry, desired,
-    error::{EndpointError, Result, map_err},
+    error::{EndpointError, OwnershipError, RequestError, Result, map_err},
     record::{get_str, make_record, mode_raw, put_str, record_addrs, set_network, spoof_flags},
     repair::container_gro,
     view::{AddRequest, AdoptRequest, EndpointView},
@@ -83,16 +83,16 @@ impl Registry {
         if let Some(m) = req.mtu
             && !(68..=65535).contains(&m)
         {
-            return Err(EndpointError::Mtu(m));
+            return Err(RequestError::Mtu(m).into());
         }
         if req.netns.len() >= NETNS_LEN {
-            return Err(EndpointError::NetnsTooLong(req.netns.clone()));
+            return Err(RequestError::NetnsTooLong(req.netns.clone()).into());
         }
         self.check_addrs(&req.addrs)?;
         // Leftovers of interrupted operations were completed or rolled back when the
         // registry was opened (the journal): whatever has this name now is not ours.
         if netlink::link_by_name(req.host.as_str())?.is_some() {
-            return Err(EndpointError::HostExists(req.host.to_string()));
+            return Err(RequestError::HostExists(req.host.to_string()).into());
         }
         Ok(())
     }
@@ -118,11 +118,12 @@ impl Registry {
                     .unwrap_or_else(|| "none".into())
             )
         };
-        EndpointError::NotOurs {
+        OwnershipError::NotOurs {
             name: link.name.clone(),
             dir: self.dp.dir().display().to_string(),
             why,
         }
+        .into()
     }
 
     pub(super) fn remove_leftover(&mut self, link: &netlink::Link) -> Result<()> {
@@ -134,14 +135,14 @@ impl Registry {
 
     pub(super) fn check_addrs(&mut self, addrs: &[Cidr]) -> Result<()> {
         if addrs.is_empty() {
-            return Err(EndpointError::NoAddr);
+            return Err(RequestError::NoAddr.into());
         }
         if addrs.len() > MAX_ADDRS {
-            return Err(EndpointError::TooManyAddrs(addrs.len()));
+            return Err(RequestError::TooManyAddrs(addrs.len()).into());
         }
         for (i, a) in addrs.iter().enumerate() {
             if addrs[..i].iter().any(|b| b.addr == a.addr) {
-                return Err(EndpointError::DuplicateAddr(a.addr));
+                return Err(RequestError::DuplicateAddr(a.addr).into());
             }
         }
         let records = self.records()?;
@@ -159,10 +160,11 @@ impl Registry {
                     .find(|r| r.target.ifindex == owner)
                     .map(|r| get_str(&r.host_name))
                     .unwrap_or_else(|| format!("ifindex {owner}"));
-                return Err(EndpointError::AddrInUse {
+                return Err(RequestError::AddrInUse {
                     addr: a.addr,
                     owner,
-                });
+                }
+                .into());
             }
         }
         Ok(())
@@ -174,7 +176,7 @@ impl Registry {
         self.validate(req)?;
         let ns = Netns::open(&req.netns)?;
         if ns.ino() == netlink::current_netns_ino()? {
-            return Err(EndpointError::NodeNetns(req.netns.clone()));
+            return Err(OwnershipError::NodeNetns(req.netns.clone()).into());
         }
         // Record before create: the exact MAC is chosen now and journaled with the name, so
         // whoever finds this half-made (a later call, the agent) knows the link is ours.
@@ -384,19 +386,19 @@ impl Registry {
     pub fn adopt(&mut self, req: &AdoptRequest) -> Result<EndpointView> {
         self.check_addrs(&req.addrs)?;
         if req.netns.len() >= NETNS_LEN {
-            return Err(EndpointError::NetnsTooLong(req.netns.clone()));
+            return Err(RequestError::NetnsTooLong(req.netns.clone()).into());
         }
         if self.record_by_name(req.host.as_str())?.is_some() {
-            return Err(EndpointError::HostExists(req.host.to_string()));
+            return Err(RequestError::HostExists(req.host.to_string()).into());
         }
         let link = netlink::link_by_name(req.host.as_str())?
             .ok_or_else(|| EndpointError::NotFound(req.host.to_string()))?;
         if link.kind.as_deref() != Some("veth") {
-            return Err(EndpointError::NotVeth(req.host.to_string()));
+            return Err(RequestError::NotVeth(req.host.to_string()).into());
         }
         let host_mac = link
             .mac
-            .ok_or_else(|| EndpointError::NotVeth(req.host.to_string()))?;
+            .ok_or_else(|| RequestError::NotVeth(req.host.to_string()))?;
         let ns = Netns::open(&req.netns)?;
         let target = Target {
             ifindex: link.ifindex,

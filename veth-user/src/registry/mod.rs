@@ -30,7 +30,7 @@ mod view;
 pub(crate) use crate::sys::netlink::{GATEWAY_V4, GATEWAY_V6};
 
 pub(crate) use desired::wants_gro;
-pub use error::EndpointError;
+pub use error::{BridgeError, EndpointError, OwnershipError, RequestError, UplinkError};
 pub(crate) use record::{get_str, network_id, record_addrs};
 pub(crate) use repair::container_gro;
 pub use state::OpenOptions;

@@ -12,14 +12,14 @@ use crate::{
 
 use super::{
     Registry,
-    error::{EndpointError, Result, map_err},
+    error::{EndpointError, RequestError, Result, map_err},
 };
 
 /// The ABI value of a mode a request may ask for.
 pub(super) fn mode_raw(mode: Mode) -> Result<u32> {
     mode.to_abi()
         .map(veth_common::Mode::as_u32)
-        .ok_or(EndpointError::BridgeMode)
+        .ok_or(EndpointError::Request(RequestError::BridgeMode))
 }
 
 pub(super) fn spoof_flags(s: Spoof) -> u32 {

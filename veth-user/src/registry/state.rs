@@ -12,7 +12,7 @@ use crate::{
 
 use super::{
     Registry,
-    error::{EndpointError, Result, map_err},
+    error::{OwnershipError, Result, map_err},
 };
 
 /// Options for [`Registry::open_with`]; they apply when a state's maps are first created (an
@@ -100,7 +100,7 @@ impl Registry {
     /// link still attached to a device); once every recorded interface is gone, the first
     /// write clears the stale state and binds it to the caller.
     pub(crate) fn bind(&mut self, write: bool) -> Result<()> {
-        let here = current_netns_cookie().map_err(EndpointError::Cookie)?;
+        let here = current_netns_cookie().map_err(OwnershipError::Cookie)?;
         let bound = self.dp.netns_cookie()?;
         if bound == here {
             if write && self.dp.state_id()? == 0 {
@@ -143,19 +143,20 @@ impl Registry {
     /// interfaces still attached). Reads only: run on the state as found, before anything is
     /// loaded or pinned ([`Datapath::open_checked`]).
     pub(super) fn check_owner(dp: &mut Datapath) -> Result<()> {
-        let here = current_netns_cookie().map_err(EndpointError::Cookie)?;
+        let here = current_netns_cookie().map_err(OwnershipError::Cookie)?;
         let bound = dp.netns_cookie()?;
         if bound == 0 || bound == here {
             return Ok(());
         }
         let live = dp.attached_link_ifindexes().len();
         if live > 0 {
-            return Err(EndpointError::OtherNamespace {
+            return Err(OwnershipError::OtherNamespace {
                 dir: dp.dir().display().to_string(),
                 owner: bound,
                 here,
                 live,
-            });
+            }
+            .into());
         }
         Ok(())
     }

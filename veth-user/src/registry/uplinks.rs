@@ -7,7 +7,7 @@ use crate::sys::netlink::{self};
 use super::{
     Registry,
     endpoint::Undo,
-    error::{EndpointError, Result, map_err},
+    error::{Result, UplinkError, map_err},
     record::{get_str, put_str},
     view::UplinkView,
 };
@@ -18,13 +18,13 @@ impl Registry {
     /// `egress_fast`, container traffic the FIB routes out of this uplink goes straight out.
     pub fn uplink_attach(&mut self, name: &str, egress_fast: bool) -> Result<UplinkView> {
         let link =
-            netlink::link_by_name(name)?.ok_or_else(|| EndpointError::NoSuchUplink(name.into()))?;
+            netlink::link_by_name(name)?.ok_or_else(|| UplinkError::NoSuchUplink(name.into()))?;
         if self
             .records()?
             .iter()
             .any(|r| r.target.ifindex == link.ifindex)
         {
-            return Err(EndpointError::UplinkIsEndpoint(name.into()));
+            return Err(UplinkError::UplinkIsEndpoint(name.into()).into());
         }
         let mut up = Uplink {
             ifindex: link.ifindex,
@@ -58,7 +58,7 @@ impl Registry {
             .uplink_records()?
             .into_iter()
             .find(|u| get_str(&u.name) == name)
-            .ok_or_else(|| EndpointError::NoSuchUplink(name.into()))?;
+            .ok_or_else(|| UplinkError::NoSuchUplink(name.into()))?;
         self.rollback(vec![Undo::Uplink(up.ifindex), Undo::UplinkLink(up.ifindex)]);
         Ok(())
     }
