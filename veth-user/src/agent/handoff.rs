@@ -23,7 +23,7 @@ use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
-    sync::{Arc, mpsc as std_mpsc},
+    sync::{Arc, Mutex, mpsc as std_mpsc},
     time::Duration,
 };
 
@@ -60,6 +60,12 @@ enum Cmd {
     Check,
 }
 
+/// Handed-off flows by their conntrack tuple (network 0, canonical order) → networks. Shared
+/// with the destroy-notification thread, which forwards only the notifications of these flows:
+/// on a node with many short connections (none handed off) the hand-off thread is not woken
+/// for each of them.
+type Index = Arc<Mutex<HashMap<FlowKey, Vec<u32>>>>;
+
 /// The running hand-off: its thread ends when this is dropped (with the agent).
 pub(crate) struct Handoff {
     _tasks: Vec<AbortOnDrop>,
@@ -72,15 +78,17 @@ pub(crate) fn start(shared: &Arc<Shared>) -> Result<Handoff, AgentError> {
     let (tx, rx) = std_mpsc::channel::<Cmd>();
     let dir = shared.dir.clone();
     let sh = shared.clone();
+    let index = Index::default();
+    let idx = index.clone();
     std::thread::Builder::new()
         .name("vethfp-handoff".into())
-        .spawn(move || worker(sh, dir, rx))
+        .spawn(move || worker(sh, dir, idx, rx))
         .map_err(|source| AgentError::Io {
             what: "starting the hand-off thread".into(),
             source,
         })?;
     let mut tasks = vec![read_reports(&shared.dir, tx.clone())?];
-    tasks.extend(follow_destroys(tx.clone()));
+    follow_destroys(index, tx.clone());
     tasks.push(check_periodically(tx));
     Ok(Handoff { _tasks: tasks })
 }
@@ -120,31 +128,37 @@ fn read_reports(dir: &Path, t: std_mpsc::Sender<Cmd>) -> Result<AbortOnDrop, Age
     })))
 }
 
-/// Conntrack destroy notifications, if the kernel gives them (else the periodic check only).
-fn follow_destroys(t: std_mpsc::Sender<Cmd>) -> Option<AbortOnDrop> {
-    match watch_destroy() {
-        Ok(mut events) => Some(AbortOnDrop(tokio::spawn(async move {
-            while let Some(ev) = events.recv().await {
-                let cmd = match ev {
-                    CtEvent::Destroyed { orig, .. } => Cmd::Destroyed(orig),
-                    CtEvent::Overrun => {
-                        warn!(
-                            "conntrack destroy notifications were lost; checking every handed-off flow"
-                        );
-                        Cmd::Check
-                    }
-                };
-                if t.send(cmd).is_err() {
-                    return;
-                }
-            }
-        }))),
-        Err(e) => {
-            warn!(
-                "conntrack destroy notifications unavailable ({e}); handed-off flows are checked every {}s",
-                CHECK_INTERVAL.as_secs()
-            );
-            None
+/// Conntrack destroy notifications, if the kernel gives them (else the periodic check only):
+/// those of handed-off flows go to the hand-off thread, the rest are dropped where they are
+/// read. The reading thread ends with the hand-off thread (at its next notification).
+fn follow_destroys(index: Index, t: std_mpsc::Sender<Cmd>) {
+    let watched = watch_destroy(move |ev| match forwarded(&index, ev) {
+        Some(cmd) => t.send(cmd).is_ok(),
+        None => true,
+    });
+    if let Err(e) = watched {
+        warn!(
+            "conntrack destroy notifications unavailable ({e}); handed-off flows are checked every {}s",
+            CHECK_INTERVAL.as_secs()
+        );
+    }
+}
+
+/// What a destroy notification asks of the hand-off thread, if anything: the destruction of a
+/// handed-off flow's entry, or a check after lost notifications.
+fn forwarded(index: &Index, ev: CtEvent) -> Option<Cmd> {
+    match ev {
+        CtEvent::Destroyed { orig, .. } => {
+            let ours = orig.proto == 6
+                && index
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&Key::of_tuple(&orig));
+            ours.then_some(Cmd::Destroyed(orig))
+        }
+        CtEvent::Overrun => {
+            warn!("conntrack destroy notifications were lost; checking every handed-off flow");
+            Some(Cmd::Check)
         }
     }
 }
@@ -163,8 +177,8 @@ fn check_periodically(tx: std_mpsc::Sender<Cmd>) -> AbortOnDrop {
     }))
 }
 
-fn worker(shared: Arc<Shared>, dir: PathBuf, rx: std_mpsc::Receiver<Cmd>) {
-    let mut w = match Worker::open(shared, dir) {
+fn worker(shared: Arc<Shared>, dir: PathBuf, index: Index, rx: std_mpsc::Receiver<Cmd>) {
+    let mut w = match Worker::open(shared, dir, index) {
         Ok(w) => w,
         Err(e) => {
             warn!("TCP hand-off is off: {e}");
@@ -197,12 +211,11 @@ struct Worker {
     reg: Registry,
     ident: Option<(u64, u64)>,
     ct: Conntrack,
-    /// Handed-off flows by their conntrack tuple (network 0, canonical order) → networks.
-    index: HashMap<FlowKey, Vec<u32>>,
+    index: Index,
 }
 
 impl Worker {
-    fn open(shared: Arc<Shared>, dir: PathBuf) -> Result<Worker, AgentError> {
+    fn open(shared: Arc<Shared>, dir: PathBuf, index: Index) -> Result<Worker, AgentError> {
         let reg = Registry::open_read(&dir)?;
         let ct = Conntrack::open().map_err(|e| AgentError::Io {
             what: "opening ctnetlink".into(),
@@ -214,12 +227,19 @@ impl Worker {
             dir,
             reg,
             ct,
-            index: HashMap::new(),
+            index,
         })
     }
 
     fn hand_off(&mut self, key: FlowKey, at_ns: Option<u64>) -> Result<(), AgentError> {
-        match self.try_hand_off(&key)? {
+        // Watched for destroy notifications before the entry is made liberal: one that comes
+        // while this runs is queued behind it and demotes the flow right after.
+        let added = self.watch(&key);
+        let outcome = self.try_hand_off(&key);
+        if added && !matches!(outcome, Ok(Outcome::HandedOff)) {
+            self.unwatch(&key);
+        }
+        match outcome? {
             Outcome::HandedOff => {
                 let m = &self.shared.metrics;
                 m.handoffs.inc();
@@ -227,10 +247,6 @@ impl Worker {
                     let delay = crate::sys::clock::monotonic_ns().saturating_sub(at);
                     m.handoff_delay.observe(delay as f64 / 1e9);
                 }
-                self.index
-                    .entry(Key::canonical(&key))
-                    .or_default()
-                    .push(key.network);
                 debug!(flow = %Key::show(&key), "TCP flow handed off");
             }
             Outcome::Already => {}
@@ -240,6 +256,32 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<FlowKey, Vec<u32>>> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the flow to the index; false if it was there already.
+    fn watch(&self, key: &FlowKey) -> bool {
+        let mut i = self.index();
+        let nets = i.entry(Key::canonical(key)).or_default();
+        if nets.contains(&key.network) {
+            return false;
+        }
+        nets.push(key.network);
+        true
+    }
+
+    fn unwatch(&self, key: &FlowKey) {
+        let mut i = self.index();
+        let c = Key::canonical(key);
+        if let Some(nets) = i.get_mut(&c) {
+            nets.retain(|n| *n != key.network);
+            if nets.is_empty() {
+                i.remove(&c);
+            }
+        }
     }
 
     fn try_hand_off(&mut self, key: &FlowKey) -> Result<Outcome, AgentError> {
@@ -323,7 +365,7 @@ impl Worker {
         if t.proto != 6 {
             return Ok(());
         }
-        let Some(nets) = self.index.remove(&Key::of_tuple(t)) else {
+        let Some(nets) = self.index().remove(&Key::of_tuple(t)) else {
             return Ok(());
         };
         let mut flows = self.reg.datapath().flows()?;
@@ -388,7 +430,7 @@ impl Worker {
                 waiting.push(k);
             }
         }
-        self.index = index;
+        *self.index() = index;
         let mut flows = self.reg.datapath().flows()?;
         for (k, why) in doomed {
             if flows.remove(&k).is_ok() {
@@ -528,6 +570,37 @@ mod tests {
         let k = Key::of_tuple(&same);
         assert_eq!(u16::from_be_bytes(k.port_lo), 80);
         assert_eq!(k.family, veth_common::AF_V6);
+    }
+
+    /// Only the destroy notifications of handed-off flows (either direction of the tuple)
+    /// reach the hand-off thread; the others end where they are read.
+    #[test]
+    fn only_handed_off_flows_destroy_notifications_are_forwarded() {
+        let ours = entry().orig;
+        let other = Tuple {
+            sport: 40001,
+            ..ours
+        };
+        let index = Index::default();
+        let mut k = Key::of_tuple(&ours);
+        k.network = 7;
+        index
+            .lock()
+            .unwrap()
+            .insert(Key::canonical(&k), vec![k.network]);
+        let at = std::time::Instant::now();
+        let ev = |orig| CtEvent::Destroyed { orig, at };
+        let got = |ev| forwarded(&index, ev);
+        assert!(matches!(got(ev(ours)), Some(Cmd::Destroyed(t)) if t == ours));
+        assert!(matches!(got(ev(ours.inverse())), Some(Cmd::Destroyed(_))));
+        assert!(got(ev(other)).is_none(), "a flow never handed off");
+        assert!(
+            got(ev(Tuple { proto: 17, ..ours })).is_none(),
+            "UDP is never handed off"
+        );
+        assert!(matches!(got(CtEvent::Overrun), Some(Cmd::Check)));
+        index.lock().unwrap().clear();
+        assert!(got(ev(ours)).is_none(), "demoted: no longer forwarded");
     }
 
     fn entry() -> Entry {

@@ -17,7 +17,6 @@ use std::{
 };
 
 use netlink_sys::{Socket, SocketAddr};
-use tokio::sync::mpsc;
 
 const NETLINK_NETFILTER: isize = 12;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -245,9 +244,17 @@ pub enum CtEvent {
     Overrun,
 }
 
-/// Follows the conntrack destroy notifications of the calling thread's network namespace
-/// from a background thread. Subscribed when this returns.
-pub fn watch_destroy() -> Result<mpsc::UnboundedReceiver<CtEvent>, CtError> {
+/// Follows the conntrack destroy notifications of the calling thread's network namespace on a
+/// thread of its own, which hands each event to `sink` as it is read; the thread ends when
+/// `sink` returns false. Subscribed when this returns.
+///
+/// The sink runs on the reading thread: a sink that filters (most destroyed entries are of no
+/// interest to the caller) costs one wake-up per notification instead of one per thread the
+/// event would otherwise cross.
+pub fn watch_destroy<F>(sink: F) -> Result<(), CtError>
+where
+    F: FnMut(CtEvent) -> bool + Send + 'static,
+{
     let io = |op| move |source| CtError::Io { op, source };
     let mut sock = Socket::new(NETLINK_NETFILTER).map_err(io("opening an event socket"))?;
     sock.bind_auto().map_err(io("binding the event socket"))?;
@@ -256,22 +263,21 @@ pub fn watch_destroy() -> Result<mpsc::UnboundedReceiver<CtEvent>, CtError> {
     if let Err(e) = sock.set_rx_buf_sz(4 << 20) {
         log::debug!("conntrack event socket: SO_RCVBUF: {e}");
     }
-    let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("vethfp-ct-events".into())
-        .spawn(move || pump(sock, tx))
+        .spawn(move || pump(sock, sink))
         .map_err(io("starting the conntrack event thread"))?;
-    Ok(rx)
+    Ok(())
 }
 
-fn pump(sock: Socket, tx: mpsc::UnboundedSender<CtEvent>) {
+fn pump(sock: Socket, mut sink: impl FnMut(CtEvent) -> bool) {
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
     loop {
         buf.clear();
         match sock.recv(&mut buf, 0) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                if tx.send(CtEvent::Overrun).is_err() {
+                if !sink(CtEvent::Overrun) {
                     return;
                 }
                 continue;
@@ -279,7 +285,7 @@ fn pump(sock: Socket, tx: mpsc::UnboundedSender<CtEvent>) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 log::error!("conntrack event socket: {e}; destroy notifications stop here");
-                let _ = tx.send(CtEvent::Overrun);
+                sink(CtEvent::Overrun);
                 return;
             }
         }
@@ -289,7 +295,7 @@ fn pump(sock: Socket, tx: mpsc::UnboundedSender<CtEvent>) {
                 continue;
             }
             if let Some(e) = parse_entry(payload)
-                && tx.send(CtEvent::Destroyed { orig: e.orig, at }).is_err()
+                && !sink(CtEvent::Destroyed { orig: e.orig, at })
             {
                 return;
             }
