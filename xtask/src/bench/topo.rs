@@ -40,10 +40,14 @@ pub enum Kind {
     /// The stock node (issue 21): the same ruleset, nf_conntrack_tcp_be_liberal at its
     /// default 0, `vethfp agent` running: TCP is handed off per flow.
     VethfpStock,
+    /// The stock node without the agent (CLI only): TCP stays on the kernel path, UDP is
+    /// accelerated. Its TCP rows against `routed+rules` are the do-no-harm figures (issue 24):
+    /// what a flow vethfp does not accelerate pays for vethfp being there.
+    VethfpStockCli,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Direct,
         Kind::Bridge,
         Kind::BridgeVethfp,
@@ -55,6 +59,7 @@ impl Kind {
         Kind::RoutedRules,
         Kind::VethfpNetfilter,
         Kind::VethfpStock,
+        Kind::VethfpStockCli,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +75,7 @@ impl Kind {
             Kind::RoutedRules => "routed+rules",
             Kind::VethfpNetfilter => "vethfp-netfilter",
             Kind::VethfpStock => "vethfp-stock",
+            Kind::VethfpStockCli => "vethfp-stock-cli",
         }
     }
 
@@ -86,6 +92,7 @@ impl Kind {
             Kind::RoutedRules => "rtr",
             Kind::VethfpNetfilter => "vnf",
             Kind::VethfpStock => "vst",
+            Kind::VethfpStockCli => "vsc",
         }
     }
 
@@ -97,6 +104,7 @@ impl Kind {
                 | Kind::BridgeVethfp
                 | Kind::VethfpNetfilter
                 | Kind::VethfpStock
+                | Kind::VethfpStockCli
         )
     }
 }
@@ -300,6 +308,10 @@ impl Topo {
                 let v = vethfp.context("vethfp topologies need a vethfp binary")?;
                 topo.wire_vethfp_netfilter(v, false)?;
                 topo.start_agent(v)?;
+            }
+            Kind::VethfpStockCli => {
+                let v = vethfp.context("vethfp topologies need a vethfp binary")?;
+                topo.wire_vethfp_netfilter(v, false)?;
             }
             Kind::VethfpUplink => {
                 let v = vethfp.context("vethfp topologies need a vethfp binary")?;
