@@ -148,7 +148,7 @@ fn follow_destroys(index: Index, t: std_mpsc::Sender<Cmd>) {
 /// handed-off flow's entry, or a check after lost notifications.
 fn forwarded(index: &Index, ev: CtEvent) -> Option<Cmd> {
     match ev {
-        CtEvent::Destroyed { orig, .. } => {
+        CtEvent::Destroyed { orig } => {
             let ours = orig.proto == 6
                 && index
                     .lock()
@@ -233,10 +233,11 @@ impl Worker {
 
     fn hand_off(&mut self, key: FlowKey, at_ns: Option<u64>) -> Result<(), AgentError> {
         // Watched for destroy notifications before the entry is made liberal: one that comes
-        // while this runs is queued behind it and demotes the flow right after.
+        // while this runs is queued behind it and demotes the flow right after. A flow found
+        // liberal already (handed off by an earlier agent) stays watched too.
         let added = self.watch(&key);
         let outcome = self.try_hand_off(&key);
-        if added && !matches!(outcome, Ok(Outcome::HandedOff)) {
+        if added && !matches!(outcome, Ok(Outcome::HandedOff | Outcome::Already)) {
             self.unwatch(&key);
         }
         match outcome? {
@@ -588,8 +589,7 @@ mod tests {
             .lock()
             .unwrap()
             .insert(Key::canonical(&k), vec![k.network]);
-        let at = std::time::Instant::now();
-        let ev = |orig| CtEvent::Destroyed { orig, at };
+        let ev = |orig| CtEvent::Destroyed { orig };
         let got = |ev| forwarded(&index, ev);
         assert!(matches!(got(ev(ours)), Some(Cmd::Destroyed(t)) if t == ours));
         assert!(matches!(got(ev(ours.inverse())), Some(Cmd::Destroyed(_))));

@@ -13,7 +13,6 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::Instant,
 };
 
 use netlink_sys::{Socket, SocketAddr};
@@ -238,7 +237,6 @@ impl Conntrack {
 pub enum CtEvent {
     Destroyed {
         orig: Tuple,
-        at: Instant,
     },
     /// The socket overflowed: some destroy notifications are lost.
     Overrun,
@@ -289,13 +287,12 @@ fn pump(sock: Socket, mut sink: impl FnMut(CtEvent) -> bool) {
                 return;
             }
         }
-        let at = Instant::now();
         for (ty, _, payload) in messages(&buf) {
             if ty != (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE {
                 continue;
             }
             if let Some(e) = parse_entry(payload)
-                && !sink(CtEvent::Destroyed { orig: e.orig, at })
+                && !sink(CtEvent::Destroyed { orig: e.orig })
             {
                 return;
             }
