@@ -310,7 +310,10 @@ fn long_connections(x: u8, mode: &str) {
         let to = SocketAddr::new(if v6 { b.v6() } else { b.v4() }, port);
         let before = s.node.stats(&a.host_if);
         let handoffs = s.handoffs();
-        rr(a.name(), b.name(), to, 3000, close, None)
+        // 6000 rounds, twice the 3000: the share that crosses the kernel before the
+        // hand-off is a fixed number of packets (the hand-off delay, p99 5-10 ms here), so
+        // at 3000 one slow hand-off on a busy machine failed the 90 % bound (86.8 % seen).
+        rr(a.name(), b.name(), to, 6000, close, None)
             .unwrap_or_else(|e| panic!("v6={v6} {close:?}: {e}"));
         let d = s.node.stats(&a.host_if).since(&before);
         let (fast, stack) = (d.from("fast").packets, d.from("stack").packets);
