@@ -60,6 +60,10 @@ pub struct Args {
     /// `--topology direct,routed+rules,vethfp-stock`.
     #[arg(long, value_delimiter = ',')]
     topology: Option<Vec<String>>,
+    /// Data-path workloads to run in each round (default: all), e.g. `--workload crr` to
+    /// measure only the connection rate, with more rounds in the same time.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    workload: Option<Vec<Workload>>,
     /// vethfp binary to bench (default: $VETHFP_BIN, else a fresh release build).
     #[arg(long)]
     vethfp_bin: Option<PathBuf>,
@@ -83,10 +87,26 @@ impl Args {
             scale_endpoints: None,
             only: None,
             topology: None,
+            workload: None,
             vethfp_bin: Some(vethfp_bin),
             baseline_bin: None,
         }
     }
+}
+
+/// A data-path workload, for `--workload`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// sockperf UDP and TCP ping-pong, client and server pinned to one CPU.
+    RrPin,
+    /// sockperf UDP and TCP ping-pong, free-running.
+    Rr,
+    /// TCP connect/request/close, free-running and pinned.
+    Crr,
+    /// iperf3 TCP, 1 and 2 streams.
+    Stream,
+    /// iperf3 UDP 64-byte packet rate, CPU per packet and BPF run time.
+    UdpRate,
 }
 
 /// A part of the bench, for `--only`.
@@ -268,37 +288,54 @@ pub fn bench(args: Args) -> Result<()> {
             let mut add = |m: Metric, v: f64| samples.entry((name.clone(), m)).or_default().push(v);
             let ip = t.server_ip();
             let pin = Some(PIN_CPU);
-            let (p50, _) = work::pingpong(&t.client, ip, SOCKPERF_UDP_PIN_PORT, false, secs, pin)?;
-            add(Metric::UdpRrPinP50, p50);
-            let (p50, _) = work::pingpong(&t.client, ip, SOCKPERF_TCP_PIN_PORT, true, secs, pin)?;
-            add(Metric::TcpRrPinP50, p50);
-            let (p50, p99) = work::pingpong(&t.client, ip, SOCKPERF_UDP_PORT, false, secs, None)?;
-            add(Metric::UdpRrP50, p50);
-            add(Metric::UdpRrP99, p99);
-            let (p50, p99) = work::pingpong(&t.client, ip, SOCKPERF_TCP_PORT, true, secs, None)?;
-            add(Metric::TcpRrP50, p50);
-            add(Metric::TcpRrP99, p99);
-            add(
-                Metric::TcpCrr,
-                work::tcp_crr(&t.client, &t.server, ip, CRR_PORT, secs, None)?,
-            );
-            add(
-                Metric::TcpCrrPin,
-                work::tcp_crr(&t.client, &t.server, ip, CRR_PORT, secs, pin)?,
-            );
-            add(
-                Metric::Tcp1Gbps,
-                work::iperf_tcp(&t.client, ip, IPERF_PORT, 1, secs)?,
-            );
-            add(
-                Metric::Tcp2Gbps,
-                work::iperf_tcp(&t.client, ip, IPERF_PORT, 2, secs)?,
-            );
-            let u = work::udp_rate(&t.client, ip, IPERF_PORT, secs)?;
-            add(Metric::Udp64Kpps, u.pps / 1e3);
-            add(Metric::CpuNsPerPkt, u.cpu_machine_ns);
-            add(Metric::CpuIperfNsPerPkt, u.cpu_iperf_ns);
-            if let Some(dir) = t.vethfp_bpffs() {
+            let run = |w: Workload| args.workload.as_ref().is_none_or(|ws| ws.contains(&w));
+            if run(Workload::RrPin) {
+                let (p50, _) =
+                    work::pingpong(&t.client, ip, SOCKPERF_UDP_PIN_PORT, false, secs, pin)?;
+                add(Metric::UdpRrPinP50, p50);
+                let (p50, _) =
+                    work::pingpong(&t.client, ip, SOCKPERF_TCP_PIN_PORT, true, secs, pin)?;
+                add(Metric::TcpRrPinP50, p50);
+            }
+            if run(Workload::Rr) {
+                let (p50, p99) =
+                    work::pingpong(&t.client, ip, SOCKPERF_UDP_PORT, false, secs, None)?;
+                add(Metric::UdpRrP50, p50);
+                add(Metric::UdpRrP99, p99);
+                let (p50, p99) =
+                    work::pingpong(&t.client, ip, SOCKPERF_TCP_PORT, true, secs, None)?;
+                add(Metric::TcpRrP50, p50);
+                add(Metric::TcpRrP99, p99);
+            }
+            if run(Workload::Crr) {
+                add(
+                    Metric::TcpCrr,
+                    work::tcp_crr(&t.client, &t.server, ip, CRR_PORT, secs, None)?,
+                );
+                add(
+                    Metric::TcpCrrPin,
+                    work::tcp_crr(&t.client, &t.server, ip, CRR_PORT, secs, pin)?,
+                );
+            }
+            if run(Workload::Stream) {
+                add(
+                    Metric::Tcp1Gbps,
+                    work::iperf_tcp(&t.client, ip, IPERF_PORT, 1, secs)?,
+                );
+                add(
+                    Metric::Tcp2Gbps,
+                    work::iperf_tcp(&t.client, ip, IPERF_PORT, 2, secs)?,
+                );
+            }
+            if run(Workload::UdpRate) {
+                let u = work::udp_rate(&t.client, ip, IPERF_PORT, secs)?;
+                add(Metric::Udp64Kpps, u.pps / 1e3);
+                add(Metric::CpuNsPerPkt, u.cpu_machine_ns);
+                add(Metric::CpuIperfNsPerPkt, u.cpu_iperf_ns);
+            }
+            if run(Workload::UdpRate)
+                && let Some(dir) = t.vethfp_bpffs()
+            {
                 // Separate short run: stats collection itself costs a little per program run.
                 // On only while the fd is held (BPF_ENABLE_STATS), no sysctl written.
                 let stats = bpf::enable_stats()?;
