@@ -156,6 +156,55 @@ fn start_reconciles_what_happened_while_no_agent_ran() {
     );
 }
 
+/// A filter or the clsact qdisc deleted under a running agent is restored from the tc
+/// notification (the periodic pass is an hour away: only the notification can bring it).
+#[test]
+fn deleted_filters_come_back_on_the_tc_notification() {
+    let node = Node::new();
+    let c1 = node.add_container("vt1", &["10.1.0.2/24"]);
+    let c2 = node.add_container("vt2", &["10.1.0.3/24"]);
+    let agent = Agent::start(&node, &["--reconcile-interval", "3600"]);
+    let passes = |a: &Agent| {
+        a.scrape()
+            .get("vethfp_agent_reconciles_total", &[])
+            .unwrap_or(0.0)
+    };
+    let hooks = |a: &Agent| {
+        a.scrape()
+            .get("vethfp_agent_hook_checks_total", &[])
+            .unwrap_or(0.0)
+    };
+    assert_eq!(passes(&agent), 1.0, "only the start pass so far");
+    assert_eq!(
+        hooks(&agent),
+        2.0,
+        "the start pass looks at every endpoint's hooks"
+    );
+
+    // One filter of ours, by its place.
+    node.ns.tc(&[
+        "filter", "del", "dev", "vt1", "egress", "protocol", "all", "prio", "65520", "handle",
+        "0x766670", "bpf",
+    ]);
+    assert_eq!(node.our_filters("vt1").1, None, "really deleted");
+    let t1 = poll("vt1's egress filter back", || node.has_filters("vt1"));
+    // The whole clsact qdisc of the other endpoint.
+    node.ns.tc(&["qdisc", "del", "dev", "vt2", "clsact"]);
+    let t2 = poll("vt2's filters back", || node.has_filters("vt2"));
+    eprintln!("restored after: filter del {t1:?}, qdisc del {t2:?} (incl. polling)");
+    assert!(ping(c1.name(), c2.v4()));
+    let m = agent.scrape();
+    assert_eq!(
+        m.get("vethfp_agent_links_reattached_total", &[]),
+        Some(3.0),
+        "one filter, then two"
+    );
+    assert!(passes(&agent) >= 3.0, "a pass per notification burst");
+    let (st, log) = agent.terminate();
+    assert!(st.success(), "{log}");
+    assert!(log.contains("re-attached missing link"), "{log}");
+}
+
 #[test]
 fn cli_writes_while_the_agent_reconciles_stay_consistent() {
     let node = Node::new();

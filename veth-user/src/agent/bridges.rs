@@ -30,7 +30,7 @@ async fn follow_bridges(
         // The periodic safety net: look without the state lock first, and lock only for the
         // bridges whose ports changed (the locked half checks them again).
         let sh = shared.clone();
-        state = tokio::task::spawn_blocking(move || {
+        state = super::blocking(move || {
             let mut reg = sh.read_survey()?;
             reg.bridges_changed(state)
         })

@@ -17,7 +17,7 @@
 //! | `vethfp_flow_table_handed_off` | |
 //! | `vethfp_tcp_handoffs_total`, `vethfp_tcp_handoff_delay_seconds` (histogram), `vethfp_flows_swept_total` | |
 //! | `vethfp_tcp_handoff_refusals_total`, `vethfp_tcp_demotions_total` | reason |
-//! | `vethfp_agent_reconcile_pass_seconds`, `vethfp_agent_reconcile_lock_held_seconds` (histograms), `vethfp_agent_container_checks_total` | |
+//! | `vethfp_agent_reconcile_pass_seconds`, `vethfp_agent_reconcile_lock_held_seconds` (histograms), `vethfp_agent_container_checks_total`, `vethfp_agent_hook_checks_total` | |
 //! | `vethfp_agent_reconciles_total`, `vethfp_agent_reconcile_duration_seconds` (last pass), `vethfp_agent_endpoints_removed_total`, `vethfp_agent_links_reattached_total`, `vethfp_agent_programs_replaced_total`, `vethfp_agent_event_cleanup_seconds` (histogram: link event → state removed) | |
 
 use std::{convert::Infallible, sync::Arc, sync::atomic::AtomicU64, time::Duration};
@@ -82,6 +82,9 @@ pub struct AgentMetrics {
     pub lock_held: Histogram,
     /// Container sides looked at by passes (a round-robin slice each).
     pub container_checks: Counter,
+    /// Endpoints whose hooks (tc filters, XDP link) passes looked at: a round-robin slice
+    /// each, those tc notifications named, every one on a full pass.
+    pub hook_checks: Counter,
 }
 
 impl AgentMetrics {
@@ -125,6 +128,7 @@ impl Default for AgentMetrics {
             // 10 µs .. ~0.33 s
             lock_held: Histogram::new(exponential_buckets(0.00001, 2.0, 16)),
             container_checks: Counter::default(),
+            hook_checks: Counter::default(),
             // 100 µs .. ~3.3 s
             event_cleanup: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         }
@@ -239,6 +243,11 @@ fn register_passes(r: &mut PromRegistry, m: &AgentMetrics) {
         "vethfp_agent_container_checks",
         "Container sides the reconciliation passes looked at (a round-robin slice per pass)",
         m.container_checks.clone(),
+    );
+    r.register(
+        "vethfp_agent_hook_checks",
+        "Endpoints whose hooks the reconciliation passes looked at (a round-robin slice per pass, those tc notifications named, all on a full pass)",
+        m.hook_checks.clone(),
     );
 }
 
@@ -558,7 +567,7 @@ async fn handle(
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => response(StatusCode::OK, text, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            match tokio::task::spawn_blocking(move || not_ready(&shared)).await {
+            match super::blocking(move || not_ready(&shared)).await {
                 Ok(None) => response(StatusCode::OK, text, "ready\n"),
                 Ok(Some(why)) => response(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -574,7 +583,7 @@ async fn handle(
         }
         (&Method::GET | &Method::HEAD, "/metrics") => {
             // Map reads are syscalls: keep them off the event loop.
-            let body = tokio::task::spawn_blocking(move || {
+            let body = super::blocking(move || {
                 let mut s = String::new();
                 prometheus_client::encoding::text::encode(&mut s, &registry).map(|()| s)
             })

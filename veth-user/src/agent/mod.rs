@@ -42,8 +42,8 @@ use tracing::{debug, error, info, warn};
 use crate::{
     DatapathError, NetlinkError,
     agent::metrics::AgentMetrics,
-    registry::node::{self, LinkEvent},
-    registry::reconcile::Report,
+    registry::node::{self, LinkEvent, LinkTable},
+    registry::reconcile::{HookScope, Report},
     registry::{EndpointError, Registry},
 };
 
@@ -97,7 +97,20 @@ pub(crate) struct Shared {
     /// Where the next pass's round of container-side checks starts (position in the records
     /// sorted by host end name).
     container_cursor: AtomicUsize,
+    /// Interfaces whose qdiscs or filters changed since the last pass (tc notifications):
+    /// the next pass looks at their hooks besides its round-robin slice.
+    hooks_named: Mutex<BTreeSet<u32>>,
+    /// The node's links, kept by the link watch (replaced when the watch restarts).
+    links: Mutex<LinkTable>,
+    /// Passes so far: every [`LINK_DUMP_EVERY`]th dumps the links instead of reading the
+    /// table.
+    passes: AtomicUsize,
 }
+
+/// A periodic pass dumps the node's links itself once in this many (about every 5 min at
+/// the default interval), so that even a table that missed something without the kernel
+/// saying so (none is known) is not trusted for long.
+const LINK_DUMP_EVERY: usize = 30;
 
 /// The registry and the identity (device, inode) of the config map pin it was opened from:
 /// when the pin changes (the state dir was removed, or removed and made again), the map fds
@@ -205,7 +218,7 @@ impl Shared {
         F: FnOnce(&mut Registry) -> Result<T, EndpointError> + Send + 'static,
     {
         let sh = self.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let lock = node::lock_state(&sh.dir)?;
             let taken = Instant::now();
             let mut g = sh.lock_inner();
@@ -228,7 +241,8 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let shared = open_shared(&cfg).await?;
 
     // Subscribe before the first pass, so no deletion can fall between the two.
-    let mut events = node::watch_links()?;
+    let (mut events, links) = node::watch_links()?;
+    *shared.links.lock().unwrap_or_else(PoisonError::into_inner) = links;
     let mut term = on_signal(SignalKind::terminate(), "SIGTERM")?;
     let mut int = on_signal(SignalKind::interrupt(), "SIGINT")?;
 
@@ -239,7 +253,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             what: format!("locking {}/agent", cfg.bpffs.display()),
             source,
         })?;
-    reconcile(&shared, "start").await?;
+    reconcile(&shared, "start", Hooks::All).await?;
     let _handoff = handoff::start(&shared)?;
 
     let logger = if cfg.bpf_log {
@@ -262,12 +276,26 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     shut_down(&cfg, &shared).await
 }
 
+/// `tokio::task::spawn_blocking`, on a thread marked as one that may block on netlink
+/// itself (see [`node::may_block_here`]): every blocking part of the agent runs through this.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, tokio::task::JoinError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        node::may_block_here();
+        f()
+    })
+    .await
+}
+
 /// What the agent's tasks share: three read registries (events and repairs, the unlocked
 /// survey, metrics scrapes), each opened on the state as it is now.
 async fn open_shared(cfg: &Config) -> Result<Arc<Shared>, AgentError> {
     node::prepare_state_dir(&cfg.bpffs)?;
     let dir = cfg.bpffs.clone();
-    let [reg, survey_reg, metrics_reg] = tokio::task::spawn_blocking(move || {
+    let [reg, survey_reg, metrics_reg] = blocking(move || {
         Ok::<_, EndpointError>([
             Registry::open_read(&dir)?,
             Registry::open_read(&dir)?,
@@ -289,6 +317,9 @@ async fn open_shared(cfg: &Config) -> Result<Arc<Shared>, AgentError> {
         }),
         metrics: AgentMetrics::default(),
         container_cursor: AtomicUsize::new(0),
+        hooks_named: Mutex::new(BTreeSet::new()),
+        links: Mutex::new(LinkTable::default()),
+        passes: AtomicUsize::new(0),
     }))
 }
 
@@ -305,21 +336,53 @@ async fn main_loop(
         cfg.reconcile_interval,
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A pass soon, for the hooks a tc notification says were deleted (debounced: a burst of
+    // deletions is looked at once).
+    let mut soon: Option<tokio::time::Instant> = None;
     loop {
+        let early = async move {
+            match soon {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM"); break; }
             _ = int.recv() => { info!("SIGINT"); break; }
             _ = tick.tick() => {
-                if let Err(e) = reconcile(shared, "periodic").await {
+                soon = None;
+                if let Err(e) = reconcile(shared, "periodic", Hooks::Slice).await {
                     warn!("periodic reconciliation failed: {e}");
                 }
             }
+            _ = early => {
+                soon = None;
+                if let Err(e) = reconcile(shared, "tc notification", Hooks::Slice).await {
+                    warn!("reconciliation after a tc notification failed: {e}");
+                }
+            }
             ev = events.recv() => match ev {
-                Some(ev) => on_events(shared, ev, events).await,
+                Some(ev) => {
+                    if on_events(shared, ev, events).await && soon.is_none() {
+                        soon = Some(tokio::time::Instant::now() + HOOK_DEBOUNCE);
+                    }
+                }
                 None => rewatch(shared, events).await,
             }
         }
     }
+}
+
+/// How long after a tc notification that deleted a hook of an endpoint its pass comes.
+const HOOK_DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Which endpoints' hooks a pass looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hooks {
+    /// Every endpoint's: the first pass, and after lost notifications.
+    All,
+    /// The round-robin slice's and those tc notifications named since the last pass.
+    Slice,
 }
 
 fn on_signal(kind: SignalKind, name: &str) -> Result<tokio::signal::unix::Signal, AgentError> {
@@ -346,18 +409,24 @@ async fn serve_metrics(
     Ok(local)
 }
 
-/// A link event and whatever else is queued, handled as one batch.
+/// A link event and whatever else is queued, handled as one batch. True if a tc
+/// notification says a qdisc or filter of an endpoint or uplink was deleted: a pass should
+/// look at its hooks soon.
 async fn on_events(
     shared: &Arc<Shared>,
     first: LinkEvent,
     events: &mut tokio::sync::mpsc::UnboundedReceiver<LinkEvent>,
-) {
+) -> bool {
     let mut batch = vec![first];
     while let Ok(more) = events.try_recv() {
         batch.push(more);
     }
-    if let Err(e) = handle_events(shared, batch).await {
-        warn!("handling link events failed: {e}");
+    match handle_events(shared, batch).await {
+        Ok(soon) => soon,
+        Err(e) => {
+            warn!("handling link events failed: {e}");
+            false
+        }
     }
 }
 
@@ -369,10 +438,13 @@ async fn rewatch(
     warn!("link event watch ended; restarting it");
     tokio::time::sleep(Duration::from_secs(1)).await;
     match node::watch_links() {
-        Ok(rx) => *events = rx,
+        Ok((rx, links)) => {
+            *events = rx;
+            *shared.links.lock().unwrap_or_else(PoisonError::into_inner) = links;
+        }
         Err(e) => error!("restarting the link event watch: {e}"),
     }
-    let _ = reconcile(shared, "event watch restart").await;
+    let _ = reconcile(shared, "event watch restart", Hooks::All).await;
 }
 
 /// SIGTERM/SIGINT: leave the datapath in place, or with `--cleanup-on-exit` remove all.
@@ -405,9 +477,13 @@ fn container_checks(endpoints: usize) -> usize {
 /// then, only if it found something, the repair ([`Registry::repair_surveyed`]) under it.
 /// A pass with nothing to repair never takes the lock, so CLI writes and CNI calls never
 /// wait for one; a repair holds it for the suspects' endpoints only.
-async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, AgentError> {
+async fn reconcile(
+    shared: &Arc<Shared>,
+    why: &'static str,
+    hooks: Hooks,
+) -> Result<Report, AgentError> {
     let started = Instant::now();
-    let (report, held) = survey_then_repair(shared, why).await?;
+    let (report, held) = survey_then_repair(shared, why, hooks).await?;
     let took = started.elapsed();
     let m = &shared.metrics;
     m.pass_seconds.observe(took.as_secs_f64());
@@ -428,19 +504,39 @@ async fn reconcile(shared: &Arc<Shared>, why: &'static str) -> Result<Report, Ag
 async fn survey_then_repair(
     shared: &Arc<Shared>,
     why: &'static str,
+    hooks: Hooks,
 ) -> Result<(Report, Option<Duration>), AgentError> {
     let sh = shared.clone();
-    let survey = tokio::task::spawn_blocking(move || -> Result<_, EndpointError> {
+    let survey = blocking(move || -> Result<_, EndpointError> {
+        let named = std::mem::take(
+            &mut *sh
+                .hooks_named
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let scope = HookScope {
+            all: hooks == Hooks::All,
+            named,
+        };
+        // The links as the watch keeps them, or (a full pass, and now and then) dumped.
+        let pass = sh.passes.fetch_add(1, Ordering::Relaxed);
+        let links = (hooks == Hooks::Slice && !pass.is_multiple_of(LINK_DUMP_EVERY)).then(|| {
+            sh.links
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .snapshot()
+        });
         let mut reg = sh.read_survey()?;
         let mut cursor = sh.container_cursor.load(Ordering::Relaxed);
         let n = reg.list_len()?;
-        let s = reg.survey(&mut cursor, container_checks(n))?;
+        let s = reg.survey(&mut cursor, container_checks(n), &scope, links)?;
         sh.container_cursor.store(cursor, Ordering::Relaxed);
         Ok(s)
     })
     .await??;
     let m = &shared.metrics;
     m.container_checks.inc_by(survey.containers_checked as u64);
+    m.hook_checks.inc_by(survey.hooks_checked as u64);
     if survey.clean() {
         let report = Report {
             endpoints: survey.endpoints,
@@ -514,16 +610,16 @@ fn log_pass(report: &Report, why: &'static str, took: Duration, held: Option<Dur
 
 /// Cleans up after interfaces that left the node. Only events about endpoints or uplinks
 /// take the state lock.
-async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<(), AgentError> {
+async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<bool, AgentError> {
     if batch.contains(&LinkEvent::Overrun) {
         warn!("link notifications were lost; reconciling in full");
-        reconcile(shared, "event overrun").await?;
-        return Ok(());
+        reconcile(shared, "event overrun", Hooks::All).await?;
+        return Ok(false);
     }
     bridges::follow(shared, &batch, false).await;
     let ours: BTreeSet<u32> = {
         let sh = shared.clone();
-        tokio::task::spawn_blocking(move || -> Result<BTreeSet<u32>, EndpointError> {
+        blocking(move || -> Result<BTreeSet<u32>, EndpointError> {
             let mut reg = sh.read()?;
             let mut s: BTreeSet<u32> = reg.list()?.iter().map(|e| e.host_ifindex).collect();
             s.extend(reg.uplinks()?.iter().map(|u| u.ifindex));
@@ -531,6 +627,23 @@ async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<()
         })
         .await??
     };
+    // Qdiscs and filters of ours that changed: the next pass looks at their hooks; one that
+    // was deleted makes that pass come soon.
+    let mut hook_deleted = false;
+    {
+        let mut named = shared
+            .hooks_named
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for e in &batch {
+            if let LinkEvent::Tc { ifindex, deleted } = e
+                && ours.contains(ifindex)
+            {
+                named.insert(*ifindex);
+                hook_deleted |= *deleted;
+            }
+        }
+    }
     // A host end set up again (`ip link set … down; up`): the kernel flushed its routes and
     // neighbours on the way down; restore them now.
     let up: BTreeSet<u32> = batch
@@ -555,11 +668,43 @@ async fn handle_events(shared: &Arc<Shared>, batch: Vec<LinkEvent>) -> Result<()
     if !gone.is_empty() {
         remove_gone(shared, gone).await?;
     }
-    Ok(())
+    Ok(hook_deleted)
 }
 
-/// Repairs the endpoints whose host end came up again.
+/// Repairs the endpoints whose host end came up again. They are looked at without the state
+/// lock first: a host end that came up with nothing missing (a `pair add` that just
+/// finished, say) never makes a CLI write wait.
 async fn repair_up(shared: &Arc<Shared>, up: BTreeSet<u32>) -> Result<(), AgentError> {
+    let sh = shared.clone();
+    let up = blocking(move || -> Result<BTreeSet<u32>, EndpointError> {
+        let mut reg = sh.read()?;
+        let mut wrong = BTreeSet::new();
+        for ifindex in up {
+            let Some(rec) = reg.record_by_ifindex(ifindex)? else {
+                continue;
+            };
+            match reg.endpoint_missing(&rec) {
+                Ok(parts) if parts.is_empty() => {}
+                Ok(parts) => {
+                    debug!(
+                        ifindex,
+                        ?parts,
+                        "link up: missing, repairing under the lock"
+                    );
+                    wrong.insert(ifindex);
+                }
+                // Looked at again under the lock.
+                Err(_) => {
+                    wrong.insert(ifindex);
+                }
+            }
+        }
+        Ok(wrong)
+    })
+    .await??;
+    if up.is_empty() {
+        return Ok(());
+    }
     let repaired = shared
         .write(move |reg| {
             let mut out = Vec::new();
@@ -637,10 +782,8 @@ async fn set_bpf_log(shared: &Arc<Shared>, on: bool) -> Result<(), AgentError> {
 /// returned task is dropped. The programs log into one pinned ring buffer (AYA_LOGS).
 async fn start_bpf_log(shared: &Arc<Shared>) -> Result<AbortOnDrop, AgentError> {
     let sh = shared.clone();
-    let prog_id = tokio::task::spawn_blocking(move || -> Result<u32, AgentError> {
-        Ok(sh.read()?.log_program_id()?)
-    })
-    .await??;
+    let prog_id =
+        blocking(move || -> Result<u32, AgentError> { Ok(sh.read()?.log_program_id()?) }).await??;
     let logger = aya_log::EbpfLogger::init_from_id(prog_id)
         .map_err(|e| AgentError::BpfLog(e.to_string()))?;
     // SAFETY: the logger owns its ring buffer fd and keeps it open, unchanged, until it is

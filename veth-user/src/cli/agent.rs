@@ -63,6 +63,9 @@ pub fn run(ctx: &Ctx, a: AgentArgs) -> anyhow::Result<()> {
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // A blocking thread outlives the pause between two periodic passes (10 s by default)
+        // and keeps its netlink session: the next pass does not make both again.
+        .thread_keep_alive(std::time::Duration::from_secs(120))
         .build()
         .context("starting the async runtime")?
         .block_on(vethfp::agent::run(cfg))?;

@@ -169,6 +169,27 @@ impl Datapath {
         }
     }
 
+    /// Whether a program pin of another build is in this state (an upgrade not finished
+    /// yet, or a pin to prune): the programs every hook runs then matter to pruning.
+    pub fn other_builds_pinned(&self) -> Result<bool, DatapathError> {
+        let dir = self.dir().join("progs");
+        let suffix = format!("-{:016x}", object_hash());
+        let entries = fs::read_dir(&dir).map_err(|source| DatapathError::Io {
+            what: dir.display().to_string(),
+            source,
+        })?;
+        for e in entries {
+            let e = e.map_err(|source| DatapathError::Io {
+                what: dir.display().to_string(),
+                source,
+            })?;
+            if !e.file_name().to_string_lossy().ends_with(&suffix) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// True if [`Datapath::prune_pins`] would remove something: a link pin whose (hook,
     /// ifindex) is not in `live`, or a program pin of another build whose id is not in
     /// `in_use` (the programs the caller saw running). Reads directories only.

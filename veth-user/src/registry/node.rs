@@ -6,8 +6,8 @@
 use std::path::Path;
 
 pub(crate) use crate::datapath::StateLock;
-pub(crate) use crate::sys::events::{LinkEvent, watch as watch_links};
-pub(crate) use crate::sys::netlink::{Link, Netns};
+pub(crate) use crate::sys::events::{LinkEvent, LinkTable, watch as watch_links};
+pub(crate) use crate::sys::netlink::{Link, Netns, may_block_here};
 
 use super::{EndpointError, Registry};
 use crate::{

@@ -305,6 +305,22 @@ fn gone(ifindex: u32, name: &str) -> bool {
     !matches!(netlink::link_by_index(ifindex), Ok(Some(l)) if l.name == name)
 }
 
+/// Which endpoints' hooks a survey looks at (see [`Registry::survey`]).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct HookScope {
+    /// Every endpoint's (the agent's first pass, after lost notifications).
+    pub all: bool,
+    /// These interfaces' besides the round-robin slice (named by tc notifications).
+    pub named: BTreeSet<u32>,
+}
+
+/// What a survey looks at for one endpoint beyond its record, maps and node side.
+#[derive(Debug, Clone, Copy)]
+struct Look {
+    hooks: bool,
+    container: bool,
+}
+
 /// An endpoint the unlocked look found something wrong with (see [`Registry::survey`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Suspect {
@@ -332,6 +348,8 @@ pub(crate) struct Survey {
     pub endpoints: usize,
     /// Container sides looked at (the round-robin slice of this pass).
     pub containers_checked: usize,
+    /// Endpoints whose hooks were looked at.
+    pub hooks_checked: usize,
     pub took: Duration,
 }
 
@@ -350,23 +368,32 @@ impl Survey {
 impl Registry {
     /// The read half of a reconciliation pass, without the state lock: one dump each of the
     /// endpoint records, the journal, the address maps, the devmap, the L2 map, the node's
-    /// links, routes and permanent neighbours; per endpoint a lookup in those, plus its two
-    /// tc filters (the kernel dumps filters per device only). Container sides are entered
+    /// links, routes and permanent neighbours; per endpoint a lookup in those, plus (see
+    /// `hooks` below) its two tc filters. Container sides are entered
     /// for `containers` endpoints only, starting at position `*cursor` of the records
     /// (sorted by name) and moving the cursor on: a full round takes several passes, and
     /// a container whose host end comes up again, or whose endpoint is a suspect for any
     /// other reason, is checked (and repaired) at once. What it finds is repaired by
     /// [`Registry::repair_surveyed`] under the lock.
+    ///
+    /// Hooks (the two tc filters, the XDP link) are looked at per endpoint only when `hooks`
+    /// says so: every endpoint on a full pass (`hooks.all`, or whenever a program pin of
+    /// another build exists, so that no pin still in use is ever pruned), otherwise those
+    /// of the round-robin slice and those a tc notification named (`hooks.named`). The kernel
+    /// dumps filters per device only: two netlink dumps per endpoint were most of a pass.
     pub(crate) fn survey(
         &mut self,
         cursor: &mut usize,
         containers: usize,
+        hooks: &HookScope,
+        links: Option<HashMap<u32, netlink::Link>>,
     ) -> Result<Survey, EndpointError> {
         let start = Instant::now();
         let mut s = Survey {
             tcp: !crate::registry::flows::tcp_in_sync(self.datapath())?,
             ..Survey::default()
         };
+        let all_hooks = hooks.all || self.datapath().other_builds_pinned()?;
         // Records first, then the journal: an endpoint whose operation is still running has
         // its journal entry until it is complete, so it is seen busy, never half-made.
         let records = self.records()?;
@@ -376,7 +403,9 @@ impl Registry {
         // for that instant only).
         s.journal = !busy.is_empty()
             && crate::datapath::OpsLock::try_exclusive(self.datapath().dir())?.is_some();
-        let seen = self.seen()?;
+        let seen = self.seen(links)?;
+        let dumped = start.elapsed();
+        let mut containers_took = Duration::ZERO;
         // Program ids our filters and links run: program pins of other builds still in use.
         let mut in_use = BTreeSet::new();
         let mut live: BTreeSet<(Hook, u32)> = BTreeSet::new();
@@ -393,22 +422,46 @@ impl Registry {
             }
             // The round-robin slice: positions first .. first + slice (mod n).
             let in_slice = (pos + n - first) % n.max(1) < slice;
-            self.survey_endpoint(&seen, rec, in_slice, &mut s, &mut in_use);
+            let look = Look {
+                hooks: all_hooks || in_slice || hooks.named.contains(&rec.target.ifindex),
+                container: in_slice,
+            };
+            let t = Instant::now();
+            self.survey_endpoint(&seen, rec, look, &mut s, &mut in_use);
+            if look.container {
+                containers_took += t.elapsed();
+            }
         }
+        let looked = start.elapsed();
         s.bridges = new_bridge_ports(&records, &seen.kernel);
         self.survey_uplinks(&seen.kernel, &mut s, &mut live, &mut in_use)?;
         s.prune = self.datapath().would_prune(&live, &in_use)?;
         s.took = start.elapsed();
+        log::debug!(
+            "survey: dumps {} µs, endpoints {} µs (of which {} container sides {} µs, {} hooks), rest {} µs",
+            dumped.as_micros(),
+            (looked - dumped).as_micros(),
+            s.containers_checked,
+            containers_took.as_micros(),
+            s.hooks_checked,
+            (s.took - looked).as_micros()
+        );
         Ok(s)
     }
 
-    /// The node's links, routes and neighbours and the fast path's maps, each dumped once for
-    /// a survey, and the programs this build runs.
-    fn seen(&mut self) -> Result<Seen, EndpointError> {
-        let kernel = netlink::links()?
-            .into_iter()
-            .map(|l| (l.ifindex, l))
-            .collect();
+    /// The node's links (`links`, as the agent's link watch keeps them, or dumped now),
+    /// routes and neighbours and the fast path's maps, each dumped once for a survey, and the
+    /// programs this build runs.
+    fn seen(&mut self, links: Option<HashMap<u32, netlink::Link>>) -> Result<Seen, EndpointError> {
+        let t0 = Instant::now();
+        let kernel = match links {
+            Some(l) => l,
+            None => netlink::links()?
+                .into_iter()
+                .map(|l| (l.ifindex, l))
+                .collect(),
+        };
+        let t1 = Instant::now();
         let view = match netlink::NodeView::dump() {
             Ok(v) => Some(v),
             Err(e) => {
@@ -426,10 +479,18 @@ impl Registry {
                 out
             }};
         }
+        let t2 = Instant::now();
+        let ep4 = dump!(ep4);
+        log::debug!(
+            "seen: links {} µs, routes+neighbours {} µs, ep4 {} µs",
+            (t1 - t0).as_micros(),
+            (t2 - t1).as_micros(),
+            t2.elapsed().as_micros()
+        );
         Ok(Seen {
             kernel,
             view,
-            ep4: dump!(ep4),
+            ep4,
             ep6: dump!(ep6),
             l2: dump!(l2),
             devmap: self
@@ -452,7 +513,7 @@ impl Registry {
         &mut self,
         seen: &Seen,
         rec: &EndpointRecord,
-        in_slice: bool,
+        look: Look,
         s: &mut Survey,
         in_use: &mut BTreeSet<u32>,
     ) {
@@ -462,8 +523,11 @@ impl Registry {
             return suspect(s, rec, "gone");
         };
         s.endpoints += 1;
-        if !self.hooks_ok(seen, rec, &name, in_use) {
-            return suspect(s, rec, "hook");
+        if look.hooks {
+            s.hooks_checked += 1;
+            if !self.hooks_ok(seen, rec, &name, in_use) {
+                return suspect(s, rec, "hook");
+            }
         }
         if !seen.devmap.contains(&ifindex) {
             return suspect(s, rec, "devmap");
@@ -496,7 +560,9 @@ impl Registry {
         {
             return suspect(s, rec, "node");
         }
-        if in_slice && let Some(host_mac) = link.mac {
+        if look.container
+            && let Some(host_mac) = link.mac
+        {
             s.containers_checked += 1;
             survey_container(rec, &name, &addrs, host_mac, s);
         }

@@ -71,6 +71,23 @@ impl Registry {
         rec: &EndpointRecord,
         view: Option<&netlink::NodeView>,
     ) -> Result<Vec<&'static str>> {
+        self.check_endpoint(rec, view, Apply::Repair)
+    }
+
+    /// The parts [`Registry::repair_endpoint`] would restore, changing nothing: what the
+    /// agent looks at without the state lock before it takes the lock to repair.
+    pub(crate) fn endpoint_missing(&mut self, rec: &EndpointRecord) -> Result<Vec<&'static str>> {
+        self.check_endpoint(rec, None, Apply::Count)
+    }
+
+    /// [`Registry::repair_endpoint_with`] (`Apply::Repair`) or its dry run (`Apply::Count`).
+    fn check_endpoint(
+        &mut self,
+        rec: &EndpointRecord,
+        view: Option<&netlink::NodeView>,
+        how: Apply,
+    ) -> Result<Vec<&'static str>> {
+        let write = how != Apply::Count;
         let mut parts = Vec::new();
         let ifindex = rec.target.ifindex;
         let name = get_str(&rec.host_name);
@@ -81,19 +98,23 @@ impl Registry {
             return Ok(parts);
         }
         if self.dp.devmap()?.get(ifindex, 0).is_err() {
-            self.dp
-                .devmap()?
-                .insert(ifindex, ifindex, None, 0)
-                .map_err(|e| EndpointError::Devmap(e.to_string()))?;
+            if write {
+                self.dp
+                    .devmap()?
+                    .insert(ifindex, ifindex, None, 0)
+                    .map_err(|e| EndpointError::Devmap(e.to_string()))?;
+            }
             parts.push("devmap");
         }
         if rec.flags & EP_BRIDGE_PORT != 0 {
             let l2 = self.dp.l2()?.get(&rec.target.container_mac, 0).ok();
             if l2 != Some(rec.target) {
-                self.dp
-                    .l2()?
-                    .insert(rec.target.container_mac, rec.target, 0)
-                    .map_err(map_err("VFP_L2"))?;
+                if write {
+                    self.dp
+                        .l2()?
+                        .insert(rec.target.container_mac, rec.target, 0)
+                        .map_err(map_err("VFP_L2"))?;
+                }
                 parts.push("l2");
             }
             return Ok(parts);
@@ -119,30 +140,34 @@ impl Registry {
                 );
                 continue;
             }
-            self.publish(a.addr, rec.target)?;
+            if write {
+                self.publish(a.addr, rec.target)?;
+            }
             parts.push(if a.is_v4() { "addr_v4" } else { "addr_v6" });
         }
         if rec.flags & EP_ADOPTED == 0 {
             let node = desired::node_side(&addrs, Mac(rec.target.container_mac));
-            let r = netlink::apply(At::Node(ifindex), &node, Apply::Repair, view)?;
+            let r = netlink::apply(At::Node(ifindex), &node, how, view)?;
             parts.extend(std::iter::repeat_n("route", r.routes));
             parts.extend(std::iter::repeat_n("neighbour", r.neighbours));
             if let Some(mac) = link.mac {
-                let n = self.repair_container(rec, &addrs, mac)?;
+                let n = self.container_side(rec, &addrs, mac, how)?;
                 parts.extend(std::iter::repeat_n("container", n));
             }
         }
         Ok(parts)
     }
 
-    /// The container side of an endpoint vethfp made: restores its container end's
-    /// addresses, gateway neighbours and routes ([`desired::container_side`]). Skipped when
-    /// the namespace is gone or is not the one the endpoint was made in (its inode differs).
-    pub(super) fn repair_container(
+    /// The container side of an endpoint vethfp made: restores (`Apply::Repair`) or counts
+    /// (`Apply::Count`) what is missing of its container end's addresses, gateway neighbours
+    /// and routes ([`desired::container_side`]) and GRO. Skipped when the namespace is gone
+    /// or is not the one the endpoint was made in (its inode differs).
+    fn container_side(
         &mut self,
         rec: &EndpointRecord,
         addrs: &[Cidr],
         host_mac: Mac,
+        how: Apply,
     ) -> Result<usize> {
         let spec = get_str(&rec.netns);
         let Ok(ns) = Netns::open(&spec) else {
@@ -153,10 +178,9 @@ impl Registry {
         }
         let peer = get_str(&rec.peer_name);
         let container = desired::container_side(addrs, host_mac);
-        let mut n =
-            netlink::apply(At::Container(&ns, &peer), &container, Apply::Repair, None)?.total();
+        let mut n = netlink::apply(At::Container(&ns, &peer), &container, how, None)?.total();
         // A state made before GRO followed the mode has it on for every container end.
-        match container_gro(&ns, &peer, wants_gro(rec), false) {
+        match container_gro(&ns, &peer, wants_gro(rec), how == Apply::Count) {
             Ok(changed) => n += usize::from(changed),
             Err(e) => log::debug!("{peer}: GRO left as it is: {e}"),
         }

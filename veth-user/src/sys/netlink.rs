@@ -161,14 +161,29 @@ fn nl_msg(e: &rtnetlink::Error) -> String {
     }
 }
 
-/// Runs `f` with a fresh netlink handle bound to the calling thread's network namespace.
+thread_local! {
+    /// Set on threads of a tokio blocking pool (see [`may_block_here`]).
+    static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread, one of a tokio runtime's blocking pool, as allowed to block on
+/// netlink itself: calls made on it then keep one session (runtime and socket) per thread
+/// instead of starting a helper thread with a new session for every call. (Tokio gives its
+/// blocking threads the runtime's handle, which is all [`run`] can see otherwise, and a
+/// worker thread must never block.) At a full node the agent's pass made hundreds of such
+/// threads and sessions.
+pub(crate) fn may_block_here() {
+    MAY_BLOCK.set(true);
+}
+
+/// Runs `f` with a netlink handle bound to the calling thread's network namespace.
 pub(crate) fn run<T, F, Fut>(f: F) -> Result<T, NetlinkError>
 where
     T: Send,
     F: FnOnce(Handle) -> Fut + Send,
     Fut: Future<Output = Result<T, NetlinkError>>,
 {
-    if tokio::runtime::Handle::try_current().is_ok() {
+    if tokio::runtime::Handle::try_current().is_ok() && !MAY_BLOCK.get() {
         // A runtime cannot be blocked on from inside another one: use a helper thread, which
         // inherits this thread's network namespace.
         return std::thread::scope(|s| {
