@@ -453,7 +453,6 @@ impl Registry {
     /// routes and neighbours and the fast path's maps, each dumped once for a survey, and the
     /// programs this build runs.
     fn seen(&mut self, links: Option<HashMap<u32, netlink::Link>>) -> Result<Seen, EndpointError> {
-        let t0 = Instant::now();
         let kernel = match links {
             Some(l) => l,
             None => netlink::links()?
@@ -461,7 +460,6 @@ impl Registry {
                 .map(|l| (l.ifindex, l))
                 .collect(),
         };
-        let t1 = Instant::now();
         let view = match netlink::NodeView::dump() {
             Ok(v) => Some(v),
             Err(e) => {
@@ -479,18 +477,10 @@ impl Registry {
                 out
             }};
         }
-        let t2 = Instant::now();
-        let ep4 = dump!(ep4);
-        log::debug!(
-            "seen: links {} µs, routes+neighbours {} µs, ep4 {} µs",
-            (t1 - t0).as_micros(),
-            (t2 - t1).as_micros(),
-            t2.elapsed().as_micros()
-        );
         Ok(Seen {
             kernel,
             view,
-            ep4,
+            ep4: dump!(ep4),
             ep6: dump!(ep6),
             l2: dump!(l2),
             devmap: self
